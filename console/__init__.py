@@ -1,0 +1,1 @@
+"""rlhf-console: the Textual console and the command line."""

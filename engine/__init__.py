@@ -1,0 +1,1 @@
+"""rlhf-console engine: everything that trains. Never imports console."""
