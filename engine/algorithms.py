@@ -1,0 +1,515 @@
+"""Pure PPO / RLHF math: tensors in, tensors out.
+
+No I/O, no models, no config objects, no project imports.
+
+Conventions
+-----------
+* Per-token tensors are ``[B, T]`` over the *response* tokens (``compute_gae`` also accepts
+  ``[..., T]``; time is always the last dim).
+* ``mask`` marks valid tokens: bool, int or float; any nonzero entry is valid (masks are
+  binarised, fractional weights are not supported).  Invalid positions are selected away with
+  ``torch.where``, never multiplied by 0, so junk there (huge values, even inf/NaN) cannot leak
+  into valid outputs, losses or statistics.
+* Losses aggregate by token-mean over the mask:
+  ``sum(loss * mask) / max(sum(mask), 1)``; an all-invalid mask gives a loss of 0.
+* Dtypes: float64 inputs are computed (and returned) in float64, float32 in float32.
+  Half precision (bfloat16 / float16) and integer inputs are upcast and computed *and returned*
+  in float32.
+* ``stats`` dicts hold detached 0-dim tensors in the compute dtype (no host sync); use
+  ``float(v)`` to log them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = [
+    "masked_sum",
+    "masked_mean",
+    "masked_var",
+    "whiten",
+    "compute_gae",
+    "policy_loss",
+    "value_loss",
+    "kl_penalty",
+    "KL_KINDS",
+    "entropy_from_logits",
+    "FixedKLController",
+    "AdaptiveKLController",
+    "shape_rewards",
+]
+
+LOG_RATIO_CLAMP = 20.0
+"""``policy_loss`` clamps ``logprobs - old_logprobs`` to ``[-20, 20]`` before ``exp``."""
+
+K3_LOG_RATIO_CLAMP = 20.0
+"""``kl_penalty(kind="k3")`` clamps ``d = ref - logp`` to ``[-20, 20]`` before ``exp``."""
+
+K3_CLAMP = 10.0
+"""``kl_penalty(kind="k3")`` clamps the per-token estimate to ``[-10, 10]``."""
+
+WHITEN_EPS = 1e-8
+
+_KL_ALIASES = {
+    "k1": "k1",
+    "kl": "k1",
+    "abs": "abs",
+    "k2": "k2",
+    "mse": "k2",
+    "k3": "k3",
+    "low_var_kl": "k3",
+}
+KL_KINDS: tuple[str, ...] = tuple(_KL_ALIASES)
+
+
+# --------------------------------------------------------------------------------------------
+# dtype / mask helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32 (half/int inputs are upcast)."""
+    dtype = None
+    for t in tensors:
+        dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+    if dtype == torch.float64:
+        return torch.float64
+    return torch.float32
+
+
+def _as_bool(mask: torch.Tensor) -> torch.Tensor:
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def _broadcast(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.shape == mask.shape:
+        return x, mask
+    x, mask = torch.broadcast_tensors(x, mask)
+    return x, mask
+
+
+def _select(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x`` where ``mask`` else 0 (``mask`` already bool)."""
+    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _count(mask: torch.Tensor, dtype: torch.dtype, dim=None, keepdim: bool = False) -> torch.Tensor:
+    m = mask.to(dtype)
+    if dim is None:
+        return m.sum()
+    return m.sum(dim=dim, keepdim=keepdim)
+
+
+# --------------------------------------------------------------------------------------------
+# masked reductions
+# --------------------------------------------------------------------------------------------
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim=None, keepdim: bool = False) -> torch.Tensor:
+    """``sum(x[mask])`` over ``dim`` (all dims when ``None``).
+
+    ``x``, ``mask``: broadcastable, typically ``[B, T]``.  Returns a 0-dim tensor, or ``x``
+    reduced over ``dim``.
+    """
+    m = _as_bool(mask)
+    x = x.to(_compute_dtype(x))
+    x, m = _broadcast(x, m)
+    xs = _select(m, x)
+    if dim is None:
+        return xs.sum()
+    return xs.sum(dim=dim, keepdim=keepdim)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None, keepdim: bool = False) -> torch.Tensor:
+    """``sum(x * mask) / max(sum(mask), 1)`` over ``dim`` (all dims when ``None``).
+
+    An empty selection gives 0 (not NaN).  Shapes as in :func:`masked_sum`.
+    """
+    m = _as_bool(mask)
+    x = x.to(_compute_dtype(x))
+    x, m = _broadcast(x, m)
+    total = masked_sum(x, m, dim=dim, keepdim=keepdim)
+    count = _count(m, x.dtype, dim=dim, keepdim=keepdim)
+    return total / count.clamp(min=1.0)
+
+
+def masked_var(
+    x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, dim=None, keepdim: bool = False
+) -> torch.Tensor:
+    """Variance of ``x[mask]`` over ``dim`` (all dims when ``None``).
+
+    ``var = sum(mask * (x - mu)^2) / n`` with ``n = sum(mask)``; times ``n / (n - 1)`` when
+    ``unbiased``.  Where the estimate is undefined (``n == 0``, or ``n == 1`` and ``unbiased``)
+    the result is 0 instead of NaN/inf.
+    """
+    m = _as_bool(mask)
+    x = x.to(_compute_dtype(x))
+    x, m = _broadcast(x, m)
+    mean = masked_mean(x, m, dim=dim, keepdim=True)
+    sq = (x - mean) ** 2
+    ss = masked_sum(sq, m, dim=dim, keepdim=keepdim)
+    n = _count(m, x.dtype, dim=dim, keepdim=keepdim)
+    denom = n - 1.0 if unbiased else n
+    ok = denom > 0
+    return torch.where(ok, ss / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(ss))
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Whiten over all valid tokens of the batch (pooled, not per sequence).
+
+    ``mu = masked_mean(x, mask)``, ``var = masked_var(x, mask, unbiased=True)``::
+
+        y = (x - mu) * rsqrt(var + 1e-8)        (+ mu when shift_mean=False)
+
+    ``x``, ``mask``: ``[B, T]`` (any broadcastable shapes).  Returns ``x``'s shape.
+    Padded positions of the output are 0.  With a single valid token the unbiased variance is
+    undefined and taken as 0, so that token whitens to 0 (``mu`` when ``shift_mean=False``);
+    an empty mask gives all zeros.  Differentiable (not detached).
+    """
+    m = _as_bool(mask)
+    x = x.to(_compute_dtype(x))
+    x, m = _broadcast(x, m)
+    mean = masked_mean(x, m)
+    var = masked_var(x, m, unbiased=True)
+    y = (x - mean) * torch.rsqrt(var + WHITEN_EPS)
+    if not shift_mean:
+        y = y + mean
+    return _select(m, y)
+
+
+# --------------------------------------------------------------------------------------------
+# advantages
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised Advantage Estimation over the valid tokens.
+
+    For the valid tokens ``t_1 < ... < t_n`` of a row (invalid positions skipped)::
+
+        delta_i = r_{t_i} + gamma * V_{t_{i+1}} - V_{t_i}       (V_{t_{n+1}} := 0)
+        A_{t_i} = delta_i + gamma * lam * A_{t_{i+1}}           (A_{t_{n+1}} := 0)
+        R_t     = A_t + V_t
+
+    The backward recursion carries ``next_value`` / ``next_advantage`` across invalid
+    positions unchanged, so nothing at an invalid position (rewards or values, however large)
+    is ever read: the last valid token bootstraps from 0.
+
+    ``rewards``, ``values``, ``mask``: ``[B, T]`` (or ``[..., T]``).  Returns
+    ``(advantages, returns)``, both ``[B, T]``, detached, **0 at invalid positions**;
+    advantages are not whitened.
+    """
+    if rewards.shape != values.shape or rewards.shape != mask.shape:
+        raise ValueError(
+            f"rewards {tuple(rewards.shape)}, values {tuple(values.shape)} and mask "
+            f"{tuple(mask.shape)} must have the same shape"
+        )
+    dtype = _compute_dtype(rewards, values)
+    shape = rewards.shape
+    if rewards.dim() == 0:
+        raise ValueError("compute_gae needs at least one (time) dimension")
+    T = shape[-1]
+    if rewards.numel() == 0:
+        z = torch.zeros(shape, dtype=dtype, device=rewards.device)
+        return z, z.clone()
+    m = _as_bool(mask).reshape(-1, T)
+    r = _select(m, rewards.detach().to(dtype).reshape(-1, T))
+    v = _select(m, values.detach().to(dtype).reshape(-1, T))
+
+    next_value = torch.zeros(r.shape[0], dtype=dtype, device=r.device)
+    next_adv = torch.zeros_like(next_value)
+    adv = torch.zeros_like(r)
+    for t in range(T - 1, -1, -1):
+        mt = m[:, t]
+        delta = r[:, t] + gamma * next_value - v[:, t]
+        a = delta + gamma * lam * next_adv
+        next_value = torch.where(mt, v[:, t], next_value)
+        next_adv = torch.where(mt, a, next_adv)
+        adv[:, t] = _select(mt, a)
+    returns = _select(m, adv + v)
+    return adv.reshape(shape), returns.reshape(shape)
+
+
+# --------------------------------------------------------------------------------------------
+# losses
+# --------------------------------------------------------------------------------------------
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    clip_c: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped surrogate (optionally dual-clip), token-mean over ``mask``.
+
+    ::
+
+        ratio = exp(clamp(logp - logp_old, -20, 20))
+        pg1   = -A * ratio
+        pg2   = -A * clamp(ratio, 1 - clip_low, 1 + clip_high)
+        l     = max(pg1, pg2)
+        l     = min(l, -A * clip_c)   where A < 0          (dual clip, only if clip_c given)
+        loss  = sum(l * mask) / sum(mask)
+
+    ``logprobs``, ``old_logprobs``, ``advantages``, ``mask``: ``[B, T]``.  Gradient flows
+    through ``logprobs`` only (``old_logprobs``/``advantages`` are detached).  The log-ratio
+    clamp zeroes the gradient where ``|logp - logp_old| > 20``.
+
+    ``stats`` (detached 0-dim tensors, means over valid tokens):
+
+    * ``clipfrac``: fraction with ``pg2 > pg1`` strictly (clipped term active), excluding
+      dual-clip events;
+    * ``dual_clipfrac``: fraction with ``A < 0`` and ``-A * clip_c < max(pg1, pg2)`` strictly
+      (0 when ``clip_c`` is None);
+    * ``approx_kl``: k1 estimate ``mean(logp_old - logp)`` (unclamped);
+    * ``ratio_mean``: mean ratio.
+    """
+    if clip_low < 0 or clip_high < 0:
+        raise ValueError(f"clip_low/clip_high must be >= 0, got {clip_low}, {clip_high}")
+    if clip_c is not None and not clip_c > 1.0:
+        raise ValueError(f"clip_c must be > 1 for dual clip, got {clip_c}")
+    dtype = _compute_dtype(logprobs, old_logprobs, advantages)
+    m = _as_bool(mask)
+    logp = logprobs.to(dtype)
+    old = old_logprobs.detach().to(dtype)
+    adv = _select(m, advantages.detach().to(dtype))
+
+    diff = _select(m, logp - old)
+    ratio = torch.exp(diff.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    pg1 = -adv * ratio
+    pg2 = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    clipped = torch.maximum(pg1, pg2)
+    is_clipped = pg2 > pg1
+    if clip_c is not None:
+        pg3 = -adv * clip_c
+        is_dual = (adv < 0) & (pg3 < clipped)
+        per_token = torch.where(is_dual, pg3, clipped)
+        is_clipped = is_clipped & ~is_dual
+    else:
+        is_dual = torch.zeros_like(is_clipped)
+        per_token = clipped
+
+    loss = masked_mean(per_token, m)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean(is_clipped.to(dtype), m),
+            "dual_clipfrac": masked_mean(is_dual.to(dtype), m),
+            "approx_kl": masked_mean(-diff.detach(), m),
+            "ratio_mean": masked_mean(ratio.detach(), m),
+        }
+    return loss, stats
+
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float | None = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss, token-mean over ``mask``.
+
+    ::
+
+        v_clip = clamp(v, v_old - clip, v_old + clip)
+        loss   = 0.5 * mean_mask(max((v - R)^2, (v_clip - R)^2))
+
+    ``clip=None`` disables clipping (``0.5 * mean_mask((v - R)^2)``).  ``values``,
+    ``old_values``, ``returns``, ``mask``: ``[B, T]``; gradient flows through ``values`` only.
+
+    ``stats`` (detached 0-dim tensors): ``clipfrac`` (fraction of valid tokens where the
+    clipped term is strictly larger), ``values_mean``, ``returns_mean``.
+    """
+    if clip is not None and clip < 0:
+        raise ValueError(f"clip must be >= 0 or None, got {clip}")
+    dtype = _compute_dtype(values, old_values, returns)
+    m = _as_bool(mask)
+    v = _select(m, values.to(dtype))
+    old = _select(m, old_values.detach().to(dtype))
+    ret = _select(m, returns.detach().to(dtype))
+
+    vf1 = (v - ret) ** 2
+    if clip is None:
+        per_token = vf1
+        is_clipped = torch.zeros_like(m)
+    else:
+        v_clip = old + (v - old).clamp(-clip, clip)
+        vf2 = (v_clip - ret) ** 2
+        per_token = torch.maximum(vf1, vf2)
+        is_clipped = vf2 > vf1
+    loss = 0.5 * masked_mean(per_token, m)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean(is_clipped.to(dtype), m),
+            "values_mean": masked_mean(v.detach(), m),
+            "returns_mean": masked_mean(ret, m),
+        }
+    return loss, stats
+
+
+# --------------------------------------------------------------------------------------------
+# KL
+# --------------------------------------------------------------------------------------------
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k1") -> torch.Tensor:
+    """Per-token KL(pi || pi_ref) estimator on sampled tokens (no masking, no reduction).
+
+    With ``x = logp - logp_ref``:
+
+    * ``k1`` (alias ``kl``): ``x``
+    * ``abs``: ``|x|``
+    * ``k2`` (alias ``mse``): ``0.5 * x^2``
+    * ``k3`` (alias ``low_var_kl``): with ``d = clamp(-x, -20, 20)``,
+      ``clamp(exp(d) - d - 1, -10, 10)``; the clamps keep ``exp`` finite and bound the
+      per-token value at 10 (gradient is 0 beyond the clamps).
+
+    ``logprobs``, ``ref_logprobs``: same shape, e.g. ``[B, T]``; returns that shape.
+    Differentiable through both inputs.  Unknown ``kind`` raises ``ValueError``.
+    """
+    key = _KL_ALIASES.get(kind.lower() if isinstance(kind, str) else kind)
+    if key is None:
+        raise ValueError(f"unknown kl kind {kind!r}; allowed: {', '.join(KL_KINDS)}")
+    dtype = _compute_dtype(logprobs, ref_logprobs)
+    x = logprobs.to(dtype) - ref_logprobs.to(dtype)
+    if key == "k1":
+        return x
+    if key == "abs":
+        return x.abs()
+    if key == "k2":
+        return 0.5 * x.square()
+    d = (-x).clamp(-K3_LOG_RATIO_CLAMP, K3_LOG_RATIO_CLAMP)
+    return (torch.exp(d) - d - 1.0).clamp(-K3_CLAMP, K3_CLAMP)
+
+
+class FixedKLController:
+    """Constant KL coefficient; ``update`` is a no-op."""
+
+    def __init__(self, kl_coef: float):
+        self.value = float(kl_coef)
+
+    def update(self, current_kl: Any = None, n_steps: int = 0) -> float:
+        return self.value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "fixed", "value": self.value}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.value = float(d["value"])
+
+
+class AdaptiveKLController:
+    """Proportional KL controller (Ziegler et al. 2019).
+
+    ::
+
+        e      = clip(current_kl / target_kl - 1, -0.2, 0.2)
+        value *= 1 + e * n_steps / horizon
+    """
+
+    def __init__(self, init_kl_coef: float, target_kl: float, horizon: float):
+        if not target_kl > 0:
+            raise ValueError(f"target_kl must be > 0, got {target_kl}")
+        if not horizon > 0:
+            raise ValueError(f"horizon must be > 0, got {horizon}")
+        self.value = float(init_kl_coef)
+        self.target_kl = float(target_kl)
+        self.horizon = float(horizon)
+
+    def update(self, current_kl: Any, n_steps: int) -> float:
+        error = min(max(float(current_kl) / self.target_kl - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * float(n_steps) / self.horizon
+        return self.value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "adaptive",
+            "value": self.value,
+            "target_kl": self.target_kl,
+            "horizon": self.horizon,
+        }
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.value = float(d["value"])
+        if "target_kl" in d:
+            self.target_kl = float(d["target_kl"])
+        if "horizon" in d:
+            self.horizon = float(d["horizon"])
+
+
+@torch.no_grad()
+def shape_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    kind: str = "k1",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-level rewards with a KL penalty and the sequence score on the last valid token.
+
+    ::
+
+        kl_t = kl_penalty(logp, logp_ref, kind)_t * mask_t
+        r_t  = -kl_coef * kl_t + score * [t == last valid index of the row]
+
+    ``scores``: ``[B]``; ``logprobs``, ``ref_logprobs``, ``mask``: ``[B, T]``.
+    Returns ``(rewards, kl)``, both ``[B, T]``, detached, 0 at invalid positions (the score
+    only ever lands on a valid token).  Rows with no valid token get no score (it is dropped)
+    and all-zero rewards.
+    """
+    kl_raw = kl_penalty(logprobs, ref_logprobs, kind)
+    dtype = _compute_dtype(kl_raw, scores)
+    m = _as_bool(mask)
+    kl = _select(m, kl_raw.to(dtype))
+    rewards = -float(kl_coef) * kl if not torch.is_tensor(kl_coef) else -kl_coef.to(dtype) * kl
+    T = m.shape[-1]
+    pos = torch.arange(T, device=m.device)
+    last = torch.where(m, pos, torch.full_like(pos, -1)).amax(dim=-1) if T else None
+    if last is not None:
+        at_last = pos == last.unsqueeze(-1)  # never true for rows without a valid token (last=-1)
+        rewards = rewards + _select(at_last, scores.to(dtype).unsqueeze(-1).expand_as(rewards))
+    return rewards, kl
+
+
+# --------------------------------------------------------------------------------------------
+# entropy
+# --------------------------------------------------------------------------------------------
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of ``softmax(logits)`` over the last dim.
+
+    ``H = logsumexp(l) - sum(p * l)``, evaluated as ``sum(p * (logsumexp(l') - l'))`` with
+    ``l' = l - max(l)`` (same value, no cancellation between two large numbers).  ``-inf`` logits contribute 0; each term is
+    >= 0, so the result is finite and >= 0 even for extreme logits (e.g. +-1e4).  A row of all
+    ``-inf`` gives 0.
+
+    ``logits``: ``[..., V]`` -> ``[...]``.  Differentiable.
+    """
+    dtype = _compute_dtype(logits)
+    lg = logits.to(dtype)
+    # Shift by the (finite) row max first: exact for nearby values, keeps lse - l accurate when
+    # all logits are large (entropy is shift invariant, so the gradient is unchanged).
+    top = lg.detach().amax(dim=-1, keepdim=True)
+    lg = lg - torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    lse = torch.logsumexp(lg, dim=-1, keepdim=True)
+    p = torch.softmax(lg, dim=-1)
+    neg_logp = lse - lg
+    live = (p > 0) & torch.isfinite(neg_logp)
+    neg_logp = torch.where(live, neg_logp, torch.zeros((), dtype=dtype, device=lg.device))
+    p = torch.where(live, p, torch.zeros((), dtype=dtype, device=lg.device))
+    return (p * neg_logp).sum(dim=-1)
