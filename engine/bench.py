@@ -1,6 +1,7 @@
 """Benchmarks that print figures.
 
     python -m engine.bench transport [--sizes 1,16,256] [--repeats N]
+    python -m engine.bench step --config FILE [--steps N] [--set k=v ...]
 
 Each benchmark is a subcommand: a ``bench_<name>(args)`` function plus a ``_register_<name>``
 function that adds its subparser; ``build_parser`` lists them (see the place marked for ``step``).
@@ -128,11 +129,170 @@ def _register_transport(sub) -> None:
 
 
 # ----------------------------------------------------------------------------- step
-# Place for the `step` benchmark: define `bench_step(args)` and `_register_step(sub)` here,
-# then add `_register_step` to REGISTRARS below.
+
+STEP_PHASES = ("rollout", "actor_logprobs", "ref", "critic", "reward", "scoring", "advantage",
+               "actor_update", "critic_update", "update", "step")
 
 
-REGISTRARS = [_register_transport]
+def peak_matmul_tflops(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
+    """The machine's own limit: dense square matmul rate in ``dtype`` with all threads."""
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    torch.matmul(a, b)  # warm-up
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.matmul(a, b)
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+
+
+def step_flops(n_policy: int, n_critic: int, n_reward: int, batch: int, prompt_len: float, resp_len: float,
+               reward_len: float, epochs: int) -> dict:
+    """Model FLOPs of one PPO step (2·params per token forward, 6·params forward+backward;
+    attention's sequence-length term is left out, small at these lengths)."""
+    seq = prompt_len + resp_len
+    f = {
+        "rollout": 2 * n_policy * batch * seq,          # prefill + one token at a time (KV cache)
+        "actor_logprobs": 2 * n_policy * batch * seq,
+        "ref": 2 * n_policy * batch * seq,
+        "critic": 2 * n_critic * batch * seq,
+        "reward": 2 * n_reward * batch * reward_len,
+        "actor_update": 6 * n_policy * batch * seq * epochs,
+        "critic_update": 6 * n_critic * batch * seq * epochs,
+    }
+    f["total"] = sum(f.values())
+    return f
+
+
+def _phase_means(rows: list[dict], skip: int) -> dict:
+    use = rows[skip:] or rows
+    return {k: statistics.mean(r["timings"].get(k, 0.0) for r in use) for k in STEP_PHASES}
+
+
+def _run_multiprocess(cfg, steps: int) -> list[dict]:
+    import tempfile
+    from dataclasses import replace
+
+    from engine.client import create_run_dir
+    from engine.runtime.supervisor import Supervisor
+
+    with tempfile.TemporaryDirectory(prefix="rlhfc-bench-") as tmp:
+        cfg = replace(cfg, run=replace(cfg.run, steps=steps, output_dir=tmp, name="bench"),
+                      checkpoint=replace(cfg.checkpoint, every=0, on_stop=False),
+                      logging=replace(cfg.logging, tensorboard=False, log_dir=None))
+        rd = create_run_dir(cfg)
+        Supervisor(rd.path, printer=lambda line: print("  [multi]", line, flush=True)).run()
+        from engine.runtime.rundir import read_jsonl
+
+        return read_jsonl(rd.metrics)
+
+
+def _run_single_process(cfg, steps: int):
+    from engine.data import PromptStream, load_prompts
+    from engine.models import count_parameters, load_tokenizer
+    from engine.config import resolve_role_model
+    from engine.runtime.driver import InlineEndpoint, PPODriver, ThreadPlan, available_cores, format_step_line
+    from engine.runtime.roles import ROLE_CLASSES, role_seed
+    from engine.runtime.supervisor import make_kl_controller
+
+    cores = available_cores()
+    torch.set_num_threads(cores)
+    torch.manual_seed(role_seed(cfg.run.seed, "actor"))
+    roles = {r: ROLE_CLASSES[r](cfg) for r in ("actor", "reference", "critic", "reward")}
+    ep = InlineEndpoint(roles)
+    all_cores = {r: cores for r in roles}
+    plan = ThreadPlan(generate=dict(all_cores), score=dict(all_cores), update=dict(all_cores))
+    tok = load_tokenizer(resolve_role_model(cfg, "actor"))
+    d = cfg.data
+    prompts = load_prompts(d.source, split=d.split, column=d.column, prompt_words=d.prompt_words,
+                           num_prompts=d.num_prompts, seed=cfg.run.seed)
+    stream = PromptStream(prompts, cfg.rollout.batch_size, seed=cfg.run.seed, shuffle=d.shuffle)
+    driver = PPODriver(cfg, {r: ep for r in roles}, tok, make_kl_controller(cfg), plan, concurrent=False)
+    rows = []
+    for s in range(1, steps + 1):
+        m, _ = driver.step(s, stream.next_batch())
+        rows.append(m)
+        print("  [single]", format_step_line(m, steps), flush=True)
+    n_reward = 0
+    src = getattr(roles["reward"], "source", None)
+    model = getattr(src, "model", None)
+    if isinstance(model, torch.nn.Module):
+        n_reward = count_parameters(model)
+    counts = {"policy": count_parameters(roles["actor"].model), "critic": count_parameters(roles["critic"].model),
+              "reward": n_reward, "prompt_len": float(tok(prompts[: cfg.rollout.batch_size], return_tensors="pt",
+                                                            padding=True)["input_ids"].shape[1])}
+    for r in roles.values():
+        if hasattr(r, "source"):
+            r.source.close()
+    del roles
+    return rows, counts
+
+
+def bench_step(args) -> int:
+    from engine.config import load_config
+    from engine.models import torch_dtype
+    from engine.runtime.driver import available_cores
+
+    overrides = list(args.set or [])
+    cfg = load_config(args.config, overrides)
+    steps = max(2, args.steps)
+    cores = available_cores()
+    print(f"step benchmark: {args.config}, {steps} steps each (first step is warm-up and left out), "
+          f"{cores} cores, torch {torch.__version__}")
+    modes = args.modes.split(",")
+    results = {}
+    if "multi" in modes:
+        print("multi-process runtime (four role workers over shared memory, concurrent phases):", flush=True)
+        results["multi"] = _run_multiprocess(cfg, steps)
+    counts = None
+    if "single" in modes:
+        print("single process, one phase after another (same PPO step, same code):", flush=True)
+        results["single"], counts = _run_single_process(cfg, steps)
+    means = {k: _phase_means(v, 1) for k, v in results.items()}
+    hdr = f"{'phase':<16}" + "".join(f"{k + ' s':>12}" for k in means)
+    print()
+    print(hdr)
+    print("-" * len(hdr))
+    for ph in STEP_PHASES:
+        print(f"{ph:<16}" + "".join(f"{means[k][ph]:>12.3f}" for k in means))
+    tok_rates = {k: statistics.mean(r["tokens_per_s"] for r in (v[1:] or v)) for k, v in results.items()}
+    print(f"{'tokens/s':<16}" + "".join(f"{tok_rates[k]:>12.1f}" for k in means))
+    if "multi" in means and "single" in means:
+        print(f"\nspeed-up of the multi-process runtime over one process: "
+              f"{means['single']['step'] / means['multi']['step']:.2f}x per step")
+    dtype = torch_dtype(cfg.actor.dtype)
+    peak = peak_matmul_tflops(dtype)
+    if counts is not None:
+        rows = results.get("multi") or results["single"]
+        resp = statistics.mean(r["response_len_mean"] for r in rows)
+        fl = step_flops(counts["policy"], counts["critic"], counts["reward"], cfg.rollout.batch_size,
+                        counts["prompt_len"], resp, counts["prompt_len"] + resp, cfg.ppo.epochs)
+        print(f"\nmodel FLOPs per step: {fl['total'] / 1e12:.3f} TFLOP "
+              f"(policy {counts['policy'] / 1e6:.1f}M, critic {counts['critic'] / 1e6:.1f}M, reward {counts['reward'] / 1e6:.1f}M params; "
+              f"prompt {counts['prompt_len']:.0f} + response {resp:.1f} tokens x {cfg.rollout.batch_size})")
+        for k in means:
+            secs = means[k]["step"]
+            print(f"  {k:<7} {fl['total'] / secs / 1e12:.3f} TFLOP/s achieved = {100 * fl['total'] / secs / 1e12 / peak:.1f}% "
+                  f"of the {peak:.3f} TFLOP/s {cfg.actor.dtype} matmul peak; floor at that peak {fl['total'] / 1e12 / peak:.2f}s")
+    else:
+        print(f"\npeak {cfg.actor.dtype} matmul rate on this machine: {peak:.3f} TFLOP/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"means": means, "tokens_per_s": tok_rates, "peak_tflops": peak}, f, indent=2)
+    return 0
+
+
+def _register_step(sub) -> None:
+    p = sub.add_parser("step", help="PPO step time: multi-process runtime vs one process, phase by phase")
+    p.add_argument("--config", required=True)
+    p.add_argument("--steps", type=int, default=4, help="steps per mode, the first is warm-up (default 4)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--modes", default="multi,single", help="multi,single (default both)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(func=bench_step)
+
+
+REGISTRARS = [_register_transport, _register_step]
 
 
 def build_parser() -> argparse.ArgumentParser:

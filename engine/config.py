@@ -1648,3 +1648,31 @@ def schema_reference_markdown() -> str:
                        f"{_default_doc(getattr(inst, f.name))} | {allowed} | {desc} |")
         out.append("")
     return "\n".join(out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m engine.config --reference`` prints the configuration reference (markdown);
+    ``python -m engine.config FILE [--set k=v ...]`` validates a file."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m engine.config")
+    ap.add_argument("file", nargs="?")
+    ap.add_argument("--reference", action="store_true", help="print the configuration reference")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    a = ap.parse_args(argv)
+    if a.reference or not a.file:
+        print(schema_reference_markdown())
+        return 0
+    try:
+        cfg = load_config(a.file, a.set)
+    except ConfigError as e:
+        print(str(e))
+        return 2
+    for n in cfg.notices:
+        print(f"note: {n}")
+    print(f"{a.file}: valid")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

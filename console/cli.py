@@ -1,0 +1,239 @@
+"""``rlhf-console``: the console (no arguments), and the headless commands.
+
+    rlhf-console                         the console: runs and presets
+    rlhf-console CONFIG.yaml             the console's config editor on that file
+    rlhf-console attach [RUN]            the console's dashboard on a run
+    rlhf-console train --config FILE     a run in the foreground (one line per step; Ctrl-C
+                                         stops with a checkpoint); --detach to background it
+    rlhf-console runs                    list runs with state, step, last score
+    rlhf-console pause|resume|stop|checkpoint RUN
+    rlhf-console swap-reward RUN SOURCE
+    rlhf-console train-rm ...            train a reward model
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from engine.config import ConfigError, load_config, validate_text
+
+DEFAULT_RUNS = "runs"
+
+
+def _err(msg: str) -> int:
+    print(f"rlhf-console: {msg}", file=sys.stderr)
+    return 2
+
+
+def _reap_stale() -> None:
+    from engine.client import reap_stale
+
+    try:
+        removed = reap_stale()
+    except Exception:  # noqa: BLE001 - never block a command on housekeeping
+        return
+    if removed:
+        print(f"rlhf-console: removed {len(removed)} stale shared-memory segment(s) of runs whose "
+              f"processes are gone", file=sys.stderr)
+
+
+def _load(args) -> "object":
+    overrides = list(args.set or [])
+    if getattr(args, "log_dir", None):
+        overrides.append(f"logging.log_dir={args.log_dir}")
+    if getattr(args, "tensorboard_dir", None):
+        overrides += [f"logging.tensorboard_dir={args.tensorboard_dir}", "logging.tensorboard=true"]
+    if getattr(args, "max_steps", None):
+        overrides.append(f"run.steps={args.max_steps}")
+    cfg = load_config(args.config, overrides)
+    for n in getattr(cfg, "notices", None) or []:
+        print(f"note: {n}", file=sys.stderr)
+    return cfg
+
+
+# ---- train ----------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from engine.client import Run, RunError, create_run_dir, launch
+
+    try:
+        cfg = _load(args)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        print("rlhf-console: the config is invalid; nothing was started", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        from engine.runtime.dryrun import dry_run
+
+        dry_run(cfg)
+        return 0
+    if args.detach:
+        try:
+            run = launch(cfg, detach=True, wait_ready=True)
+        except RunError as e:
+            return _err(str(e))
+        print(f"run {run.name} started in the background: {run.path}")
+        print(f"  watch: rlhf-console attach {run.name}    stop: rlhf-console stop {run.name}")
+        return 0
+    from engine.runtime.supervisor import Supervisor
+
+    rd = create_run_dir(cfg)
+    print(f"run {rd.name}: {rd.path}  (Ctrl-C stops at the end of the step, with a checkpoint)", flush=True)
+    code = Supervisor(rd.path).run()
+    st = Run(rd.path).info
+    print(f"run {rd.name}: {st.get('state')} at step {st.get('step')}" + (f" — {st.get('failure')}" if st.get("failure") else ""))
+    return code
+
+
+# ---- runs and control -------------------------------------------------------------------------
+def cmd_runs(args) -> int:
+    from engine.client import list_runs
+
+    runs = list_runs(args.runs_dir)
+    if not runs:
+        print(f"no runs under {args.runs_dir}/")
+        return 0
+    print(f"{'run':<40} {'state':<9} {'step':>9} {'score':>7}  started")
+    for r in runs:
+        st = r.info
+        score = st.get("last_score")
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(st.get("created", 0)))
+        print(f"{r.name:<40} {r.state:<9} {str(st.get('step', 0)) + '/' + str(st.get('steps', '?')):>9} "
+              f"{(f'{score:.3f}' if isinstance(score, (int, float)) else '-'):>7}  {started}")
+    return 0
+
+
+def _attach(args):
+    from engine.client import RunError, attach
+
+    try:
+        return attach(args.run, args.runs_dir)
+    except RunError as e:
+        print(f"rlhf-console: {e}", file=sys.stderr)
+        return None
+
+
+def cmd_control(args) -> int:
+    from engine.client import RunError
+
+    run = _attach(args)
+    if run is None:
+        return 2
+    try:
+        if args.command == "resume" and not run.alive:
+            run.restart()
+            print(f"run {run.name}: resumed from its latest checkpoint in a new supervisor (step {run.info.get('step')})")
+            return 0
+        if args.command == "checkpoint":
+            r = run.checkpoint(wait=True)
+            print(f"run {run.name}: checkpoint saved at step {r.get('step')}: {r.get('path')}")
+            return 0
+        r = getattr(run, args.command)()
+        print(f"run {run.name}: {r.get('message', 'ok')}")
+        return 0
+    except RunError as e:
+        return _err(f"{run.name}: {e}")
+
+
+def cmd_swap_reward(args) -> int:
+    from engine.client import RunError
+
+    run = _attach(args)
+    if run is None:
+        return 2
+    try:
+        r = run.swap_reward(args.source)
+    except RunError as e:
+        return _err(f"{run.name}: {e}")
+    print(f"run {run.name}: reward is now '{r['source']}' (was '{r.get('previous')}')")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    try:
+        cfg = _load(args)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    print(f"{args.config}: valid ({cfg.run.name}, {cfg.run.steps} steps)")
+    return 0
+
+
+# ---- parser ---------------------------------------------------------------------------------
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", required=True, help="run config YAML")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="rlhf-console", description="Real RLHF (PPO) on one machine, from a terminal.")
+    ap.add_argument("--runs-dir", default=os.environ.get("RLHF_CONSOLE_RUNS", DEFAULT_RUNS), help="where runs live (default: ./runs)")
+    sub = ap.add_subparsers(dest="command")
+
+    t = sub.add_parser("train", help="train from a config (foreground unless --detach)")
+    _add_config_args(t)
+    t.add_argument("--log-dir", "--log_dir", dest="log_dir", help="folder that holds run directories")
+    t.add_argument("--tensorboard-dir", "--tensorboard_dir", dest="tensorboard_dir", help="write TensorBoard events here")
+    t.add_argument("--max-steps", "--max_steps", dest="max_steps", type=int, help="override run.steps")
+    t.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true", help="load the roles and run one rollout + scoring, no update")
+    t.add_argument("--detach", action="store_true", help="start the supervisor in the background and return")
+    t.set_defaults(func=cmd_train)
+
+    v = sub.add_parser("validate", help="validate a config and exit")
+    _add_config_args(v)
+    v.set_defaults(func=cmd_validate)
+
+    r = sub.add_parser("runs", help="list runs")
+    r.set_defaults(func=cmd_runs)
+
+    for name, hlp in (("pause", "pause a run at the end of its step"), ("resume", "resume a paused run, or restart a stopped one from its latest checkpoint"),
+                      ("stop", "stop a run at the end of its step (with a checkpoint)"), ("checkpoint", "checkpoint a run now")):
+        c = sub.add_parser(name, help=hlp)
+        c.add_argument("run")
+        c.set_defaults(func=cmd_control)
+
+    s = sub.add_parser("swap-reward", help="load a new reward model or function into a live run")
+    s.add_argument("run")
+    s.add_argument("source")
+    s.set_defaults(func=cmd_swap_reward)
+
+    try:
+        from console import train_rm_cmd
+
+        train_rm_cmd.add_parser(sub)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from console import app_cli
+
+        app_cli.add_parsers(sub)
+    except ImportError:
+        pass
+    return ap
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = build_parser()
+    # `rlhf-console CONFIG.yaml` opens the console's editor on that file
+    if argv and argv[0].endswith((".yaml", ".yml")) and not argv[0].startswith("-"):
+        argv = ["edit"] + argv
+    args = ap.parse_args(argv)
+    _reap_stale()
+    if not getattr(args, "command", None):
+        try:
+            from console import app_cli
+        except ImportError:
+            ap.print_help()
+            return 0
+        return app_cli.run_home(args)
+    if not hasattr(args, "func"):
+        ap.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""The one client API for runs: used by the CLI, the console, scripts and notebooks.
+
+    from engine.client import launch, attach, list_runs
+    run = launch("configs/tiny.yaml", overrides=["run.steps=5"])      # detached supervisor
+    for m in run.metrics(follow=True):                                 # history, then live
+        print(m["step"], m["score_mean"])
+    run.pause(); run.resume(); run.checkpoint(wait=True); run.swap_reward("lexicon:vader")
+    run.stop()
+
+A run is a run directory plus (while alive) its supervisor's control socket; everything the
+console shows can be rebuilt from the directory alone.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+from engine.config import RunConfig, dump_config, load_config
+from engine.runtime.control import ControlClient
+from engine.runtime.rundir import LIVE_STATES, JsonlTail, RunDir, list_runs as _list_runs, pid_alive
+
+__all__ = ["Run", "RunError", "launch", "attach", "list_runs", "create_run_dir", "runs_dir_for", "reap_stale"]
+
+
+class RunError(RuntimeError):
+    pass
+
+
+def runs_dir_for(cfg: RunConfig) -> Path:
+    return Path(cfg.logging.log_dir or cfg.run.output_dir)
+
+
+def create_run_dir(cfg: RunConfig) -> RunDir:
+    rd = RunDir.create(runs_dir_for(cfg), cfg.run.name)
+    from engine.runtime.rundir import atomic_write_text
+
+    atomic_write_text(rd.config, dump_config(cfg))
+    rd.write_state(state="starting", created=time.time(), name=rd.name, steps=cfg.run.steps, step=0)
+    for f in (rd.metrics, rd.samples, rd.labels, rd.events):
+        f.touch()
+    return rd
+
+
+def reap_stale() -> list[str]:
+    """Remove shared-memory segments of runs whose processes are gone; return their names."""
+    from engine.transport import reap_stale_segments
+
+    return reap_stale_segments()
+
+
+def _supervisor_cmd(rd: RunDir, resume: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "engine.runtime.supervisor", str(rd.path)]
+    return cmd + (["--resume"] if resume else [])
+
+
+def _spawn_detached(rd: RunDir, resume: bool = False) -> int:
+    env = dict(os.environ)
+    # make the engine importable from the supervisor even when running from a source checkout
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with open(rd.supervisor_log, "ab") as log:
+        p = subprocess.Popen(
+            _supervisor_cmd(rd, resume), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True, env=env, cwd=os.getcwd(),
+        )
+    rd.write_state(supervisor_pid=p.pid)
+    return p.pid
+
+
+def launch(config: Union[str, Path, RunConfig], overrides: Sequence[str] = (), *, detach: bool = True,
+           wait_ready: bool = True, timeout: float = 600.0) -> "Run":
+    """Validate a config, create its run directory and start its supervisor.
+
+    ``detach=True`` starts the supervisor in its own session (it outlives this process and the
+    terminal); ``detach=False`` runs it in this process until the run ends.
+    """
+    cfg = config if isinstance(config, RunConfig) else load_config(config, list(overrides))
+    rd = create_run_dir(cfg)
+    run = Run(rd.path)
+    if not detach:
+        from engine.runtime.supervisor import Supervisor
+
+        Supervisor(rd.path).run()
+        return run
+    _spawn_detached(rd)
+    if wait_ready:
+        run.wait_started(timeout)
+    return run
+
+
+def attach(run: Union[str, Path], runs_dir: Union[str, Path] = "runs") -> "Run":
+    """A handle on an existing run: a directory path, or a run name under ``runs_dir``."""
+    p = Path(run)
+    if not (p / "run.json").exists():
+        cand = Path(runs_dir) / str(run)
+        if (cand / "run.json").exists():
+            p = cand
+        else:
+            matches = [r.path for r in _list_runs(Path(runs_dir)) if r.name.startswith(str(run))]
+            if len(matches) == 1:
+                p = matches[0]
+            else:
+                raise RunError(f"no run '{run}' (looked for {p}/run.json and under {runs_dir}/)")
+    return Run(p)
+
+
+def list_runs(runs_dir: Union[str, Path] = "runs") -> list["Run"]:
+    return [Run(r.path) for r in _list_runs(Path(runs_dir))]
+
+
+class Run:
+    def __init__(self, path: Union[str, Path]):
+        self.dir = RunDir(Path(path))
+        self.path = self.dir.path
+        self.name = self.dir.name
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, state={self.state!r})"
+
+    # ---- state ---------------------------------------------------------------------------
+    @property
+    def info(self) -> dict:
+        return self.dir.read_state()
+
+    @property
+    def state(self) -> str:
+        return self.dir.effective_state()
+
+    @property
+    def alive(self) -> bool:
+        st = self.info
+        return st.get("state") in LIVE_STATES and pid_alive(st.get("supervisor_pid"))
+
+    def wait_started(self, timeout: float = 600.0) -> str:
+        """Wait until the supervisor has loaded every role (or failed)."""
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            st = self.info
+            s = st.get("state")
+            if s in ("running", "paused", "finished", "stopped"):
+                return s
+            if s == "failed":
+                raise RunError(f"run {self.name} failed: {st.get('failure')}")
+            if not pid_alive(st.get("supervisor_pid")):
+                raise RunError(f"run {self.name}: the supervisor exited during start-up; see {self.dir.supervisor_log}")
+            time.sleep(0.2)
+        raise RunError(f"run {self.name} did not start within {timeout:.0f}s")
+
+    def wait(self, states=("finished", "failed", "stopped"), timeout: float = 600.0, poll: float = 0.2) -> str:
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            s = self.state
+            if s in states or s == "dead":
+                return s
+            time.sleep(poll)
+        raise RunError(f"run {self.name} still {self.state} after {timeout:.0f}s")
+
+    def wait_step(self, step: int, timeout: float = 600.0) -> None:
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if int(self.info.get("step") or 0) >= step:
+                return
+            if self.state in ("failed", "dead", "finished", "stopped"):
+                raise RunError(f"run {self.name} is {self.state} at step {self.info.get('step')}: {self.info.get('failure')}")
+            time.sleep(0.2)
+        raise RunError(f"run {self.name} did not reach step {step} within {timeout:.0f}s")
+
+    # ---- control -------------------------------------------------------------------------
+    def _socket(self) -> Path:
+        st = self.info
+        sock = st.get("socket")
+        if not sock or not self.alive:
+            raise RunError(f"run {self.name} is not running (state {self.state}); no control socket")
+        return Path(sock)
+
+    def request(self, op: str, timeout: float = 60.0, **fields) -> dict:
+        try:
+            with ControlClient(self._socket(), timeout=timeout) as c:
+                return c.request(op, **fields)
+        except (ConnectionError, FileNotFoundError, OSError) as e:
+            raise RunError(f"run {self.name}: control socket unavailable ({e})") from e
+
+    def _ok(self, reply: dict) -> dict:
+        if not reply.get("ok"):
+            raise RunError(reply.get("error", "request refused"))
+        return reply
+
+    def status(self) -> dict:
+        if not self.alive:
+            return {"ok": True, **self.info, "state": self.state}
+        return self.request("status")
+
+    def pause(self) -> dict:
+        return self._ok(self.request("pause"))
+
+    def resume(self) -> dict:
+        return self._ok(self.request("resume"))
+
+    def stop(self, wait: bool = False, timeout: float = 600.0) -> dict:
+        r = self._ok(self.request("stop"))
+        if wait:
+            self.wait(timeout=timeout)
+        return r
+
+    def checkpoint(self, wait: bool = True, timeout: float = 600.0) -> dict:
+        return self._ok(self.request("checkpoint", timeout=timeout + 5, wait=wait, wait_timeout=timeout))
+
+    def swap_reward(self, source: str, timeout: float = 900.0) -> dict:
+        return self._ok(self.request("swap_reward", timeout=timeout, source=source))
+
+    def restart(self, timeout: float = 600.0, wait_ready: bool = True) -> "Run":
+        """Continue a stopped/failed/dead run from its latest checkpoint in a new supervisor."""
+        if self.alive:
+            raise RunError(f"run {self.name} is still {self.state}; pause/resume it instead")
+        if self.dir.latest_checkpoint() is None:
+            raise RunError(f"run {self.name} has no checkpoint to resume from")
+        self.dir.write_state(state="starting", failure=None)
+        _spawn_detached(self.dir, resume=True)
+        if wait_ready:
+            self.wait_started(timeout)
+        return self
+
+    # ---- history then live ----------------------------------------------------------------
+    def _iter(self, path: Path, follow: bool, poll: float) -> Iterator[dict]:
+        tail = JsonlTail(path)
+        while True:
+            rows = tail.read_new()
+            yield from rows
+            if not follow:
+                return
+            if not rows:
+                if not self.alive:
+                    yield from tail.read_new()
+                    return
+                time.sleep(poll)
+
+    def metrics(self, follow: bool = False, poll: float = 0.25) -> Iterator[dict]:
+        return self._iter(self.dir.metrics, follow, poll)
+
+    def samples(self, follow: bool = False, poll: float = 0.25) -> Iterator[dict]:
+        return self._iter(self.dir.samples, follow, poll)
+
+    def labels(self) -> list[dict]:
+        from engine.runtime.rundir import read_jsonl
+
+        return read_jsonl(self.dir.labels)
+
+    def events(self, follow: bool = False, poll: float = 0.25) -> Iterator[str]:
+        offset = 0
+        while True:
+            try:
+                with open(self.dir.events) as f:
+                    f.seek(offset)
+                    chunk = f.read()
+            except FileNotFoundError:
+                chunk = ""
+            lines = chunk.split("\n")
+            complete = lines[:-1]
+            offset += sum(len(x) + 1 for x in complete)
+            yield from complete
+            if not follow:
+                return
+            if not complete:
+                if not self.alive:
+                    return
+                time.sleep(poll)
+
+    def subscribe(self) -> Iterator[dict]:
+        """Live events from the supervisor's socket (step, samples, state, log, checkpoint)."""
+        c = ControlClient(self._socket(), timeout=None)
+        try:
+            yield from c.events()
+        finally:
+            c.close()
+
+    def label(self, sample_id: str, step: int, verdict: str, note: str = "") -> dict:
+        """Append a spot-check judgement of a sample to labels.jsonl."""
+        from engine.runtime.rundir import append_jsonl
+
+        if verdict not in ("good", "bad"):
+            raise ValueError("verdict must be 'good' or 'bad'")
+        row = {"sample_id": sample_id, "step": int(step), "label": verdict, "note": note, "time": time.time()}
+        append_jsonl(self.dir.labels, row)
+        return row

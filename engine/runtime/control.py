@@ -1,0 +1,196 @@
+"""The control socket: AF_UNIX, mode 0600, JSON lines in both directions.
+
+Requests  {"op": "status"|"pause"|"resume"|"stop"|"checkpoint"|"swap_reward"|"subscribe", ...}
+Replies   {"ok": true, ...} or {"ok": false, "error": "..."}; ``subscribe`` then streams events
+          {"event": "step"|"sample"|"state"|"log"|"checkpoint", ...} until the client leaves.
+
+Only JSON crosses the socket: no pickle, ever. A malformed or unknown request gets an error
+reply and changes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import socket
+import socketserver
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+MAX_LINE = 1 << 20
+OPS = ("status", "pause", "resume", "stop", "checkpoint", "swap_reward", "subscribe", "ping")
+
+
+def socket_path_for(run_dir: Path) -> Path:
+    """``run_dir/control.sock`` unless that is too long for AF_UNIX (108 bytes)."""
+    p = Path(run_dir) / "control.sock"
+    if len(str(p).encode()) < 100:
+        return p
+    h = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+    d = Path(tempfile.gettempdir()) / f"rlhfc-{os.getuid()}"
+    d.mkdir(mode=0o700, exist_ok=True)
+    return d / f"{h}.sock"
+
+
+class ControlServer:
+    """Serves requests with ``handler(request) -> reply``; broadcasts events to subscribers."""
+
+    def __init__(self, path: Path, handler: Callable[[dict], dict], hello: Callable[[], dict]):
+        self.path = Path(path)
+        self.handler = handler
+        self.hello = hello
+        self._subs: list[queue.Queue] = []
+        self._subs_lock = threading.Lock()
+        server_self = self
+
+        class _Handler(socketserver.StreamRequestHandler):
+            def handle(self):  # one connection
+                server_self._serve_conn(self.rfile, self.wfile)
+
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)  # the socket is created 0600
+        try:
+            self._server = socketserver.ThreadingUnixStreamServer(str(self.path), _Handler)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="control", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        with self._subs_lock:
+            for q in self._subs:
+                q.put(None)
+        self._server.shutdown()
+        self._server.server_close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def broadcast(self, event: dict) -> None:
+        with self._subs_lock:
+            subs = list(self._subs)
+        for q in subs:
+            if q.qsize() < 10_000:  # a stuck viewer must not eat the supervisor's memory
+                q.put(event)
+
+    # ---------------------------------------------------------------------------------------
+    def _serve_conn(self, rfile, wfile) -> None:
+        def send(obj):
+            wfile.write((json.dumps(obj, allow_nan=True) + "\n").encode())
+            wfile.flush()
+
+        while True:
+            try:
+                line = rfile.readline(MAX_LINE)
+            except (ConnectionError, OSError):
+                return
+            if not line:
+                return
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                req = json.loads(line)
+                if not isinstance(req, dict):
+                    raise ValueError("a request must be a JSON object")
+            except (ValueError, UnicodeDecodeError) as e:
+                self._safe(send, {"ok": False, "error": f"malformed request: {e}"})
+                continue
+            op = req.get("op")
+            if op not in OPS:
+                self._safe(send, {"ok": False, "error": f"unknown op {op!r}; expected one of {', '.join(OPS)}"})
+                continue
+            if op == "subscribe":
+                self._stream(send)
+                return
+            try:
+                reply = self.handler(req)
+            except Exception as e:  # noqa: BLE001 - the connection stays up
+                reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            if not self._safe(send, reply):
+                return
+
+    @staticmethod
+    def _safe(send, obj) -> bool:
+        try:
+            send(obj)
+            return True
+        except (ConnectionError, OSError):
+            return False
+
+    def _stream(self, send) -> None:
+        q: queue.Queue = queue.Queue()
+        with self._subs_lock:
+            self._subs.append(q)
+        try:
+            if not self._safe(send, {"ok": True, "event": "hello", **self.hello()}):
+                return
+            while True:
+                ev = q.get()
+                if ev is None or not self._safe(send, ev):
+                    return
+        finally:
+            with self._subs_lock:
+                if q in self._subs:
+                    self._subs.remove(q)
+
+
+class ControlClient:
+    """A blocking JSON-lines client for one request/reply at a time."""
+
+    def __init__(self, path: Path, timeout: float = 30.0):
+        self.path = Path(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(self.path))
+        self._r = self.sock.makefile("rb")
+
+    def request(self, op: str, timeout: Optional[float] = None, **fields: Any) -> dict:
+        if timeout is not None:
+            self.sock.settimeout(timeout)
+        self.sock.sendall((json.dumps({"op": op, **fields}) + "\n").encode())
+        line = self._r.readline(MAX_LINE)
+        if not line:
+            raise ConnectionError("the run's control socket closed")
+        return json.loads(line)
+
+    def send_raw(self, data: bytes) -> dict:
+        self.sock.sendall(data)
+        line = self._r.readline(MAX_LINE)
+        if not line:
+            raise ConnectionError("the run's control socket closed")
+        return json.loads(line)
+
+    def events(self) -> Iterator[dict]:
+        """Subscribe and yield events until the socket closes."""
+        self.sock.settimeout(None)
+        self.sock.sendall(b'{"op": "subscribe"}\n')
+        while True:
+            line = self._r.readline(MAX_LINE)
+            if not line:
+                return
+            yield json.loads(line)
+
+    def close(self) -> None:
+        try:
+            self._r.close()
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()

@@ -1,0 +1,230 @@
+"""The PPO step: the single controller's view of one iteration.
+
+rollout (actor) -> concurrently: reference logprobs, critic values, reward scores, actor's own
+old logprobs -> KL-shaped rewards, GAE, whitening (engine.algorithms) -> concurrently: actor
+update and critic update -> metrics and samples.
+
+The driver talks to roles through *endpoints* (``submit(role, op, tensors, args, threads)`` ->
+Future of ``(outputs, result, seconds)``). The local backend's endpoints are worker processes;
+the benchmark's single-process baseline uses ``InlineEndpoint`` and runs phase after phase.
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from engine import algorithms as A
+from engine.config import RunConfig
+from engine.runtime.roles import NonFiniteError
+
+ROLES = ("actor", "reference", "critic", "reward")
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover
+        return max(1, os.cpu_count() or 1)
+
+
+class InlineEndpoint:
+    """Runs role operations in this process, synchronously (the sequential baseline)."""
+
+    def __init__(self, roles: dict[str, Any]):
+        self.roles = roles
+
+    def submit(self, role: str, op: str, tensors=None, args=None, threads=None) -> Future:
+        fut: Future = Future()
+        if threads:
+            torch.set_num_threads(int(threads))
+        t = time.perf_counter()
+        try:
+            outs, result = self.roles[role].call(op, dict(tensors or {}), args or {})
+            fut.set_result((outs, result, time.perf_counter() - t))
+        except BaseException as e:  # noqa: BLE001
+            fut.set_exception(e)
+        return fut
+
+
+@dataclass
+class ThreadPlan:
+    """How many intra-op threads each role uses in each phase (CPU)."""
+
+    generate: dict[str, int] = field(default_factory=dict)
+    score: dict[str, int] = field(default_factory=dict)
+    update: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def make(cls, cfg: RunConfig, cores: Optional[int] = None) -> "ThreadPlan":
+        cores = cores or available_cores()
+        fixed = cfg.runtime.threads or {}
+        if fixed:
+            t = {r: int(fixed.get(r) or max(1, cores // 4)) for r in ROLES}
+            return cls(generate=dict(t), score=dict(t), update=dict(t))
+        # generation runs alone: the actor takes every core. Scoring runs four roles at once,
+        # updates two; split the cores between them (never below one).
+        share4 = max(1, cores // 4)
+        share2 = max(1, cores // 2)
+        return cls(
+            generate={"actor": cores},
+            score={r: share4 for r in ROLES},
+            update={"actor": max(1, cores - share2) if cores > 1 else 1, "critic": share2},
+        )
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+class PPODriver:
+    def __init__(self, cfg: RunConfig, endpoints: dict[str, Any], tokenizer, kl_controller,
+                 threads: Optional[ThreadPlan] = None, concurrent: bool = True):
+        self.cfg = cfg
+        self.ep = endpoints
+        self.tok = tokenizer
+        self.kl_ctl = kl_controller
+        self.threads = threads or ThreadPlan.make(cfg)
+        self.concurrent = concurrent
+
+    def _call(self, role, op, tensors=None, args=None, phase="score"):
+        n = getattr(self.threads, phase).get(role)
+        return self.ep[role].submit(role, op, tensors, args, threads=n)
+
+    def _gather(self, futs: dict[str, Future]) -> dict[str, tuple]:
+        out, first_err = {}, None
+        for k, f in futs.items():
+            try:
+                out[k] = f.result()
+            except BaseException as e:  # noqa: BLE001 - wait for all, then raise the first
+                first_err = first_err or e
+        if first_err:
+            raise first_err
+        return out
+
+    def _run_phase(self, calls: dict[str, tuple]) -> dict[str, tuple]:
+        if self.concurrent:
+            return self._gather({k: self._call(*c) for k, c in calls.items()})
+        return {k: self._gather({k: self._call(*c)})[k] for k, c in calls.items()}
+
+    def step(self, step: int, prompts: list[str]) -> tuple[dict, list[dict]]:
+        cfg, p = self.cfg, self.cfg.ppo
+        t_step = time.perf_counter()
+        timings: dict[str, float] = {}
+
+        # 1. rollout ------------------------------------------------------------------------
+        t = time.perf_counter()
+        (batch, gen_res, _), = self._run_phase({"gen": ("actor", "generate", None, {"prompts": prompts, "step": step}, "generate")}).values()
+        timings["rollout"] = time.perf_counter() - t
+
+        # 2. scoring, concurrently ---------------------------------------------------------
+        t = time.perf_counter()
+        res = self._run_phase({
+            "old": ("actor", "logprobs", batch, {}, "score"),
+            "ref": ("reference", "logprobs", batch, {}, "score"),
+            "val": ("critic", "values", batch, {}, "score"),
+            "rew": ("reward", "score", batch, {}, "score"),
+        })
+        timings["scoring"] = time.perf_counter() - t
+        timings["actor_logprobs"] = res["old"][2]
+        timings["ref"] = res["ref"][2]
+        timings["critic"] = res["val"][2]
+        timings["reward"] = res["rew"][2]
+
+        # 3. advantages (the driver's own math) ---------------------------------------------
+        t = time.perf_counter()
+        mask = batch["response_mask"].float()
+        old_lp = res["old"][0]["logprobs"]
+        ref_lp = res["ref"][0]["logprobs"]
+        values = res["val"][0]["values"] * mask
+        scores = res["rew"][0]["scores"].float()
+        eos = self.tok.eos_token_id
+        has_eos = ((batch["response_ids"] == eos) & batch["response_mask"].bool()).any(dim=1)
+        adj_scores = scores.clone()
+        if p.missing_eos_penalty is not None:
+            adj_scores = torch.where(has_eos, adj_scores, adj_scores - float(p.missing_eos_penalty))
+        kl_coef = float(self.kl_ctl.value)
+        rewards, kl_tok = A.shape_rewards(adj_scores, old_lp, ref_lp, mask, kl_coef, kind=p.kl_estimator)
+        if p.whiten_rewards:
+            rewards = A.whiten(rewards, mask, shift_mean=False) * mask
+        adv, ret = A.compute_gae(rewards, values, mask, p.gamma, p.lam)
+        if p.whiten_advantages:
+            adv = A.whiten(adv, mask) * mask
+        for name, tns in (("rewards", rewards), ("advantages", adv), ("returns", ret)):
+            if not torch.isfinite(tns[mask.bool()]).all():
+                raise NonFiniteError("driver", "advantage", f"{name} contain NaN/inf")
+        k1 = A.kl_penalty(old_lp, ref_lp, "k1") * mask
+        seq_kl = k1.sum(dim=1)
+        mean_kl = float(seq_kl.mean())
+        timings["advantage"] = time.perf_counter() - t
+
+        # 4. updates, concurrently ------------------------------------------------------------
+        t = time.perf_counter()
+        upd = self._run_phase({
+            "actor": ("actor", "update", {**batch, "old_logprobs": old_lp, "advantages": adv}, {"step": step}, "update"),
+            "critic": ("critic", "update", {**batch, "values": values, "returns": ret}, {"step": step}, "update"),
+        })
+        timings["update"] = time.perf_counter() - t
+        timings["actor_update"] = upd["actor"][2]
+        timings["critic_update"] = upd["critic"][2]
+        self.kl_ctl.update(mean_kl, mask.shape[0])
+        timings["step"] = time.perf_counter() - t_step
+
+        # 5. metrics and samples --------------------------------------------------------------
+        lengths = mask.sum(dim=1)
+        n_tokens = int(mask.sum())
+        metrics: dict[str, Any] = {
+            "step": step,
+            "time": time.time(),
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+            "score_mean": float(scores.mean()),
+            "score_std": float(scores.std()) if scores.numel() > 1 else 0.0,
+            "kl": mean_kl,
+            "kl_coef": kl_coef,
+            "kl_coef_next": float(self.kl_ctl.value),
+            "kl_penalty_mean": float((A.kl_penalty(old_lp, ref_lp, p.kl_estimator) * mask).sum(1).mean()),
+            "response_len_mean": float(lengths.mean()),
+            "response_len_max": int(lengths.max()) if lengths.numel() else 0,
+            "eos_frac": float(has_eos.float().mean()),
+            "advantage_mean": float(A.masked_mean(adv, mask)),
+            "return_mean": float(A.masked_mean(ret, mask)),
+            "value_mean": float(A.masked_mean(values, mask)),
+            "tokens": n_tokens,
+            "tokens_per_s": n_tokens / timings["step"] if timings["step"] > 0 else 0.0,
+            "gen_tokens_per_s": n_tokens / timings["rollout"] if timings["rollout"] > 0 else 0.0,
+        }
+        metrics.update({k: v for k, v in upd["actor"][1].items()})
+        metrics.update({k: v for k, v in upd["critic"][1].items()})
+
+        prompts_txt = self.tok.batch_decode(batch["query_ids"], skip_special_tokens=True)
+        samples = []
+        n_log = min(cfg.rollout.samples_to_log, len(prompts_txt))
+        for i in range(n_log):
+            m = batch["response_mask"][i].bool()
+            samples.append({
+                "id": f"{step}-{i}",
+                "step": step,
+                "index": i,
+                "prompt": prompts_txt[i],
+                "response": self.tok.decode(batch["response_ids"][i][m], skip_special_tokens=True),
+                "score": float(scores[i]),
+                "kl": float(seq_kl[i]),
+                "return": float(ret[i][0]) if m.any() else 0.0,
+                "length": int(m.sum()),
+                "eos": bool(has_eos[i]),
+            })
+        return metrics, samples
+
+
+def format_step_line(m: dict, total_steps: int) -> str:
+    t = m.get("timings", {})
+    return (
+        f"step {m['step']}/{total_steps} | rollout {t.get('rollout', 0):.1f}s | ref {t.get('ref', 0):.1f}s"
+        f" | reward {t.get('reward', 0):.1f}s | critic {t.get('critic', 0):.1f}s | update {t.get('update', 0):.1f}s"
+        f" | step {t.get('step', 0):.1f}s | score {m.get('score_mean', 0):.3f} | kl {m.get('kl', 0):.4f}"
+    )

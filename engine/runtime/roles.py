@@ -1,0 +1,457 @@
+"""The four PPO roles as plain objects: actor, reference, critic, reward.
+
+A role owns its model(s) and answers operations (``generate``, ``logprobs``, ``values``,
+``score``, ``update``, ``save``, ``load`` ...). Each operation takes a dict of tensors and a dict
+of JSON-able arguments and returns the same pair. The worker process (``worker.py``) hosts one
+or more roles behind the shared-memory transport; the single-process baseline of the benchmark
+calls the very same objects inline.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import resource
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from engine import algorithms as A
+from engine.config import RunConfig, resolve_role_model
+
+Tensors = dict[str, torch.Tensor]
+Result = tuple[Tensors, dict[str, Any]]
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN/inf in a loss, gradient, value or reward: the step's update must not be applied."""
+
+    def __init__(self, role: str, phase: str, detail: str):
+        super().__init__(f"non-finite value in {role} ({phase}): {detail}")
+        self.role, self.phase, self.detail = role, phase, detail
+
+
+def role_seed(seed: int, role: str) -> int:
+    return (seed * 1_000_003 + sum(ord(c) * 31**i for i, c in enumerate(role))) % (2**31 - 1)
+
+
+def step_generator(seed: int, step: int, tag: int) -> torch.Generator:
+    """A generator derived from (seed, step, tag): mini-batch shuffles that resume exactly."""
+    g = torch.Generator()
+    g.manual_seed((seed * 7919 + step * 104_729 + tag * 15_485_863) % (2**63 - 1))
+    return g
+
+
+def memory_stats(device: torch.device) -> dict[str, float]:
+    st: dict[str, float] = {}
+    try:
+        import psutil
+
+        st["rss_mb"] = psutil.Process().memory_info().rss / 2**20
+    except Exception:  # pragma: no cover - psutil is a dependency
+        pass
+    st["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        st["gpu_alloc_mb"] = torch.cuda.memory_allocated(device) / 2**20
+        st["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return st
+
+
+def capture_rng() -> dict:
+    st = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    try:
+        import numpy as np
+
+        st["numpy"] = np.random.get_state()
+    except ImportError:  # pragma: no cover
+        pass
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def restore_rng(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    random.setstate(st["python"])
+    if "numpy" in st:
+        import numpy as np
+
+        np.random.set_state(st["numpy"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _make_scheduler(opt: torch.optim.Optimizer, kind: str, warmup: int, total: int):
+    total = max(int(total), 1)
+
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        frac = min(1.0, (step - warmup) / max(1, total - warmup))
+        if kind == "linear":
+            return max(0.0, 1.0 - frac)
+        return 0.5 * (1.0 + math.cos(math.pi * frac))  # cosine
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _check_finite(role: str, phase: str, **named: Any) -> None:
+    for k, v in named.items():
+        t = v if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+        if not torch.isfinite(t).all():
+            raise NonFiniteError(role, phase, f"{k} is not finite")
+
+
+def _batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+class Role:
+    name = "role"
+
+    def __init__(self, cfg: RunConfig, progress: Optional[Callable[[str], None]] = None):
+        from engine.models import resolve_device
+
+        self.cfg = cfg
+        self.progress = progress or (lambda m: None)
+        self.role_cfg = getattr(cfg, self.name)
+        self.device = resolve_device(self.role_cfg.device)
+
+    def call(self, op: str, tensors: Tensors, args: dict) -> Result:
+        fn = getattr(self, f"op_{op}", None)
+        if fn is None:
+            raise ValueError(f"role {self.name} has no operation '{op}'")
+        return fn(tensors, args)
+
+    def op_memory(self, tensors: Tensors, args: dict) -> Result:
+        return {}, memory_stats(self.device)
+
+    def op_reset_peak(self, tensors: Tensors, args: dict) -> Result:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return {}, {}
+
+    def _to(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.device, non_blocking=True)
+
+
+class _PolicyBase(Role):
+    """Shared by actor and reference: a causal LM that scores response tokens."""
+
+    trainable = False
+
+    def __init__(self, cfg: RunConfig, progress=None):
+        super().__init__(cfg, progress)
+        from engine.models import load_policy, load_tokenizer, resolve_attn_implementation
+
+        src = resolve_role_model(cfg, self.name)
+        attn, warn = resolve_attn_implementation(self.role_cfg.attn_implementation, self.device)
+        if warn:
+            self.progress(f"{self.name}: {warn}")
+        self.tokenizer = load_tokenizer(src)
+        self.model = load_policy(
+            src,
+            dtype=self.role_cfg.dtype,
+            device=str(self.device),
+            attn_implementation=attn,
+            gradient_checkpointing=self.role_cfg.gradient_checkpointing and self.trainable,
+            trainable=self.trainable,
+            progress=self.progress,
+        )
+
+    def _logprobs(self, tensors: Tensors, entropy: bool = False):
+        from engine.models import sequence_logprobs
+
+        ids = torch.cat([tensors["query_ids"], tensors["response_ids"]], dim=1)
+        attn = torch.cat([tensors["query_mask"], tensors["response_mask"]], dim=1)
+        return sequence_logprobs(
+            self.model, self._to(ids), self._to(attn), tensors["query_ids"].shape[1],
+            temperature=self.cfg.rollout.temperature, return_entropy=entropy,
+        )
+
+    def op_logprobs(self, tensors: Tensors, args: dict) -> Result:
+        self.model.eval()
+        with torch.no_grad():
+            lp = self._logprobs(tensors)
+        return {"logprobs": lp.float().cpu()}, {}
+
+
+class ReferenceRole(_PolicyBase):
+    name = "reference"
+
+
+class ActorRole(_PolicyBase):
+    name = "actor"
+    trainable = True
+
+    def __init__(self, cfg: RunConfig, progress=None):
+        super().__init__(cfg, progress)
+        p = cfg.ppo
+        params = [q for q in self.model.parameters() if q.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=p.actor_lr, weight_decay=p.weight_decay)
+        self.scheduler = _make_scheduler(self.optimizer, p.lr_schedule, p.warmup_steps, cfg.run.steps)
+        self.tokenizer.padding_side = "left"
+        self.tokenizer.truncation_side = "left"
+
+    def op_generate(self, tensors: Tensors, args: dict) -> Result:
+        from engine.models import generate
+
+        r = self.cfg.rollout
+        prompts: list[str] = args["prompts"]
+        enc = self.tokenizer(
+            prompts, return_tensors="pt", padding=True, truncation=True,
+            max_length=self.cfg.data.max_prompt_tokens, add_special_tokens=False,
+        )
+        q_ids, q_mask = enc["input_ids"], enc["attention_mask"]
+        self.model.eval()
+        with torch.no_grad():
+            resp, resp_mask = generate(
+                self.model, self.tokenizer, self._to(q_ids), self._to(q_mask),
+                max_new_tokens=r.max_new_tokens, min_new_tokens=r.min_new_tokens,
+                temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, do_sample=r.do_sample,
+            )
+        out = {
+            "query_ids": q_ids.cpu(),
+            "query_mask": q_mask.cpu(),
+            "response_ids": resp.cpu(),
+            "response_mask": resp_mask.cpu(),
+        }
+        ntok = int(resp_mask.sum())
+        return out, {"response_tokens": ntok}
+
+    def op_update(self, tensors: Tensors, args: dict) -> Result:
+        from engine.models import sequence_logprobs
+
+        p = self.cfg.ppo
+        step = int(args["step"])
+        mask = tensors["response_mask"].float()
+        B = mask.shape[0]
+        ids = torch.cat([tensors["query_ids"], tensors["response_ids"]], dim=1)
+        attn = torch.cat([tensors["query_mask"], tensors["response_mask"]], dim=1)
+        P = tensors["query_ids"].shape[1]
+        old_lp, adv = tensors["old_logprobs"].float(), tensors["advantages"].float()
+        _check_finite(self.name, "update", advantages=adv[mask.bool()], old_logprobs=old_lp[mask.bool()])
+        self.model.train()
+        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "clipfrac", "dual_clipfrac", "approx_kl", "entropy", "grad_norm")}
+        for epoch in range(p.epochs):
+            perm = torch.randperm(B, generator=step_generator(self.cfg.run.seed, step, 1 + epoch))
+            for mb in _batches(B, p.mini_batch_size):
+                mb_idx = perm[mb]
+                self.optimizer.zero_grad(set_to_none=True)
+                n_mb = len(mb_idx)
+                for mc in _batches(n_mb, p.micro_batch_size):
+                    idx = mb_idx[mc]
+                    lp, ent = sequence_logprobs(
+                        self.model, self._to(ids[idx]), self._to(attn[idx]), P,
+                        temperature=self.cfg.rollout.temperature, return_entropy=True,
+                    )
+                    m = self._to(mask[idx])
+                    loss, st = A.policy_loss(
+                        lp.float(), self._to(old_lp[idx]), self._to(adv[idx]), m,
+                        clip_low=p.clip_low, clip_high=p.clip_high, clip_c=p.dual_clip_c,
+                    )
+                    ent_mean = A.masked_mean(ent.float(), m)
+                    total = loss - p.entropy_coef * ent_mean
+                    _check_finite(self.name, "update", policy_loss=total)
+                    (total * (len(idx) / n_mb)).backward()
+                    stats["policy_loss"].append(float(loss.detach()))
+                    stats["entropy"].append(float(ent_mean.detach()))
+                    for k in ("clipfrac", "dual_clipfrac", "approx_kl"):
+                        stats[k].append(float(st.get(k, 0.0)))
+                gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)
+                _check_finite(self.name, "update", grad_norm=gn)
+                stats["grad_norm"].append(float(gn))
+                self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        out = {k: (sum(v) / len(v) if v else 0.0) for k, v in stats.items()}
+        out["lr"] = self.scheduler.get_last_lr()[0]
+        return {}, out
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def op_save(self, tensors: Tensors, args: dict) -> Result:
+        d = Path(args["path"]) / self.name
+        d.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(d, safe_serialization=True)
+        self.tokenizer.save_pretrained(d)
+        torch.save(
+            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+             "rng": capture_rng()},
+            d / "trainer_state.pt",
+        )
+        return {}, {}
+
+    def op_load(self, tensors: Tensors, args: dict) -> Result:
+        from safetensors.torch import load_file
+
+        d = Path(args["path"]) / self.name
+        sd = {}
+        for f in sorted(d.glob("*.safetensors")):
+            sd.update(load_file(f, device=str(self.device)))
+        missing, unexpected = self.model.load_state_dict(sd, strict=False)
+        bad = [k for k in missing if "lm_head" not in k]  # tied embeddings are not stored twice
+        if bad or unexpected:
+            raise RuntimeError(f"{self.name} checkpoint {d} does not match the model: missing {bad[:3]}, unexpected {list(unexpected)[:3]}")
+        if getattr(self.model.config, "tie_word_embeddings", False):
+            self.model.tie_weights()
+        st = torch.load(d / "trainer_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        restore_rng(st["rng"])
+        return {}, {}
+
+    def op_rng(self, tensors: Tensors, args: dict) -> Result:
+        return {}, {"torch_rng_sum": int(torch.get_rng_state().sum())}
+
+
+class CriticRole(Role):
+    name = "critic"
+
+    def __init__(self, cfg: RunConfig, progress=None):
+        super().__init__(cfg, progress)
+        from engine.models import load_critic, resolve_attn_implementation
+
+        src = resolve_role_model(cfg, self.name)
+        attn, warn = resolve_attn_implementation(self.role_cfg.attn_implementation, self.device)
+        if warn:
+            self.progress(f"{self.name}: {warn}")
+        self.model = load_critic(
+            src, dtype=self.role_cfg.dtype, device=str(self.device), attn_implementation=attn,
+            gradient_checkpointing=self.role_cfg.gradient_checkpointing, progress=self.progress,
+        )
+        p = cfg.ppo
+        self.optimizer = torch.optim.AdamW(
+            [q for q in self.model.parameters() if q.requires_grad], lr=p.critic_lr, weight_decay=p.weight_decay
+        )
+        self.scheduler = _make_scheduler(self.optimizer, p.lr_schedule, p.warmup_steps, cfg.run.steps)
+
+    def _values(self, ids: torch.Tensor, attn: torch.Tensor, P: int, R: int) -> torch.Tensor:
+        # the value of the state *before* each response token: positions P-1 .. P+R-2
+        v = self.model(input_ids=self._to(ids), attention_mask=self._to(attn))
+        return v[:, P - 1 : P + R - 1].float()
+
+    def _full(self, tensors: Tensors):
+        ids = torch.cat([tensors["query_ids"], tensors["response_ids"]], dim=1)
+        attn = torch.cat([tensors["query_mask"], tensors["response_mask"]], dim=1)
+        return ids, attn, tensors["query_ids"].shape[1], tensors["response_ids"].shape[1]
+
+    def op_values(self, tensors: Tensors, args: dict) -> Result:
+        ids, attn, P, R = self._full(tensors)
+        self.model.eval()
+        with torch.no_grad():
+            v = self._values(ids, attn, P, R)
+        return {"values": v.cpu()}, {}
+
+    def op_update(self, tensors: Tensors, args: dict) -> Result:
+        p = self.cfg.ppo
+        step = int(args["step"])
+        ids, attn, P, R = self._full(tensors)
+        mask = tensors["response_mask"].float()
+        old_v, ret = tensors["values"].float(), tensors["returns"].float()
+        _check_finite(self.name, "update", returns=ret[mask.bool()], values=old_v[mask.bool()])
+        B = ids.shape[0]
+        self.model.train()
+        stats: dict[str, list[float]] = {"value_loss": [], "vf_clipfrac": [], "critic_grad_norm": []}
+        for epoch in range(p.epochs):
+            perm = torch.randperm(B, generator=step_generator(self.cfg.run.seed, step, 101 + epoch))
+            for mb in _batches(B, p.mini_batch_size):
+                mb_idx = perm[mb]
+                n_mb = len(mb_idx)
+                self.optimizer.zero_grad(set_to_none=True)
+                for mc in _batches(n_mb, p.micro_batch_size):
+                    idx = mb_idx[mc]
+                    v = self._values(ids[idx], attn[idx], P, R)
+                    loss, st = A.value_loss(v, self._to(old_v[idx]), self._to(ret[idx]), self._to(mask[idx]), clip=p.value_clip)
+                    _check_finite(self.name, "update", value_loss=loss)
+                    (p.vf_coef * loss * (len(idx) / n_mb)).backward()
+                    stats["value_loss"].append(float(loss.detach()))
+                    stats["vf_clipfrac"].append(float(st.get("clipfrac", 0.0)))
+                gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)
+                _check_finite(self.name, "update", grad_norm=gn)
+                stats["critic_grad_norm"].append(float(gn))
+                self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {}, {k: (sum(v) / len(v) if v else 0.0) for k, v in stats.items()}
+
+    def op_save(self, tensors: Tensors, args: dict) -> Result:
+        d = Path(args["path"]) / self.name
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+             "scheduler": self.scheduler.state_dict(), "rng": capture_rng()},
+            d / "critic_state.pt",
+        )
+        return {}, {}
+
+    def op_load(self, tensors: Tensors, args: dict) -> Result:
+        st = torch.load(Path(args["path"]) / self.name / "critic_state.pt", weights_only=False, map_location=self.device)
+        self.model.load_state_dict(st["model"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        restore_rng(st["rng"])
+        return {}, {}
+
+
+class RewardRole(Role):
+    name = "reward"
+
+    def __init__(self, cfg: RunConfig, progress=None):
+        super().__init__(cfg, progress)
+        from engine.models import load_tokenizer
+
+        self.tokenizer = load_tokenizer(resolve_role_model(cfg, "actor"))
+        self.source_spec = cfg.reward.source
+        self.source = self._build(cfg.reward.source)
+
+    def _build(self, spec: str):
+        from engine.rewards import build_reward
+
+        r = self.cfg.reward
+        return build_reward(
+            spec, device=str(self.device), dtype=r.dtype, quantization=r.quantization,
+            score_label=r.score_label, score_kind=r.score_kind, max_length=r.max_length,
+            batch_size=r.batch_size, progress=self.progress,
+        )
+
+    def decode(self, tensors: Tensors) -> tuple[list[str], list[str]]:
+        tok = self.tokenizer
+        prompts = tok.batch_decode(tensors["query_ids"], skip_special_tokens=True)
+        responses = []
+        for row, m in zip(tensors["response_ids"], tensors["response_mask"]):
+            responses.append(tok.decode(row[m.bool()], skip_special_tokens=True))
+        return prompts, responses
+
+    def op_score(self, tensors: Tensors, args: dict) -> Result:
+        from engine.rewards import RewardError
+
+        prompts, responses = self.decode(tensors)
+        raw = self.source.score(prompts, responses)
+        if len(raw) != len(prompts):
+            raise RewardError(f"reward source '{self.source_spec}' returned {len(raw)} scores for {len(prompts)} samples")
+        scores = torch.tensor([float(x) for x in raw], dtype=torch.float32)
+        bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+        if bad:
+            raise NonFiniteError("reward", "score", f"source '{self.source_spec}' returned {scores[bad[0]].item()} for sample {bad[0]}")
+        return {"scores": scores}, {}
+
+    def op_swap(self, tensors: Tensors, args: dict) -> Result:
+        spec = str(args["source"])
+        new = self._build(spec)  # raises on failure: the old source stays in place
+        # a quick probe so a source that loads but cannot score is refused too
+        probe = new.score(["This movie"], [" was fine."])
+        if len(probe) != 1 or not math.isfinite(float(probe[0])):
+            raise ValueError(f"reward source '{spec}' loaded but returned {probe!r} for a probe sample")
+        old, self.source, self.source_spec = self.source, new, spec
+        try:
+            old.close()
+        except Exception:
+            pass
+        return {}, {"source": spec}
+
+
+ROLE_CLASSES = {"actor": ActorRole, "reference": ReferenceRole, "critic": CriticRole, "reward": RewardRole}

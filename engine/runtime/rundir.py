@@ -1,0 +1,226 @@
+"""The run directory: the single source of truth for a run.
+
+    runs/<name>-<yyyymmdd-hhmmss>/
+      config.yaml  run.json  control.sock  metrics.jsonl  samples.jsonl  labels.jsonl
+      events.log   supervisor.log  tensorboard/  checkpoints/step_<N>/
+
+Everything here is plain files written so that a crash never leaves a half-written one:
+whole files are written to a temp file and renamed; JSONL files are appended one complete line
+at a time and readers skip a trailing partial line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+STATES = ("starting", "running", "paused", "stopping", "finished", "failed", "stopped")
+LIVE_STATES = ("starting", "running", "paused", "stopping")
+
+
+def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def append_jsonl(path: Path, obj: Any) -> None:
+    line = json.dumps(obj, separators=(",", ":"), allow_nan=True) + "\n"
+    # O_APPEND with a single write keeps lines whole even with several writers
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    out: list[dict] = []
+    try:
+        with open(path) as f:
+            for raw in f:
+                if not raw.endswith("\n"):
+                    break  # a line still being written
+                raw = raw.strip()
+                if raw:
+                    try:
+                        out.append(json.loads(raw))
+                    except json.JSONDecodeError:
+                        continue
+    except FileNotFoundError:
+        pass
+    return out
+
+
+class JsonlTail:
+    """Incremental reader of an append-only JSONL file (history first, then new lines)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.offset = 0
+        self._partial = b""
+
+    def read_new(self) -> list[dict]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        if not data:
+            return []
+        self.offset += len(data)
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()  # b"" when data ended with a newline
+        out = []
+        for ln in lines:
+            ln = ln.strip()
+            if ln:
+                try:
+                    out.append(json.loads(ln))
+                except json.JSONDecodeError:
+                    continue
+        return out
+
+
+def pid_alive(pid: Optional[int]) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie counts as dead
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def make_run_name(name: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
+    return f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass
+class RunDir:
+    path: Path
+
+    def __post_init__(self):
+        self.path = Path(self.path).resolve()
+
+    # ---- layout -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    config = property(lambda self: self.path / "config.yaml")
+    run_json = property(lambda self: self.path / "run.json")
+    socket = property(lambda self: self.path / "control.sock")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    samples = property(lambda self: self.path / "samples.jsonl")
+    labels = property(lambda self: self.path / "labels.jsonl")
+    events = property(lambda self: self.path / "events.log")
+    supervisor_log = property(lambda self: self.path / "supervisor.log")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+
+    @classmethod
+    def create(cls, runs_dir: Path, name: str) -> "RunDir":
+        runs_dir = Path(runs_dir)
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        base = make_run_name(name)
+        for i in range(100):
+            p = runs_dir / (base if i == 0 else f"{base}-{i}")
+            try:
+                p.mkdir(mode=0o700)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise RuntimeError(f"could not create a run directory under {runs_dir}")
+        os.chmod(p, 0o700)
+        rd = cls(p)
+        rd.checkpoints.mkdir(exist_ok=True)
+        return rd
+
+    # ---- run.json -----------------------------------------------------------------------
+    def read_state(self) -> dict:
+        try:
+            return json.loads(self.run_json.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def write_state(self, **fields) -> dict:
+        state = self.read_state()
+        state.update(fields)
+        state["updated"] = time.time()
+        atomic_write_json(self.run_json, state)
+        return state
+
+    def effective_state(self) -> str:
+        """run.json's state, corrected when the supervisor is gone without saying so."""
+        st = self.read_state()
+        state = st.get("state", "unknown")
+        if state in LIVE_STATES and not pid_alive(st.get("supervisor_pid")):
+            return "dead"
+        return state
+
+    # ---- events -------------------------------------------------------------------------
+    def log_event(self, message: str, level: str = "INFO") -> str:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {level:<7} {message}"
+        with open(self.events, "a") as f:
+            f.write(line + "\n")
+        return line
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def checkpoint_dirs(self) -> list[Path]:
+        if not self.checkpoints.exists():
+            return []
+        out = []
+        for p in self.checkpoints.iterdir():
+            m = re.fullmatch(r"step_(\d+)", p.name)
+            if m and p.is_dir() and (p / "state.json").exists():
+                out.append((int(m.group(1)), p))
+        return [p for _, p in sorted(out)]
+
+    def latest_checkpoint(self) -> Optional[Path]:
+        c = self.checkpoint_dirs()
+        return c[-1] if c else None
+
+    def iter_metrics(self) -> Iterator[dict]:
+        yield from read_jsonl(self.metrics)
+
+
+def list_runs(runs_dir: Path) -> list[RunDir]:
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    out = [RunDir(p) for p in runs_dir.iterdir() if p.is_dir() and (p / "run.json").exists()]
+    out.sort(key=lambda r: r.read_state().get("created", 0))
+    return out

@@ -1,0 +1,516 @@
+"""The supervisor: one per run, the single PPO controller.
+
+It starts the role workers (``spawn``), drives PPO steps, writes the run directory, serves the
+control socket, honours pause/stop/checkpoint/swap-reward at step boundaries, survives the
+terminal going away (it runs in its own session when detached), and cleans up shared memory and
+processes on every exit path.
+
+Detached start: ``python -m engine.runtime.supervisor RUN_DIR [--resume]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import random
+import shutil
+import signal
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from engine import transport
+from engine.config import RunConfig, dump_config, resolve_role_model, validate_text
+from engine.runtime.control import ControlServer, socket_path_for
+from engine.runtime.driver import PPODriver, ROLES, ThreadPlan, available_cores, format_step_line
+from engine.runtime.roles import NonFiniteError, capture_rng, restore_rng, role_seed
+from engine.runtime.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl
+from engine.runtime.worker import WorkerError, WorkerHandle
+
+
+def worker_groups(cfg: RunConfig) -> list[list[str]]:
+    c = cfg.runtime.colocate
+    if c is True:
+        return [list(ROLES)]
+    if not c:
+        return [[r] for r in ROLES]
+    return [list(g) for g in c]
+
+
+def make_kl_controller(cfg: RunConfig):
+    from engine.algorithms import AdaptiveKLController, FixedKLController
+
+    p = cfg.ppo
+    if p.kl_controller == "adaptive":
+        return AdaptiveKLController(p.kl_coef, p.target_kl, p.kl_horizon)
+    return FixedKLController(p.kl_coef)
+
+
+class StopRun(Exception):
+    pass
+
+
+class Supervisor:
+    def __init__(self, run_dir: Path, *, resume: bool = False, printer: Optional[Callable[[str], None]] = None):
+        self.rd = RunDir(run_dir)
+        self.resume = resume
+        self.printer = printer or (lambda s: print(s, flush=True))
+        self.owner_pid = os.getpid()
+        self.run_tag = transport.new_run_tag()
+        self.cfg: Optional[RunConfig] = None
+        self.workers: list[WorkerHandle] = []
+        self.by_role: dict[str, WorkerHandle] = {}
+        self.arena: Optional[transport.TensorArena] = None
+        self.server: Optional[ControlServer] = None
+        self.step = 0
+        self.state = "starting"
+        self.paused_reason: Optional[str] = None
+        self.last_metrics: dict = {}
+        self.reward_source = ""
+        self._cv = threading.Condition()
+        self._pause_req = False
+        self._stop_req = False
+        self._stop_reason = ""
+        self._ckpt_req: list[threading.Event] = []
+        self._ckpt_results: dict[int, dict] = {}
+        self._signals = 0
+
+    # ---- logging & state ----------------------------------------------------------------
+    def log(self, message: str, level: str = "INFO") -> None:
+        line = self.rd.log_event(message, level)
+        self.printer(line)
+        if self.server:
+            self.server.broadcast({"event": "log", "line": line, "level": level})
+
+    def set_state(self, state: str, **extra) -> None:
+        self.state = state
+        self.rd.write_state(state=state, step=self.step, **extra)
+        if self.server:
+            self.server.broadcast({"event": "state", "state": state, "step": self.step,
+                                   "message": extra.get("message") or extra.get("failure") or ""})
+
+    def status(self) -> dict:
+        st = self.rd.read_state()
+        return {
+            "ok": True, "state": self.state, "step": self.step,
+            "steps": self.cfg.run.steps if self.cfg else None,
+            "run_dir": str(self.rd.path), "name": self.rd.name,
+            "pids": st.get("pids", {}), "supervisor_pid": self.owner_pid,
+            "pause_requested": self._pause_req, "stop_requested": self._stop_req,
+            "paused_reason": self.paused_reason, "reward_source": self.reward_source,
+            "last_metrics": self.last_metrics,
+        }
+
+    # ---- control socket ----------------------------------------------------------------
+    def handle(self, req: dict) -> dict:
+        op = req["op"]
+        if op in ("status", "ping"):
+            return self.status()
+        with self._cv:
+            if self.state in ("finished", "failed", "stopped"):
+                return {"ok": False, "error": f"the run is {self.state}"}
+            if op == "pause":
+                if self.state == "paused":
+                    return {"ok": True, "pending": False, "message": "already paused"}
+                self._pause_req = True
+                self._cv.notify_all()
+                self.log(f"pause requested: takes effect at the end of step {self.step + 1}")
+                return {"ok": True, "pending": True, "message": f"pausing at the end of step {self.step + 1}"}
+            if op == "resume":
+                if self.state != "paused" and not self._pause_req:
+                    return {"ok": False, "error": f"not paused (state {self.state})"}
+                self._pause_req = False
+                self.paused_reason = None
+                self._cv.notify_all()
+                return {"ok": True, "pending": False, "message": "resuming"}
+            if op == "stop":
+                self._stop_req = True
+                self._stop_reason = str(req.get("reason") or "stop requested")
+                self._cv.notify_all()
+                self.log("stop requested: stopping at the end of the current step (with a checkpoint)")
+                return {"ok": True, "pending": True, "message": "stopping at the end of the current step"}
+            if op == "checkpoint":
+                ev = threading.Event()
+                self._ckpt_req.append(ev)
+                self._cv.notify_all()
+        if op == "checkpoint":
+            if not req.get("wait", False):
+                return {"ok": True, "pending": True, "message": "checkpoint at the end of the current step"}
+            ev.wait(float(req.get("wait_timeout", 600)))
+            res = self._ckpt_results.get(id(ev))
+            return res or {"ok": False, "error": "checkpoint did not complete in time"}
+        if op == "swap_reward":
+            return self._swap_reward(req)
+        return {"ok": False, "error": f"unsupported op {op!r}"}
+
+    def _swap_reward(self, req: dict) -> dict:
+        source = req.get("source")
+        if not isinstance(source, str) or not source.strip():
+            return {"ok": False, "error": "swap_reward needs a non-empty 'source' string"}
+        w = self.by_role["reward"]
+        self.log(f"swapping reward to '{source}' ...")
+        try:
+            _, res, secs = w.submit("reward", "swap", None, {"source": source}, arena=self.arena).result()
+        except WorkerError as e:
+            self.log(f"reward swap to '{source}' failed, keeping '{self.reward_source}': {e}", "WARNING")
+            return {"ok": False, "error": f"could not load '{source}': {e}; the previous reward "
+                                          f"'{self.reward_source}' stays in place"}
+        old, self.reward_source = self.reward_source, source
+        self.rd.write_state(reward_source=source)
+        self.log(f"reward swapped from '{old}' to '{source}' in {secs:.1f}s")
+        return {"ok": True, "source": source, "previous": old, "seconds": secs}
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_term(signum, frame):
+            self._signals += 1
+            if self._signals > 1:
+                raise KeyboardInterrupt
+            name = signal.Signals(signum).name
+            with self._cv:
+                self._stop_req = True
+                self._stop_reason = f"{name} received"
+                self._cv.notify_all()
+            try:
+                self.rd.log_event(f"{name} received: stopping at the end of the current step (again to stop now)", "WARNING")
+            except OSError:
+                pass
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        try:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a dropped SSH session never stops training
+        except (AttributeError, ValueError):  # pragma: no cover
+            pass
+
+    def run(self) -> int:
+        code = 1
+        try:
+            code = self._run()
+        except KeyboardInterrupt:
+            self.log("interrupted again: stopping now without a final checkpoint", "WARNING")
+            self.set_state("stopped", message="interrupted")
+            code = 130
+        except BaseException as e:  # noqa: BLE001 - recorded, then cleaned up
+            tb = traceback.format_exc()
+            self.log(f"supervisor error: {type(e).__name__}: {e}", "ERROR")
+            (self.rd.path / "supervisor.traceback").write_text(tb)
+            self.set_state("failed", failure=f"supervisor: {type(e).__name__}: {e}")
+            code = 1
+        finally:
+            self._teardown()
+        return code
+
+    def _load_config(self) -> RunConfig:
+        res = validate_text(self.rd.config.read_text(), str(self.rd.config))
+        if res.config is None:
+            raise RuntimeError("invalid config: " + "; ".join(str(i) for i in res.issues))
+        return res.config
+
+    def _run(self) -> int:
+        self._install_signals()
+        self.cfg = cfg = self._load_config()
+        stale = transport.reap_stale_segments()
+        if stale:
+            self.log(f"removed {len(stale)} stale shared-memory segment(s) of runs whose processes are gone", "WARNING")
+        sock = socket_path_for(self.rd.path)
+        self.server = ControlServer(sock, self.handle, hello=self.status)
+        self.server.start()
+        self.arena = transport.TensorArena(self.owner_pid, self.run_tag, "driver")
+        self.reward_source = cfg.reward.source
+        self.rd.write_state(
+            state="starting", supervisor_pid=self.owner_pid, socket=str(sock), name=self.rd.name,
+            steps=cfg.run.steps, run_tag=self.run_tag, reward_source=cfg.reward.source,
+            created=self.rd.read_state().get("created", time.time()), failure=None,
+        )
+        self.log(f"run {self.rd.name}: starting {len(worker_groups(cfg))} worker process(es) for "
+                 f"{', '.join(ROLES)} ({available_cores()} cores)")
+        torch.manual_seed(cfg.run.seed)
+        random.seed(cfg.run.seed)
+
+        # workers ---------------------------------------------------------------------------
+        ctx = mp.get_context("spawn")
+        cfg_yaml = dump_config(cfg)
+        plan = ThreadPlan.make(cfg)
+        t0 = time.perf_counter()
+        for group in worker_groups(cfg):
+            n = max(plan.generate.get(r, 1) for r in group) if group else 1
+            h = WorkerHandle(ctx, group, cfg_yaml, self.owner_pid, self.run_tag, n,
+                             on_progress=lambda label, msg: self.log(msg))
+            self.workers.append(h)
+            for r in group:
+                self.by_role[r] = h
+        self.rd.write_state(pids={h.label: h.pid for h in self.workers})
+        for h in self.workers:
+            try:
+                h.wait_ready()
+            except WorkerError as e:
+                reason = e.reply.get("error") or str(e)
+                self.log(f"worker '{h.label}' failed to load: {reason}", "ERROR")
+                self.set_state("failed", failure=f"{h.label} (load): {reason}")
+                return 1
+        self.log(f"all roles loaded in {time.perf_counter() - t0:.1f}s")
+
+        from engine.data import PromptStream, load_prompts
+        from engine.models import load_tokenizer
+
+        d = cfg.data
+        prompts = load_prompts(d.source, split=d.split, column=d.column, prompt_words=d.prompt_words,
+                               num_prompts=d.num_prompts, seed=cfg.run.seed)
+        tokenizer = load_tokenizer(resolve_role_model(cfg, "actor"))
+        if d.chat_template:
+            from engine.data import format_prompts
+
+            prompts = format_prompts(prompts, tokenizer, True)
+        stream = PromptStream(prompts, cfg.rollout.batch_size, seed=cfg.run.seed, shuffle=d.shuffle)
+        kl_ctl = make_kl_controller(cfg)
+        endpoints = {r: _Endpoint(self.by_role[r], self.arena) for r in ROLES}
+        driver = PPODriver(cfg, endpoints, tokenizer, kl_ctl, plan)
+
+        if self.resume:
+            ck = self.rd.latest_checkpoint()
+            if ck is None:
+                raise RuntimeError(f"no checkpoint to resume from in {self.rd.checkpoints}")
+            self._load_checkpoint(ck, stream, kl_ctl)
+        self.set_state("running", pids={h.label: h.pid for h in self.workers})
+
+        tb = self._tensorboard()
+        total = cfg.run.steps
+        try:
+            while self.step < total:
+                try:
+                    if self._boundary(stream, kl_ctl):
+                        break
+                except WorkerError as e:
+                    return self._fail(e)
+                batch_prompts = stream.next_batch()
+                try:
+                    metrics, samples = driver.step(self.step + 1, batch_prompts)
+                except (WorkerError, NonFiniteError) as e:
+                    if getattr(e, "kind", "nonfinite") == "nonfinite":
+                        role = getattr(e, "role", None) or (e.reply.get("role") if isinstance(e, WorkerError) else None)
+                        phase = getattr(e, "phase", None) or (e.reply.get("phase") if isinstance(e, WorkerError) else None)
+                        msg = (e.reply.get("error") if isinstance(e, WorkerError) else str(e)) or str(e)
+                        self.log(f"step {self.step + 1} not applied: {msg} [role {role}, phase {phase}]; pausing", "ERROR")
+                        with self._cv:
+                            self._pause_req = True
+                            self.paused_reason = f"non-finite value in {role} ({phase}): {msg}"
+                        continue
+                    return self._fail(e)
+                self.step += 1
+                metrics["memory"] = self._memory()
+                self.last_metrics = metrics
+                append_jsonl(self.rd.metrics, metrics)
+                for s in samples:
+                    append_jsonl(self.rd.samples, s)
+                self.rd.write_state(step=self.step, last_score=metrics["score_mean"], last_kl=metrics["kl"])
+                if tb is not None:
+                    self._tb_write(tb, metrics, samples)
+                line = format_step_line(metrics, total)
+                self.rd.log_event(line)
+                self.printer(line)
+                if self.server:
+                    self.server.broadcast({"event": "step", "metrics": metrics})
+                    self.server.broadcast({"event": "samples", "step": self.step, "samples": samples})
+                ce = cfg.checkpoint.every
+                if ce and self.step % ce == 0 and self.step < total:
+                    self._save_checkpoint(stream, kl_ctl)
+        finally:
+            if tb is not None:
+                tb.close()
+        # end of the loop: finished or stopped
+        if self._stop_req:
+            if cfg.checkpoint.on_stop and self.step > 0:
+                self._save_checkpoint(stream, kl_ctl)
+            self.log(f"stopped at step {self.step}/{total} ({self._stop_reason})")
+            self.set_state("stopped", message=self._stop_reason)
+            return 0
+        self._save_checkpoint(stream, kl_ctl)
+        self.log(f"finished {self.step}/{total} steps")
+        self.set_state("finished")
+        return 0
+
+    def _fail(self, e: BaseException) -> int:
+        reply = getattr(e, "reply", {}) or {}
+        roles = getattr(e, "roles", None) or ["?"]
+        cause = reply.get("error") or str(e)
+        if reply.get("trace"):
+            (self.rd.path / "worker.traceback").write_text(reply["trace"])
+        failure = f"{'+'.join(roles)}: {cause}"
+        self.log(f"worker failure: {failure}; stopping the other workers", "ERROR")
+        self.set_state("failed", failure=failure, failed_role="+".join(roles))
+        return 1
+
+    def _boundary(self, stream, kl_ctl) -> bool:
+        """Honour checkpoint / pause / stop requests between steps. True means stop."""
+        while True:
+            with self._cv:
+                ckpts, self._ckpt_req = self._ckpt_req, []
+            if ckpts:
+                res = self._save_checkpoint(stream, kl_ctl)
+                for ev in ckpts:
+                    self._ckpt_results[id(ev)] = res
+                    ev.set()
+            with self._cv:
+                if self._stop_req:
+                    return True
+                if not self._pause_req:
+                    if self.state == "paused":
+                        self.log(f"resumed at step {self.step}")
+                        self.set_state("running")
+                    return False
+                if self.state != "paused":
+                    self.set_state("paused", message=self.paused_reason or "paused by request")
+                    self.log(f"paused after step {self.step}" + (f": {self.paused_reason}" if self.paused_reason else ""))
+                self._cv.wait(timeout=0.5)
+            dead = [h for h in self.workers if h.dead_reason]
+            if dead:
+                raise _WorkerDied(dead[0])
+
+    def _memory(self) -> dict:
+        futs = {h.label: h.submit(h.roles[0], "memory", arena=self.arena) for h in self.workers}
+        out = {}
+        for label, f in futs.items():
+            try:
+                out[label] = {k: round(v, 1) for k, v in f.result(timeout=30)[1].items()}
+            except Exception:  # noqa: BLE001 - memory is best effort
+                pass
+        return out
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def _save_checkpoint(self, stream, kl_ctl) -> dict:
+        cfg = self.cfg
+        final = self.rd.checkpoints / f"step_{self.step}"
+        if final.exists():
+            return {"ok": True, "path": str(final), "step": self.step, "message": "already saved"}
+        t = time.perf_counter()
+        tmp = self.rd.checkpoints / f".tmp-step_{self.step}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            futs = [self.by_role[r].submit(r, "save", None, {"path": str(tmp)}, arena=self.arena) for r in ("actor", "critic")]
+            for f in futs:
+                f.result()
+            torch.save({"rng": capture_rng()}, tmp / "supervisor_rng.pt")
+            atomic_write_json(tmp / "state.json", {
+                "step": self.step, "data": stream.state_dict(), "kl_controller": kl_ctl.state_dict(),
+                "reward_source": self.reward_source, "time": time.time(), "run_tag": self.run_tag,
+            })
+            os.replace(tmp, final)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.log(f"checkpoint at step {self.step} failed: {e}", "ERROR")
+            if isinstance(e, WorkerError) and e.kind == "died":
+                raise
+            return {"ok": False, "error": str(e)}
+        keep = max(1, cfg.checkpoint.keep_last)
+        for old in self.rd.checkpoint_dirs()[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        secs = time.perf_counter() - t
+        self.log(f"checkpoint step {self.step} saved to {final.relative_to(self.rd.path)} in {secs:.1f}s")
+        if self.server:
+            self.server.broadcast({"event": "checkpoint", "step": self.step, "path": str(final)})
+        self.rd.write_state(last_checkpoint=str(final))
+        return {"ok": True, "path": str(final), "step": self.step, "seconds": secs}
+
+    def _load_checkpoint(self, ck: Path, stream, kl_ctl) -> None:
+        st = json.loads((ck / "state.json").read_text())
+        futs = [self.by_role[r].submit(r, "load", None, {"path": str(ck)}, arena=self.arena) for r in ("actor", "critic")]
+        for f in futs:
+            f.result()
+        stream.load_state_dict(st["data"])
+        kl_ctl.load_state_dict(st["kl_controller"])
+        restore_rng(torch.load(ck / "supervisor_rng.pt", weights_only=False)["rng"])
+        self.step = int(st["step"])
+        # the history past the checkpoint is replaced by what the resumed run computes
+        for path in (self.rd.metrics, self.rd.samples):
+            rows = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= self.step]
+            from engine.runtime.rundir import atomic_write_text
+
+            atomic_write_text(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
+        if st.get("reward_source") and st["reward_source"] != self.cfg.reward.source:
+            self.reward_source = self.cfg.reward.source
+            self.log(f"note: the checkpoint was taken with reward '{st['reward_source']}'; resuming with the config's '{self.cfg.reward.source}'", "WARNING")
+        self.log(f"resumed from {ck.relative_to(self.rd.path)} (step {self.step})")
+
+    # ---- tensorboard ---------------------------------------------------------------------
+    def _tensorboard(self):
+        lg = self.cfg.logging
+        if not lg.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception as e:  # noqa: BLE001
+            self.log(f"tensorboard disabled: {e}", "WARNING")
+            return None
+        path = Path(lg.tensorboard_dir) / self.rd.name if lg.tensorboard_dir else self.rd.path / "tensorboard"
+        return SummaryWriter(log_dir=str(path))
+
+    def _tb_write(self, tb, m: dict, samples: list[dict]) -> None:
+        s = m["step"]
+        for k, v in m.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "time"):
+                tb.add_scalar(f"ppo/{k}", v, s)
+        for k, v in m.get("timings", {}).items():
+            tb.add_scalar(f"time/{k}", v, s)
+        if samples:
+            text = "\n\n".join(f"**{x['score']:.3f}** {x['prompt']} ⟶ {x['response']}" for x in samples[:4])
+            tb.add_text("samples", text, s)
+        tb.flush()
+
+    # ---- teardown ------------------------------------------------------------------------
+    def _teardown(self) -> None:
+        for h in self.workers:
+            try:
+                h.shutdown(timeout=5.0)
+            except Exception:  # noqa: BLE001
+                pass
+        if self.arena is not None:
+            self.arena.close()
+        removed = transport.unlink_run_segments(self.owner_pid)
+        if removed:
+            self.rd.log_event(f"removed {len(removed)} shared-memory segment(s) left by workers", "INFO")
+        if self.server is not None:
+            try:
+                self.server.close()
+            except Exception:  # noqa: BLE001
+                pass
+        st = self.rd.read_state()
+        if st.get("state") in ("starting", "running", "paused", "stopping"):
+            self.rd.write_state(state="failed", failure=st.get("failure") or "supervisor ended unexpectedly")
+
+
+class _WorkerDied(WorkerError):
+    def __init__(self, h: WorkerHandle):
+        super().__init__(h.roles, h.dead_reason or "worker died", "died")
+
+
+class _Endpoint:
+    def __init__(self, handle: WorkerHandle, arena):
+        self.h, self.arena = handle, arena
+
+    def submit(self, role, op, tensors=None, args=None, threads=None) -> Future:
+        return self.h.submit(role, op, tensors, args, arena=self.arena, threads=threads)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m engine.runtime.supervisor")
+    ap.add_argument("run_dir")
+    ap.add_argument("--resume", action="store_true")
+    a = ap.parse_args(argv)
+    return Supervisor(Path(a.run_dir), resume=a.resume).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

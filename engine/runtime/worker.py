@@ -1,0 +1,278 @@
+"""Role worker processes and the supervisor's handles on them.
+
+Control plane: a multiprocessing Pipe per worker carrying JSON documents (``send_bytes``) —
+operation names, arguments, timings and transport descriptors (segment names, shapes, dtypes,
+offsets). No tensor is ever pickled. Data plane: ``engine.transport`` shared-memory segments.
+
+Request  {"id", "role", "op", "args", "inputs": descriptor|null, "release": [segments], "threads"}
+Reply    {"id", "ok", "outputs": descriptor|null, "result": {...}, "seconds", "error", "kind"}
+
+The sender of a descriptor keeps its segment until the receiver's reply (inputs) or the next
+request (outputs, listed in "release") says it has been read, so views are zero-copy and safe.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import Future
+from typing import Any, Optional
+
+import torch
+
+from engine import transport
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent (the supervisor) dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:  # pragma: no cover - not Linux
+        pass
+
+
+def _send(conn, obj: dict) -> None:
+    conn.send_bytes(json.dumps(obj, allow_nan=True).encode())
+
+
+def _recv(conn) -> dict:
+    return json.loads(conn.recv_bytes().decode())
+
+
+def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_tag: str,
+                threads: int, ppid: int) -> None:
+    """Entry point of a worker process (spawned). Hosts ``roles`` until told to exit."""
+    _die_with_parent()
+    if os.getppid() != ppid:  # the parent died before prctl took effect
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    torch.set_num_threads(max(1, threads))
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - quieter logs are a nicety
+        pass
+    from engine.config import validate_text
+    from engine.runtime.roles import ROLE_CLASSES, NonFiniteError
+
+    arena = transport.TensorArena(owner_pid, run_tag, "+".join(roles))
+    transport.install_cleanup(arena)
+    cfg = validate_text(config_yaml, "<run config>", check_hardware=False).config
+    import random
+
+    from engine.runtime.roles import role_seed
+
+    seed = role_seed(cfg.run.seed, "+".join(roles))
+    torch.manual_seed(seed)
+    random.seed(seed)
+    objs: dict[str, Any] = {}
+
+    def progress(msg: str) -> None:
+        try:
+            _send(conn, {"id": None, "event": "progress", "message": msg})
+        except Exception:
+            pass
+
+    try:
+        t0 = time.perf_counter()
+        for r in roles:
+            t = time.perf_counter()
+            objs[r] = ROLE_CLASSES[r](cfg, progress=lambda m, r=r: progress(m if m.startswith(f"{r}:") else f"{r}: {m}"))
+            progress(f"{r}: loaded in {time.perf_counter() - t:.1f}s")
+        _send(conn, {"id": 0, "ok": True, "result": {"roles": roles, "pid": os.getpid(), "seconds": time.perf_counter() - t0}})
+    except BaseException as e:  # noqa: BLE001 - reported to the supervisor, then exit
+        _send(conn, {"id": 0, "ok": False, "error": f"{type(e).__name__}: {e}", "kind": "load",
+                     "trace": traceback.format_exc()})
+        arena.close()
+        return
+
+    current_threads = max(1, threads)
+    while True:
+        try:
+            msg = _recv(conn)
+        except (EOFError, OSError):
+            break
+        if msg.get("op") == "exit":
+            break
+        for desc in msg.get("release") or []:
+            try:
+                arena.release(desc)
+            except transport.TransportError:
+                pass
+        rid = msg.get("id")
+        try:
+            n = msg.get("threads")
+            if n and int(n) != current_threads:
+                torch.set_num_threads(int(n))
+                current_threads = int(n)
+            inputs = transport.read_tensors(msg["inputs"]) if msg.get("inputs") else {}
+            t = time.perf_counter()
+            out, result = objs[msg["role"]].call(msg["op"], inputs, msg.get("args") or {})
+            secs = time.perf_counter() - t
+            del inputs
+            desc = arena.put(out) if out else None
+            _send(conn, {"id": rid, "ok": True, "outputs": desc, "result": result, "seconds": secs})
+        except NonFiniteError as e:
+            _send(conn, {"id": rid, "ok": False, "kind": "nonfinite", "error": str(e),
+                         "role": e.role, "phase": e.phase})
+        except Exception as e:  # noqa: BLE001 - the supervisor decides what an error means
+            _send(conn, {"id": rid, "ok": False, "kind": "error", "error": f"{type(e).__name__}: {e}",
+                         "trace": traceback.format_exc()})
+    arena.close()
+
+
+class WorkerError(RuntimeError):
+    def __init__(self, roles: list[str], message: str, kind: str = "error", reply: Optional[dict] = None):
+        super().__init__(message)
+        self.roles, self.kind, self.reply = roles, kind, reply or {}
+
+
+class WorkerHandle:
+    """The supervisor's side of one worker process: submit operations, get futures."""
+
+    def __init__(self, ctx, roles: list[str], config_yaml: str, owner_pid: int, run_tag: str,
+                 threads: int, on_progress=None):
+        self.roles = roles
+        self.label = "+".join(roles)
+        self.threads = threads
+        self._conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(
+            target=worker_main, name=f"rlhf-{self.label}",
+            args=(roles, config_yaml, child, owner_pid, run_tag, threads, os.getpid()), daemon=True,
+        )
+        self.process.start()
+        child.close()
+        self._lock = threading.Lock()
+        self._pending: dict[int, tuple] = {}
+        self._next = 1
+        self._release: list[dict] = []  # worker output descriptors read here, to hand back
+        self._ready: Future = Future()
+        self._pending[0] = (self._ready, roles[0], "load", None, None)
+        self._on_progress = on_progress or (lambda label, msg: None)
+        self.dead_reason: Optional[str] = None
+        self._reader = threading.Thread(target=self._read_loop, name=f"reader-{self.label}", daemon=True)
+        self._reader.start()
+
+    # -------------------------------------------------------------------------------------
+    def wait_ready(self, timeout: Optional[float] = None) -> dict:
+        return self._ready.result(timeout)
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.process.pid
+
+    def submit(self, role: str, op: str, tensors: Optional[dict] = None, args: Optional[dict] = None,
+               arena: Optional[transport.TensorArena] = None, threads: Optional[int] = None) -> Future:
+        fut: Future = Future()
+        with self._lock:
+            if self.dead_reason:
+                fut.set_exception(WorkerError(self.roles, self.dead_reason, "died"))
+                return fut
+            rid = self._next
+            self._next += 1
+            desc = arena.put(tensors) if tensors else None
+            self._pending[rid] = (fut, role, op, arena, desc)
+            release, self._release = self._release, []
+            try:
+                _send(self._conn, {"id": rid, "role": role, "op": op, "args": args or {},
+                                   "inputs": desc, "release": release, "threads": threads})
+            except (BrokenPipeError, OSError) as e:
+                self._pending.pop(rid, None)
+                if desc is not None:
+                    arena.release(desc)
+                fut.set_exception(WorkerError(self.roles, f"worker {self.label} is gone: {e}", "died"))
+        return fut
+
+    def _read_loop(self) -> None:
+        from multiprocessing.connection import wait
+
+        while True:
+            try:
+                ready = wait([self._conn, self.process.sentinel])
+            except OSError:
+                break
+            if self._conn in ready:
+                try:
+                    msg = _recv(self._conn)
+                except (EOFError, OSError):
+                    msg = None
+                if msg is not None:
+                    self._dispatch(msg)
+                    continue
+            # the pipe closed or the process ended
+            self.process.join(timeout=1.0)
+            code = self.process.exitcode
+            if code is not None and code < 0:
+                try:
+                    cause = f"killed by {signal.Signals(-code).name}"
+                except ValueError:
+                    cause = f"killed by signal {-code}"
+            else:
+                cause = f"exited with code {code}"
+            self._mark_dead(f"worker '{self.label}' (pid {self.pid}) {cause}")
+            break
+
+    def _dispatch(self, msg: dict) -> None:
+        if msg.get("event") == "progress":
+            self._on_progress(self.label, msg.get("message", ""))
+            return
+        with self._lock:
+            entry = self._pending.pop(msg.get("id"), None)
+        if entry is None:
+            return
+        fut, role, op, arena, in_desc = entry
+        if in_desc is not None:
+            arena.release(in_desc)  # the reply means the worker is done reading our inputs
+        if msg.get("ok"):
+            desc = msg.get("outputs")
+            outs = {}
+            if desc:
+                outs = transport.read_tensors(desc, copy=True)
+                with self._lock:
+                    self._release.append(desc)
+            fut.set_result((outs, msg.get("result") or {}, float(msg.get("seconds") or 0.0)))
+        else:
+            fut.set_exception(WorkerError([role], f"{role}.{op}: {msg.get('error')}", msg.get("kind", "error"), msg))
+
+    def _mark_dead(self, reason: str) -> None:
+        with self._lock:
+            if self.dead_reason is None:
+                self.dead_reason = reason
+            pending, self._pending = self._pending, {}
+        for fut, role, op, arena, in_desc in pending.values():
+            if in_desc is not None:
+                try:
+                    arena.release(in_desc)
+                except transport.TransportError:
+                    pass
+            if not fut.done():
+                fut.set_exception(WorkerError(self.roles, f"{reason} during {role}.{op}", "died"))
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        if self.process.is_alive():
+            try:
+                with self._lock:
+                    _send(self._conn, {"op": "exit"})
+            except (BrokenPipeError, OSError):
+                pass
+            self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(3.0)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(3.0)
+        try:
+            self._conn.close()
+        except OSError:
+            pass

@@ -1,0 +1,69 @@
+"""Shared test fixtures: real processes, real shared memory, tiny real models."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "tiny.yaml"
+
+# the supervisor and the workers are separate interpreters: make the checkout importable there
+os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    d = tmp_path / "runs"
+    d.mkdir()
+    return d
+
+
+def tiny_overrides(runs_dir: Path, *extra: str) -> list[str]:
+    return [f"run.output_dir={runs_dir}", *extra]
+
+
+def run_processes_gone(run, timeout: float = 20.0) -> list[int]:
+    """Wait until the run's supervisor and workers have exited; return pids still alive."""
+    from engine.runtime.rundir import pid_alive
+
+    st = run.info
+    pids = [st.get("supervisor_pid")] + list((st.get("pids") or {}).values())
+    pids = [p for p in pids if p]
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        alive = [p for p in pids if pid_alive(p)]
+        if not alive:
+            return []
+        time.sleep(0.2)
+    return [p for p in pids if pid_alive(p)]
+
+
+def run_segments(run) -> list[str]:
+    from engine import transport
+
+    pid = run.info.get("supervisor_pid")
+    return transport.list_segments(owner_pid=int(pid)) if pid else []
+
+
+@pytest.fixture
+def cleanup_runs():
+    """Collects runs started by a test and kills whatever is left of them afterwards."""
+    runs = []
+    yield runs
+    from engine.runtime.rundir import pid_alive
+
+    for run in runs:
+        st = run.info
+        for pid in [st.get("supervisor_pid")] + list((st.get("pids") or {}).values()):
+            if pid and pid_alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass

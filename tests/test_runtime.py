@@ -1,0 +1,266 @@
+"""The runtime for real: supervisor + four worker processes + shared memory + control socket,
+on the tiny random Llama with the real SmolLM2 tokenizer and the VADER reward."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import transport
+from engine.client import Run, RunError, attach, launch
+from engine.runtime.control import ControlClient
+from engine.runtime.rundir import pid_alive, read_jsonl
+from tests.conftest import ROOT, TINY, run_processes_gone, run_segments, tiny_overrides
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _assert_clean(run: Run) -> None:
+    assert run_processes_gone(run) == [], "processes of the run are still alive"
+    assert run_segments(run) == [], "shared-memory segments of the run are left in /dev/shm"
+
+
+def _start(runs_dir, cleanup_runs, *extra) -> Run:
+    run = launch(TINY, tiny_overrides(runs_dir, *extra))
+    cleanup_runs.append(run)
+    return run
+
+
+def test_three_step_run_writes_the_run_directory(runs_dir, cleanup_runs):
+    run = _start(runs_dir, cleanup_runs, "run.steps=3", "logging.tensorboard=true")
+    assert run.wait(timeout=300) == "finished", run.info.get("failure")
+    p = run.path
+    assert stat.S_IMODE(p.stat().st_mode) == 0o700
+    for f in ("config.yaml", "run.json", "metrics.jsonl", "samples.jsonl", "events.log"):
+        assert (p / f).exists(), f
+    metrics = list(run.metrics())
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    m = metrics[-1]
+    for key in ("score_mean", "score_std", "kl", "kl_coef", "policy_loss", "value_loss", "clipfrac",
+                "vf_clipfrac", "entropy", "response_len_mean", "tokens_per_s", "memory"):
+        assert key in m, key
+    for phase in ("rollout", "ref", "reward", "critic", "actor_logprobs", "update", "actor_update", "critic_update", "step"):
+        assert m["timings"][phase] >= 0.0, phase
+    assert set(m["memory"]) == {"actor", "reference", "critic", "reward"}
+    assert all(v["peak_rss_mb"] > 0 for v in m["memory"].values())
+    samples = list(run.samples())
+    assert len(samples) == 3 * 4 and {"prompt", "response", "score", "kl", "return", "id"} <= set(samples[0])
+    info = run.info
+    assert info["state"] == "finished" and info["step"] == 3
+    assert set(info["pids"]) == {"actor", "reference", "critic", "reward"}
+    assert run.dir.latest_checkpoint().name == "step_3"
+    assert list((p / "tensorboard").glob("events.out.tfevents.*"))
+    assert "step 3/3 |" in (p / "events.log").read_text()
+    _assert_clean(run)
+
+
+def test_pause_resume_and_the_control_socket(runs_dir, cleanup_runs):
+    run = _start(runs_dir, cleanup_runs, "run.steps=40")
+    run.wait_step(1, timeout=300)
+    sock = Path(run.info["socket"])
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    # malformed and unknown requests get an error reply and change nothing
+    with ControlClient(sock) as c:
+        r = c.send_raw(b"this is not json\n")
+        assert not r["ok"] and "malformed" in r["error"]
+        r = c.request("explode")
+        assert not r["ok"] and "unknown op" in r["error"]
+        r = c.request("swap_reward")
+        assert not r["ok"] and "source" in r["error"]
+        assert c.request("status")["state"] == "running"
+    r = run.pause()
+    assert r["pending"] and "end of step" in r["message"]
+    assert run.wait(states=("paused",), timeout=120) == "paused"
+    step = run.info["step"]
+    time.sleep(2.0)
+    assert run.info["step"] == step, "a paused run must not advance"
+    # a checkpoint while paused
+    ck = run.checkpoint(wait=True)
+    assert ck["ok"] and Path(ck["path"]).name == f"step_{step}"
+    run.resume()
+    run.wait_step(step + 1, timeout=120)
+    run.stop()
+    assert run.wait(timeout=120) == "stopped"
+    assert run.dir.latest_checkpoint() is not None
+    _assert_clean(run)
+
+
+def test_swap_reward_live(runs_dir, cleanup_runs, tmp_path, monkeypatch):
+    mod = tmp_path / "mods"
+    mod.mkdir()
+    (mod / "constant_reward.py").write_text("def score(prompts, responses):\n    return [0.25] * len(responses)\n")
+    monkeypatch.setenv("PYTHONPATH", f"{mod}{os.pathsep}{os.environ['PYTHONPATH']}")
+    run = _start(runs_dir, cleanup_runs, "run.steps=40")
+    run.wait_step(1, timeout=300)
+    with pytest.raises(RunError, match="stays in place"):
+        run.swap_reward("python:no_such_module_xyz:score")
+    r = run.swap_reward("python:constant_reward:score")
+    assert r["source"] == "python:constant_reward:score" and r["previous"] == "lexicon:vader"
+    after = run.info["step"]
+    run.wait_step(after + 2, timeout=120)
+    scores = [m["score_mean"] for m in run.metrics() if m["step"] > after + 1]
+    assert scores and all(abs(s - 0.25) < 1e-6 for s in scores)
+    run.stop()
+    run.wait(timeout=120)
+    _assert_clean(run)
+
+
+def test_nan_reward_pauses_and_names_role_and_phase(runs_dir, cleanup_runs, tmp_path, monkeypatch):
+    mod = tmp_path / "mods"
+    mod.mkdir()
+    (mod / "nan_reward.py").write_text(textwrap.dedent("""
+        calls = 0
+        def score(prompts, responses):
+            global calls
+            calls += 1
+            return [float('nan') if calls == 2 else 0.5 for _ in responses]
+    """))
+    monkeypatch.setenv("PYTHONPATH", f"{mod}{os.pathsep}{os.environ['PYTHONPATH']}")
+    run = _start(runs_dir, cleanup_runs, "run.steps=40", "reward.source=python:nan_reward:score")
+    assert run.wait(states=("paused",), timeout=300) == "paused"
+    st = run.status()
+    assert st["step"] == 1, "the NaN step must not count as done"
+    assert "reward" in st["paused_reason"] and "score" in st["paused_reason"]
+    assert "nan" in (run.path / "events.log").read_text().lower()
+    run.resume()
+    run.wait_step(2, timeout=120)
+    run.stop()
+    run.wait(timeout=120)
+    _assert_clean(run)
+
+
+@pytest.mark.parametrize("role", ["actor", "reference", "critic", "reward"])
+def test_sigkill_of_a_worker_fails_the_run_cleanly(role, runs_dir, cleanup_runs):
+    run = _start(runs_dir, cleanup_runs, "run.steps=200", "checkpoint.every=1")
+    run.wait_step(1, timeout=300)
+    t0 = time.time()
+    while run.dir.latest_checkpoint() is None and time.time() - t0 < 60:
+        time.sleep(0.2)
+    ck_before = run.dir.latest_checkpoint()
+    assert ck_before is not None
+    os.kill(run.info["pids"][role], signal.SIGKILL)
+    t0 = time.time()
+    assert run.wait(timeout=60) == "failed"
+    assert time.time() - t0 < 30, "the supervisor must notice a dead worker within seconds"
+    info = run.info
+    assert role in info["failure"] and "SIGKILL" in info["failure"]
+    assert role in (run.path / "events.log").read_text()
+    assert (ck_before / "state.json").exists(), "the last checkpoint must stay intact"
+    _assert_clean(run)
+
+
+def test_supervisor_sigkill_leaves_nothing_running_and_stale_segments_are_reaped(runs_dir, cleanup_runs):
+    run = _start(runs_dir, cleanup_runs, "run.steps=200")
+    run.wait_step(1, timeout=300)
+    sup = run.info["supervisor_pid"]
+    segs = run_segments(run)
+    assert segs, "a running run keeps segments"
+    os.kill(sup, signal.SIGKILL)
+    # workers die with their parent (PR_SET_PDEATHSIG)
+    assert run_processes_gone(run, timeout=30) == []
+    assert run.state == "dead"
+    # the next rlhf-console start removes the orphaned segments and says so
+    out = subprocess.run([sys.executable, "-m", "console.cli", "--runs-dir", str(runs_dir), "runs"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "stale shared-memory segment" in out.stderr
+    assert run_segments(run) == []
+    assert "dead" in out.stdout
+
+
+def test_sighup_of_the_launching_session_does_not_stop_training(runs_dir, cleanup_runs):
+    cmd = (f"{sys.executable} -m console.cli train --config {TINY} --set run.output_dir={runs_dir} "
+           f"--set run.steps=4 --detach; sleep 60")
+    sh = subprocess.Popen(["bash", "-c", cmd], cwd=ROOT, start_new_session=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while time.time() - t0 < 300 and not list(runs_dir.glob("*/run.json")):
+        time.sleep(0.2)
+    run = Run(next(runs_dir.glob("*/run.json")).parent)
+    cleanup_runs.append(run)
+    run.wait_step(1, timeout=300)
+    os.killpg(sh.pid, signal.SIGHUP)  # the terminal goes away
+    sh.wait(timeout=30)
+    assert run.wait(timeout=300) == "finished"
+    _assert_clean(run)
+
+
+def _metrics_by_step(run):
+    return {m["step"]: m for m in run.metrics()}
+
+
+def test_stop_and_resume_equals_uninterrupted(runs_dir, cleanup_runs):
+    steps = 7
+    a = _start(runs_dir, cleanup_runs, f"run.steps={steps}", "run.name=straight")
+    assert a.wait(timeout=400) == "finished", a.info.get("failure")
+    b = _start(runs_dir, cleanup_runs, f"run.steps={steps}", "run.name=interrupted")
+    b.wait_step(1, timeout=300)
+    b.stop()
+    assert b.wait(timeout=120) == "stopped"
+    k = b.info["step"]
+    assert k < steps - 2
+    assert b.dir.latest_checkpoint().name == f"step_{k}"
+    b.restart()
+    assert b.wait(timeout=400) == "finished", b.info.get("failure")
+    ma, mb = _metrics_by_step(a), _metrics_by_step(b)
+    assert sorted(mb) == list(range(1, steps + 1))
+    for s in range(k + 1, min(k + 3, steps) + 1):
+        for key in ("score_mean", "kl", "policy_loss", "value_loss", "entropy", "response_len_mean", "kl_coef"):
+            assert mb[s][key] == pytest.approx(ma[s][key], rel=1e-4, abs=1e-5), (s, key)
+    sa = [x["response"] for x in a.samples() if x["step"] > k]
+    sb = [x["response"] for x in b.samples() if x["step"] > k]
+    assert sa == sb
+    _assert_clean(b)
+
+
+def test_invalid_config_starts_nothing(runs_dir, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.read_text().replace("batch_size: 4", "batch_size: 3", 1))
+    out = subprocess.run([sys.executable, "-m", "console.cli", "train", "--config", str(bad),
+                          "--set", f"run.output_dir={runs_dir}"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 2
+    assert "mini_batch_size" in out.stderr and "nothing was started" in out.stderr
+    assert list(runs_dir.iterdir()) == []
+
+
+def test_dry_run_cli(runs_dir):
+    out = subprocess.run([sys.executable, "-m", "console.cli", "train", "--config", str(TINY), "--dry_run",
+                          "--set", f"run.output_dir={runs_dir}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for role in ("actor", "reference", "reward", "critic"):
+        assert role in out.stdout
+    assert "dry run OK" in out.stdout
+    assert list(runs_dir.iterdir()) == []
+
+
+def test_foreground_train_prints_steps_and_ctrl_c_checkpoints(runs_dir):
+    p = subprocess.Popen([sys.executable, "-m", "console.cli", "train", "--config", str(TINY),
+                          "--set", f"run.output_dir={runs_dir}", "--max_steps", "100"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in p.stdout:
+            lines.append(line)
+            if line.startswith("step 2/100 |"):
+                p.send_signal(signal.SIGINT)
+                break
+        out, _ = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    text = "".join(lines) + out
+    assert p.returncode == 0, text
+    assert "| rollout" in text and "| score" in text and "| kl" in text
+    run = Run(next(runs_dir.glob("*/run.json")).parent)
+    assert run.info["state"] == "stopped"
+    assert run.dir.latest_checkpoint() is not None
+    _assert_clean(run)
