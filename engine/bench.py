@@ -234,6 +234,9 @@ def bench_step(args) -> int:
     from engine.runtime.driver import available_cores
 
     overrides = list(args.set or [])
+    from engine.runtime.worker import quiet_hf_logging
+
+    quiet_hf_logging()
     cfg = load_config(args.config, overrides)
     steps = max(2, args.steps)
     cores = available_cores()

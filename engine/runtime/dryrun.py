@@ -16,6 +16,9 @@ from engine.runtime.roles import ROLE_CLASSES, memory_stats
 
 def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> dict:
     out = printer or print
+    from engine.runtime.worker import quiet_hf_logging
+
+    quiet_hf_logging()
     from engine.data import load_prompts
 
     torch.manual_seed(cfg.run.seed)

@@ -82,6 +82,7 @@ class Supervisor:
         self._ckpt_req: list[threading.Event] = []
         self._ckpt_results: dict[int, dict] = {}
         self._signals = 0
+        self._final: Optional[tuple[str, dict]] = None
 
     # ---- logging & state ----------------------------------------------------------------
     def log(self, message: str, level: str = "INFO") -> None:
@@ -93,6 +94,15 @@ class Supervisor:
     def set_state(self, state: str, **extra) -> None:
         self.state = state
         self.rd.write_state(state=state, step=self.step, **extra)
+        if self.server:
+            self.server.broadcast({"event": "state", "state": state, "step": self.step,
+                                   "message": extra.get("message") or extra.get("failure") or ""})
+
+    def _finish(self, state: str, **extra) -> None:
+        """Record the final state; run.json gets it only after every process and segment of
+        the run is gone, so a client that sees a final state may restart the run at once."""
+        self.state = state
+        self._final = (state, extra)
         if self.server:
             self.server.broadcast({"event": "state", "state": state, "step": self.step,
                                    "message": extra.get("message") or extra.get("failure") or ""})
@@ -200,13 +210,13 @@ class Supervisor:
             code = self._run()
         except KeyboardInterrupt:
             self.log("interrupted again: stopping now without a final checkpoint", "WARNING")
-            self.set_state("stopped", message="interrupted")
+            self._finish("stopped", message="interrupted")
             code = 130
         except BaseException as e:  # noqa: BLE001 - recorded, then cleaned up
             tb = traceback.format_exc()
             self.log(f"supervisor error: {type(e).__name__}: {e}", "ERROR")
             (self.rd.path / "supervisor.traceback").write_text(tb)
-            self.set_state("failed", failure=f"supervisor: {type(e).__name__}: {e}")
+            self._finish("failed", failure=f"supervisor: {type(e).__name__}: {e}")
             code = 1
         finally:
             self._teardown()
@@ -258,7 +268,7 @@ class Supervisor:
             except WorkerError as e:
                 reason = e.reply.get("error") or str(e)
                 self.log(f"worker '{h.label}' failed to load: {reason}", "ERROR")
-                self.set_state("failed", failure=f"{h.label} (load): {reason}")
+                self._finish("failed", failure=f"{h.label} (load): {reason}")
                 return 1
         self.log(f"all roles loaded in {time.perf_counter() - t0:.1f}s")
 
@@ -334,11 +344,11 @@ class Supervisor:
             if cfg.checkpoint.on_stop and self.step > 0:
                 self._save_checkpoint(stream, kl_ctl)
             self.log(f"stopped at step {self.step}/{total} ({self._stop_reason})")
-            self.set_state("stopped", message=self._stop_reason)
+            self._finish("stopped", message=self._stop_reason)
             return 0
         self._save_checkpoint(stream, kl_ctl)
         self.log(f"finished {self.step}/{total} steps")
-        self.set_state("finished")
+        self._finish("finished")
         return 0
 
     def _fail(self, e: BaseException) -> int:
@@ -349,7 +359,7 @@ class Supervisor:
             (self.rd.path / "worker.traceback").write_text(reply["trace"])
         failure = f"{'+'.join(roles)}: {cause}"
         self.log(f"worker failure: {failure}; stopping the other workers", "ERROR")
-        self.set_state("failed", failure=failure, failed_role="+".join(roles))
+        self._finish("failed", failure=failure, failed_role="+".join(roles))
         return 1
 
     def _boundary(self, stream, kl_ctl) -> bool:
@@ -486,9 +496,8 @@ class Supervisor:
                 self.server.close()
             except Exception:  # noqa: BLE001
                 pass
-        st = self.rd.read_state()
-        if st.get("state") in ("starting", "running", "paused", "stopping"):
-            self.rd.write_state(state="failed", failure=st.get("failure") or "supervisor ended unexpectedly")
+        state, extra = self._final or ("failed", {"failure": "supervisor ended unexpectedly"})
+        self.rd.write_state(state=state, step=self.step, **extra)
 
 
 class _WorkerDied(WorkerError):

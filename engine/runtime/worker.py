@@ -38,6 +38,18 @@ def _die_with_parent() -> None:
         pass
 
 
+def quiet_hf_logging() -> None:
+    """Keep load reports and progress bars of transformers out of the run's log."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - quieter logs are a nicety
+        pass
+
+
 def _send(conn, obj: dict) -> None:
     conn.send_bytes(json.dumps(obj, allow_nan=True).encode())
 
@@ -54,14 +66,7 @@ def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_ta
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     torch.set_num_threads(max(1, threads))
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        import transformers
-
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except Exception:  # noqa: BLE001 - quieter logs are a nicety
-        pass
+    quiet_hf_logging()
     from engine.config import validate_text
     from engine.runtime.roles import ROLE_CLASSES, NonFiniteError
 
