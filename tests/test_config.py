@@ -26,7 +26,7 @@ from engine.config import (
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
-SEED = Path("/work/shared/fixtures/seed_config_local.yaml")
+SEED = Path(__file__).resolve().parent / "fixtures" / "seed_config_local.yaml"  # a copy of shared/fixtures/
 
 
 def _yaml(text: str) -> str:
