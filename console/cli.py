@@ -218,8 +218,11 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = build_parser()
     # `rlhf-console CONFIG.yaml` opens the console's editor on that file
-    if argv and argv[0].endswith((".yaml", ".yml")) and not argv[0].startswith("-"):
-        argv = ["edit"] + argv
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):  # skip leading options (--runs-dir X)
+        i += 2 if argv[i] == "--runs-dir" else 1
+    if i < len(argv) and argv[i].endswith((".yaml", ".yml")):
+        argv = argv[:i] + ["edit"] + argv[i:]
     args = ap.parse_args(argv)
     _reap_stale()
     if not getattr(args, "command", None):

@@ -264,3 +264,25 @@ def test_foreground_train_prints_steps_and_ctrl_c_checkpoints(runs_dir):
     assert run.info["state"] == "stopped"
     assert run.dir.latest_checkpoint() is not None
     _assert_clean(run)
+
+
+def test_colocated_roles_run_in_one_process(runs_dir, cleanup_runs):
+    run = _start(runs_dir, cleanup_runs, "run.steps=2", "runtime.colocate=true")
+    assert run.wait(timeout=300) == "finished", run.info.get("failure")
+    assert list(run.info["pids"]) == ["actor+reference+critic+reward"]
+    assert [m["step"] for m in run.metrics()] == [1, 2]
+    _assert_clean(run)
+
+
+def test_thread_plan_splits_cores_and_honours_the_config():
+    from engine.config import load_config
+    from engine.runtime.driver import ThreadPlan
+
+    cfg = load_config(TINY)
+    p = ThreadPlan.make(cfg, cores=8)
+    assert p.generate == {"actor": 8}
+    assert p.score == {"actor": 2, "reference": 2, "critic": 2, "reward": 2}
+    assert p.update == {"actor": 4, "critic": 4}
+    cfg = load_config(TINY, ["critic.threads=3"])
+    p = ThreadPlan.make(cfg, cores=8)
+    assert p.score["critic"] == 3 and p.update["critic"] == 3 and p.update["actor"] == 4

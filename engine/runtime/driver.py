@@ -61,20 +61,26 @@ class ThreadPlan:
 
     @classmethod
     def make(cls, cfg: RunConfig, cores: Optional[int] = None) -> "ThreadPlan":
+        from engine.config import explicit_threads
+
         cores = cores or available_cores()
-        fixed = cfg.runtime.threads or {}
-        if fixed:
-            t = {r: int(fixed.get(r) or max(1, cores // 4)) for r in ROLES}
-            return cls(generate=dict(t), score=dict(t), update=dict(t))
         # generation runs alone: the actor takes every core. Scoring runs four roles at once,
-        # updates two; split the cores between them (never below one).
+        # updates two; split the cores between them (never below one). A role whose threads
+        # the config sets keeps that number in every phase.
         share4 = max(1, cores // 4)
         share2 = max(1, cores // 2)
-        return cls(
+        plan = cls(
             generate={"actor": cores},
             score={r: share4 for r in ROLES},
             update={"actor": max(1, cores - share2) if cores > 1 else 1, "critic": share2},
         )
+        for r in ROLES:
+            n = explicit_threads(cfg, r)
+            if n:
+                for phase in (plan.generate, plan.score, plan.update):
+                    if r in phase or phase is plan.score:
+                        phase[r] = int(n)
+        return plan
 
 
 def _mean(xs):

@@ -1,0 +1,293 @@
+"""What the dashboard knows about a run, rebuilt from the run directory and kept up to date.
+
+``RunFollower`` reads the files incrementally (it runs in a thread worker); ``RunModel`` holds
+the accumulated history on the event loop and derives everything the panes show. No pane keeps
+its own copy of the history: they all read this one model.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from engine.client import Run
+from engine.runtime.rundir import LIVE_STATES, JsonlTail, pid_alive
+
+# (key in metrics["timings"], role, phase, concurrent-wall?)
+PHASES = (
+    ("rollout", "actor", "generate", False),
+    ("actor_logprobs", "actor", "old logprob", False),
+    ("ref", "reference", "logprobs", False),
+    ("critic", "critic", "values", False),
+    ("reward", "reward", "score", False),
+    ("scoring", "wall", "scoring ∥", True),
+    ("advantage", "driver", "advantage", False),
+    ("actor_update", "actor", "update", False),
+    ("critic_update", "critic", "update", False),
+    ("update", "wall", "update ∥", True),
+)
+
+CONTROL_STATES = ("running", "paused", "starting")
+ENDED_STATES = ("finished", "failed", "stopped", "dead")
+
+
+@dataclass
+class RunDelta:
+    info: Optional[dict] = None          # run.json when it changed
+    state: Optional[str] = None          # effective state when it changed
+    metrics: list = field(default_factory=list)
+    samples: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    events: list = field(default_factory=list)
+    config_text: Optional[str] = None    # config.yaml, on the first poll
+
+    def __bool__(self) -> bool:
+        return bool(self.info is not None or self.state is not None or self.metrics or self.samples
+                    or self.labels or self.events or self.config_text is not None)
+
+
+class RunFollower:
+    """Reads a run directory: the whole history on the first ``poll()``, then what is new."""
+
+    def __init__(self, path: Path):
+        self.run = Run(path)
+        d = self.run.dir
+        self._metrics = JsonlTail(d.metrics)
+        self._samples = JsonlTail(d.samples)
+        self._labels = JsonlTail(d.labels)
+        self._events_offset = 0
+        self._events_partial = b""
+        self._info: Optional[dict] = None
+        self._state: Optional[str] = None
+        self._first = True
+
+    @property
+    def state(self) -> Optional[str]:
+        """The effective state at the last poll (None before the first)."""
+        return self._state
+
+    def _read_events(self) -> list[str]:
+        try:
+            with open(self.run.dir.events, "rb") as f:
+                f.seek(self._events_offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        if not data:
+            return []
+        self._events_offset += len(data)
+        data = self._events_partial + data
+        lines = data.split(b"\n")
+        self._events_partial = lines.pop()
+        return [ln.decode("utf-8", "replace") for ln in lines if ln.strip()]
+
+    def poll(self) -> RunDelta:
+        delta = RunDelta()
+        info = self.run.dir.read_state()
+        if info and info != self._info:
+            self._info = info
+            delta.info = info
+        st = (self._info or {}).get("state", "unknown")
+        if st in LIVE_STATES and not pid_alive((self._info or {}).get("supervisor_pid")):
+            st = "dead"
+        if st != self._state:
+            self._state = st
+            delta.state = st
+        delta.metrics = self._metrics.read_new()
+        delta.samples = self._samples.read_new()
+        delta.labels = self._labels.read_new()
+        delta.events = self._read_events()
+        if self._first:
+            self._first = False
+            try:
+                delta.config_text = self.run.dir.config.read_text()
+            except OSError:
+                delta.config_text = ""
+        return delta
+
+
+def fmt_duration(seconds: Optional[float]) -> str:
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "–"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s"
+
+
+def fmt_num(v, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    try:
+        return f"{float(v):.{digits}f}"
+    except (TypeError, ValueError):
+        return str(v)
+
+
+class RunModel:
+    """The accumulated history of one run and the figures derived from it."""
+
+    MAX_EVENTS = 2000
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time):
+        self.path = Path(path)
+        self.name = self.path.name
+        self.clock = clock
+        self.info: dict = {}
+        self.state: str = "unknown"
+        self.metrics: list[dict] = []
+        self.samples: list[dict] = []
+        self.labels: dict[str, str] = {}
+        self.events: deque[str] = deque(maxlen=self.MAX_EVENTS)
+        self.config: dict = {}
+        self.version = 0                  # bumps on every change; panes redraw when it moves
+        self._sum: dict[str, float] = {}
+        self._count: dict[str, int] = {}
+
+    # ---- updates ----------------------------------------------------------------------------
+    def apply(self, d: RunDelta) -> None:
+        if d.config_text is not None:
+            try:
+                import yaml
+
+                self.config = yaml.safe_load(d.config_text) or {}
+            except Exception:  # noqa: BLE001 - a config we cannot read only loses the KL target line
+                self.config = {}
+        if d.info is not None:
+            self.info = d.info
+        if d.state is not None:
+            self.state = d.state
+        for m in d.metrics:
+            self.metrics.append(m)
+            for k, v in (m.get("timings") or {}).items():
+                if isinstance(v, (int, float)):
+                    self._sum[k] = self._sum.get(k, 0.0) + float(v)
+                    self._count[k] = self._count.get(k, 0) + 1
+        self.samples.extend(d.samples)
+        for row in d.labels:
+            if row.get("sample_id") is not None:
+                self.labels[str(row["sample_id"])] = str(row.get("label", ""))
+        self.events.extend(d.events)
+        if d:
+            self.version += 1
+
+    # ---- derived ------------------------------------------------------------------------------
+    @property
+    def step(self) -> int:
+        s = self.info.get("step")
+        if s is None and self.metrics:
+            s = self.metrics[-1].get("step")
+        return int(s or 0)
+
+    @property
+    def steps(self) -> Optional[int]:
+        s = self.info.get("steps")
+        if s is None:
+            s = (self.config.get("run") or {}).get("steps")
+        return int(s) if s is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self.state in LIVE_STATES
+
+    @property
+    def failure(self) -> str:
+        if self.state == "dead":
+            return self.info.get("failure") or "the supervisor is gone (killed?) and the control socket with it"
+        return self.info.get("failure") or ""
+
+    @property
+    def created(self) -> Optional[float]:
+        c = self.info.get("created")
+        return float(c) if isinstance(c, (int, float)) else None
+
+    def elapsed(self) -> Optional[float]:
+        if self.created is None:
+            return None
+        if self.alive:
+            end = self.clock()
+        else:  # ended: when run.json was last written (the final state), else the last step
+            end = self.info.get("updated")
+            if not isinstance(end, (int, float)):
+                end = self.metrics[-1].get("time") if self.metrics else self.created
+            end = end if isinstance(end, (int, float)) else self.created
+        return max(0.0, end - self.created)
+
+    def steps_per_minute(self, window: int = 20) -> Optional[float]:
+        ts = [m.get("time") for m in self.metrics[-window:] if isinstance(m.get("time"), (int, float))]
+        if len(ts) >= 2 and ts[-1] > ts[0]:
+            return 60.0 * (len(ts) - 1) / (ts[-1] - ts[0])
+        if self.metrics:
+            st = (self.metrics[-1].get("timings") or {}).get("step")
+            if st:
+                return 60.0 / st
+        return None
+
+    def eta(self) -> Optional[float]:
+        if self.steps is None or self.state in ENDED_STATES:
+            return None
+        rate = self.steps_per_minute()
+        if not rate:
+            return None
+        return max(0, self.steps - self.step) * 60.0 / rate
+
+    def timing_rows(self) -> list[tuple[str, str, Optional[float], Optional[float], Optional[float], bool]]:
+        """(role, phase, last, mean, share of the step (mean/mean), concurrent-wall)."""
+        last = (self.metrics[-1].get("timings") or {}) if self.metrics else {}
+        mean_step = self.mean("step")
+        rows = []
+        for key, role, phase, wall in PHASES:
+            if key not in last and key not in self._sum:
+                continue
+            mean = self.mean(key)
+            share = (mean / mean_step) if (mean is not None and mean_step) else None
+            rows.append((role, phase, last.get(key), mean, share, wall))
+        return rows
+
+    def mean(self, key: str) -> Optional[float]:
+        n = self._count.get(key)
+        return self._sum[key] / n if n else None
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        xs, ys = [], []
+        for m in self.metrics:
+            v = m.get(key)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                xs.append(int(m.get("step", len(xs) + 1)))
+                ys.append(float(v))
+        return xs, ys
+
+    def step_times(self) -> list[float]:
+        return [float((m.get("timings") or {}).get("step") or 0.0) for m in self.metrics]
+
+    @property
+    def kl_target(self) -> Optional[float]:
+        ppo = self.config.get("ppo") or {}
+        if str(ppo.get("kl_controller", "")).lower() == "adaptive" and isinstance(ppo.get("target_kl"), (int, float)):
+            return float(ppo["target_kl"])
+        return None
+
+    def role_memory(self) -> dict[str, dict]:
+        """The newest per-role host memory from metrics.jsonl (``memory`` of the last step)."""
+        for m in reversed(self.metrics):
+            if m.get("memory"):
+                return m["memory"]
+        return {}
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {k: v for k, v in (self.info.get("pids") or {}).items() if v}
+
+
+def ema(values: list[float], alpha: float = 0.2) -> list[float]:
+    out, acc = [], None
+    for v in values:
+        acc = v if acc is None else alpha * v + (1 - alpha) * acc
+        out.append(acc)
+    return out
+

@@ -1,0 +1,436 @@
+"""The dashboard of one run: header, timings, GPU, curves, rollouts, events.
+
+History comes from the run directory (a thread worker polls it with JsonlTail every
+``poll_interval`` seconds, so it works for finished runs and for several viewers); requests go
+over the control socket in thread workers and come back as ``ControlReplied`` messages. The
+event loop only merges deltas into the model and redraws the plots on a 1 s timer.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input
+from textual.worker import get_current_worker
+
+from console.messages import ControlReplied, GpuSampled, LabelWritten, RunUpdated
+from console.model import CONTROL_STATES, ENDED_STATES, RunFollower, RunModel
+from console.sources import check_reward_source
+from console.widgets.curves import Curves
+from console.widgets.events_pane import EventsPane
+from console.widgets.gpu_pane import GpuPane
+from console.widgets.rollouts import RolloutsTable
+from console.widgets.run_header import RunHeader
+from console.widgets.timings import TimingsPane
+
+SENDING = {
+    "pause": "pause: sending… (takes effect at the end of the current step)",
+    "resume": "resume: sending…",
+    "checkpoint": "checkpoint: requested, saving at the end of the current step…",
+    "swap_reward": "reward swap: loading '{arg}'…",
+    "stop": "stop: sending…",
+}
+
+
+class DashboardScreen(Screen):
+    HELP_TITLE = "dashboard"
+    HELP_KIND = "dashboard"
+    AUTO_FOCUS = "#rollouts"
+
+    BINDINGS = [
+        Binding("p", "pause", "pause", id="dashboard.pause",
+                tooltip="Pause the run; it takes effect at the end of the current step"),
+        Binding("p", "resume", "resume", id="dashboard.resume", tooltip="Resume the paused run"),
+        Binding("c", "checkpoint", "checkpoint", id="dashboard.checkpoint",
+                tooltip="Save a checkpoint now (at the end of the current step)"),
+        Binding("r", "swap_reward", "reward", id="dashboard.swap_reward",
+                tooltip="Swap the reward model or function of the live run (asks for the source)"),
+        Binding("x", "stop", "stop", id="dashboard.stop",
+                tooltip="Stop the run at the end of the step, with a checkpoint (asks first)"),
+        Binding("d,q", "detach", "detach", id="dashboard.detach",
+                tooltip="Leave the dashboard; training continues (re-attach later)"),
+        Binding("g", "label('good')", "good", id="dashboard.label_good",
+                tooltip="Mark the selected sample good (appended to labels.jsonl)"),
+        Binding("b", "label('bad')", "bad", id="dashboard.label_bad",
+                tooltip="Mark the selected sample bad (appended to labels.jsonl)"),
+        Binding("enter", "open_sample", "open", id="dashboard.open_sample",
+                tooltip="Show the selected sample in full"),
+        Binding("l,left_square_bracket", "jump('low')", "lowest", key_display="l/[", id="dashboard.lowest",
+                tooltip="Jump to the sample with the lowest score"),
+        Binding("h,right_square_bracket", "jump('high')", "highest", key_display="h/]", id="dashboard.highest",
+                tooltip="Jump to the sample with the highest score"),
+        Binding("slash", "search", "search", key_display="/", id="dashboard.search",
+                tooltip="Find text in prompts and responses"),
+        Binding("n", "search_next", "next match", id="dashboard.search_next", show=False,
+                tooltip="Next sample matching the search"),
+    ]
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = Path(path)
+        self.model: RunModel = RunModel(self.path)
+        self.pending: dict[str, str] = {}
+        self.answer = ""
+        self.loaded = False
+        self.gpu_report = None
+        self._drawn = -1
+        self._search = ""
+        self._gpu_pids: dict = {}
+
+    # ---- layout ---------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield RunHeader(id="run-header")
+        with VerticalScroll(id="body", can_focus=False):
+            # the right column comes first so that the narrow (stacked) layout starts with the
+            # curves and the rollouts; the wide layout docks the left column to the left
+            with Vertical(id="right"):
+                c = Curves(id="curves", classes="pane")
+                c.border_title = "curves"
+                yield c
+                with Vertical(id="rollouts-pane", classes="pane") as rp:
+                    rp.border_title = "rollouts"
+                    yield RolloutsTable(id="rollouts")
+                    yield Input(placeholder="find in prompts and responses (enter: next, esc: close)", id="search")
+                e = EventsPane(id="events", classes="pane")
+                e.border_title = "events"
+                yield e
+            with Vertical(id="left"):
+                t = TimingsPane(id="timings", classes="pane")
+                t.border_title = "timings"
+                yield t
+                g = GpuPane(id="gpu", classes="pane")
+                g.border_title = "GPU · memory"
+                yield g
+        yield Footer(compact=True, show_command_palette=False)
+
+    def on_mount(self) -> None:
+        app = self.app
+        self.model.clock = getattr(app, "clock", time.time)
+        self.query_one("#search", Input).display = False
+        self.query_one("#search", Input).cursor_blink = getattr(app, "blink", True)
+        self.query_one(RunHeader).show(self.model, self.pending, self.answer)
+        self.sub_title = self.model.name
+        self._follow()
+        self._gpu()
+        self.set_interval(1.0, self._tick)
+
+    def ready_for_snapshot(self) -> bool:
+        return self.loaded and self.gpu_report is not None
+
+    # ---- workers ----------------------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="follow", exit_on_error=False)
+    def _follow(self) -> None:
+        worker = get_current_worker()
+        interval = float(getattr(self.app, "poll_interval", 0.5))
+        follower = RunFollower(self.path)
+        while not worker.is_cancelled:
+            delta = follower.poll()
+            if delta:
+                self.post_message(RunUpdated(delta))
+            # slower once the run has ended; faster while a request waits for its state change
+            wait = interval * 4 if follower.state in ENDED_STATES else interval
+            start = time.monotonic()
+            while time.monotonic() - start < wait:
+                if worker.is_cancelled:
+                    return
+                if self.pending and time.monotonic() - start >= 0.1:
+                    break
+                time.sleep(0.02)
+
+    @work(thread=True, exclusive=True, group="gpu", exit_on_error=False)
+    def _gpu(self) -> None:
+        from console.gpu import NvmlProbe, live_rss
+
+        worker = get_current_worker()
+        probe = getattr(self.app, "gpu_probe", None) or NvmlProbe().read
+        while not worker.is_cancelled:
+            report = probe()
+            report.live_rss = live_rss(dict(self._gpu_pids))
+            self.post_message(GpuSampled(report))
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                if worker.is_cancelled:
+                    return
+                time.sleep(0.05)
+
+    @work(thread=True, group="control", exit_on_error=False)
+    def _send(self, op: str, arg: str = "") -> None:
+        from engine.client import Run, RunError
+
+        t0 = time.perf_counter()
+        run = Run(self.path)
+        try:
+            if op == "pause":
+                r = run.pause()
+            elif op == "resume":
+                r = run.resume()
+            elif op == "checkpoint":
+                r = run.checkpoint(wait=True)
+            elif op == "swap_reward":
+                r = run.swap_reward(arg)
+            elif op == "stop":
+                r = run.stop()
+            else:  # pragma: no cover
+                raise RunError(f"unknown request {op}")
+            self.post_message(ControlReplied(op, True, str(r.get("message") or "ok"), r, t0))
+        except RunError as e:
+            self.post_message(ControlReplied(op, False, str(e), None, t0))
+        except Exception as e:  # noqa: BLE001 - shown, never a crash
+            self.post_message(ControlReplied(op, False, f"{type(e).__name__}: {e}", None, t0))
+
+    @work(thread=True, group="labels", exit_on_error=False)
+    def _write_label(self, sample_id: str, step: int, verdict: str) -> None:
+        from engine.client import Run
+
+        try:
+            row = Run(self.path).label(sample_id, step, verdict)
+            self.post_message(LabelWritten(row))
+        except Exception as e:  # noqa: BLE001
+            self.post_message(LabelWritten({"sample_id": sample_id, "label": verdict}, f"{type(e).__name__}: {e}"))
+
+    # ---- messages ---------------------------------------------------------------------------------
+    def on_run_updated(self, message: RunUpdated) -> None:
+        d = message.delta
+        m = self.model
+        before = m.state
+        m.apply(d)
+        self.loaded = True
+        self._gpu_pids = dict(m.pids)
+        if d.samples or d.labels:
+            table = self.query_one(RolloutsTable)
+            table.add_samples(d.samples, m.labels)
+            for row in d.labels:
+                table.set_label(str(row.get("sample_id")), str(row.get("label")))
+        if d.events:
+            self.query_one(EventsPane).add_lines(d.events)
+        if d.state is not None and d.state != before:
+            self._state_changed(before, d.state)
+        self._show_header()
+
+    def _state_changed(self, before: str, state: str) -> None:
+        p = self.pending
+        if state == "paused" and "pause" in p:
+            p.pop("pause")
+            self.answer = f"✓ paused after step {self.model.step}"
+        if state == "running" and "resume" in p:
+            p.pop("resume")
+            self.answer = f"✓ resumed at step {self.model.step}"
+        if state in ENDED_STATES:
+            if "stop" in p:
+                self.answer = f"✓ {state} at step {self.model.step}"
+            p.clear()
+        self.refresh_bindings()
+
+    def on_control_replied(self, message: ControlReplied) -> None:
+        op, p = message.op, self.pending
+        r = message.reply
+        if not message.ok:
+            p.pop(op, None)
+            self.answer = f"✗ {op.replace('_', ' ')}: {message.message}"
+            self.notify(message.message, title=f"{op.replace('_', ' ')} refused", severity="error")
+        elif op == "pause":
+            if self.model.state == "paused":       # the state change beat the reply here
+                p.pop("pause", None)
+                self.answer = f"✓ paused after step {self.model.step}"
+            elif r.get("pending"):
+                p["pause"] = f"{message.message} — the pause takes effect at the end of the current step"
+            else:
+                p.pop("pause", None)
+                self.answer = f"✓ {message.message}"
+        elif op == "resume":
+            if self.model.state == "paused":
+                p["resume"] = f"{message.message}…"
+            else:
+                p.pop("resume", None)
+                self.answer = f"✓ resumed at step {self.model.step}"
+        elif op == "checkpoint":
+            p.pop("checkpoint", None)
+            where = Path(str(r.get("path", ""))).name
+            self.answer = f"✓ checkpoint saved at step {r.get('step')} ({where})"
+        elif op == "swap_reward":
+            p.pop("swap_reward", None)
+            secs = r.get("seconds")
+            self.answer = (f"✓ reward is now '{r.get('source')}' (was '{r.get('previous')}')"
+                           + (f", loaded in {secs:.1f}s" if isinstance(secs, (int, float)) else ""))
+        elif op == "stop":
+            if self.model.state in ENDED_STATES:
+                p.pop("stop", None)
+            else:
+                p["stop"] = f"{message.message}…"
+        self.refresh_bindings()
+        self._show_header()
+
+    def on_gpu_sampled(self, message: GpuSampled) -> None:
+        self.gpu_report = message.report
+        self.query_one(GpuPane).render_report(self.gpu_report, self.model)
+
+    def on_label_written(self, message: LabelWritten) -> None:
+        row = message.row
+        if message.error:
+            self.notify(message.error, title="label not written", severity="error")
+            return
+        self.model.labels[str(row["sample_id"])] = row["label"]
+        self.query_one(RolloutsTable).set_label(str(row["sample_id"]), row["label"])
+        self.answer = f"✓ sample {row['sample_id']} marked {row['label']} (labels.jsonl)"
+        self._show_header()
+
+    # ---- drawing ----------------------------------------------------------------------------------
+    def _show_header(self) -> None:
+        self.query_one(RunHeader).show(self.model, self.pending, self.answer)
+
+    def _tick(self) -> None:
+        if self.model.version != self._drawn:
+            self.redraw_now()
+        elif self.model.alive:
+            self._show_header()
+
+    def redraw_now(self) -> None:
+        self._drawn = self.model.version
+        self.query_one(TimingsPane).redraw(self.model)
+        self.query_one(Curves).redraw(self.model)
+        self.query_one(GpuPane).render_report(self.gpu_report, self.model)
+        self._show_header()
+
+    # ---- keys -------------------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple) -> Optional[bool]:
+        m = self.model
+        controllable = m.alive and m.state in CONTROL_STATES
+        if action == "pause":
+            if m.state == "paused" or "resume" in self.pending:
+                return False  # the resume binding shows instead
+            return True if controllable and "pause" not in self.pending and "stop" not in self.pending else None
+        if action == "resume":
+            if m.state != "paused" and "resume" not in self.pending:
+                return False
+            return True if controllable and "resume" not in self.pending and "stop" not in self.pending else None
+        if action in ("checkpoint", "swap_reward"):
+            return True if controllable and action not in self.pending and "stop" not in self.pending else None
+        if action == "stop":
+            return True if m.alive and m.state != "stopping" and "stop" not in self.pending else None
+        if action in ("label", "open_sample", "jump", "search"):
+            return True if self.is_mounted and self.query_one(RolloutsTable).row_count else None
+        if action == "search_next":
+            return True if self._search else None
+        return True
+
+    def _request(self, op: str, arg: str = "") -> None:
+        self.pending[op] = SENDING[op].format(arg=arg)
+        self.answer = ""
+        self.refresh_bindings()
+        self._show_header()
+        self._send(op, arg)
+
+    def action_pause(self) -> None:
+        self._request("pause")
+
+    def action_resume(self) -> None:
+        self._request("resume")
+
+    def action_checkpoint(self) -> None:
+        self._request("checkpoint")
+
+    def action_swap_reward(self) -> None:
+        from console.screens.prompt import PromptScreen
+
+        current = self.model.info.get("reward_source") or ""
+
+        def done(source: Optional[str]) -> None:
+            if source:
+                self._request("swap_reward", source)
+
+        self.app.push_screen(PromptScreen(
+            "Swap the reward of the live run to:", value="", placeholder=current or "lexicon:vader",
+            help="bundled:NAME · lexicon:vader · python:module:function · a folder · org/name",
+            check=check_reward_source, blink=getattr(self.app, "blink", True)), done)
+
+    def action_stop(self) -> None:
+        from console.screens.confirm import ConfirmScreen
+
+        def done(yes: Optional[bool]) -> None:
+            if yes:
+                self._request("stop")
+
+        self.app.push_screen(ConfirmScreen(
+            f"Stop {self.model.name} at the end of the current step (with a checkpoint)?", "Stop", "Keep running"), done)
+
+    def action_detach(self) -> None:
+        self.workers.cancel_all()
+        stack = self.app.screen_stack
+        if len(stack) > 2 and getattr(stack[-2], "HELP_KIND", "") == "home":
+            self.app.pop_screen()
+        else:
+            m = self.model
+            if m.alive:
+                msg = (f"detached from {m.name}; training continues ({m.state}). "
+                       f"Re-attach: rlhf-console attach {m.name}")
+            else:
+                msg = f"left {m.name} ({m.state})"
+            self.app.exit(message=msg)
+
+    def write_label(self, sample: dict, verdict: str) -> None:
+        self._write_label(str(sample.get("id")), int(sample.get("step") or 0), verdict)
+
+    def action_label(self, verdict: str) -> None:
+        s = self.query_one(RolloutsTable).current()
+        if s is not None:
+            self.write_label(s, verdict)
+
+    def action_open_sample(self) -> None:
+        from console.screens.sample import SampleScreen
+
+        s = self.query_one(RolloutsTable).current()
+        if s is not None:
+            self.app.push_screen(SampleScreen(s, self.model.labels.get(str(s.get("id")), "")))
+
+    @on(DataTable.RowSelected, "#rollouts")
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open_sample()
+
+    def action_jump(self, which: str) -> None:
+        table = self.query_one(RolloutsTable)
+        key = table.extreme(highest=(which == "high"))
+        if key is not None:
+            table.goto(key)
+            table.focus()
+
+    def action_search(self) -> None:
+        inp = self.query_one("#search", Input)
+        inp.display = True
+        inp.value = self._search
+        inp.focus()
+
+    def action_search_next(self) -> None:
+        self._find(self._search)
+
+    def _find(self, text: str) -> None:
+        table = self.query_one(RolloutsTable)
+        key = table.find(text) if text else None
+        if key is None:
+            if text:
+                self.answer = f"no sample contains '{text}'"
+                self._show_header()
+            return
+        table.goto(key)
+        self.answer = f"found '{text}' in sample {key} (n: next)"
+        self._show_header()
+
+    @on(Input.Submitted, "#search")
+    def _search_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self._search = event.value.strip()
+        self._find(self._search)
+        self.refresh_bindings()
+
+    def on_key(self, event) -> None:
+        inp = self.query_one("#search", Input)
+        if event.key == "escape" and inp.has_focus:
+            event.stop()
+            inp.display = False
+            self.query_one(RolloutsTable).focus()

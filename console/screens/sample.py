@@ -1,0 +1,62 @@
+"""The full sample: prompt, response, score, KL, return, length; g/b label it from here too."""
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Footer, Static
+
+from console.model import fmt_num
+from console.widgets.rollouts import LABEL_MARK
+
+
+class SampleScreen(ModalScreen[None]):
+    BINDINGS = [
+        Binding("escape,q,enter", "close", "close", id="sample.close", tooltip="Back to the dashboard"),
+        Binding("g", "label('good')", "good", id="sample.good", tooltip="Mark this sample good (labels.jsonl)"),
+        Binding("b", "label('bad')", "bad", id="sample.bad", tooltip="Mark this sample bad (labels.jsonl)"),
+    ]
+
+    def __init__(self, sample: dict, label: str = ""):
+        super().__init__()
+        self.sample = sample
+        self.label = label
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="sample-dialog", classes="dialog"):
+            yield Static(id="sample-meta")
+            with VerticalScroll(id="sample-body"):
+                yield Static(Text("prompt", style="bold cyan"))
+                yield Static(Text(str(self.sample.get("prompt", ""))), id="sample-prompt")
+                yield Static(Text("response", style="bold cyan"))
+                yield Static(Text(str(self.sample.get("response", ""))), id="sample-response")
+        yield Footer(compact=True, show_command_palette=False)
+
+    def on_mount(self) -> None:
+        self._show_meta()
+        self.query_one("#sample-body").focus()
+
+    def _show_meta(self) -> None:
+        s = self.sample
+        t = Table.grid(padding=(0, 2))
+        for _ in range(4):
+            t.add_column()
+        t.add_row(Text("sample", style="bold"), str(s.get("id", "")), Text("step", style="bold"), str(s.get("step", "")))
+        t.add_row(Text("score", style="bold"), fmt_num(s.get("score"), 4), Text("kl", style="bold"), fmt_num(s.get("kl"), 4))
+        t.add_row(Text("return", style="bold"), fmt_num(s.get("return"), 4), Text("length", style="bold"),
+                  f"{s.get('length', '–')}" + (" (eos)" if s.get("eos") else " (no eos)"))
+        t.add_row(Text("label", style="bold"), LABEL_MARK.get(self.label, Text("–")), "", "")
+        self.query_one("#sample-meta", Static).update(t)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    def action_label(self, verdict: str) -> None:
+        self.label = verdict
+        self._show_meta()
+        dash = self.app.screen_stack[-2] if len(self.app.screen_stack) > 1 else None
+        if dash is not None and hasattr(dash, "write_label"):
+            dash.write_label(self.sample, verdict)

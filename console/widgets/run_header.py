@@ -1,0 +1,76 @@
+"""The dashboard's top lines: run name, state, step k/N, elapsed, ETA, steps per minute, and
+what is pending or wrong."""
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from console.model import RunModel, fmt_duration
+
+STATE_STYLE = {
+    "starting": "bold cyan", "running": "bold green", "paused": "bold yellow", "stopping": "bold yellow",
+    "finished": "bold blue", "stopped": "bold magenta", "failed": "bold red", "dead": "bold red",
+}
+
+
+def state_text(state: str) -> Text:
+    return Text(f"● {state}", style=STATE_STYLE.get(state, "bold"))
+
+
+def progress_bar(k: int, n: int | None, width: int = 12) -> str:
+    if not n:
+        return ""
+    filled = max(0, min(width, round(width * k / n)))
+    return "█" * filled + "░" * (width - filled)
+
+
+class RunHeader(Static):
+    """Two lines; redrawn by the dashboard on each update and on a 1 s clock."""
+
+    def show(self, model: RunModel, pending: dict[str, str], answer: str = "") -> None:
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append(model.name, style="bold")
+        t.append("  ")
+        t.append_text(state_text(model.state))
+        n = model.steps
+        t.append(f"  step {model.step}/{n if n is not None else '?'} ")
+        if self.size.width >= 100:
+            t.append(progress_bar(model.step, n), style="green")
+        t.append(f"  elapsed {fmt_duration(model.elapsed())}" if self.size.width >= 90 else f"  {fmt_duration(model.elapsed())}")
+        eta = model.eta()
+        if model.state == "finished":
+            t.append("  ETA done")
+        else:
+            t.append(f"  ETA {fmt_duration(eta)}")
+        spm = model.steps_per_minute()
+        t.append(f"  {spm:.1f} steps/min" if spm else "  – steps/min")
+        line2 = Text(no_wrap=True, overflow="ellipsis")
+        if pending:
+            line2.append("⧗ ", style="bold yellow")
+            line2.append(" · ".join(pending.values()), style="yellow")
+        elif model.state in ("failed", "dead"):
+            line2.append(f"{model.state}: ", style="bold red")
+            line2.append(model.failure or "no reason recorded", style="red")
+        elif answer:
+            line2.append(answer, style="bold red" if answer.startswith("✗") else "green" if answer.startswith("✓") else "")
+        elif model.state in ("finished", "stopped"):
+            msg = "read-only: the run is " + model.state
+            if model.failure:
+                msg += f" ({model.failure})"
+            line2.append(msg, style="dim")
+        elif model.state == "paused":
+            line2.append("paused — p resumes", style="yellow")
+        else:
+            src = model.info.get("reward_source")
+            line2.append(f"reward {src}" if src else "", style="dim")
+        width = max(10, self.size.width - 2) if self.size.width else 200
+        t.truncate(width, overflow="ellipsis")
+        line2.truncate(width, overflow="ellipsis")
+        t.append("\n")
+        t.append_text(line2)
+        self.update(t)
+
+    def on_resize(self) -> None:
+        screen = self.screen
+        if hasattr(screen, "_show_header"):
+            screen._show_header()

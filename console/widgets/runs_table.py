@@ -1,0 +1,73 @@
+"""Home: the runs under the runs directory (name, state, step, last score, started)."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.widgets import DataTable
+
+from console.widgets.run_header import STATE_STYLE
+
+
+class RunsTable(DataTable):
+    BINDINGS = [Binding("enter", "select_cursor", "attach", id="runs.attach",
+                        tooltip="Open the dashboard of the selected run")]
+
+    def __init__(self, **kw):
+        super().__init__(cursor_type="row", zebra_stripes=True, **kw)
+        self.paths: dict[str, Path] = {}
+        self.infos: dict[str, tuple[dict, str]] = {}
+        self._shown: list = []
+        for label, width in (("run", 30), ("state", 9), ("step", 9), ("last score", 10), ("started", 16)):
+            self.add_column(label, key=label, width=width)
+
+    def show_runs(self, runs: list) -> None:
+        """``runs``: (path, info, effective state), oldest first; shown newest first."""
+        rows = []
+        self.infos = {str(path): (info, state) for path, info, state in runs}
+        for path, info, state in reversed(runs):
+            score = info.get("last_score")
+            created = info.get("created")
+            started = time.strftime("%Y-%m-%d %H:%M", time.localtime(created)) if isinstance(created, (int, float)) else "–"
+            rows.append((str(path), (path.name, state, f"{info.get('step', 0)}/{info.get('steps', '?')}",
+                                     f"{score:.3f}" if isinstance(score, (int, float)) else "–", started)))
+        if rows == self._shown:
+            return
+        self._shown = rows
+        keep = self.current_path()
+        self.clear()
+        self.paths = {}
+        for key, (name, state, step, score, started) in rows:
+            self.paths[key] = Path(key)
+            self.add_row(name, Text(state, style=STATE_STYLE.get(state, "")), step, score, started, key=key)
+        if keep is not None and str(keep) in self.paths:
+            self.move_cursor(row=self.get_row_index(str(keep)), animate=False)
+
+    def detail(self) -> Text:
+        """One line about the highlighted run: its folder, reward, and why it failed."""
+        path = self.current_path()
+        if path is None:
+            return Text("")
+        info, state = self.infos.get(str(path), ({}, ""))
+        t = Text(no_wrap=True, overflow="ellipsis")
+        shown = os.path.relpath(path)
+        t.append(shown if not shown.startswith("..") else str(path), style="dim")
+        if info.get("reward_source"):
+            t.append(f"  reward {info['reward_source']}", style="dim")
+        if info.get("failure") or state == "dead":
+            t.append(f"  {state}: ", style="bold red")
+            t.append(str(info.get("failure") or "the supervisor is gone"), style="red")
+        return t
+
+    def current_path(self) -> Optional[Path]:
+        if self.row_count == 0:
+            return None
+        try:
+            key = self.coordinate_to_cell_key((self.cursor_row, 0)).row_key
+        except Exception:  # noqa: BLE001
+            return None
+        return self.paths.get(str(key.value))
