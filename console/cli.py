@@ -16,9 +16,8 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
-from engine.config import ConfigError, load_config, validate_text
+from engine.config import ConfigError, load_config
 
 DEFAULT_RUNS = "runs"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from engine.client import Run
-from engine.runtime.rundir import LIVE_STATES, JsonlTail, pid_alive
+from engine.runtime.rundir import LIVE_STATES, JsonlTail, LineTail, pid_alive
 
 # (key in metrics["timings"], role, phase, concurrent-wall?)
 PHASES = (
@@ -58,8 +58,7 @@ class RunFollower:
         self._metrics = JsonlTail(d.metrics)
         self._samples = JsonlTail(d.samples)
         self._labels = JsonlTail(d.labels)
-        self._events_offset = 0
-        self._events_partial = b""
+        self._events = LineTail(d.events)
         self._info: Optional[dict] = None
         self._state: Optional[str] = None
         self._first = True
@@ -68,21 +67,6 @@ class RunFollower:
     def state(self) -> Optional[str]:
         """The effective state at the last poll (None before the first)."""
         return self._state
-
-    def _read_events(self) -> list[str]:
-        try:
-            with open(self.run.dir.events, "rb") as f:
-                f.seek(self._events_offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        if not data:
-            return []
-        self._events_offset += len(data)
-        data = self._events_partial + data
-        lines = data.split(b"\n")
-        self._events_partial = lines.pop()
-        return [ln.decode("utf-8", "replace") for ln in lines if ln.strip()]
 
     def poll(self) -> RunDelta:
         delta = RunDelta()
@@ -99,7 +83,7 @@ class RunFollower:
         delta.metrics = self._metrics.read_new()
         delta.samples = self._samples.read_new()
         delta.labels = self._labels.read_new()
-        delta.events = self._read_events()
+        delta.events = self._events.read_lines()
         if self._first:
             self._first = False
             try:

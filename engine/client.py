@@ -17,11 +17,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Sequence, Union
 
 from engine.config import RunConfig, dump_config, load_config
 from engine.runtime.control import ControlClient
-from engine.runtime.rundir import LIVE_STATES, JsonlTail, RunDir, list_runs as _list_runs, pid_alive
+from engine.runtime.rundir import LIVE_STATES, JsonlTail, LineTail, RunDir, list_runs as _list_runs, pid_alive
 
 __all__ = ["Run", "RunError", "launch", "attach", "list_runs", "create_run_dir", "runs_dir_for", "reap_stale"]
 
@@ -250,22 +250,15 @@ class Run:
         return read_jsonl(self.dir.labels)
 
     def events(self, follow: bool = False, poll: float = 0.25) -> Iterator[str]:
-        offset = 0
+        tail = LineTail(self.dir.events)
         while True:
-            try:
-                with open(self.dir.events) as f:
-                    f.seek(offset)
-                    chunk = f.read()
-            except FileNotFoundError:
-                chunk = ""
-            lines = chunk.split("\n")
-            complete = lines[:-1]
-            offset += sum(len(x) + 1 for x in complete)
-            yield from complete
+            lines = tail.read_lines()
+            yield from lines
             if not follow:
                 return
-            if not complete:
+            if not lines:
                 if not self.alive:
+                    yield from tail.read_lines()
                     return
                 time.sleep(poll)
 

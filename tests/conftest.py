@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -52,18 +51,23 @@ def run_segments(run) -> list[str]:
     return transport.list_segments(owner_pid=int(pid)) if pid else []
 
 
+def kill_run(run) -> None:
+    """SIGKILL whatever is left of a run's supervisor and workers."""
+    from engine.runtime.rundir import pid_alive
+
+    st = run.info
+    for pid in [st.get("supervisor_pid")] + list((st.get("pids") or {}).values()):
+        if pid and pid_alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 @pytest.fixture
 def cleanup_runs():
     """Collects runs started by a test and kills whatever is left of them afterwards."""
     runs = []
     yield runs
-    from engine.runtime.rundir import pid_alive
-
     for run in runs:
-        st = run.info
-        for pid in [st.get("supervisor_pid")] + list((st.get("pids") or {}).values()):
-            if pid and pid_alive(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        kill_run(run)

@@ -3,15 +3,13 @@ control key, driven the way a user drives it, checked against the run directory.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 
 import pytest
 
 from engine.client import launch
-from engine.runtime.rundir import pid_alive, read_jsonl
-from tests.conftest import TINY, run_processes_gone, tiny_overrides
+from engine.runtime.rundir import read_jsonl
+from tests.conftest import TINY, kill_run, run_processes_gone, tiny_overrides
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -27,13 +25,7 @@ def live_run(tmp_path_factory):
         run.wait_step(1, timeout=300)
         yield run
     finally:
-        st = run.info
-        for pid in [st.get("supervisor_pid")] + list((st.get("pids") or {}).values()):
-            if pid and pid_alive(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        kill_run(run)
 
 
 def _app(run):

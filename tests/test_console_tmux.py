@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 
 from engine.client import Run, list_runs
 from engine.runtime.rundir import pid_alive
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, kill_run
 
 pytestmark = [pytest.mark.timeout(600),
               pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
@@ -69,13 +68,7 @@ def tmux(tmp_path):
 
 def _kill_run(runs: Path) -> None:
     for r in list_runs(runs):
-        st = r.info
-        for pid in [st.get("supervisor_pid")] + list((st.get("pids") or {}).values()):
-            if pid and pid_alive(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        kill_run(r)
 
 
 def test_launch_pause_resume_detach_reattach_in_tmux(tmux, tmp_path):

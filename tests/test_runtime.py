@@ -2,10 +2,8 @@
 on the tiny random Llama with the real SmolLM2 tokenizer and the VADER reward."""
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -15,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import transport
-from engine.client import Run, RunError, attach, launch
+from engine.client import Run, RunError, launch
 from engine.runtime.control import ControlClient
-from engine.runtime.rundir import pid_alive, read_jsonl
 from tests.conftest import ROOT, TINY, run_processes_gone, run_segments, tiny_overrides
 
 pytestmark = pytest.mark.timeout(600)

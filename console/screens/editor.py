@@ -16,7 +16,7 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, OptionList, Static, TextArea
 
-from console.atomic import atomic_write
+from engine.runtime.rundir import atomic_write_text as atomic_write
 from console.messages import ConfigValidated, RunLaunched
 from console.widgets.issues_list import IssuesList
 from console.widgets.yaml_editor import YamlEditor

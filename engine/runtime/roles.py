@@ -9,10 +9,8 @@ calls the very same objects inline.
 from __future__ import annotations
 
 import math
-import os
 import random
 import resource
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 

@@ -23,8 +23,12 @@ STATES = ("starting", "running", "paused", "stopping", "finished", "failed", "st
 LIVE_STATES = ("starting", "running", "paused", "stopping")
 
 
-def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
+def atomic_write_text(path: Path, text: str, mode: Optional[int] = None) -> None:
+    """Write ``text`` to a temp file beside ``path``, fsync, rename. ``mode`` defaults to the
+    existing file's mode (0644 for a new file)."""
     path = Path(path)
+    if mode is None:
+        mode = (path.stat().st_mode & 0o777) if path.exists() else 0o644
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
@@ -73,15 +77,15 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
-class JsonlTail:
-    """Incremental reader of an append-only JSONL file (history first, then new lines)."""
+class LineTail:
+    """Incremental reader of an append-only text file: complete new lines since the last read."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.offset = 0
         self._partial = b""
 
-    def read_new(self) -> list[dict]:
+    def read_lines(self) -> list[str]:
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
@@ -91,17 +95,21 @@ class JsonlTail:
         if not data:
             return []
         self.offset += len(data)
-        data = self._partial + data
-        lines = data.split(b"\n")
+        lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()  # b"" when data ended with a newline
+        return [ln.decode("utf-8", "replace") for ln in lines if ln.strip()]
+
+
+class JsonlTail(LineTail):
+    """Incremental reader of an append-only JSONL file (history first, then new lines)."""
+
+    def read_new(self) -> list[dict]:
         out = []
-        for ln in lines:
-            ln = ln.strip()
-            if ln:
-                try:
-                    out.append(json.loads(ln))
-                except json.JSONDecodeError:
-                    continue
+        for ln in self.read_lines():
+            try:
+                out.append(json.loads(ln))
+            except json.JSONDecodeError:
+                continue
         return out
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import os
 import random
@@ -23,7 +22,7 @@ import time
 import traceback
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -31,7 +30,7 @@ from engine import transport
 from engine.config import RunConfig, dump_config, resolve_role_model, validate_text
 from engine.runtime.control import ControlServer, socket_path_for
 from engine.runtime.driver import PPODriver, ROLES, ThreadPlan, available_cores, format_step_line
-from engine.runtime.roles import NonFiniteError, capture_rng, restore_rng, role_seed
+from engine.runtime.roles import NonFiniteError, capture_rng, restore_rng
 from engine.runtime.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl
 from engine.runtime.worker import WorkerError, WorkerHandle
 

@@ -16,7 +16,6 @@ import ctypes
 import json
 import os
 import signal
-import sys
 import threading
 import time
 import traceback
