@@ -230,6 +230,10 @@ class RoleConfig:
                                              "(trained roles only).")
     threads: Optional[int] = _f(None, "torch intra-op threads for this role's worker; null = automatic.",
                                 check=_GE1)
+    autocast: str = _f("none", "Mixed precision: run matmuls in this dtype under torch.autocast while "
+                               "weights, optimizer state and log-probs stay in `dtype` (none = off).",
+                       choices=("none",) + tuple(d for d in DTYPES if d != "float32"),
+                       normalize=lambda v: "none" if v is None else _norm_dtype(v))
 
 
 @dataclass(frozen=True)

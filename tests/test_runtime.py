@@ -2,6 +2,7 @@
 on the tiny random Llama with the real SmolLM2 tokenizer and the VADER reward."""
 from __future__ import annotations
 
+import math
 import os
 import signal
 import stat
@@ -262,11 +263,14 @@ def test_foreground_train_prints_steps_and_ctrl_c_checkpoints(runs_dir):
     _assert_clean(run)
 
 
-def test_colocated_roles_run_in_one_process(runs_dir, cleanup_runs):
-    run = _start(runs_dir, cleanup_runs, "run.steps=2", "runtime.colocate=true")
+def test_colocated_roles_run_in_one_process_with_bf16_autocast(runs_dir, cleanup_runs):
+    run = _start(runs_dir, cleanup_runs, "run.steps=2", "runtime.colocate=true",
+                 "actor.autocast=bfloat16", "reference.autocast=bfloat16", "critic.autocast=bf16")
     assert run.wait(timeout=300) == "finished", run.info.get("failure")
     assert list(run.info["pids"]) == ["actor+reference+critic+reward"]
-    assert [m["step"] for m in run.metrics()] == [1, 2]
+    ms = list(run.metrics())
+    assert [m["step"] for m in ms] == [1, 2]
+    assert all(math.isfinite(m[k]) for m in ms for k in ("policy_loss", "value_loss", "kl", "entropy"))
     _assert_clean(run)
 
 

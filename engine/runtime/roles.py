@@ -8,6 +8,7 @@ calls the very same objects inline.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import resource
@@ -136,6 +137,15 @@ class Role:
     def _to(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device, non_blocking=True)
 
+    def amp(self):
+        """torch.autocast for this role's forward passes when ``<role>.autocast`` is set."""
+        ac = getattr(self.role_cfg, "autocast", "none")
+        if ac == "none":
+            return contextlib.nullcontext()
+        from engine.models import torch_dtype
+
+        return torch.autocast(device_type=self.device.type, dtype=torch_dtype(ac))
+
 
 class _PolicyBase(Role):
     """Shared by actor and reference: a causal LM that scores response tokens."""
@@ -166,10 +176,11 @@ class _PolicyBase(Role):
 
         ids = torch.cat([tensors["query_ids"], tensors["response_ids"]], dim=1)
         attn = torch.cat([tensors["query_mask"], tensors["response_mask"]], dim=1)
-        return sequence_logprobs(
-            self.model, self._to(ids), self._to(attn), tensors["query_ids"].shape[1],
-            temperature=self.cfg.rollout.temperature, return_entropy=entropy,
-        )
+        with self.amp():
+            return sequence_logprobs(
+                self.model, self._to(ids), self._to(attn), tensors["query_ids"].shape[1],
+                temperature=self.cfg.rollout.temperature, return_entropy=entropy,
+            )
 
     def op_logprobs(self, tensors: Tensors, args: dict) -> Result:
         self.model.eval()
@@ -206,7 +217,7 @@ class ActorRole(_PolicyBase):
         )
         q_ids, q_mask = enc["input_ids"], enc["attention_mask"]
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.amp():
             resp, resp_mask = generate(
                 self.model, self.tokenizer, self._to(q_ids), self._to(q_mask),
                 max_new_tokens=r.max_new_tokens, min_new_tokens=r.min_new_tokens,
@@ -243,10 +254,11 @@ class ActorRole(_PolicyBase):
                 n_mb = len(mb_idx)
                 for mc in _batches(n_mb, p.micro_batch_size):
                     idx = mb_idx[mc]
-                    lp, ent = sequence_logprobs(
-                        self.model, self._to(ids[idx]), self._to(attn[idx]), P,
-                        temperature=self.cfg.rollout.temperature, return_entropy=True,
-                    )
+                    with self.amp():
+                        lp, ent = sequence_logprobs(
+                            self.model, self._to(ids[idx]), self._to(attn[idx]), P,
+                            temperature=self.cfg.rollout.temperature, return_entropy=True,
+                        )
                     m = self._to(mask[idx])
                     loss, st = A.policy_loss(
                         lp.float(), self._to(old_lp[idx]), self._to(adv[idx]), m,
@@ -329,7 +341,8 @@ class CriticRole(Role):
 
     def _values(self, ids: torch.Tensor, attn: torch.Tensor, P: int, R: int) -> torch.Tensor:
         # the value of the state *before* each response token: positions P-1 .. P+R-2
-        v = self.model(input_ids=self._to(ids), attention_mask=self._to(attn))
+        with self.amp():
+            v = self.model(input_ids=self._to(ids), attention_mask=self._to(attn))
         return v[:, P - 1 : P + R - 1].float()
 
     def _full(self, tensors: Tensors):

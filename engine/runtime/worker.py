@@ -69,7 +69,7 @@ def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_ta
     from engine.config import validate_text
     from engine.runtime.roles import ROLE_CLASSES, NonFiniteError
 
-    arena = transport.TensorArena(owner_pid, run_tag, "+".join(roles))
+    arena = transport.TensorArena(owner_pid, run_tag, "-".join(roles))
     transport.install_cleanup(arena)
     cfg = validate_text(config_yaml, "<run config>", check_hardware=False).config
     import random
