@@ -195,7 +195,10 @@ class RunDir:
         """run.json's state, corrected when the supervisor is gone without saying so."""
         st = self.read_state()
         state = st.get("state", "unknown")
-        if state in LIVE_STATES and not pid_alive(st.get("supervisor_pid")):
+        pid = st.get("supervisor_pid")
+        if state == "starting" and not pid and time.time() - float(st.get("updated") or 0) < 120:
+            return state  # created, its supervisor being spawned: the pid is written next
+        if state in LIVE_STATES and not pid_alive(pid):
             return "dead"
         return state
 
