@@ -91,7 +91,9 @@ async def main_async(args) -> list[Path]:
         src = Path(args.run).resolve()
         run = runs / src.name
         shutil.copytree(src, run, ignore=shutil.ignore_patterns("checkpoints", "control.sock", "tensorboard"))
-        _set_state(run, "paused", live=True)
+        real = json.loads((run / "run.json").read_text()).get("state")
+        if real not in ("finished", "stopped", "failed"):  # a live run is shown as a paused one
+            _set_state(run, "paused", live=True)
     else:
         run = demo.copy_recorded_run(runs, "paused", live=True)
         demo.copy_recorded_run(runs, "finished", name="tiny-20261124-181502", created_delta=-30000)
