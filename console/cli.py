@@ -150,6 +150,24 @@ def cmd_swap_reward(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from engine.report import summarise, write_report
+    from engine.runtime.rundir import read_jsonl
+
+    run = _attach(args)
+    if run is None:
+        return 2
+    try:
+        md = write_report(run.path, args.out)
+    except ValueError as e:
+        return _err(str(e))
+    s = summarise(read_jsonl(run.dir.metrics))
+    print(f"report: {md}  (plots beside it)")
+    print(f"score {s['score_start']:.3f} -> {s['score_end']:.3f} (first/last {s['window']} steps), "
+          f"KL {s['kl_start']:.3f} -> {s['kl_end']:.3f}, {s['steps']} steps in {s['minutes']:.1f} min")
+    return 0
+
+
 def cmd_validate(args) -> int:
     try:
         cfg = _load(args)
@@ -192,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=hlp)
         c.add_argument("run")
         c.set_defaults(func=cmd_control)
+
+    rp = sub.add_parser("report", help="markdown report and PNG plots of a run")
+    rp.add_argument("run")
+    rp.add_argument("--out", help="folder for the report (default: RUN/report)")
+    rp.set_defaults(func=cmd_report)
 
     s = sub.add_parser("swap-reward", help="load a new reward model or function into a live run")
     s.add_argument("run")

@@ -1,0 +1,128 @@
+"""``rlhf-console report RUN``: a run directory as a markdown report with PNG plots.
+
+The report holds a per-step table (score, KL, KL coefficient, response length, losses, step time),
+a summary of the start and the end (means over the first and last ten steps), plots of the same
+series, and a few samples of the first and the last steps side by side. Everything comes from the
+run directory, so any run — live, finished or failed — can be reported.
+"""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Optional
+
+from engine.runtime.rundir import RunDir, atomic_write_text, read_jsonl
+
+SERIES = (
+    ("score_mean", "score (mean)"),
+    ("kl", "KL to reference"),
+    ("kl_coef", "KL coefficient"),
+    ("response_len_mean", "response length"),
+    ("policy_loss", "policy loss"),
+    ("value_loss", "value loss"),
+)
+
+
+def _mean(xs) -> float:
+    xs = [x for x in xs if isinstance(x, (int, float))]
+    return statistics.mean(xs) if xs else float("nan")
+
+
+def summarise(metrics: list[dict], window: int = 10) -> dict:
+    if not metrics:
+        return {}
+    first, last = metrics[:window], metrics[-window:]
+    minutes = (metrics[-1]["time"] - metrics[0]["time"] + metrics[0]["timings"]["step"]) / 60 if "time" in metrics[0] else float("nan")
+    return {
+        "steps": metrics[-1]["step"],
+        "window": window,
+        "score_start": _mean(m.get("score_mean") for m in first),
+        "score_end": _mean(m.get("score_mean") for m in last),
+        "kl_start": _mean(m.get("kl") for m in first),
+        "kl_end": _mean(m.get("kl") for m in last),
+        "step_s": _mean(m["timings"].get("step") for m in metrics[1:] or metrics),
+        "minutes": minutes,
+    }
+
+
+def plot(metrics: list[dict], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [m["step"] for m in metrics]
+    fig, axes = plt.subplots(2, 4, figsize=(16, 6.5))
+    series = list(SERIES) + [("__step_time", "step time (s)")]
+    for ax, (key, title) in zip(axes.flat, series):
+        ys = [m["timings"]["step"] if key == "__step_time" else m.get(key) for m in metrics]
+        ax.plot(steps, ys, lw=0.8, alpha=0.6 if key == "score_mean" else 1.0)
+        if key == "score_mean" and len(ys) >= 5:
+            k = min(10, len(ys))
+            smooth = [statistics.mean(ys[max(0, i - k + 1): i + 1]) for i in range(len(ys))]
+            ax.plot(steps, smooth, lw=2, label=f"mean of last {k}")
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes.flat[-1].axis("off")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _cell(text: str, n: int = 160) -> str:
+    t = " ".join(str(text).split()).replace("|", "\\|")
+    return t if len(t) <= n else t[: n - 1] + "…"
+
+
+def write_report(run_dir: Path, out_dir: Optional[Path] = None, *, samples_per_side: int = 4) -> Path:
+    rd = RunDir(run_dir)
+    metrics = read_jsonl(rd.metrics)
+    if not metrics:
+        raise ValueError(f"{rd.path} has no metrics yet (metrics.jsonl is empty)")
+    samples = read_jsonl(rd.samples)
+    out_dir = Path(out_dir) if out_dir else rd.path / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = plot(metrics, out_dir / f"{rd.name}.png")
+    s = summarise(metrics)
+    st = rd.read_state()
+    lines = [
+        f"# Run report: {rd.name}",
+        "",
+        f"State **{st.get('state', '?')}** at step {s['steps']}; {s['minutes']:.1f} minutes of training; "
+        f"mean step {s['step_s']:.2f} s.",
+        "",
+        f"| | first {s['window']} steps | last {s['window']} steps |",
+        "|---|---|---|",
+        f"| score (mean) | {s['score_start']:.3f} | {s['score_end']:.3f} |",
+        f"| KL to reference | {s['kl_start']:.3f} | {s['kl_end']:.3f} |",
+        "",
+        f"![curves]({png.name})",
+        "",
+        "## Per step",
+        "",
+        "| step | score | KL | KL coef | length | policy loss | value loss | step s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in metrics:
+        lines.append(
+            f"| {m['step']} | {m.get('score_mean', 0):.3f} | {m.get('kl', 0):.4f} | {m.get('kl_coef', 0):.4f} | "
+            f"{m.get('response_len_mean', 0):.1f} | {m.get('policy_loss', 0):.4f} | {m.get('value_loss', 0):.4f} | "
+            f"{m['timings'].get('step', 0):.2f} |")
+    if samples:
+        first_step, last_step = samples[0]["step"], samples[-1]["step"]
+        a = [x for x in samples if x["step"] == first_step][:samples_per_side]
+        b = [x for x in samples if x["step"] == last_step][:samples_per_side]
+        lines += ["", f"## Samples: step {first_step} and step {last_step}", "",
+                  f"| step {first_step} | score | step {last_step} | score |", "|---|---:|---|---:|"]
+        def side(x) -> str:
+            return f"{_cell(x['prompt'] + ' ⟶ ' + x['response'])} | {x['score']:.3f}" if x else " | "
+
+        for i in range(max(len(a), len(b))):
+            lines.append(f"| {side(a[i] if i < len(a) else None)} | {side(b[i] if i < len(b) else None)} |")
+    md = out_dir / f"{rd.name}.md"
+    atomic_write_text(md, "\n".join(lines) + "\n")
+    return md
