@@ -263,7 +263,8 @@ def bench_step(args) -> int:
     if "multi" in means and "single" in means:
         print(f"\nspeed-up of the multi-process runtime over one process: "
               f"{means['single']['step'] / means['multi']['step']:.2f}x per step")
-    dtype = torch_dtype(cfg.actor.dtype)
+    compute = cfg.actor.autocast if cfg.actor.autocast != "none" else cfg.actor.dtype
+    dtype = torch_dtype(compute)
     peak = peak_matmul_tflops(dtype)
     if counts is not None:
         rows = results.get("multi") or results["single"]
@@ -276,9 +277,9 @@ def bench_step(args) -> int:
         for k in means:
             secs = means[k]["step"]
             print(f"  {k:<7} {fl['total'] / secs / 1e12:.3f} TFLOP/s achieved = {100 * fl['total'] / secs / 1e12 / peak:.1f}% "
-                  f"of the {peak:.3f} TFLOP/s {cfg.actor.dtype} matmul peak; floor at that peak {fl['total'] / 1e12 / peak:.2f}s")
+                  f"of the {peak:.3f} TFLOP/s {compute} matmul peak; floor at that peak {fl['total'] / 1e12 / peak:.2f}s")
     else:
-        print(f"\npeak {cfg.actor.dtype} matmul rate on this machine: {peak:.3f} TFLOP/s")
+        print(f"\npeak {compute} matmul rate on this machine: {peak:.3f} TFLOP/s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"means": means, "tokens_per_s": tok_rates, "peak_tflops": peak}, f, indent=2)
