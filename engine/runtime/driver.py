@@ -193,7 +193,7 @@ class PPODriver:
             "kl": mean_kl,
             "kl_coef": kl_coef,
             "kl_coef_next": float(self.kl_ctl.value),
-            "kl_penalty_mean": float((A.kl_penalty(old_lp, ref_lp, p.kl_estimator) * mask).sum(1).mean()),
+            "kl_penalty_mean": float(kl_tok.sum(1).mean()),  # the configured estimator, as shaped
             "response_len_mean": float(lengths.mean()),
             "response_len_max": int(lengths.max()) if lengths.numel() else 0,
             "eos_frac": float(has_eos.float().mean()),

@@ -31,7 +31,7 @@ from engine.config import RunConfig, dump_config, resolve_role_model, validate_t
 from engine.runtime.control import ControlServer, socket_path_for
 from engine.runtime.driver import PPODriver, ROLES, ThreadPlan, available_cores, format_step_line
 from engine.runtime.roles import NonFiniteError, capture_rng, restore_rng
-from engine.runtime.rundir import RunDir, append_jsonl, atomic_write_json, read_jsonl
+from engine.runtime.rundir import RunDir, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from engine.runtime.worker import WorkerError, WorkerHandle
 
 
@@ -445,8 +445,6 @@ class Supervisor:
         # the history past the checkpoint is replaced by what the resumed run computes
         for path in (self.rd.metrics, self.rd.samples):
             rows = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= self.step]
-            from engine.runtime.rundir import atomic_write_text
-
             atomic_write_text(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
         if st.get("reward_source") and st["reward_source"] != self.cfg.reward.source:
             self.reward_source = self.cfg.reward.source
