@@ -251,6 +251,11 @@ class RewardConfig:
                                       normalize=_norm_score_label)
     score_kind: str = _f("prob", "prob = softmax probability of score_label; logit = its raw logit.",
                          choices=("prob", "logit"), normalize=_lower)
+    score_text: str = _f("prompt+response", "What the reward model reads: prompt+response (the "
+                                            "prompt and the response as one text) or response "
+                                            "(the response alone, so the prompt's own sentiment "
+                                            "does not move the score).",
+                         choices=("prompt+response", "response"), normalize=_lower)
     max_length: int = _f(128, "Truncate prompt+response to this many reward-model tokens.", check=_GE1)
     batch_size: int = _f(32, "Reward-model forward batch size.", check=_GE1)
     threads: Optional[int] = _f(None, "torch intra-op threads for the reward worker; null = automatic.",
@@ -309,6 +314,14 @@ class PPOConfig:
     kl_horizon: int = _f(10000, "Adaptive controller horizon, in samples.", check=_GE1)
     entropy_coef: float = _f(0.0, "Entropy bonus coefficient in the actor loss.", check=_NONNEG)
     vf_coef: float = _f(0.1, "Value loss coefficient.", check=_NONNEG)
+    critic_trunk: str = _f("own", "own = the critic is a whole model (critic.model) trained end to "
+                                  "end; reference = the critic is a value head on the frozen "
+                                  "reference model's last hidden states, which the reference's "
+                                  "scoring pass already computes, so the critic's forward and "
+                                  "backward through a trunk disappear and its update trains the "
+                                  "head alone (critic.model, dtype and autocast are then unused; "
+                                  "give critic_lr a head-sized value such as 1e-3).",
+                           choices=("own", "reference"), normalize=_lower)
     actor_lr: float = _f(1e-6, "Actor learning rate (AdamW).", check=_POS)
     critic_lr: float = _f(1e-5, "Critic learning rate (AdamW).", check=_POS)
     lr_schedule: str = _f("constant", "Learning-rate schedule over run.steps (after warmup).",

@@ -719,7 +719,8 @@ def _logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, temperatu
 
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       response_start: int, *, temperature: float = 1.0,
-                      return_entropy: bool = False, logits_dtype: torch.dtype = torch.float32):
+                      return_entropy: bool = False, logits_dtype: torch.dtype = torch.float32,
+                      return_hidden: bool = False):
     """Log-probs ``[B, R]`` of tokens ``input_ids[:, response_start:]`` under ``model``.
 
     ``input_ids`` is ``[B, P+R]``: left-padded prompts of length P = ``response_start``, then
@@ -736,6 +737,29 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     R = T - P
     position_ids = position_ids_from_mask(attention_mask)
     keep = torch.arange(P - 1, T - 1, device=input_ids.device)
+    dev_type = input_ids.device.type
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    split = head is not None and hasattr(model, "get_decoder") and \
+        (return_hidden or torch.is_autocast_enabled(dev_type))
+    if return_hidden and not split:
+        raise ValueError(f"{type(model).__name__} exposes no decoder/LM head: cannot return hidden states")
+    if split:
+        # Trunk and head apart: the hidden states before each response token are what a
+        # value head on this model reads (return_hidden), and under autocast the LM head
+        # would otherwise round the logits to 16 bits (steps of 0.06-0.125 at typical logit
+        # sizes, noise of the order of the PPO clip range): the head runs in float32.
+        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                     position_ids=position_ids, use_cache=False).last_hidden_state
+        hidden = hidden[:, P - 1:T - 1].float()
+        with torch.autocast(device_type=dev_type, enabled=False):
+            logits = torch.nn.functional.linear(
+                hidden, head.weight.float(),
+                None if getattr(head, "bias", None) is None else head.bias.float())
+        res = _logprobs_from_logits(logits, input_ids[:, P:], float(temperature),
+                                    return_entropy, logits_dtype)
+        if return_hidden:
+            return (*res, hidden) if return_entropy else (res, hidden)
+        return res
     try:
         out = model(input_ids=input_ids, attention_mask=attention_mask,
                     position_ids=position_ids, use_cache=False, logits_to_keep=keep)

@@ -292,6 +292,35 @@ def test_bfloat16_policy(tok, batch):
     assert ((lp16 - lp32).abs() * mask).max().item() < 0.1
 
 
+def test_sequence_logprobs_hidden_states_and_float32_head_under_autocast(tok, batch):
+    m = load_policy(TINY, trainable=False)
+    ids, am = batch["input_ids"], batch["attention_mask"]
+    resp, mask = generate(m, tok, ids, am, max_new_tokens=5, generator_seed=6)
+    full, fm = torch.cat([ids, resp], 1), torch.cat([am, mask], 1)
+    P = ids.shape[1]
+    plain = sequence_logprobs(m, full, fm, P)
+    lp, hidden = sequence_logprobs(m, full, fm, P, return_hidden=True)
+    assert torch.allclose(lp, plain, atol=1e-5)
+    out = m(input_ids=full, attention_mask=fm, position_ids=M.position_ids_from_mask(fm),
+            output_hidden_states=True)
+    assert hidden.shape == (full.shape[0], resp.shape[1], m.config.hidden_size)
+    assert torch.allclose(hidden, out.hidden_states[-1][:, P - 1:-1], atol=1e-5)
+    lp_e, ent, h2 = sequence_logprobs(m, full, fm, P, return_entropy=True, return_hidden=True)
+    assert torch.allclose(lp_e, plain, atol=1e-5) and ent.shape == lp.shape and torch.equal(h2, hidden)
+    # under bf16 autocast the trunk runs in 16 bits but the LM head in float32: the logits
+    # are not rounded to bf16 (which a full-model autocast forward does)
+    seen = []
+    hook = m.lm_head.register_forward_hook(lambda mod, a, o: seen.append(o.dtype))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lp16 = sequence_logprobs(m, full, fm, P)
+    finally:
+        hook.remove()
+    assert seen == []  # the head ran as an explicit float32 matmul, not the bf16 module
+    assert lp16.dtype == torch.float32
+    assert ((lp16 - plain).abs() * mask).max().item() < 0.1
+
+
 # ---------------------------------------------------------------------------------------------
 # critic
 # ---------------------------------------------------------------------------------------------

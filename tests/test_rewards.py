@@ -218,3 +218,26 @@ def test_malformed_sources_list_accepted_forms(source):
 def test_folder_without_config(tmp_path):
     with pytest.raises(RewardError, match="config.json"):
         build_reward(str(tmp_path))
+
+
+def test_reward_role_passes_score_text_from_the_config(tiny_classifier):
+    """reward.score_text=response reaches the classifier: the role's scores ignore the prompt."""
+    from engine.config import load_config
+    from engine.runtime.roles import RewardRole
+
+    scores = {}
+    for text in ("prompt+response", "response"):
+        cfg = load_config("tiny", [f"reward.source={tiny_classifier}", "reward.score_label=2",
+                                   f"reward.score_text={text}"])
+        role = RewardRole(cfg)
+        assert role.source.score_text == text
+        enc = role.tokenizer(["What a wonderful film", "Awful, boring, dreadful"], return_tensors="pt",
+                             padding=True, add_special_tokens=False)
+        resp = role.tokenizer([" I liked it", " I liked it"], return_tensors="pt", padding=True,
+                              add_special_tokens=False)
+        out, _ = role.call("score", {"query_ids": enc["input_ids"], "response_ids": resp["input_ids"],
+                                     "response_mask": resp["attention_mask"]}, {})
+        scores[text] = out["scores"]
+    # a random tiny classifier barely reacts to text, so compare exactly
+    assert float(scores["response"][0]) == pytest.approx(float(scores["response"][1]), abs=1e-7)
+    assert float(scores["prompt+response"][0]) != float(scores["prompt+response"][1])

@@ -285,3 +285,47 @@ def test_thread_plan_splits_cores_and_honours_the_config():
     cfg = load_config(TINY, ["critic.threads=3"])
     p = ThreadPlan.make(cfg, cores=8)
     assert p.score["critic"] == 3 and p.update["critic"] == 3 and p.update["actor"] == 4
+
+
+def test_critic_as_a_head_on_the_reference_trunk(runs_dir, cleanup_runs):
+    """ppo.critic_trunk=reference: the critic is a value head fed the reference's hidden
+    states; it learns (value loss falls on a fixed batch), checkpoints and resumes."""
+    import torch
+
+    from engine.config import load_config
+    from engine.runtime.driver import ThreadPlan
+    from engine.runtime.roles import CriticRole, ReferenceRole
+
+    cfg = load_config(TINY, ["ppo.critic_trunk=reference", "ppo.critic_lr=1e-2", "ppo.epochs=4"])
+    plan = ThreadPlan.make(cfg, cores=8)
+    assert plan.update == {"actor": 8, "critic": 1} and plan.score["reference"] == 4
+    ref, critic = ReferenceRole(cfg), CriticRole(cfg)
+    assert sum(p.numel() for p in critic.model.parameters()) == ref.model.config.hidden_size + 1
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "query_ids": torch.randint(0, 1000, (4, 5), generator=g), "query_mask": torch.ones(4, 5, dtype=torch.long),
+        "response_ids": torch.randint(0, 1000, (4, 6), generator=g), "response_mask": torch.ones(4, 6, dtype=torch.long),
+    }
+    out, _ = ref.call("logprobs", batch, {"hidden": True})
+    assert out["hidden"].shape == (4, 6, ref.model.config.hidden_size)
+    with pytest.raises(ValueError, match="hidden states"):
+        critic.call("values", batch, {})
+    inputs = {"response_mask": batch["response_mask"], "hidden": out["hidden"]}
+    v0 = critic.call("values", inputs, {})[0]["values"]
+    assert torch.equal(v0, torch.zeros(4, 6))  # zero-initialised head
+    returns = torch.linspace(-1, 1, 24).view(4, 6)
+    losses = []
+    for step in range(1, 6):
+        vals = critic.call("values", inputs, {})[0]["values"]
+        losses.append(critic.call("update", {**inputs, "values": vals, "returns": returns}, {"step": step})[1]["value_loss"])
+    assert losses[-1] < 0.5 * losses[0], losses
+
+    run = _start(runs_dir, cleanup_runs, "run.steps=4", "ppo.critic_trunk=reference", "ppo.critic_lr=1e-3",
+                 "checkpoint.every=2")
+    assert run.wait(timeout=300) == "finished", run.info.get("failure")
+    ms = list(run.metrics())
+    assert [m["step"] for m in ms] == [1, 2, 3, 4]
+    assert all(math.isfinite(m["value_loss"]) for m in ms)
+    assert any(m["value_mean"] != 0 for m in ms[1:])  # the head moved after the first update
+    assert (run.dir.latest_checkpoint() / "critic" / "critic_state.pt").is_file()
+    _assert_clean(run)

@@ -74,6 +74,11 @@ class ThreadPlan:
             score={r: share4 for r in ROLES},
             update={"actor": max(1, cores - share2) if cores > 1 else 1, "critic": share2},
         )
+        if cfg.ppo.critic_trunk == "reference":
+            # the critic is a linear head: scoring is actor + reference (+ the light reward),
+            # and the actor's update gets every core
+            plan.score = {"actor": share2, "reference": share2, "reward": 1, "critic": 1}
+            plan.update = {"actor": cores, "critic": 1}
         for r in ROLES:
             n = explicit_threads(cfg, r)
             if n:
@@ -130,12 +135,20 @@ class PPODriver:
 
         # 2. scoring, concurrently ---------------------------------------------------------
         t = time.perf_counter()
-        res = self._run_phase({
+        shared = p.critic_trunk == "reference"
+        calls = {
             "old": ("actor", "logprobs", batch, {}, "score"),
-            "ref": ("reference", "logprobs", batch, {}, "score"),
+            "ref": ("reference", "logprobs", batch, {"hidden": shared}, "score"),
             "val": ("critic", "values", batch, {}, "score"),
             "rew": ("reward", "score", batch, {}, "score"),
-        })
+        }
+        if shared:  # the critic's head reads the reference's hidden states: after that pass
+            del calls["val"]
+        res = self._run_phase(calls)
+        critic_in = batch
+        if shared:
+            critic_in = {"response_mask": batch["response_mask"], "hidden": res["ref"][0]["hidden"]}
+            res["val"] = self._gather({"val": self._call("critic", "values", critic_in, {}, "score")})["val"]
         timings["scoring"] = time.perf_counter() - t
         timings["actor_logprobs"] = res["old"][2]
         timings["ref"] = res["ref"][2]
@@ -173,7 +186,7 @@ class PPODriver:
         t = time.perf_counter()
         upd = self._run_phase({
             "actor": ("actor", "update", {**batch, "old_logprobs": old_lp, "advantages": adv}, {"step": step}, "update"),
-            "critic": ("critic", "update", {**batch, "values": values, "returns": ret}, {"step": step}, "update"),
+            "critic": ("critic", "update", {**critic_in, "values": values, "returns": ret}, {"step": step}, "update"),
         })
         timings["update"] = time.perf_counter() - t
         timings["actor_update"] = upd["actor"][2]

@@ -41,10 +41,16 @@ def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> 
     batch, gen = roles["actor"].call("generate", {}, {"prompts": prompts})
     report["actor"]["phase_s"] = time.perf_counter() - t
     report["actor"]["phase"] = "rollout"
+    shared = cfg.ppo.critic_trunk == "reference"
+    hidden = None
     for name, op in (("reference", "logprobs"), ("reward", "score"), ("critic", "values")):
         t = time.perf_counter()
+        args = {"hidden": True} if name == "reference" and shared else {}
+        inputs = {**batch, "hidden": hidden} if name == "critic" and shared else batch
         with torch.no_grad():
-            res, _ = roles[name].call(op, batch, {})
+            res, _ = roles[name].call(op, inputs, args)
+        if name == "reference" and shared:
+            hidden = res["hidden"]
         report[name]["phase_s"] = time.perf_counter() - t
         report[name]["phase"] = op
         if name == "reward":

@@ -171,7 +171,7 @@ class _PolicyBase(Role):
             progress=self.progress,
         )
 
-    def _logprobs(self, tensors: Tensors, entropy: bool = False):
+    def _logprobs(self, tensors: Tensors, entropy: bool = False, hidden: bool = False):
         from engine.models import sequence_logprobs
 
         ids = torch.cat([tensors["query_ids"], tensors["response_ids"]], dim=1)
@@ -180,11 +180,15 @@ class _PolicyBase(Role):
             return sequence_logprobs(
                 self.model, self._to(ids), self._to(attn), tensors["query_ids"].shape[1],
                 temperature=self.cfg.rollout.temperature, return_entropy=entropy,
+                return_hidden=hidden,
             )
 
     def op_logprobs(self, tensors: Tensors, args: dict) -> Result:
         self.model.eval()
         with torch.no_grad():
+            if args.get("hidden"):
+                lp, hidden = self._logprobs(tensors, hidden=True)
+                return {"logprobs": lp.float().cpu(), "hidden": hidden.cpu()}, {}
             lp = self._logprobs(tensors)
         return {"logprobs": lp.float().cpu()}, {}
 
@@ -318,6 +322,33 @@ class ActorRole(_PolicyBase):
         return {}, {"torch_rng_sum": int(torch.get_rng_state().sum())}
 
 
+def _hidden_size(source: str) -> int:
+    from transformers import AutoConfig
+
+    from engine.models import resolve_model_path
+
+    conf = AutoConfig.from_pretrained(resolve_model_path(source))
+    size = getattr(conf, "hidden_size", None) or getattr(conf, "n_embd", None) or getattr(conf, "d_model", None)
+    if not size:
+        raise ValueError(f"cannot tell the hidden size of {source!r} from its config")
+    return int(size)
+
+
+class ValueHead(torch.nn.Module):
+    """A linear value head on given hidden states ``[B, R, H] -> [B, R]``, zero-initialised so
+    the first values are exactly 0 (as with the whole-model critic)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.head = torch.nn.Linear(hidden_size, 1)
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.bias.zero_()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden.float()).squeeze(-1)
+
+
 class CriticRole(Role):
     name = "critic"
 
@@ -325,46 +356,65 @@ class CriticRole(Role):
         super().__init__(cfg, progress)
         from engine.models import load_critic, resolve_attn_implementation
 
-        src = resolve_role_model(cfg, self.name)
-        attn, warn = resolve_attn_implementation(self.role_cfg.attn_implementation, self.device)
-        if warn:
-            self.progress(f"{self.name}: {warn}")
-        self.model = load_critic(
-            src, dtype=self.role_cfg.dtype, device=str(self.device), attn_implementation=attn,
-            gradient_checkpointing=self.role_cfg.gradient_checkpointing, progress=self.progress,
-        )
+        # critic_trunk "reference": a value head on the reference's hidden states, which the
+        # driver passes in as tensors["hidden"]; no trunk of its own.
+        self.head_only = cfg.ppo.critic_trunk == "reference"
+        if self.head_only:
+            self.model = ValueHead(_hidden_size(resolve_role_model(cfg, "reference"))).to(self.device)
+            self.progress("critic: value head on the reference's hidden states (zero-initialised)")
+        else:
+            src = resolve_role_model(cfg, self.name)
+            attn, warn = resolve_attn_implementation(self.role_cfg.attn_implementation, self.device)
+            if warn:
+                self.progress(f"{self.name}: {warn}")
+            self.model = load_critic(
+                src, dtype=self.role_cfg.dtype, device=str(self.device), attn_implementation=attn,
+                gradient_checkpointing=self.role_cfg.gradient_checkpointing, progress=self.progress,
+            )
         p = cfg.ppo
         self.optimizer = torch.optim.AdamW(
             [q for q in self.model.parameters() if q.requires_grad], lr=p.critic_lr, weight_decay=p.weight_decay
         )
         self.scheduler = _make_scheduler(self.optimizer, p.lr_schedule, p.warmup_steps, cfg.run.steps)
 
-    def _values(self, ids: torch.Tensor, attn: torch.Tensor, P: int, R: int) -> torch.Tensor:
-        # the value of the state *before* each response token: positions P-1 .. P+R-2
+    def _values(self, inputs: tuple, idx=None) -> torch.Tensor:
+        """Values of the states *before* each response token (positions P-1 .. P+R-2), for
+        the rows ``idx`` (all when None)."""
+        if self.head_only:
+            hidden = inputs[0] if idx is None else inputs[0][idx]
+            return self.model(self._to(hidden)).float()
+        ids, attn, P, R = inputs
+        if idx is not None:
+            ids, attn = ids[idx], attn[idx]
         with self.amp():
             v = self.model(input_ids=self._to(ids), attention_mask=self._to(attn))
         return v[:, P - 1 : P + R - 1].float()
 
-    def _full(self, tensors: Tensors):
+    def _inputs(self, tensors: Tensors) -> tuple:
+        if self.head_only:
+            if "hidden" not in tensors:
+                raise ValueError("critic with ppo.critic_trunk=reference needs the reference's "
+                                 "hidden states (tensor 'hidden')")
+            return (tensors["hidden"].float(),)
         ids = torch.cat([tensors["query_ids"], tensors["response_ids"]], dim=1)
         attn = torch.cat([tensors["query_mask"], tensors["response_mask"]], dim=1)
         return ids, attn, tensors["query_ids"].shape[1], tensors["response_ids"].shape[1]
 
     def op_values(self, tensors: Tensors, args: dict) -> Result:
-        ids, attn, P, R = self._full(tensors)
+        inputs = self._inputs(tensors)
         self.model.eval()
         with torch.no_grad():
-            v = self._values(ids, attn, P, R)
+            v = self._values(inputs)
         return {"values": v.cpu()}, {}
 
     def op_update(self, tensors: Tensors, args: dict) -> Result:
         p = self.cfg.ppo
         step = int(args["step"])
-        ids, attn, P, R = self._full(tensors)
+        inputs = self._inputs(tensors)
         mask = tensors["response_mask"].float()
         old_v, ret = tensors["values"].float(), tensors["returns"].float()
         _check_finite(self.name, "update", returns=ret[mask.bool()], values=old_v[mask.bool()])
-        B = ids.shape[0]
+        B = mask.shape[0]
         self.model.train()
         stats: dict[str, list[float]] = {"value_loss": [], "vf_clipfrac": [], "critic_grad_norm": []}
         for epoch in range(p.epochs):
@@ -375,7 +425,7 @@ class CriticRole(Role):
                 self.optimizer.zero_grad(set_to_none=True)
                 for mc in _batches(n_mb, p.micro_batch_size):
                     idx = mb_idx[mc]
-                    v = self._values(ids[idx], attn[idx], P, R)
+                    v = self._values(inputs, idx)
                     loss, st = A.value_loss(v, self._to(old_v[idx]), self._to(ret[idx]), self._to(mask[idx]), clip=p.value_clip)
                     _check_finite(self.name, "update", value_loss=loss)
                     (p.vf_coef * loss * (len(idx) / n_mb)).backward()
@@ -425,7 +475,8 @@ class RewardRole(Role):
         r = self.cfg.reward
         return build_reward(
             spec, device=str(self.device), dtype=r.dtype, quantization=r.quantization,
-            score_label=r.score_label, score_kind=r.score_kind, max_length=r.max_length,
+            score_label=r.score_label, score_kind=r.score_kind, score_text=r.score_text,
+            max_length=r.max_length,
             batch_size=r.batch_size, progress=self.progress,
         )
 
