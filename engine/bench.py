@@ -147,13 +147,14 @@ def peak_matmul_tflops(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) 
 
 
 def step_flops(n_policy: int, n_critic: int, n_reward: int, batch: int, prompt_len: float, resp_len: float,
-               reward_len: float, epochs: int) -> dict:
+               reward_len: float, epochs: int, reuse_logprobs: bool = False) -> dict:
     """Model FLOPs of one PPO step (2·params per token forward, 6·params forward+backward;
-    attention's sequence-length term is left out, small at these lengths)."""
+    attention's sequence-length term is left out, small at these lengths). With
+    ``reuse_logprobs`` the actor's old log-probs come from generation: no second pass."""
     seq = prompt_len + resp_len
     f = {
         "rollout": 2 * n_policy * batch * seq,          # prefill + one token at a time (KV cache)
-        "actor_logprobs": 2 * n_policy * batch * seq,
+        "actor_logprobs": 0 if reuse_logprobs else 2 * n_policy * batch * seq,
         "ref": 2 * n_policy * batch * seq,
         "critic": 2 * n_critic * batch * seq,
         "reward": 2 * n_reward * batch * reward_len,
@@ -270,7 +271,9 @@ def bench_step(args) -> int:
         rows = results.get("multi") or results["single"]
         resp = statistics.mean(r["response_len_mean"] for r in rows)
         fl = step_flops(counts["policy"], counts["critic"], counts["reward"], cfg.rollout.batch_size,
-                        counts["prompt_len"], resp, counts["prompt_len"] + resp, cfg.ppo.epochs)
+                        counts["prompt_len"], resp,
+                        resp if cfg.reward.score_text == "response" else counts["prompt_len"] + resp,
+                        cfg.ppo.epochs, cfg.rollout.reuse_logprobs)
         print(f"\nmodel FLOPs per step: {fl['total'] / 1e12:.3f} TFLOP "
               f"(policy {counts['policy'] / 1e6:.1f}M, critic {counts['critic'] / 1e6:.1f}M, reward {counts['reward'] / 1e6:.1f}M params; "
               f"prompt {counts['prompt_len']:.0f} + response {resp:.1f} tokens x {cfg.rollout.batch_size})")

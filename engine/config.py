@@ -288,6 +288,11 @@ class RolloutConfig:
     top_p: float = _f(1.0, "Nucleus sampling; 1.0 = off.", check=_Range(0, 1, lo_open=True))
     do_sample: bool = _f(True, "Sample (true) or decode greedily (false).")
     samples_to_log: int = _f(8, "Rollouts per step written to samples.jsonl.", check=_NONNEG)
+    reuse_logprobs: bool = _f(False, "Take the actor's old log-probs from the generation pass (each "
+                                     "sampled token's final hidden state through a float32 LM head) "
+                                     "instead of a second forward pass over prompt+response. Equal up "
+                                     "to kernel rounding in float32; under 16-bit autocast the cached "
+                                     "decoding pass rounds differently from a full pass.")
 
 
 @dataclass(frozen=True)

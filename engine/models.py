@@ -717,6 +717,18 @@ def _logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, temperatu
     return (lp, torch.cat(ents, 0)) if return_entropy else lp
 
 
+def head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, *, temperature: float = 1.0,
+                  return_entropy: bool = False, logits_dtype: torch.dtype = torch.float32):
+    """Log-probs of ``targets [B, R]`` from final hidden states ``[B, R, H]`` through the
+    model's LM head run in float32 (autocast off), whatever the weights' dtype."""
+    head = model.get_output_embeddings()
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        logits = torch.nn.functional.linear(
+            hidden.float(), head.weight.float(),
+            None if getattr(head, "bias", None) is None else head.bias.float())
+    return _logprobs_from_logits(logits, targets, float(temperature), return_entropy, logits_dtype)
+
+
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       response_start: int, *, temperature: float = 1.0,
                       return_entropy: bool = False, logits_dtype: torch.dtype = torch.float32,
@@ -751,12 +763,8 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
         hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                      position_ids=position_ids, use_cache=False).last_hidden_state
         hidden = hidden[:, P - 1:T - 1].float()
-        with torch.autocast(device_type=dev_type, enabled=False):
-            logits = torch.nn.functional.linear(
-                hidden, head.weight.float(),
-                None if getattr(head, "bias", None) is None else head.bias.float())
-        res = _logprobs_from_logits(logits, input_ids[:, P:], float(temperature),
-                                    return_entropy, logits_dtype)
+        res = head_logprobs(model, hidden, input_ids[:, P:], temperature=temperature,
+                            return_entropy=return_entropy, logits_dtype=logits_dtype)
         if return_hidden:
             return (*res, hidden) if return_entropy else (res, hidden)
         return res
@@ -790,7 +798,7 @@ def _eos_ids(model, tokenizer) -> list[int]:
 def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
              max_new_tokens: int, min_new_tokens: int = 0, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, do_sample: bool = True,
-             generator_seed: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+             generator_seed: Optional[int] = None, return_hidden: bool = False):
     """Sample responses for left-padded prompts: ``(response_ids [B, R], response_mask [B, R])``.
 
     Uses ``model.generate`` with the KV cache, stops when every row has produced EOS (or at
@@ -801,6 +809,10 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
     ``top_p=1.0`` disable those filters; ``temperature <= 0`` or ``do_sample=False`` is greedy.
     Note ``min_new_tokens``/top-k/top-p change the sampling distribution away from the
     temperature-scaled softmax that :func:`sequence_logprobs` scores.
+
+    With ``return_hidden`` a third tensor comes back: the final (post-norm) hidden state that
+    produced each response token, ``[B, R, H]`` float32 -- what :func:`head_logprobs` turns
+    into the same log-probs :func:`sequence_logprobs` computes, without a second forward pass.
 
     Randomness comes from torch's global RNG: the caller seeds torch (``torch.manual_seed``)
     for reproducible rollouts. With ``generator_seed`` the RNG is seeded with it inside a
@@ -831,6 +843,13 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
         devices = [input_ids.device.index or 0]
     rng = torch.random.fork_rng(devices=devices) if generator_seed is not None \
         else contextlib.nullcontext()
+    steps: list[torch.Tensor] = []
+    hook = None
+    if return_hidden:
+        # each decoding step runs the trunk once; its last position is the state that
+        # predicts the next token (the first call sees the whole prompt)
+        hook = model.get_decoder().register_forward_hook(
+            lambda mod, args, out: steps.append(out.last_hidden_state[:, -1].detach().float()))
     try:
         model.eval()
         model.generation_config = clean
@@ -839,6 +858,8 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
                 torch.manual_seed(int(generator_seed))
             out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     finally:
+        if hook is not None:
+            hook.remove()
         if saved_gen_cfg is not None:
             model.generation_config = saved_gen_cfg
         model.train(was_training)
@@ -846,13 +867,19 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
     mask = response_mask_from_ids(response, eos)
     # rows that stopped early are already padded with `pad` (== eos for SmolLM2); make sure
     response = torch.where(mask.bool(), response, torch.full_like(response, pad))
-    return response.contiguous(), mask
+    if not return_hidden:
+        return response.contiguous(), mask
+    R = response.shape[1]
+    if len(steps) < R:
+        raise RuntimeError(f"generation ran the trunk {len(steps)} times for {R} tokens")
+    return response.contiguous(), mask, torch.stack(steps[:R], dim=1)
 
 
 __all__ = [
     "ModelLoadError", "ValueModel", "BUNDLED_SOURCES", "SMOLLM2", "MINILM", "TINY_LLAMA",
     "resolve_model_path", "load_tokenizer", "resolve_attn_implementation", "torch_dtype",
     "resolve_device", "load_policy", "load_critic", "load_reward_model", "sequence_logprobs",
+    "head_logprobs",
     "generate", "count_parameters", "model_memory_bytes", "position_ids_from_mask", "is_checkpointing",
     "response_mask_from_ids",
 ]

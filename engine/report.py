@@ -33,9 +33,21 @@ def summarise(metrics: list[dict], window: int = 10) -> dict:
         return {}
     first, last = metrics[:window], metrics[-window:]
     minutes = (metrics[-1]["time"] - metrics[0]["time"] + metrics[0]["timings"]["step"]) / 60 if "time" in metrics[0] else float("nan")
+    scores = [m.get("score_mean") for m in metrics]
+    rolling = [_mean(scores[max(0, i - window + 1): i + 1]) for i in range(len(scores))]
+    start = _mean(m.get("score_mean") for m in first)
+    reached = next((i for i in range(window - 1, len(rolling)) if rolling[i] >= start + 0.2), None)
+    second_half = rolling[max(window - 1, len(rolling) // 2):]
     return {
         "steps": metrics[-1]["step"],
         "window": window,
+        # the first step whose trailing window mean is at least 0.2 above the first window's
+        "step_plus_0_2": metrics[reached]["step"] if reached is not None else None,
+        "minute_plus_0_2": ((metrics[reached]["time"] - metrics[0]["time"] + metrics[0]["timings"]["step"]) / 60
+                            if reached is not None and "time" in metrics[0] else None),
+        "score_second_half": _mean(second_half),
+        "kl_max_window": max(_mean(m.get("kl") for m in metrics[max(0, i - window + 1): i + 1])
+                             for i in range(len(metrics))),
         "score_start": _mean(m.get("score_mean") for m in first),
         "score_end": _mean(m.get("score_mean") for m in last),
         "kl_start": _mean(m.get("kl") for m in first),
@@ -89,16 +101,26 @@ def write_report(run_dir: Path, out_dir: Optional[Path] = None, *, samples_per_s
     png = plot(metrics, out_dir / f"{rd.name}.png")
     s = summarise(metrics)
     st = rd.read_state()
+    wall = ""
+    if isinstance(st.get("created"), (int, float)) and "time" in metrics[-1]:
+        wall = f" ({(metrics[-1]['time'] - st['created']) / 60:.1f} minutes from the run's start, model loading included)"
     lines = [
         f"# Run report: {rd.name}",
         "",
-        f"State **{st.get('state', '?')}** at step {s['steps']}; {s['minutes']:.1f} minutes of training; "
+        f"State **{st.get('state', '?')}** at step {s['steps']}; {s['minutes']:.1f} minutes of training{wall}; "
         f"mean step {s['step_s']:.2f} s.",
         "",
         f"| | first {s['window']} steps | last {s['window']} steps |",
         "|---|---|---|",
         f"| score (mean) | {s['score_start']:.3f} | {s['score_end']:.3f} |",
         f"| KL to reference | {s['kl_start']:.3f} | {s['kl_end']:.3f} |",
+        "",
+        f"Mean of the trailing {s['window']}-step score means over the second half of the run: "
+        f"{s['score_second_half']:.3f}. Highest {s['window']}-step mean KL: {s['kl_max_window']:.2f}. "
+        + (f"The {s['window']}-step mean first stood 0.2 above the first {s['window']} steps' at step "
+           f"{s['step_plus_0_2']}" + (f", {s['minute_plus_0_2']:.1f} minutes into training." if s['minute_plus_0_2'] is not None else ".")
+           if s["step_plus_0_2"] is not None else
+           f"The {s['window']}-step mean never stood 0.2 above the first {s['window']} steps'."),
         "",
         f"![curves]({png.name})",
         "",

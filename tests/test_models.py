@@ -236,6 +236,13 @@ def test_sequence_logprobs_match_generation_scores(eosy, tok, batch, temperature
     assert ((ent - ref_ent).abs() * mask).max().item() < 1e-3
     # (RoPE is relative, so for Llama the explicit position ids mostly buy float-level
     # agreement; for absolute-position models they are essential.)
+    # rollout.reuse_logprobs: the generation pass's own hidden states give the same log-probs
+    resp2, mask2, hidden = generate(eosy, tok, ids, am, max_new_tokens=10, temperature=temperature,
+                                    generator_seed=11, return_hidden=True)
+    assert torch.equal(resp2, resp) and torch.equal(mask2, mask)
+    assert hidden.shape == (*resp.shape, eosy.config.hidden_size)
+    reused = M.head_logprobs(eosy, hidden, resp, temperature=temperature)
+    assert ((reused - lp).abs() * mask).max().item() < 1e-4
 
 
 def test_logprobs_chunking_and_grad(tok, batch):

@@ -30,3 +30,19 @@ def test_report_cli(tmp_path):
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "score" in out.stdout and (runs / RECORDED.name / "report" / f"{RECORDED.name}.md").exists()
+
+
+def test_summary_finds_when_the_score_rose_by_0_2():
+    def row(step, score, kl=1.0):
+        return {"step": step, "score_mean": score, "kl": kl, "time": 100.0 + 5 * step, "timings": {"step": 5.0}}
+
+    flat = [row(i, 0.5) for i in range(1, 31)]
+    s = summarise(flat)
+    assert s["step_plus_0_2"] is None and s["score_second_half"] == 0.5
+    rising = [row(i, 0.5 if i <= 10 else 0.8, kl=0.1 * i) for i in range(1, 41)]
+    s = summarise(rising)
+    # the trailing 10-step mean reaches 0.7 once 7 of its 10 steps are at 0.8: step 17
+    assert s["step_plus_0_2"] == 17
+    assert s["minute_plus_0_2"] == (rising[16]["time"] - rising[0]["time"] + 5.0) / 60
+    assert abs(s["kl_max_window"] - sum(0.1 * i for i in range(31, 41)) / 10) < 1e-9
+    assert abs(s["score_second_half"] - 0.8) < 1e-9

@@ -273,6 +273,21 @@ def test_colocated_roles_run_in_one_process_with_bf16_autocast(runs_dir, cleanup
     _assert_clean(run)
 
 
+def test_old_logprobs_reused_from_generation(runs_dir, cleanup_runs):
+    """rollout.reuse_logprobs: no second actor pass in scoring; the first mini-batch's ratio is
+    1 up to float rounding, so nothing is clipped on a one-epoch, one-mini-batch step."""
+    run = _start(runs_dir, cleanup_runs, "run.steps=2", "rollout.reuse_logprobs=true",
+                 "ppo.mini_batch_size=4", "ppo.micro_batch_size=4")
+    assert run.wait(timeout=300) == "finished", run.info.get("failure")
+    ms = list(run.metrics())
+    assert [m["step"] for m in ms] == [1, 2]
+    for m in ms:
+        assert m["timings"]["actor_logprobs"] == 0.0
+        assert abs(m["approx_kl"]) < 1e-5 and m["clipfrac"] == 0.0
+        assert math.isfinite(m["policy_loss"]) and math.isfinite(m["kl"])
+    _assert_clean(run)
+
+
 def test_thread_plan_splits_cores_and_honours_the_config():
     from engine.config import load_config
     from engine.runtime.driver import ThreadPlan
@@ -282,6 +297,9 @@ def test_thread_plan_splits_cores_and_honours_the_config():
     assert p.generate == {"actor": 8}
     assert p.score == {"actor": 2, "reference": 2, "critic": 2, "reward": 2}
     assert p.update == {"actor": 4, "critic": 4}
+    shared = ThreadPlan.make(load_config(TINY, ["ppo.critic_trunk=reference", "rollout.reuse_logprobs=true"]), cores=8)
+    assert shared.score == {"actor": 1, "reference": 8, "critic": 1, "reward": 1}
+    assert shared.update == {"actor": 8, "critic": 1}
     cfg = load_config(TINY, ["critic.threads=3"])
     p = ThreadPlan.make(cfg, cores=8)
     assert p.score["critic"] == 3 and p.update["critic"] == 3 and p.update["actor"] == 4

@@ -74,10 +74,14 @@ class ThreadPlan:
             score={r: share4 for r in ROLES},
             update={"actor": max(1, cores - share2) if cores > 1 else 1, "critic": share2},
         )
-        if cfg.ppo.critic_trunk == "reference":
-            # the critic is a linear head: scoring is actor + reference (+ the light reward),
-            # and the actor's update gets every core
-            plan.score = {"actor": share2, "reference": share2, "reward": 1, "critic": 1}
+        shared = cfg.ppo.critic_trunk == "reference"
+        heavy = ["reference"] + ([] if cfg.rollout.reuse_logprobs else ["actor"]) + \
+            ([] if shared else ["critic"])
+        if len(heavy) < 3:
+            # a critic that is a linear head, or old log-probs taken from generation: fewer
+            # trunk passes share the scoring phase; the light roles keep one thread
+            plan.score = {r: (max(1, cores // len(heavy)) if r in heavy else 1) for r in ROLES}
+        if shared:  # the critic's update is a linear head's: the actor's gets every core
             plan.update = {"actor": cores, "critic": 1}
         for r in ROLES:
             n = explicit_threads(cfg, r)
@@ -132,6 +136,8 @@ class PPODriver:
         t = time.perf_counter()
         (batch, gen_res, _), = self._run_phase({"gen": ("actor", "generate", None, {"prompts": prompts, "step": step}, "generate")}).values()
         timings["rollout"] = time.perf_counter() - t
+        batch = dict(batch)
+        gen_lp = batch.pop("old_logprobs", None)  # rollout.reuse_logprobs: no second actor pass
 
         # 2. scoring, concurrently ---------------------------------------------------------
         t = time.perf_counter()
@@ -144,7 +150,11 @@ class PPODriver:
         }
         if shared:  # the critic's head reads the reference's hidden states: after that pass
             del calls["val"]
+        if gen_lp is not None:
+            del calls["old"]
         res = self._run_phase(calls)
+        if gen_lp is not None:
+            res["old"] = ({"logprobs": gen_lp}, {}, 0.0)
         critic_in = batch
         if shared:
             critic_in = {"response_mask": batch["response_mask"], "hidden": res["ref"][0]["hidden"]}

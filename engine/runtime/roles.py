@@ -137,6 +137,15 @@ class Role:
     def _to(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device, non_blocking=True)
 
+    def attn_implementation(self) -> str:
+        """The role's attention kernel after fallbacks; a fallback is reported once."""
+        from engine.models import resolve_attn_implementation
+
+        attn, warn = resolve_attn_implementation(self.role_cfg.attn_implementation, self.device)
+        if warn:
+            self.progress(f"{self.name}: {warn}")
+        return attn
+
     def amp(self):
         """torch.autocast for this role's forward passes when ``<role>.autocast`` is set."""
         ac = getattr(self.role_cfg, "autocast", "none")
@@ -154,12 +163,10 @@ class _PolicyBase(Role):
 
     def __init__(self, cfg: RunConfig, progress=None):
         super().__init__(cfg, progress)
-        from engine.models import load_policy, load_tokenizer, resolve_attn_implementation
+        from engine.models import load_policy, load_tokenizer
 
         src = resolve_role_model(cfg, self.name)
-        attn, warn = resolve_attn_implementation(self.role_cfg.attn_implementation, self.device)
-        if warn:
-            self.progress(f"{self.name}: {warn}")
+        attn = self.attn_implementation()
         self.tokenizer = load_tokenizer(src)
         self.model = load_policy(
             src,
@@ -222,17 +229,25 @@ class ActorRole(_PolicyBase):
         q_ids, q_mask = enc["input_ids"], enc["attention_mask"]
         self.model.eval()
         with torch.no_grad(), self.amp():
-            resp, resp_mask = generate(
+            gen = generate(
                 self.model, self.tokenizer, self._to(q_ids), self._to(q_mask),
                 max_new_tokens=r.max_new_tokens, min_new_tokens=r.min_new_tokens,
                 temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, do_sample=r.do_sample,
+                return_hidden=r.reuse_logprobs,
             )
+        resp, resp_mask = gen[0], gen[1]
         out = {
             "query_ids": q_ids.cpu(),
             "query_mask": q_mask.cpu(),
             "response_ids": resp.cpu(),
             "response_mask": resp_mask.cpu(),
         }
+        if r.reuse_logprobs:
+            from engine.models import head_logprobs
+
+            with torch.no_grad():
+                lp = head_logprobs(self.model, gen[2], resp, temperature=r.temperature)
+            out["old_logprobs"] = lp.cpu()
         ntok = int(resp_mask.sum())
         return out, {"response_tokens": ntok}
 
@@ -354,7 +369,7 @@ class CriticRole(Role):
 
     def __init__(self, cfg: RunConfig, progress=None):
         super().__init__(cfg, progress)
-        from engine.models import load_critic, resolve_attn_implementation
+        from engine.models import load_critic
 
         # critic_trunk "reference": a value head on the reference's hidden states, which the
         # driver passes in as tensors["hidden"]; no trunk of its own.
@@ -363,12 +378,9 @@ class CriticRole(Role):
             self.model = ValueHead(_hidden_size(resolve_role_model(cfg, "reference"))).to(self.device)
             self.progress("critic: value head on the reference's hidden states (zero-initialised)")
         else:
-            src = resolve_role_model(cfg, self.name)
-            attn, warn = resolve_attn_implementation(self.role_cfg.attn_implementation, self.device)
-            if warn:
-                self.progress(f"{self.name}: {warn}")
             self.model = load_critic(
-                src, dtype=self.role_cfg.dtype, device=str(self.device), attn_implementation=attn,
+                resolve_role_model(cfg, self.name), dtype=self.role_cfg.dtype, device=str(self.device),
+                attn_implementation=self.attn_implementation(),
                 gradient_checkpointing=self.role_cfg.gradient_checkpointing, progress=self.progress,
             )
         p = cfg.ppo
