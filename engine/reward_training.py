@@ -468,6 +468,7 @@ def train_reward_model(
                        disable=not show_bar, dynamic_ncols=True)
             ema = None
             losses = []
+            every, t_loop, done = max(1, total // 10), time.time(), 0
             try:
                 for epoch in range(epochs):
                     order = list(range(len(train)))
@@ -489,7 +490,7 @@ def train_reward_model(
                             loss = -F.logsigmoid(rc - rr).mean()
                         if not torch.isfinite(loss):
                             raise RewardTrainingError(
-                                f"loss became {loss.item()} at step {bar.n + 1}; try a lower "
+                                f"loss became {loss.item()} at step {done + 1}; try a lower "
                                 f"lr (now {lr})")
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
@@ -501,6 +502,12 @@ def train_reward_model(
                         ema = lv if ema is None else 0.95 * ema + 0.05 * lv
                         bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
                         bar.update(1)
+                        done += 1
+                        if not show_bar and done % every == 0 and done < total:
+                            # no terminal bar (a run's worker): a line per tenth for the event log
+                            spent = time.time() - t_loop
+                            progress(f"train-rm: step {done}/{total}, loss {ema:.4f}, "
+                                     f"{spent:.0f} s so far, ~{spent * (total - done) / done:.0f} s left")
             finally:
                 bar.close()
             train_seconds = time.time() - t0
@@ -586,5 +593,18 @@ def ensure_default_sentiment_rm(progress: Optional[Progress] = None) -> Path:
             return path
         progress("bundled:minilm-sentiment is not trained yet: training it once on the "
                  "bundled movie reviews (2.5-7 minutes on 2 CPU cores, more if they are busy)")
-        train_reward_model(**DEFAULT_RM_SETTINGS, out=path, progress=progress, lock=False)
+        # a run trains it inside the reward worker, which is set up for one thread of the
+        # scoring phase; nothing else computes while the roles load, so use every core
+        import torch
+
+        before = torch.get_num_threads()
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            cores = os.cpu_count() or 1
+        torch.set_num_threads(max(before, cores))
+        try:
+            train_reward_model(**DEFAULT_RM_SETTINGS, out=path, progress=progress, lock=False)
+        finally:
+            torch.set_num_threads(before)
     return path

