@@ -28,32 +28,39 @@ def _mean(xs) -> float:
     return statistics.mean(xs) if xs else float("nan")
 
 
+def trailing_means(values: list, window: int) -> list[float]:
+    """The mean of each value and the ``window - 1`` before it (fewer at the start)."""
+    return [_mean(values[max(0, i - window + 1): i + 1]) for i in range(len(values))]
+
+
+def _minutes_at(metrics: list[dict], i: int) -> float:
+    """Minutes of training from the first step's start to the end of step ``i``."""
+    if "time" not in metrics[0]:
+        return float("nan")
+    return (metrics[i]["time"] - metrics[0]["time"] + metrics[0]["timings"]["step"]) / 60
+
+
 def summarise(metrics: list[dict], window: int = 10) -> dict:
     if not metrics:
         return {}
     first, last = metrics[:window], metrics[-window:]
-    minutes = (metrics[-1]["time"] - metrics[0]["time"] + metrics[0]["timings"]["step"]) / 60 if "time" in metrics[0] else float("nan")
-    scores = [m.get("score_mean") for m in metrics]
-    rolling = [_mean(scores[max(0, i - window + 1): i + 1]) for i in range(len(scores))]
+    rolling = trailing_means([m.get("score_mean") for m in metrics], window)
     start = _mean(m.get("score_mean") for m in first)
     reached = next((i for i in range(window - 1, len(rolling)) if rolling[i] >= start + 0.2), None)
-    second_half = rolling[max(window - 1, len(rolling) // 2):]
     return {
         "steps": metrics[-1]["step"],
         "window": window,
         # the first step whose trailing window mean is at least 0.2 above the first window's
         "step_plus_0_2": metrics[reached]["step"] if reached is not None else None,
-        "minute_plus_0_2": ((metrics[reached]["time"] - metrics[0]["time"] + metrics[0]["timings"]["step"]) / 60
-                            if reached is not None and "time" in metrics[0] else None),
-        "score_second_half": _mean(second_half),
-        "kl_max_window": max(_mean(m.get("kl") for m in metrics[max(0, i - window + 1): i + 1])
-                             for i in range(len(metrics))),
-        "score_start": _mean(m.get("score_mean") for m in first),
+        "minute_plus_0_2": _minutes_at(metrics, reached) if reached is not None and "time" in metrics[0] else None,
+        "score_second_half": _mean(rolling[max(window - 1, len(rolling) // 2):]),
+        "kl_max_window": max(trailing_means([m.get("kl") for m in metrics], window)),
+        "score_start": start,
         "score_end": _mean(m.get("score_mean") for m in last),
         "kl_start": _mean(m.get("kl") for m in first),
         "kl_end": _mean(m.get("kl") for m in last),
         "step_s": _mean(m["timings"].get("step") for m in metrics[1:] or metrics),
-        "minutes": minutes,
+        "minutes": _minutes_at(metrics, len(metrics) - 1),
     }
 
 
@@ -71,8 +78,7 @@ def plot(metrics: list[dict], out: Path) -> Path:
         ax.plot(steps, ys, lw=0.8, alpha=0.6 if key == "score_mean" else 1.0)
         if key == "score_mean" and len(ys) >= 5:
             k = min(10, len(ys))
-            smooth = [statistics.mean(ys[max(0, i - k + 1): i + 1]) for i in range(len(ys))]
-            ax.plot(steps, smooth, lw=2, label=f"mean of last {k}")
+            ax.plot(steps, trailing_means(ys, k), lw=2, label=f"mean of last {k}")
             ax.legend(loc="lower right", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
