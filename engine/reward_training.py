@@ -597,12 +597,10 @@ def ensure_default_sentiment_rm(progress: Optional[Progress] = None) -> Path:
         # scoring phase; nothing else computes while the roles load, so use every core
         import torch
 
+        from engine.runtime.driver import available_cores
+
         before = torch.get_num_threads()
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover - not Linux
-            cores = os.cpu_count() or 1
-        torch.set_num_threads(max(before, cores))
+        torch.set_num_threads(max(before, available_cores()))
         try:
             train_reward_model(**DEFAULT_RM_SETTINGS, out=path, progress=progress, lock=False)
         finally:
