@@ -355,6 +355,12 @@ class RuntimeConfig:
     cuda_ipc: bool = _f(True, "Move CUDA tensors between workers by CUDA IPC instead of via host memory.")
     worker_timeout_s: float = _f(600.0, "Seconds a worker may take on one request before the run fails.",
                                  check=_POS)
+    ray_address: Optional[str] = _f(None, "backend ray: null = start a local Ray instance sized to this "
+                                          "machine and stop it with the run; auto or HOST:PORT = join that "
+                                          "running cluster (left running).")
+    ray_resources: Optional[dict[str, dict[str, float]]] = _f(
+        None, "backend ray: custom Ray resources a role's actor needs, which places it on the nodes "
+              "that offer them (e.g. {actor: {node_a: 1}, reward: {node_b: 1}}); null = none.")
 
 
 @dataclass(frozen=True)
@@ -1221,7 +1227,29 @@ def _cross_checks(cfg: RunConfig, ctx: _Ctx):
     if ctx.ok(("runtime", "backend")) and rt.backend == "ray" and ctx.check_hardware \
             and not _module_available("ray"):
         ctx.error(("runtime", "backend"), "backend 'ray' needs Ray, which is not installed: "
-                                          "pip install ray (or use backend: local)")
+                                          "pip install -e \".[ray]\" in a checkout, or "
+                                          "pip install ray==2.60.0 (or use backend: local)")
+    if rt.backend != "ray" and ctx.ok(("runtime", "backend")):
+        for key in ("ray_address", "ray_resources"):
+            if ctx.ok(("runtime", key)) and getattr(rt, key) is not None:
+                ctx.notice(("runtime", key), "ignored: runtime.backend is not ray",
+                           at=[("runtime", "backend")])
+    if ctx.ok(("runtime", "ray_address")) and rt.ray_address is not None and not rt.ray_address.strip():
+        ctx.error(("runtime", "ray_address"), "must be null (start a local Ray instance), auto, or "
+                                              "the address of a running cluster (HOST:PORT)")
+    if ctx.ok(("runtime", "ray_resources")) and rt.ray_resources is not None:
+        for k, res in rt.ray_resources.items():
+            if k not in ROLES:
+                sug = _suggest(k, ROLES)
+                ctx.error(("runtime", "ray_resources", k), f"unknown role '{k}'"
+                          + (f"; did you mean '{sug}'?" if sug else f"; roles are {', '.join(ROLES)}"))
+                continue
+            for name, amount in res.items():
+                if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                    ctx.error(("runtime", "ray_resources", k, name),
+                              f"'{name}' is set by the runtime; name a custom resource of your nodes")
+                elif amount <= 0:
+                    ctx.error(("runtime", "ray_resources", k, name), f"must be > 0; got {amount}")
     if ctx.ok(("runtime", "colocate")) and not isinstance(rt.colocate, bool):
         _check_groups(ctx, rt.colocate)
     if ctx.ok(("runtime", "threads")) and rt.threads is not None:

@@ -65,8 +65,9 @@ class Supervisor:
         self.owner_pid = os.getpid()
         self.run_tag = transport.new_run_tag()
         self.cfg: Optional[RunConfig] = None
-        self.workers: list[WorkerHandle] = []
-        self.by_role: dict[str, WorkerHandle] = {}
+        self.workers: list = []  # WorkerHandle (local) or RayWorkerHandle (ray): same interface
+        self.by_role: dict = {}
+        self.ray = None  # engine.runtime.ray_backend.RayBackend when runtime.backend is ray
         self.arena: Optional[transport.TensorArena] = None
         self.server: Optional[ControlServer] = None
         self.step = 0
@@ -242,8 +243,10 @@ class Supervisor:
             state="starting", supervisor_pid=self.owner_pid, socket=str(sock), name=self.rd.name,
             steps=cfg.run.steps, run_tag=self.run_tag, reward_source=cfg.reward.source,
             created=self.rd.read_state().get("created", time.time()), failure=None,
+            backend=cfg.runtime.backend,
         )
-        self.log(f"run {self.rd.name}: starting {len(worker_groups(cfg))} worker process(es) for "
+        what = "Ray actor(s)" if cfg.runtime.backend == "ray" else "worker process(es)"
+        self.log(f"run {self.rd.name}: starting {len(worker_groups(cfg))} {what} for "
                  f"{', '.join(ROLES)} ({available_cores()} cores)")
         torch.manual_seed(cfg.run.seed)
         random.seed(cfg.run.seed)
@@ -253,14 +256,29 @@ class Supervisor:
         cfg_yaml = dump_config(cfg)
         plan = ThreadPlan.make(cfg)
         t0 = time.perf_counter()
-        for group in worker_groups(cfg):
-            n = max(plan.generate.get(r, 1) for r in group) if group else 1
-            h = WorkerHandle(ctx, group, cfg_yaml, self.owner_pid, self.run_tag, n,
-                             on_progress=lambda label, msg: self.log(msg))
-            self.workers.append(h)
-            for r in group:
+        groups = worker_groups(cfg)
+        threads = [max(plan.generate.get(r, 1) for r in group) if group else 1 for group in groups]
+        if cfg.runtime.backend == "ray":
+            from engine.runtime.ray_backend import RayBackend, RayBackendError
+
+            self.ray = RayBackend(cfg, self.log)
+            try:
+                self.ray.start()
+                self._install_signals()  # ray.init installs its own SIGTERM handler: ours again
+                self.workers = list(self.ray.start_actors(groups, cfg_yaml, threads,
+                                                          on_progress=lambda label, msg: self.log(msg)))
+            except RayBackendError as e:
+                self.log(str(e), "ERROR")
+                self._finish("failed", failure=f"ray: {e}")
+                return 1
+        else:
+            for group, n in zip(groups, threads):
+                self.workers.append(WorkerHandle(ctx, group, cfg_yaml, self.owner_pid, self.run_tag, n,
+                                                 on_progress=lambda label, msg: self.log(msg)))
+        for h in self.workers:
+            for r in h.roles:
                 self.by_role[r] = h
-        self.rd.write_state(pids={h.label: h.pid for h in self.workers})
+        self.rd.write_state(pids={h.label: h.pid for h in self.workers if h.pid})
         for h in self.workers:
             try:
                 h.wait_ready()
@@ -270,6 +288,12 @@ class Supervisor:
                 self._finish("failed", failure=f"{h.label} (load): {reason}")
                 return 1
         self.log(f"all roles loaded in {time.perf_counter() - t0:.1f}s")
+        if self.ray is not None:
+            nodes = self.ray.placement()
+            self.rd.write_state(ray={"address": cfg.runtime.ray_address, "started_here": self.ray.owned,
+                                     "nodes": nodes})
+            self.log("ray: " + ", ".join(f"{label} on node {nid[:12]} (pid {self.by_role[label.split('+')[0]].pid})"
+                                         for label, nid in nodes.items()))
 
         from engine.data import PromptStream, load_prompts
         from engine.models import load_tokenizer
@@ -483,6 +507,15 @@ class Supervisor:
                 h.shutdown(timeout=5.0)
             except Exception:  # noqa: BLE001
                 pass
+        if self.ray is not None:
+            try:
+                killed = self.ray.close()
+                if killed:
+                    self.rd.log_event(f"ray: killed {', '.join(killed)} left after ray.shutdown()", "WARNING")
+                self.rd.log_event("ray: local Ray instance stopped" if self.ray.owned
+                                  else "ray: disconnected from the cluster (left running)")
+            except Exception as e:  # noqa: BLE001
+                self.rd.log_event(f"ray: teardown error: {type(e).__name__}: {e}", "WARNING")
         if self.arena is not None:
             self.arena.close()
         removed = transport.unlink_run_segments(self.owner_pid)

@@ -1,0 +1,480 @@
+"""The Ray backend: each role group is a Ray actor in one placement group.
+
+``runtime.backend: ray`` swaps the local worker processes for Ray actors and nothing else: the
+actors host the same role objects (``engine.runtime.roles``), the supervisor drives them with the
+same ``PPODriver`` through handles that have the local ``WorkerHandle``'s interface (``submit`` ->
+Future of ``(outputs, result, seconds)``, ``dead_reason``, ``wait_ready``, ``shutdown``), and the
+run directory and control socket are the supervisor's as ever.
+
+Data plane: a request's tensors are ``ray.put`` into the object store and passed by reference;
+an actor's outputs come back as the return value of its method, through the object store too.
+Nothing here touches the control socket.
+
+``runtime.ray_address``: null starts a private Ray instance sized to this machine (stopped with
+the run, its raylet and GCS checked gone), ``auto`` or an address joins a running cluster (left
+running). ``runtime.ray_resources`` adds custom resources to a role's bundle, which places that
+role on the nodes that offer them (``ray start --resources '{"node_a": 1}'``).
+
+Ray is an optional extra: ``pip install -e ".[ray]"``.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from engine.runtime.worker import WorkerError
+
+# environment a role actor needs to import the engine and find the same caches, also on a node
+# whose raylet was started from another shell
+_FORWARD_ENV = ("PYTHONPATH", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+                "HF_ENDPOINT", "RLHF_CONSOLE_CACHE", "TOKENIZERS_PARALLELISM")
+_RAY_PROCESS_NAMES = ("raylet", "gcs_server")
+PLACEMENT_TIMEOUT_S = 120.0
+
+
+class RayBackendError(RuntimeError):
+    pass
+
+
+def ray_processes() -> list[tuple[int, str]]:
+    """(pid, name) of every raylet and GCS server on this machine (psutil)."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            name = p.info["name"] or ""
+            cmd = p.info["cmdline"] or []
+            exe = os.path.basename(cmd[0]) if cmd else ""
+            for n in _RAY_PROCESS_NAMES:
+                if name == n or exe == n:
+                    out.append((p.pid, n))
+                    break
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The actor (made remote lazily, so importing this module never needs Ray)
+
+class RoleActor:
+    """Hosts one group of roles inside a Ray worker process."""
+
+    def __init__(self, roles: list[str], config_yaml: str, threads: int):
+        import torch
+
+        from engine.runtime.worker import quiet_hf_logging
+
+        self.roles = list(roles)
+        self.config_yaml = config_yaml
+        self.objs: dict[str, Any] = {}
+        self._progress: list[str] = []
+        self._plock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = max(1, int(threads))
+        torch.set_num_threads(self._threads)
+        quiet_hf_logging()
+
+    def _note(self, role: str, msg: str) -> None:
+        with self._plock:
+            self._progress.append(msg if msg.startswith(f"{role}:") else f"{role}: {msg}")
+
+    def load(self) -> dict:
+        import random
+
+        import ray
+        import torch
+
+        from engine.config import validate_text
+        from engine.runtime.roles import ROLE_CLASSES, role_seed
+
+        try:
+            t0 = time.perf_counter()
+            cfg = validate_text(self.config_yaml, "<run config>", check_hardware=False).config
+            seed = role_seed(cfg.run.seed, "+".join(self.roles))
+            torch.manual_seed(seed)
+            random.seed(seed)
+            for r in self.roles:
+                t = time.perf_counter()
+                self.objs[r] = ROLE_CLASSES[r](cfg, progress=lambda m, r=r: self._note(r, m))
+                self._note(r, f"loaded in {time.perf_counter() - t:.1f}s")
+            ctx = ray.get_runtime_context()
+            return {"ok": True, "roles": self.roles, "pid": os.getpid(), "node_id": ctx.get_node_id(),
+                    "seconds": time.perf_counter() - t0}
+        except BaseException as e:  # noqa: BLE001 - reported to the supervisor
+            return {"ok": False, "error": f"{type(e).__name__}: {e}", "kind": "load",
+                    "trace": traceback.format_exc()}
+
+    def call(self, role: str, op: str, inputs: Optional[dict], args: dict, threads: Optional[int]) -> dict:
+        import torch
+
+        from engine.runtime.roles import NonFiniteError
+
+        try:
+            if threads and int(threads) != self._threads:
+                torch.set_num_threads(int(threads))
+                self._threads = int(threads)
+            t = time.perf_counter()
+            out, result = self.objs[role].call(op, dict(inputs or {}), args or {})
+            return {"ok": True, "outputs": out or {}, "result": result,
+                    "seconds": time.perf_counter() - t}
+        except NonFiniteError as e:
+            return {"ok": False, "kind": "nonfinite", "error": str(e), "role": e.role, "phase": e.phase}
+        except Exception as e:  # noqa: BLE001 - the supervisor decides what an error means
+            return {"ok": False, "kind": "error", "error": f"{type(e).__name__}: {e}",
+                    "trace": traceback.format_exc()}
+
+    # the "watch" concurrency group: runs beside a long call
+    def progress(self) -> list[str]:
+        with self._plock:
+            out, self._progress = self._progress, []
+        return out
+
+    def watch(self) -> bool:
+        """Returns only when the actor is told to stop; its failure is how a death is noticed."""
+        self._stop.wait()
+        return True
+
+    def stop(self) -> bool:
+        self._stop.set()
+        return True
+
+
+_REMOTE = None
+
+
+def _remote_cls():
+    global _REMOTE
+    if _REMOTE is None:
+        import ray
+
+        _REMOTE = ray.remote(concurrency_groups={"watch": 2})(RoleActor)
+    return _REMOTE
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# The supervisor's handle on one actor
+
+class RayWorkerHandle:
+    """Same interface as ``engine.runtime.worker.WorkerHandle``, over one Ray actor."""
+
+    def __init__(self, roles: list[str], config_yaml: str, threads: int, actor_options: dict,
+                 on_progress: Optional[Callable[[str, str], None]] = None):
+        self.roles = list(roles)
+        self.label = "+".join(roles)
+        self.threads = threads
+        self.node_id: Optional[str] = None
+        self._pid: Optional[int] = None
+        self._lock = threading.Lock()
+        self._pending: dict[int, tuple] = {}
+        self._next = 1
+        self._closing = False
+        self.dead_reason: Optional[str] = None
+        self._on_progress = on_progress or (lambda label, msg: None)
+        self.actor = _remote_cls().options(**actor_options).remote(self.roles, config_yaml, threads)
+        self._ready_ref = self.actor.load.remote()
+        self._watch_ref = self.actor.watch.options(concurrency_group="watch").remote()
+        self._watch_ref.future().add_done_callback(self._on_watch_done)
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._pid
+
+    def _drain_progress(self) -> None:
+        import ray
+
+        try:
+            msgs = ray.get(self.actor.progress.options(concurrency_group="watch").remote(), timeout=30)
+        except Exception:  # noqa: BLE001 - progress lines are a nicety; death is noticed elsewhere
+            return
+        for m in msgs:
+            self._on_progress(self.label, m)
+
+    def wait_ready(self, timeout: Optional[float] = None) -> dict:
+        import ray
+
+        t0 = time.monotonic()
+        while True:
+            done, _ = ray.wait([self._ready_ref], timeout=0.5)
+            self._drain_progress()
+            if done:
+                break
+            if self.dead_reason:
+                raise WorkerError(self.roles, self.dead_reason, "died")
+            if timeout is not None and time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"worker '{self.label}' did not load in {timeout:.0f}s")
+        try:
+            res = ray.get(self._ready_ref)
+        except Exception as e:  # noqa: BLE001 - the actor died while loading
+            raise WorkerError(self.roles, self.dead_reason or f"Ray actor '{self.label}' died while loading: "
+                                                             f"{_first_line(e)}", "died") from e
+        if not res.get("ok"):
+            raise WorkerError(self.roles, f"{self.label} (load): {res.get('error')}", "load", res)
+        self._pid, self.node_id = int(res["pid"]), res.get("node_id")
+        return res
+
+    def submit(self, role: str, op: str, tensors: Optional[dict] = None, args: Optional[dict] = None,
+               arena=None, threads: Optional[int] = None) -> Future:
+        import ray
+
+        fut: Future = Future()
+        with self._lock:
+            if self.dead_reason:
+                fut.set_exception(WorkerError(self.roles, self.dead_reason, "died"))
+                return fut
+            rid = self._next
+            self._next += 1
+            self._pending[rid] = (fut, role, op)
+        try:
+            ref_in = ray.put(tensors) if tensors else None  # the object store, not a pipe
+            ref = self.actor.call.remote(role, op, ref_in, args or {}, threads)
+        except Exception as e:  # noqa: BLE001
+            with self._lock:
+                self._pending.pop(rid, None)
+            fut.set_exception(WorkerError(self.roles, f"worker '{self.label}' is gone: {_first_line(e)}", "died"))
+            return fut
+        ref.future().add_done_callback(lambda f, rid=rid: self._on_reply(rid, f))
+        return fut
+
+    def _on_reply(self, rid: int, f: Future) -> None:
+        with self._lock:
+            entry = self._pending.pop(rid, None)
+        if entry is None:
+            return  # already failed by _mark_dead
+        fut, role, op = entry
+        err = f.exception()
+        if err is not None:
+            reason = self._death_reason(err)
+            self._mark_dead(reason)
+            if not fut.done():
+                fut.set_exception(WorkerError(self.roles, f"{reason} during {role}.{op}", "died"))
+            return
+        msg = f.result()
+        if msg.get("ok"):
+            fut.set_result((dict(msg.get("outputs") or {}), msg.get("result") or {}, float(msg.get("seconds") or 0.0)))
+        else:
+            fut.set_exception(WorkerError([role], f"{role}.{op}: {msg.get('error')}", msg.get("kind", "error"), msg))
+
+    def _death_reason(self, err: BaseException) -> str:
+        pid = f", pid {self._pid}" if self._pid else ""
+        detail = _first_line(err)
+        text = str(err)
+        marker = "Worker exit detail:"
+        if marker in text:
+            detail += " (" + text.split(marker, 1)[1].strip().split(". ")[0] + ")"
+        return f"worker '{self.label}' (Ray actor{pid}) died: {detail}"
+
+    def _on_watch_done(self, f: Future) -> None:
+        err = f.exception()
+        if err is None or self._closing:
+            return
+        self._mark_dead(self._death_reason(err))
+
+    def _mark_dead(self, reason: str) -> None:
+        with self._lock:
+            if self.dead_reason is None:
+                self.dead_reason = reason
+            pending, self._pending = self._pending, {}
+        for fut, role, op in pending.values():
+            if not fut.done():
+                fut.set_exception(WorkerError(self.roles, f"{reason} during {role}.{op}", "died"))
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        import ray
+
+        self._closing = True
+        try:
+            ray.get(self.actor.stop.options(concurrency_group="watch").remote(), timeout=min(timeout, 5.0))
+        except Exception:  # noqa: BLE001 - it may be dead already
+            pass
+        try:
+            ray.kill(self.actor, no_restart=True)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# The cluster side: connect or start, placement group, teardown
+
+def _role_on_cuda(cfg, role: str) -> bool:
+    from engine.config import role_config
+
+    dev = str(role_config(cfg, role).device or "auto").lower()
+    return dev.startswith("cuda")
+
+
+class RayBackend:
+    """Ray for one run: init (or join), one placement group, the role actors, teardown."""
+
+    def __init__(self, cfg, log: Callable[..., None]):
+        self.cfg = cfg
+        self.log = log
+        self.address = cfg.runtime.ray_address
+        self.owned = False          # this run started the Ray instance (and stops it)
+        self.connected = False
+        self.pg = None
+        self.handles: list[RayWorkerHandle] = []
+        self._own_procs: list[tuple[int, str]] = []
+
+    def _runtime_env(self) -> dict:
+        env = {k: os.environ[k] for k in _FORWARD_ENV if os.environ.get(k)}
+        root = str(Path(__file__).resolve().parent.parent.parent)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        # actors see every GPU of their node, so a role's device string (cuda:N) means what it
+        # means with the local backend; the bundles still reserve GPU shares for placement
+        env["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"] = "1"
+        return {"env_vars": env}
+
+    def start(self) -> None:
+        import ray
+
+        from engine.runtime.driver import available_cores
+
+        if ray.is_initialized():
+            raise RayBackendError("this process is already connected to Ray; a run needs its own "
+                                  "connection (run it from a fresh process)")
+        before = {pid for pid, _ in ray_processes()}
+        kw = dict(include_dashboard=False, configure_logging=False, log_to_driver=False,
+                  namespace="rlhf-console", runtime_env=self._runtime_env())
+        if self.address is None:
+            cores = available_cores()
+            t = time.perf_counter()
+            ray.init(num_cpus=cores, **kw)
+            self.owned = True
+            self._own_procs = [(p, n) for p, n in ray_processes() if p not in before]
+            self.log(f"ray: started a local Ray instance ({cores} CPUs) in {time.perf_counter() - t:.1f}s; "
+                     f"it stops with the run")
+        else:
+            try:
+                ray.init(address=self.address, **kw)
+            except Exception as e:  # noqa: BLE001
+                raise RayBackendError(f"runtime.ray_address: cannot join the Ray cluster at "
+                                      f"'{self.address}': {_first_line(e)}") from e
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            self.log(f"ray: joined the cluster at '{self.address}' ({len(nodes)} node(s), "
+                     f"{ray.cluster_resources().get('CPU', 0):g} CPUs); it is left running after the run")
+        self.connected = True
+
+    def bundles(self, groups: list[list[str]]) -> list[dict]:
+        import ray
+
+        total = ray.cluster_resources()
+        cpu_share = min(1.0, float(total.get("CPU", 1.0)) / max(1, len(groups)))
+        cuda_groups = [g for g in groups if any(_role_on_cuda(self.cfg, r) for r in g)]
+        gpu_share = min(1.0, float(total.get("GPU", 0.0)) / len(cuda_groups)) if cuda_groups else 0.0
+        extra = self.cfg.runtime.ray_resources or {}
+        out = []
+        for g in groups:
+            b: dict[str, float] = {"CPU": round(cpu_share, 4)}
+            if g in cuda_groups and gpu_share > 0:
+                b["GPU"] = round(gpu_share, 4)
+            for r in g:
+                for k, v in (extra.get(r) or {}).items():
+                    b[k] = max(b.get(k, 0.0), float(v))
+            out.append(b)
+        return out
+
+    def start_actors(self, groups: list[list[str]], cfg_yaml: str, threads: list[int],
+                     on_progress: Callable[[str, str], None]) -> list[RayWorkerHandle]:
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        bundles = self.bundles(groups)
+        self.pg = placement_group(bundles, strategy="PACK", name=f"rlhf-console-{os.getpid()}")
+        ready, _ = ray.wait([self.pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
+        if not ready:
+            raise RayBackendError(
+                f"the placement group for the roles could not be placed in {PLACEMENT_TIMEOUT_S:.0f}s: "
+                + "; ".join(f"{'+'.join(g)} needs {b}" for g, b in zip(groups, bundles))
+                + f"; the cluster offers {dict(ray.available_resources())} (runtime.ray_resources)")
+        self.log("ray: placement group ready: " + "; ".join(f"{'+'.join(g)} {b}" for g, b in zip(groups, bundles)))
+        for i, (g, n) in enumerate(zip(groups, threads)):
+            b = bundles[i]
+            opts = dict(
+                scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=self.pg,
+                                                                     placement_group_bundle_index=i),
+                num_cpus=b["CPU"], num_gpus=b.get("GPU", 0),
+                resources={k: v for k, v in b.items() if k not in ("CPU", "GPU")} or None,
+                max_restarts=0, max_task_retries=0, name=None,
+            )
+            self.handles.append(RayWorkerHandle(g, cfg_yaml, n, opts, on_progress))
+        return self.handles
+
+    def placement(self) -> dict:
+        """label -> node id (hex) of the node each role actor runs on."""
+        return {h.label: h.node_id for h in self.handles if h.node_id}
+
+    def close(self) -> list[str]:
+        """Kill the actors, remove the placement group, disconnect (and stop an owned instance).
+        Returns the names of Ray processes that had to be killed by force."""
+        notes: list[str] = []
+        try:
+            import ray
+        except ImportError:  # pragma: no cover
+            return notes
+        for h in self.handles:
+            try:
+                h.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
+        if self.pg is not None:
+            try:
+                from ray.util.placement_group import remove_placement_group
+
+                remove_placement_group(self.pg)
+            except Exception:  # noqa: BLE001
+                pass
+            self.pg = None
+        if self.connected or ray.is_initialized():
+            try:
+                ray.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
+            self.connected = False
+        if self.owned:
+            notes = self._reap_own()
+        return notes
+
+    def _reap_own(self, timeout: float = 15.0) -> list[str]:
+        """The raylet and GCS this run started must be gone: wait, then SIGKILL what is left."""
+        import psutil
+
+        t0 = time.monotonic()
+        left = self._own_procs
+        while left and time.monotonic() - t0 < timeout:
+            left = [(p, n) for p, n in left if psutil.pid_exists(p) and _is_ray(p, n)]
+            if left:
+                time.sleep(0.2)
+        killed = []
+        for p, n in left:
+            try:
+                psutil.Process(p).kill()
+                killed.append(f"{n} (pid {p})")
+            except psutil.Error:
+                pass
+        return killed
+
+
+def _is_ray(pid: int, name: str) -> bool:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        cmd = proc.cmdline()
+        return proc.name() == name or (bool(cmd) and os.path.basename(cmd[0]) == name)
+    except psutil.Error:
+        return False
