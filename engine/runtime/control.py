@@ -15,12 +15,45 @@ import os
 import queue
 import socket
 import socketserver
+import stat
 import tempfile
+import time
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 MAX_LINE = 1 << 20
+BACKLOG = 128  # several consoles and scripts may connect at the same moment
+
+
+class ControlSocketError(RuntimeError):
+    """The control socket cannot be placed safely (e.g. an unsafe fallback directory)."""
+
+
+def short_socket_dir() -> Path:
+    """``/tmp/rlhfc-<uid>`` (under ``tempfile.gettempdir()``), created 0700; refused unless it
+    is a real directory owned by this user with no group or world access."""
+    d = Path(tempfile.gettempdir()) / f"rlhfc-{os.getuid()}"
+    try:
+        os.mkdir(d, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise ControlSocketError(f"cannot create the control-socket folder {d}: {e.strerror or e}") from None
+    st = os.lstat(d)
+    problems = []
+    if not stat.S_ISDIR(st.st_mode):
+        problems.append("it is not a directory" + (" (a symlink)" if stat.S_ISLNK(st.st_mode) else ""))
+    if st.st_uid != os.getuid():
+        problems.append(f"it is owned by uid {st.st_uid}, not by you (uid {os.getuid()})")
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o077:
+        problems.append(f"its mode is {stat.S_IMODE(st.st_mode):04o}, open to other users (needs 0700)")
+    if problems:
+        raise ControlSocketError(
+            f"refusing to put the control socket in {d}: {'; '.join(problems)}. Another user could "
+            f"intercept the run's control socket there. Remove {d} (or, if it is yours, chmod 700 it), "
+            f"or use a shorter run.output_dir so the socket fits in the run directory.")
+    return d
 OPS = ("status", "pause", "resume", "stop", "checkpoint", "swap_reward", "subscribe", "ping")
 
 
@@ -30,9 +63,11 @@ def socket_path_for(run_dir: Path) -> Path:
     if len(str(p).encode()) < 100:
         return p
     h = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
-    d = Path(tempfile.gettempdir()) / f"rlhfc-{os.getuid()}"
-    d.mkdir(mode=0o700, exist_ok=True)
-    return d / f"{h}.sock"
+    return short_socket_dir() / f"{h}.sock"
+
+
+def socket_fits(run_dir: Path) -> bool:
+    return len(str(Path(run_dir) / "control.sock").encode()) < 100
 
 
 class ControlServer:
@@ -50,13 +85,16 @@ class ControlServer:
             def handle(self):  # one connection
                 server_self._serve_conn(self.rfile, self.wfile)
 
+        class _Server(socketserver.ThreadingUnixStreamServer):
+            request_queue_size = BACKLOG  # listen() backlog (socketserver's default is 5)
+
         try:
             self.path.unlink()
         except FileNotFoundError:
             pass
         old = os.umask(0o177)  # the socket is created 0600
         try:
-            self._server = socketserver.ThreadingUnixStreamServer(str(self.path), _Handler)
+            self._server = _Server(str(self.path), _Handler)
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
@@ -96,6 +134,12 @@ class ControlServer:
             except (ConnectionError, OSError):
                 return
             if not line:
+                return
+            if len(line) >= MAX_LINE and not line.endswith(b"\n"):
+                # an over-long request is refused whole: the rest of it is never read as a
+                # request of its own, and the connection is dropped
+                self._safe(send, {"ok": False, "error": f"request longer than {MAX_LINE} bytes; "
+                                                        f"connection closed"})
                 return
             line = line.strip()
             if not line:
@@ -153,7 +197,21 @@ class ControlClient:
         self.path = Path(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
-        self.sock.connect(str(self.path))
+        deadline = time.monotonic() + (timeout if timeout is not None else 30.0)
+        delay = 0.01
+        while True:
+            try:
+                self.sock.connect(str(self.path))
+                break
+            except BlockingIOError:  # EAGAIN: the listen backlog is full for a moment
+                if time.monotonic() >= deadline:
+                    self.sock.close()
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+            except BaseException:
+                self.sock.close()
+                raise
         self._r = self.sock.makefile("rb")
 
     def request(self, op: str, timeout: Optional[float] = None, **fields: Any) -> dict:
