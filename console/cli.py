@@ -9,6 +9,10 @@
     rlhf-console pause|resume|stop|checkpoint RUN
     rlhf-console swap-reward RUN SOURCE
     rlhf-console train-rm ...            train a reward model
+
+Every command reports the project's own errors (a bad config, a run that cannot start, a model
+that cannot load, ...) as one message and a non-zero exit code; ``--debug`` (anywhere on the
+command line) shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -22,7 +26,19 @@ from engine.config import ConfigError, load_config
 DEFAULT_RUNS = "runs"
 
 
+DEBUG = False  # --debug: show the traceback of every error the commands report
+
+
+def _trace() -> None:
+    """Under --debug, print the traceback of the exception being handled."""
+    if (DEBUG or os.environ.get("RLHF_CONSOLE_DEBUG") == "1") and sys.exc_info()[0] is not None:
+        import traceback
+
+        traceback.print_exc()
+
+
 def _err(msg: str) -> int:
+    _trace()
     print(f"rlhf-console: {msg}", file=sys.stderr)
     return 2
 
@@ -39,7 +55,7 @@ def _reap_stale() -> None:
               f"processes are gone", file=sys.stderr)
 
 
-def _load(args) -> "object":
+def _load(args, check_access: bool = False) -> "object":
     overrides = list(args.set or [])
     if getattr(args, "log_dir", None):
         overrides.append(f"logging.log_dir={args.log_dir}")
@@ -47,7 +63,7 @@ def _load(args) -> "object":
         overrides += [f"logging.tensorboard_dir={args.tensorboard_dir}", "logging.tensorboard=true"]
     if getattr(args, "max_steps", None):
         overrides.append(f"run.steps={args.max_steps}")
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides, check_access=check_access)
     for n in getattr(cfg, "notices", None) or []:
         print(f"note: {n}", file=sys.stderr)
     return cfg
@@ -58,8 +74,9 @@ def cmd_train(args) -> int:
     from engine.client import Run, RunError, create_run_dir, launch
 
     try:
-        cfg = _load(args)
+        cfg = _load(args, check_access=True)
     except ConfigError as e:
+        _trace()
         print(str(e), file=sys.stderr)
         print("rlhf-console: the config is invalid; nothing was started", file=sys.stderr)
         return 2
@@ -78,7 +95,13 @@ def cmd_train(args) -> int:
         return 0
     from engine.runtime.supervisor import Supervisor
 
-    rd = create_run_dir(cfg)
+    try:
+        rd = create_run_dir(cfg)
+    except ConfigError as e:
+        _trace()
+        print(str(e), file=sys.stderr)
+        print("rlhf-console: the run cannot start; nothing was started", file=sys.stderr)
+        return 2
     print(f"run {rd.name}: {rd.path}  (Ctrl-C stops at the end of the step, with a checkpoint)", flush=True)
     code = Supervisor(rd.path).run()
     st = Run(rd.path).info
@@ -110,6 +133,7 @@ def _attach(args):
     try:
         return attach(args.run, args.runs_dir)
     except RunError as e:
+        _trace()
         print(f"rlhf-console: {e}", file=sys.stderr)
         return None
 
@@ -170,8 +194,9 @@ def cmd_report(args) -> int:
 
 def cmd_validate(args) -> int:
     try:
-        cfg = _load(args)
+        cfg = _load(args, check_access=True)
     except ConfigError as e:
+        _trace()
         print(str(e), file=sys.stderr)
         return 2
     print(f"{args.config}: valid ({cfg.run.name}, {cfg.run.steps} steps)")
@@ -187,6 +212,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rlhf-console", description="Real RLHF (PPO) on one machine, from a terminal.")
     ap.add_argument("--runs-dir", default=os.environ.get("RLHF_CONSOLE_RUNS", DEFAULT_RUNS), help="where runs live (default: ./runs)")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error (accepted anywhere on the command line)")
     sub = ap.add_subparsers(dest="command")
 
     t = sub.add_parser("train", help="train from a config (foreground unless --detach)")
@@ -236,8 +262,46 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _project_error(e: BaseException) -> bool:
+    """An error raised on purpose by this project (engine/console), with a message for users."""
+    mod = type(e).__module__ or ""
+    return mod.split(".")[0] in ("engine", "console")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    global DEBUG
+    debug = DEBUG = "--debug" in argv
+    if debug:
+        os.environ["RLHF_CONSOLE_DEBUG"] = "1"
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("rlhf-console: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit:
+        raise
+    except Exception as e:  # noqa: BLE001 - one clear message instead of a traceback
+        if debug:
+            raise
+        if isinstance(e, ConfigError):
+            print(str(e), file=sys.stderr)
+            return 2
+        msg = str(e).strip() or type(e).__name__
+        if _project_error(e):
+            print(f"rlhf-console: {msg}", file=sys.stderr)
+        elif isinstance(e, OSError):
+            print(f"rlhf-console: {e.strerror or msg}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        else:
+            print(f"rlhf-console: unexpected error: {type(e).__name__}: {msg} (run the command again "
+                  f"with --debug to see the traceback)", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list) -> int:
     ap = build_parser()
     # `rlhf-console CONFIG.yaml` opens the console's editor on that file
     i = 0

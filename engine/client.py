@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
-from engine.config import RunConfig, dump_config, load_config
+from engine.config import ConfigError, ConfigIssue, RunConfig, check_launchable, dump_config, load_config
 from engine.runtime.control import ControlClient
 from engine.runtime.rundir import LIVE_STATES, JsonlTail, LineTail, RunDir, list_runs as _list_runs, pid_alive
 
@@ -35,7 +35,16 @@ def runs_dir_for(cfg: RunConfig) -> Path:
 
 
 def create_run_dir(cfg: RunConfig) -> RunDir:
-    rd = RunDir.create(runs_dir_for(cfg), cfg.run.name)
+    """Check that ``cfg`` can start here (:func:`engine.config.check_launchable`: raises
+    ConfigError before anything is created), then create its run directory."""
+    check_launchable(cfg)
+    runs = runs_dir_for(cfg)
+    try:
+        rd = RunDir.create(runs, cfg.run.name)
+    except OSError as e:
+        key = "logging.log_dir" if cfg.logging.log_dir else "run.output_dir"
+        raise ConfigError([ConfigIssue(key, None, f"cannot create a run directory under {runs}: "
+                                                  f"{e.strerror or e}", file=cfg.source_file)]) from None
     from engine.runtime.rundir import atomic_write_text
 
     atomic_write_text(rd.config, dump_config(cfg))
@@ -78,7 +87,7 @@ def launch(config: Union[str, Path, RunConfig], overrides: Sequence[str] = (), *
     ``detach=True`` starts the supervisor in its own session (it outlives this process and the
     terminal); ``detach=False`` runs it in this process until the run ends.
     """
-    cfg = config if isinstance(config, RunConfig) else load_config(config, list(overrides))
+    cfg = config if isinstance(config, RunConfig) else load_config(config, list(overrides), check_access=True)
     rd = create_run_dir(cfg)
     run = Run(rd.path)
     if not detach:

@@ -32,6 +32,7 @@ import importlib.util
 import math
 import os
 import re
+import time as _time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union, get_args, get_origin, get_type_hints
@@ -199,6 +200,19 @@ _NONNEG = _Range(0)                     # >= 0
 _GE1 = _Range(1)                        # >= 1
 _UNIT = _Range(0, 1)                    # in [0, 1]
 
+# Upper bounds: far above any sensible run, low enough that a typo (1e38, an extra zero run)
+# is refused with its line instead of overflowing a float32 or never ending.
+_MAX_STEPS = 10_000_000
+_MAX_TOKENS = 131_072
+_MAX_BATCH = 65_536
+_MAX_THREADS = 4096
+_STEPS = _Range(1, _MAX_STEPS)
+_TOKENS = _Range(1, _MAX_TOKENS)
+_BATCH = _Range(1, _MAX_BATCH)
+_THREADS = _Range(1, _MAX_THREADS)
+_LR = _Range(0, 1, lo_open=True)        # a learning rate in (0, 1]
+_COEF = _Range(0, 100)                  # a loss/penalty coefficient in [0, 100]
+
 
 # --------------------------------------------------------------------------------------------
 # The schema.
@@ -209,7 +223,7 @@ class RunSection:
     name: str = _f("default", "Run name; the run directory is <output_dir>/<name>-<yyyymmdd-hhmmss>.",
                    check=_NameCheck())
     seed: int = _f(0, "Seed for torch, Python and the prompt order.", check=_Range(0, 2**32 - 1))
-    steps: int = _f(100, "Number of PPO steps (one rollout batch each).", check=_GE1)
+    steps: int = _f(100, "Number of PPO steps (one rollout batch each).", check=_STEPS)
     output_dir: str = _f("runs", "Folder under which run directories are created.", check=_NonEmpty())
     description: str = _f("", "Free text shown in the console and stored with the run.")
 
@@ -229,7 +243,7 @@ class RoleConfig:
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory "
                                              "(trained roles only).")
     threads: Optional[int] = _f(None, "torch intra-op threads for this role's worker; null = automatic.",
-                                check=_GE1)
+                                check=_THREADS)
     autocast: str = _f("none", "Mixed precision: run matmuls in this dtype under torch.autocast while "
                                "weights, optimizer state and log-probs stay in `dtype` (none = off).",
                        choices=("none",) + tuple(d for d in DTYPES if d != "float32"),
@@ -256,10 +270,10 @@ class RewardConfig:
                                             "(the response alone, so the prompt's own sentiment "
                                             "does not move the score).",
                          choices=("prompt+response", "response"), normalize=_lower)
-    max_length: int = _f(128, "Truncate prompt+response to this many reward-model tokens.", check=_GE1)
-    batch_size: int = _f(32, "Reward-model forward batch size.", check=_GE1)
+    max_length: int = _f(128, "Truncate prompt+response to this many reward-model tokens.", check=_TOKENS)
+    batch_size: int = _f(32, "Reward-model forward batch size.", check=_BATCH)
     threads: Optional[int] = _f(None, "torch intra-op threads for the reward worker; null = automatic.",
-                                check=_GE1)
+                                check=_THREADS)
 
 
 @dataclass(frozen=True)
@@ -269,10 +283,10 @@ class DataConfig:
                                       "local .jsonl/.csv/.txt file.", check=_NonEmpty())
     split: str = _f("train", "Dataset split (hub datasets).", check=_NonEmpty())
     column: str = _f("text", "Column holding the text the prompt is cut from.", check=_NonEmpty())
-    prompt_words: int = _f(8, "A prompt is the first N words of a row.", check=_GE1)
-    max_prompt_tokens: int = _f(64, "Prompts are truncated to this many tokens.", check=_GE1)
+    prompt_words: int = _f(8, "A prompt is the first N words of a row.", check=_Range(1, 100_000))
+    max_prompt_tokens: int = _f(64, "Prompts are truncated to this many tokens.", check=_TOKENS)
     num_prompts: Optional[int] = _f(None, "Use only the first N prompts (after shuffling); null = all.",
-                                    check=_GE1)
+                                    check=_Range(1, 10**9))
     chat_template: bool = _f(False, "Wrap each prompt in the tokenizer's chat template.")
     shuffle: bool = _f(True, "Shuffle prompts (seeded by run.seed).")
 
@@ -280,14 +294,15 @@ class DataConfig:
 @dataclass(frozen=True)
 class RolloutConfig:
     """Generation: how many prompts per step and how responses are sampled."""
-    batch_size: int = _f(8, "Prompts per PPO step.", check=_GE1)
-    max_new_tokens: int = _f(24, "Maximum response length in tokens.", check=_GE1)
-    min_new_tokens: int = _f(0, "Minimum response length (EOS suppressed before it).", check=_NONNEG)
-    temperature: float = _f(1.0, "Sampling temperature.", check=_POS)
-    top_k: int = _f(0, "Top-k sampling; 0 = off.", check=_NONNEG)
+    batch_size: int = _f(8, "Prompts per PPO step.", check=_BATCH)
+    max_new_tokens: int = _f(24, "Maximum response length in tokens.", check=_TOKENS)
+    min_new_tokens: int = _f(0, "Minimum response length (EOS suppressed before it).",
+                             check=_Range(0, _MAX_TOKENS))
+    temperature: float = _f(1.0, "Sampling temperature.", check=_Range(0, 100, lo_open=True))
+    top_k: int = _f(0, "Top-k sampling; 0 = off.", check=_Range(0, 10_000_000))
     top_p: float = _f(1.0, "Nucleus sampling; 1.0 = off.", check=_Range(0, 1, lo_open=True))
     do_sample: bool = _f(True, "Sample (true) or decode greedily (false).")
-    samples_to_log: int = _f(8, "Rollouts per step written to samples.jsonl.", check=_NONNEG)
+    samples_to_log: int = _f(8, "Rollouts per step written to samples.jsonl.", check=_Range(0, _MAX_BATCH))
     reuse_logprobs: bool = _f(False, "Take the actor's old log-probs from the generation pass (each "
                                      "sampled token's final hidden state through a float32 LM head) "
                                      "instead of a second forward pass over prompt+response. Equal up "
@@ -298,27 +313,28 @@ class RolloutConfig:
 @dataclass(frozen=True)
 class PPOConfig:
     """The PPO update, KL penalty and optimisers."""
-    epochs: int = _f(1, "Passes over each rollout batch.", check=_GE1)
+    epochs: int = _f(1, "Passes over each rollout batch.", check=_Range(1, 1000))
     mini_batch_size: int = _f(8, "Samples per optimizer step; must divide rollout.batch_size.",
-                              check=_GE1)
+                              check=_BATCH)
     micro_batch_size: int = _f(8, "Samples per forward/backward (gradient accumulation); must divide "
-                                  "mini_batch_size.", check=_GE1)
-    clip_low: float = _f(0.2, "Policy ratio clip below: ratio >= 1 - clip_low.", check=_NONNEG)
-    clip_high: float = _f(0.2, "Policy ratio clip above: ratio <= 1 + clip_high.", check=_NONNEG)
+                                  "mini_batch_size.", check=_BATCH)
+    clip_low: float = _f(0.2, "Policy ratio clip below: ratio >= 1 - clip_low.", check=_UNIT)
+    clip_high: float = _f(0.2, "Policy ratio clip above: ratio <= 1 + clip_high.", check=_Range(0, 100))
     dual_clip_c: Optional[float] = _f(None, "Dual-clip constant c (> 1) for negative advantages; "
-                                            "null = off.", check=_Range(1, lo_open=True))
-    value_clip: float = _f(0.2, "Value-function clip range around the old values.", check=_NONNEG)
+                                            "null = off.", check=_Range(1, 1000, lo_open=True))
+    value_clip: float = _f(0.2, "Value-function clip range around the old values.", check=_Range(0, 1e6))
     gamma: float = _f(1.0, "Discount factor.", check=_UNIT)
     lam: float = _f(0.95, "GAE lambda.", check=_UNIT)
     kl_estimator: str = _f("k1", "KL estimator for the reward penalty.",
                            choices=("k1", "k2", "k3", "abs"), normalize=_lower)
     kl_controller: str = _f("fixed", "fixed = constant kl_coef; adaptive = adjust towards target_kl.",
                             choices=("fixed", "adaptive"), normalize=_lower)
-    kl_coef: float = _f(0.05, "KL penalty coefficient (initial value when adaptive).", check=_NONNEG)
-    target_kl: float = _f(6.0, "Target KL per sequence for the adaptive controller (> 0 when adaptive).")
-    kl_horizon: int = _f(10000, "Adaptive controller horizon, in samples.", check=_GE1)
-    entropy_coef: float = _f(0.0, "Entropy bonus coefficient in the actor loss.", check=_NONNEG)
-    vf_coef: float = _f(0.1, "Value loss coefficient.", check=_NONNEG)
+    kl_coef: float = _f(0.05, "KL penalty coefficient (initial value when adaptive).", check=_COEF)
+    target_kl: float = _f(6.0, "Target KL per sequence for the adaptive controller (> 0 when adaptive).",
+                          check=_Range(None, 1e6))
+    kl_horizon: int = _f(10000, "Adaptive controller horizon, in samples.", check=_Range(1, 10**12))
+    entropy_coef: float = _f(0.0, "Entropy bonus coefficient in the actor loss.", check=_COEF)
+    vf_coef: float = _f(0.1, "Value loss coefficient.", check=_COEF)
     critic_trunk: str = _f("own", "own = the critic is a whole model (critic.model) trained end to "
                                   "end; reference = the critic is a value head on the frozen "
                                   "reference model's last hidden states, which the reference's "
@@ -327,17 +343,17 @@ class PPOConfig:
                                   "head alone (critic.model, dtype and autocast are then unused; "
                                   "give critic_lr a head-sized value such as 1e-3).",
                            choices=("own", "reference"), normalize=_lower)
-    actor_lr: float = _f(1e-6, "Actor learning rate (AdamW).", check=_POS)
-    critic_lr: float = _f(1e-5, "Critic learning rate (AdamW).", check=_POS)
+    actor_lr: float = _f(1e-6, "Actor learning rate (AdamW).", check=_LR)
+    critic_lr: float = _f(1e-5, "Critic learning rate (AdamW).", check=_LR)
     lr_schedule: str = _f("constant", "Learning-rate schedule over run.steps (after warmup).",
                           choices=("constant", "linear", "cosine"), normalize=_lower)
-    warmup_steps: int = _f(0, "Linear warmup, in PPO steps.", check=_NONNEG)
-    weight_decay: float = _f(0.0, "AdamW weight decay.", check=_NONNEG)
-    grad_clip: float = _f(1.0, "Gradient-norm clip (max global norm).", check=_POS)
+    warmup_steps: int = _f(0, "Linear warmup, in PPO steps.", check=_Range(0, _MAX_STEPS))
+    weight_decay: float = _f(0.0, "AdamW weight decay.", check=_Range(0, 10))
+    grad_clip: float = _f(1.0, "Gradient-norm clip (max global norm).", check=_Range(0, 1e6, lo_open=True))
     whiten_advantages: bool = _f(True, "Whiten advantages over the batch (masked).")
     whiten_rewards: bool = _f(False, "Whiten the shaped rewards before GAE.")
     missing_eos_penalty: Optional[float] = _f(None, "Subtracted from the score of responses that "
-                                                    "never emit EOS; null = off.", check=_NONNEG)
+                                                    "never emit EOS; null = off.", check=_Range(0, 1e6))
 
 
 @dataclass(frozen=True)
@@ -353,8 +369,13 @@ class RuntimeConfig:
     threads: Optional[dict[str, int]] = _f(None, "Mapping role -> torch threads (e.g. {actor: 2}); "
                                                  "null = split the cores automatically.")
     cuda_ipc: bool = _f(True, "Move CUDA tensors between workers by CUDA IPC instead of via host memory.")
-    worker_timeout_s: float = _f(600.0, "Seconds a worker may take on one request before the run fails.",
-                                 check=_POS)
+    worker_timeout_s: float = _f(
+        600.0, "Seconds one role call of a training step (generate, log-probs, values, score, "
+               "update, memory report) may take; past it the run fails naming the role, the "
+               "operation and the timeout, and every process and shared-memory segment is cleaned "
+               "up. Not covered: loading the roles (downloads, conversion, reward-model training "
+               "on first use), checkpoint save/load and a reward swap, which take as long as they "
+               "need.", check=_Range(1, 7 * 24 * 3600))
     ray_address: Optional[str] = _f(None, "backend ray: null = start a local Ray instance sized to this "
                                           "machine and stop it with the run; auto or HOST:PORT = join that "
                                           "running cluster (left running).")
@@ -630,6 +651,7 @@ class _Ctx:
         self.origins: dict = {}       # path -> "--set a.b=c"
         self.aliases: dict = {}       # native path -> source path string (article shape)
         self.check_hardware = check_hardware
+        self.check_access = False     # set by the launch-time checks (_access_checks)
         self.errors: list[ConfigIssue] = []
         self.notices: list[ConfigIssue] = []
         self.bad: set = set()         # paths whose value failed validation
@@ -1056,6 +1078,12 @@ def _check_source(ctx: _Ctx, path: Path_, s: str, kind: str):
     else:
         alt = f"point it at a local folder or use the bundled default '{DEFAULT_MODEL}'"
     what = "dataset" if kind == "data" else "model"
+    if ctx.check_access and (_hub_offline() or not _hub_reachable()):
+        why = ("hub access is switched off (HF_HUB_OFFLINE)" if _hub_offline()
+               else "the hub (huggingface.co) cannot be reached from this machine")
+        ctx.error(path, f"'{s}' is a Hugging Face hub {what} id, it is not in the local HF cache "
+                        f"and {why}, so it cannot be loaded; {alt}")
+        return
     if _hub_offline():
         ctx.notice(path, f"'{s}' is a Hugging Face hub {what} id but hub access is switched off "
                          f"(HF_HUB_OFFLINE) and it is not in the local HF cache; {alt}")
@@ -1304,6 +1332,135 @@ def _check_groups(ctx: _Ctx, groups):
 
 
 # --------------------------------------------------------------------------------------------
+# Launch-time checks: what must hold on this machine before a run directory is created (the
+# hub reachable for hub ids, a python: reward module on the path, run.output_dir writable, a
+# safe place for the control socket). Run by ``load_config(check_access=True)`` (the CLI) and
+# by ``check_launchable`` (engine.client before it creates anything).
+
+_HUB_PROBE: dict = {}
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the HF endpoint accepts a TCP connection (cached for a minute)."""
+    now = _time.monotonic()
+    hit = _HUB_PROBE.get("v")
+    if hit is not None and now - hit[1] < 60:
+        return hit[0]
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            ok = True
+    except OSError:
+        ok = False
+    _HUB_PROBE["v"] = (ok, now)
+    return ok
+
+
+def _find_module(name: str) -> bool:
+    """Whether module ``name`` can be found on ``sys.path`` (plus the current folder, which the
+    run's processes have on their path) without importing or running anything."""
+    import importlib.machinery
+    import sys
+
+    if name in sys.modules:
+        return True
+    parts = name.split(".")
+    search = list(sys.path)
+    if os.getcwd() not in search and "" not in search:
+        search.append(os.getcwd())
+    spec = None
+    for i in range(len(parts)):
+        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:i + 1]), search)
+        if spec is None:
+            if i == 0 and importlib.util.find_spec(parts[0]) is not None:  # built-in / frozen
+                return len(parts) == 1
+            return False
+        search = list(spec.submodule_search_locations or [])
+        if i < len(parts) - 1 and not search:
+            return False  # a plain module has no submodules
+    return spec is not None
+
+
+def _check_output_dir(ctx: _Ctx, path: Path_, value: str, run_name: str):
+    d = Path(os.path.expanduser(value))
+    probe = d
+    while not probe.exists():
+        if probe.is_symlink():  # a dangling link
+            ctx.error(path, f"{_show(value)} cannot be created: {probe} is a broken symbolic link")
+            return
+        parent = probe.parent
+        if parent == probe:
+            break
+        probe = parent
+    if not probe.is_dir():
+        ctx.error(path, f"{_show(value)} cannot be created: {probe} is not a folder")
+        return
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "is not writable" if probe == d else f"cannot be created: {probe} is not writable"
+        ctx.error(path, f"{_show(value)} {what} (by uid {os.getuid()})")
+        return
+    # where the path is too long for an AF_UNIX socket in the run directory, the run falls back
+    # to a private folder under /tmp: check that it is safe now rather than after creating a run
+    from engine.runtime.control import ControlSocketError, short_socket_dir, socket_fits
+
+    from engine.runtime.rundir import make_run_name
+
+    sample = d.resolve() / (make_run_name(run_name) + "-99")  # the longest name a run may get
+    if not socket_fits(sample):
+        try:
+            short_socket_dir()
+        except ControlSocketError as e:
+            ctx.error(path, f"the run directory's path is too long for its control socket, and {e}")
+
+
+def _access_checks(cfg: RunConfig, ctx: _Ctx):
+    if ctx.ok(("run", "output_dir")):
+        _check_output_dir(ctx, ("run", "output_dir"), cfg.run.output_dir, cfg.run.name)
+    src = cfg.reward.source.strip()
+    if ctx.ok(("reward", "source")) and _classify(src) == "python":
+        spec = src[len("python:"):] if src.startswith("python:") else src
+        if _PY_FN_RE.match(spec):
+            module = spec.split(":", 1)[0]
+            if not _find_module(module):
+                ctx.error(("reward", "source"),
+                          f"python reward module '{module}' was not found on the Python path (the "
+                          f"current folder, PYTHONPATH and installed packages); put {module.replace('.', '/')}.py "
+                          f"in the folder you start from or add its folder to PYTHONPATH")
+
+
+def check_launchable(cfg: RunConfig) -> None:
+    """Raise :class:`ConfigError` when ``cfg`` cannot be started on this machine now (hub ids
+    without hub access, a python: reward module that is not there, an output folder that cannot
+    be written, an unsafe control-socket folder). Lines come from ``cfg.source_file`` when it is
+    a config in this project's own shape."""
+    lines: dict = {}
+    src = cfg.source_file
+    if src and os.path.isfile(src):
+        try:
+            raw, lines = _parse_yaml(Path(src).read_text(encoding="utf-8"), src)
+            if isinstance(raw, dict) and any(k in ARTICLE_SECTIONS for k in raw):
+                lines = {}
+        except (OSError, UnicodeDecodeError, _SyntaxProblem):
+            lines = {}
+    ctx = _Ctx(src or "<config>", lines, True)
+    ctx.check_access = True
+    for role in MODEL_ROLES:
+        m = getattr(cfg, role).model
+        if m is not None:
+            _check_source(ctx, (role, "model"), m, "model")
+    _check_source(ctx, ("reward", "source"), cfg.reward.source, "reward")
+    _check_source(ctx, ("data", "source"), cfg.data.source, "data")
+    _access_checks(cfg, ctx)
+    if ctx.errors:
+        raise ConfigError(ctx.errors, ctx.notices)
+
+
+# --------------------------------------------------------------------------------------------
 # The source article's shape.
 
 _ARTICLE_ROLES = {"actor": "actor", "ref_policy": "reference", "critic": "critic",
@@ -1511,6 +1668,8 @@ def _validate_tree(raw: Any, ctx: _Ctx, overrides: Iterable[str]) -> ValidationR
     raw = _apply_override_list(raw, overrides, ctx)
     cfg = _build(raw, ctx)
     _cross_checks(cfg, ctx)
+    if ctx.check_access:
+        _access_checks(cfg, ctx)
     errors = sorted(ctx.errors, key=lambda i: (i.origin is not None,
                                                i.line if i.line is not None else 10**9))
     notices = sorted(ctx.notices, key=lambda i: (i.origin is not None,
@@ -1522,14 +1681,64 @@ def _validate_tree(raw: Any, ctx: _Ctx, overrides: Iterable[str]) -> ValidationR
 
 
 def validate_text(text: str, filename: str = "<config>", overrides: Iterable[str] = (),
-                  check_hardware: bool = True) -> ValidationResult:
-    """Validate YAML text. Never raises for bad input: problems come back as issues."""
+                  check_hardware: bool = True, check_access: bool = False) -> ValidationResult:
+    """Validate YAML text. Never raises for bad input: problems come back as issues.
+
+    ``check_access`` adds the launch-time checks (hub reachable for hub ids, python: reward
+    module present, run.output_dir writable; see :func:`check_launchable`)."""
     try:
         raw, lines = _parse_yaml(text, filename)
     except _SyntaxProblem as e:
         return ValidationResult(None, [e.issue], [])
     ctx = _Ctx(filename, lines, check_hardware)
+    ctx.check_access = check_access
     return _validate_tree(raw, ctx, list(overrides))
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_config_file(p: Path, shown: str) -> str:
+    """The text of a config file, or ConfigError naming the file (and the line of a bad byte)."""
+    def fail(msg, line=None):
+        raise ConfigError([ConfigIssue("", line, msg, file=shown)]) from None
+
+    try:
+        st = p.stat()
+    except OSError as e:
+        fail(f"cannot read config file: {e.strerror or e}")
+    import stat as _stat
+
+    if _stat.S_ISDIR(st.st_mode):
+        fail("is a folder, not a config file")
+    if not _stat.S_ISREG(st.st_mode):
+        fail("is not a regular file (a config is a YAML text file)")
+    if st.st_size > MAX_CONFIG_BYTES:
+        fail(f"is {st.st_size} bytes; a config is a small YAML text file (at most {MAX_CONFIG_BYTES} bytes)")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        fail(f"cannot read config file: {e.strerror or e}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        fail(f"not a YAML text file: byte 0x{data[e.start]:02x} at offset {e.start} is not UTF-8 "
+             f"text (is this a binary file?)", line)
+    if "\x00" in text:
+        off = text.index("\x00")
+        fail("not a YAML text file: it contains NUL bytes (is this a binary file?)",
+             text[:off].count("\n") + 1)
+    return text
+
+
+def _holds_no_settings(text: str) -> bool:
+    """True for an empty file, only comments/blank lines, or an empty mapping ({})."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False  # reported by the validator with its line
+    return raw is None or raw == {}
 
 
 def list_presets() -> list[str]:
@@ -1542,7 +1751,7 @@ def preset_path(name: str) -> Path:
 
 
 def load_config(path: Union[str, os.PathLike], overrides: Iterable[str] = (), *,
-                check_hardware: bool = True) -> RunConfig:
+                check_hardware: bool = True, check_access: bool = False) -> RunConfig:
     """Load and validate a config file (or a preset name such as ``tiny``).
 
     Raises :class:`ConfigError` listing every error. The returned config carries
@@ -1551,12 +1760,13 @@ def load_config(path: Union[str, os.PathLike], overrides: Iterable[str] = (), *,
     p = Path(path)
     if not p.exists() and not p.suffix and preset_path(str(path)).exists():
         p = preset_path(str(path))
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError([ConfigIssue("", None, f"cannot read config file: {e.strerror or e}",
-                                       file=str(path))]) from None
-    res = validate_text(text, filename=str(p), overrides=overrides, check_hardware=check_hardware)
+    text = _read_config_file(p, str(path))
+    if _holds_no_settings(text):
+        raise ConfigError([ConfigIssue(
+            "", None, "the file holds no settings (it is empty or only comments); a run needs at least its models and sources: start from a preset, "
+                      "e.g. configs/tiny.yaml, or name one: --config default", file=str(path))])
+    res = validate_text(text, filename=str(p), overrides=overrides, check_hardware=check_hardware,
+                        check_access=check_access)
     if res.issues:
         raise ConfigError(res.issues, res.notices)
     return res.config

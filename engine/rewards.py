@@ -29,6 +29,7 @@ import gc
 import importlib
 import json
 import math
+import os
 import re
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -188,6 +189,10 @@ def _load_function(source: str, spec: str) -> FunctionReward:
                           f"python:pkg.module:function")
     module_name, attr = spec.split(":", 1)
     hint = "" if source.startswith("python:") else f" ({_accepted()})"
+    import sys
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())  # a reward module beside the config, as with `python -m`
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:

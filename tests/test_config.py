@@ -204,18 +204,30 @@ def test_string_is_not_a_bool():
 
 
 @pytest.mark.parametrize("section,key,value,expect", [
-    ("ppo", "actor_lr", "0", "must be > 0; got 0.0"),
-    ("ppo", "critic_lr", "-1.0e-5", "must be > 0"),
-    ("ppo", "clip_low", "-0.1", "must be >= 0"),
+    ("ppo", "actor_lr", "0", "must be in (0, 1]; got 0.0"),
+    ("ppo", "critic_lr", "-1.0e-5", "must be in (0, 1]"),
+    ("ppo", "clip_low", "-0.1", "must be in [0, 1]"),
     ("ppo", "gamma", "1.5", "must be in [0, 1]; got 1.5"),
     ("ppo", "lam", "-0.01", "must be in [0, 1]"),
-    ("rollout", "temperature", "0", "must be > 0"),
+    ("rollout", "temperature", "0", "must be in (0, 100]"),
     ("rollout", "top_p", "0", "must be in (0, 1]"),
     ("rollout", "top_p", "1.2", "must be in (0, 1]"),
-    ("rollout", "batch_size", "0", "must be >= 1; got 0"),
-    ("run", "steps", "0", "must be >= 1"),
-    ("ppo", "epochs", "0", "must be >= 1"),
-    ("ppo", "dual_clip_c", "1.0", "must be > 1"),
+    ("rollout", "batch_size", "0", "must be in [1, 65536]; got 0"),
+    ("run", "steps", "0", "must be in [1, 10000000]"),
+    ("ppo", "epochs", "0", "must be in [1, 1000]"),
+    ("ppo", "dual_clip_c", "1.0", "must be in (1, 1000]"),
+    # absurd values: refused with their line instead of overflowing or never ending
+    ("ppo", "actor_lr", "1e38", "must be in (0, 1]; got 1e+38"),
+    ("ppo", "critic_lr", "1e20", "must be in (0, 1]"),
+    ("run", "steps", "100000000000000000000000000000000000000", "must be in [1, 10000000]"),
+    ("rollout", "max_new_tokens", "10000000000", "must be in [1, 131072]"),
+    ("rollout", "batch_size", "1000000", "must be in [1, 65536]"),
+    ("ppo", "kl_coef", "1e30", "must be in [0, 100]"),
+    ("ppo", "vf_coef", "1e9", "must be in [0, 100]"),
+    ("ppo", "entropy_coef", "500", "must be in [0, 100]"),
+    ("ppo", "grad_clip", "1e300", "must be in (0, 1000000.0]"),
+    ("reward", "max_length", "99999999", "must be in [1, 131072]"),
+    ("runtime", "worker_timeout_s", "0", "must be in [1, 604800]"),
 ])
 def test_out_of_range(section, key, value, expect):
     text = f"run:\n  name: x\n{section}:\n  {key}: {value}\n" if section != "run" \

@@ -138,3 +138,139 @@ def test_short_socket_dir_of_another_user_is_refused(tmpdir_base):
     os.chown(tmpdir_base, 65534, 65534)
     with pytest.raises(ControlSocketError, match="owned by uid 65534"):
         control.socket_path_for(Path("/x" * 60))
+
+
+def test_supervisor_refuses_an_unsafe_fallback_before_creating_a_run(tmp_path):
+    """A run directory whose path is too long for AF_UNIX + a fallback folder open to others:
+    refused by `train` with the key named, and no run directory."""
+    base = tmp_path / "tmp"
+    (base / f"rlhfc-{os.getuid()}").mkdir(parents=True)
+    os.chmod(base / f"rlhfc-{os.getuid()}", 0o777)
+    runs = tmp_path / ("r" * 90)
+    out = _cli("train", "--config", str(TINY), "--set", f"run.output_dir={runs}", env={"TMPDIR": str(base)})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "run.output_dir" in out.stderr and "mode is 0777" in out.stderr
+    assert not runs.exists() or list(runs.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------- bad inputs
+
+def _cli(*args, env=None, cwd=ROOT, timeout=300):
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "console.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=e, timeout=timeout)
+
+
+def _refused(out, *needles):
+    err = out.stderr
+    assert out.returncode == 2, out.stdout + err
+    assert "Traceback" not in err + out.stdout, err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+BAD_INPUTS = {
+    # name: (file text or bytes, --set overrides, what the message must name)
+    "binary file": (bytes(range(256)) * 4, [], ["bad.yaml:2:", "not a YAML text file", "byte 0x80 at offset 128"]),
+    "empty file": ("", [], ["bad.yaml:", "holds no settings"]),
+    "comments only": ("# just a comment\n\n   # another\n", [], ["holds no settings"]),
+    "steps 1e38": (None, ["run.steps=100000000000000000000000000000000000000"], ["run.steps", "must be in [1, 10000000]"]),
+    "max_new_tokens 1e10": (None, ["rollout.max_new_tokens=10000000000"], ["rollout.max_new_tokens", "[1, 131072]"]),
+    "actor_lr 1e38": (None, ["ppo.actor_lr=1e38"], ["ppo.actor_lr", "must be in (0, 1]; got 1e+38"]),
+    "output_dir under a file": (None, ["run.output_dir={tmp}/afile/runs"], ["run.output_dir", "is not a folder"]),
+    "missing python module": (None, ["reward.source=python:no_such_reward_mod:score"],
+                              ["reward.source", "'no_such_reward_mod' was not found"]),
+    "hub id, offline": (None, ["actor.model=someone/some-model"],
+                        ["actor.model", "hub access is switched off", "cannot be loaded"]),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_is_one_clear_message_and_creates_nothing(name, tmp_path):
+    content, sets, needles = BAD_INPUTS[name]
+    (tmp_path / "afile").write_text("x")
+    runs = tmp_path / "runs"
+    cfg = TINY
+    if content is not None:
+        cfg = tmp_path / "bad.yaml"
+        (cfg.write_bytes if isinstance(content, bytes) else cfg.write_text)(content)
+    args = ["train", "--config", str(cfg), "--set", f"run.output_dir={runs}"]
+    for s in sets:
+        args += ["--set", s.format(tmp=tmp_path)]
+    out = _cli(*args, cwd=tmp_path)
+    _refused(out, *needles)
+    assert "nothing was started" in out.stderr
+    assert not runs.exists(), "a run directory was created"
+
+
+def test_in_file_values_are_reported_with_their_line(tmp_path):
+    text = TINY.read_text().replace("actor_lr: 1.0e-5", "actor_lr: 1e38")
+    cfg = tmp_path / "lr.yaml"
+    cfg.write_text(text)
+    line = text.splitlines().index("  actor_lr: 1e38") + 1
+    out = _cli("validate", "--config", str(cfg))
+    _refused(out, f"lr.yaml:{line}: ppo.actor_lr: must be in (0, 1]; got 1e+38")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_unwritable_output_dir(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    out = _cli("train", "--config", str(TINY), "--set", f"run.output_dir={ro}/runs")
+    _refused(out, "run.output_dir", "not writable")
+    assert list(ro.iterdir()) == []
+
+
+def test_hub_id_unreachable_is_refused_before_a_run_directory(tmp_path):
+    runs = tmp_path / "runs"
+    env = {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0",
+           "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens on the discard port
+    out = _cli("train", "--config", str(TINY), "--set", f"run.output_dir={runs}",
+               "--set", "reward.source=someone/some-reward-model", env=env)
+    _refused(out, "reward.source", "cannot be reached", "cannot be loaded")
+    assert not runs.exists()
+
+
+def test_python_reward_module_in_the_current_folder_is_found(tmp_path):
+    (tmp_path / "my_local_reward.py").write_text("def score(p, r):\n    return [0.5] * len(r)\n")
+    out = _cli("validate", "--config", str(TINY), "--set", "reward.source=python:my_local_reward:score",
+               cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+
+
+def test_article_config_offline_validate_and_dry_run_agree_without_traceback(tmp_path):
+    seed = ROOT / "tests" / "fixtures" / "seed_config_local.yaml"
+    v = _cli("validate", "--config", str(seed), env={"HF_HUB_OFFLINE": "1"})
+    d = _cli("train", "--dry_run", "--config", str(seed), env={"HF_HUB_OFFLINE": "1"})
+    for out in (v, d):
+        _refused(out, "seed_config_local.yaml:14: model_config.actor.model_name_or_path",
+                 "hub access is switched off")
+        errors = [ln for ln in out.stderr.splitlines() if not ln.startswith("note:")]
+        assert len(errors) <= 7, out.stderr  # one line per unusable source, and the verdict
+
+
+def test_dry_run_names_each_role_once(tmp_path):
+    out = _cli("train", "--dry_run", "--config", str(TINY), "--set", f"run.output_dir={tmp_path / 'runs'}",
+               "--set", "actor.attn_implementation=flash_attention_2")
+    assert out.returncode == 0, out.stderr
+    assert "actor: flash_attention_2" in out.stdout
+    assert "actor: actor:" not in out.stdout + out.stderr
+
+
+def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
+    for args in (["report", "no-such-run"], ["stop", "no-such-run"], ["attach", "no-such-run"],
+                 ["swap-reward", "no-such-run", "lexicon:vader"], ["runs"]):
+        out = _cli("--runs-dir", str(tmp_path / "none"), *args)
+        assert "Traceback" not in out.stderr, (args, out.stderr)
+        if args != ["runs"]:
+            assert out.returncode != 0 and out.stderr.startswith("rlhf-console: "), (args, out.stderr)
+            assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    # a project error raised deep inside a command: one message, or the traceback with --debug
+    bad = tmp_path / "run"
+    bad.mkdir()
+    (bad / "run.json").write_text('{"state": "finished", "step": 0}')
+    out = _cli("report", str(bad))
+    assert out.returncode != 0 and "Traceback" not in out.stderr and out.stderr.startswith("rlhf-console: ")
+    dbg = _cli("report", str(bad), "--debug")
+    assert dbg.returncode != 0 and "Traceback" in dbg.stderr

@@ -26,7 +26,8 @@ def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> 
     for name in ("actor", "reference", "critic", "reward"):
         before = memory_stats(torch.device("cpu")).get("rss_mb", 0.0)
         t = time.perf_counter()
-        roles[name] = ROLE_CLASSES[name](cfg, progress=lambda m, n=name: out(f"  {n}: {m}"))
+        roles[name] = ROLE_CLASSES[name](
+            cfg, progress=lambda m, n=name: out(f"  {m}" if m.startswith(f"{n}:") else f"  {n}: {m}"))
         after = memory_stats(roles[name].device)
         report[name] = {"load_s": time.perf_counter() - t, "rss_added_mb": after.get("rss_mb", 0.0) - before,
                         "device": str(roles[name].device),
