@@ -1362,17 +1362,18 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _find_module(name: str) -> bool:
-    """Whether module ``name`` can be found on ``sys.path`` (plus the current folder, which the
-    run's processes have on their path) without importing or running anything."""
+    """Whether module ``name`` can be found where the run's processes will look for it, without
+    importing or running anything."""
     import importlib.machinery
     import sys
 
     if name in sys.modules:
         return True
     parts = name.split(".")
-    search = list(sys.path)
-    if os.getcwd() not in search and "" not in search:
-        search.append(os.getcwd())
+    # the run's processes see this process's path, PYTHONPATH (a detached supervisor is a new
+    # interpreter) and the current folder
+    search = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p] + list(sys.path)
+    search.append(os.getcwd())
     spec = None
     for i in range(len(parts)):
         spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:i + 1]), search)
