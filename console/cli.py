@@ -43,16 +43,24 @@ def _err(msg: str) -> int:
     return 2
 
 
-def _reap_stale() -> None:
-    from engine.client import reap_stale
+def _reap_stale(runs_dir: str = DEFAULT_RUNS) -> None:
+    from engine.client import reap_stale, reap_stale_checkpoints
+    from engine.runtime.rundir import human_size
 
     try:
         removed = reap_stale()
     except Exception:  # noqa: BLE001 - never block a command on housekeeping
-        return
+        removed = []
     if removed:
         print(f"rlhf-console: removed {len(removed)} stale shared-memory segment(s) of runs whose "
               f"processes are gone", file=sys.stderr)
+    try:
+        folders = reap_stale_checkpoints(runs_dir)
+    except Exception:  # noqa: BLE001
+        folders = []
+    for folder, size in folders:
+        print(f"rlhf-console: removed the half-written checkpoint {folder.parent.parent.name}/checkpoints/"
+              f"{folder.name} ({human_size(size)}) of a run whose supervisor is gone", file=sys.stderr)
 
 
 def _load(args, check_access: bool = False) -> "object":
@@ -124,6 +132,10 @@ def cmd_runs(args) -> int:
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(st.get("created", 0)))
         print(f"{r.name:<40} {r.state:<9} {str(st.get('step', 0)) + '/' + str(st.get('steps', '?')):>9} "
               f"{(f'{score:.3f}' if isinstance(score, (int, float)) else '-'):>7}  {started}")
+        why = {"failed": st.get("failure"), "paused": st.get("pause_info") and st.get("message"),
+               "stopped": st.get("checkpoint_error") and st.get("message")}.get(r.state)
+        if why:  # what went wrong, when something did
+            print(f"    {why}")
     return 0
 
 
@@ -148,6 +160,8 @@ def cmd_control(args) -> int:
         if args.command == "resume" and not run.alive:
             run.restart()
             print(f"run {run.name}: resumed from its latest checkpoint in a new supervisor (step {run.info.get('step')})")
+            if run.resume_note:
+                print(f"run {run.name}: note: {run.resume_note}")
             return 0
         if args.command == "checkpoint":
             r = run.checkpoint(wait=True)
@@ -310,7 +324,7 @@ def _main(argv: list) -> int:
     if i < len(argv) and argv[i].endswith((".yaml", ".yml")):
         argv = argv[:i] + ["edit"] + argv[i:]
     args = ap.parse_args(argv)
-    _reap_stale()
+    _reap_stale(getattr(args, "runs_dir", DEFAULT_RUNS))
     if not getattr(args, "command", None):
         try:
             from console import app_cli

@@ -23,7 +23,8 @@ from engine.config import ConfigError, ConfigIssue, RunConfig, check_launchable,
 from engine.runtime.control import ControlClient
 from engine.runtime.rundir import LIVE_STATES, JsonlTail, LineTail, RunDir, list_runs as _list_runs, pid_alive
 
-__all__ = ["Run", "RunError", "launch", "attach", "list_runs", "create_run_dir", "runs_dir_for", "reap_stale"]
+__all__ = ["Run", "RunError", "launch", "attach", "list_runs", "create_run_dir", "runs_dir_for", "reap_stale",
+           "reap_stale_checkpoints"]
 
 
 class RunError(RuntimeError):
@@ -59,6 +60,14 @@ def reap_stale() -> list[str]:
     from engine.transport import reap_stale_segments
 
     return reap_stale_segments()
+
+
+def reap_stale_checkpoints(runs_dir: Union[str, Path] = "runs") -> list[tuple[Path, int]]:
+    """Remove half-written checkpoint folders (``checkpoints/.tmp-*``) of the runs under
+    ``runs_dir`` whose supervisor is gone; return (folder, bytes) of each."""
+    from engine.runtime.rundir import reap_stale_checkpoint_tmp
+
+    return reap_stale_checkpoint_tmp(_list_runs(Path(runs_dir)))
 
 
 def _supervisor_cmd(rd: RunDir, resume: bool) -> list[str]:
@@ -126,6 +135,7 @@ class Run:
         self.dir = RunDir(Path(path))
         self.path = self.dir.path
         self.name = self.dir.name
+        self.resume_note = ""
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, state={self.state!r})"
@@ -222,11 +232,21 @@ class Run:
         return self._ok(self.request("swap_reward", timeout=timeout, source=source))
 
     def restart(self, timeout: float = 600.0, wait_ready: bool = True) -> "Run":
-        """Continue a stopped/failed/dead run from its latest checkpoint in a new supervisor."""
+        """Continue a stopped/failed/dead run from its latest checkpoint in a new supervisor.
+        ``resume_note`` says which steps are trained again when that checkpoint is older than
+        the run's last step."""
         if self.alive:
             raise RunError(f"run {self.name} is still {self.state}; pause/resume it instead")
-        if self.dir.latest_checkpoint() is None:
+        latest = self.dir.latest_checkpoint()
+        if latest is None:
             raise RunError(f"run {self.name} has no checkpoint to resume from")
+        from engine.runtime.rundir import reap_stale_checkpoint_tmp
+
+        reap_stale_checkpoint_tmp([self.dir])  # the supervisor also does, and logs it
+        ck_step = int(latest.name.split("_")[-1])
+        last = int(self.info.get("step") or 0)
+        self.resume_note = (f"the latest checkpoint is {latest.name}: steps {ck_step + 1}-{last} were not "
+                            f"checkpointed and are trained again" if last > ck_step else "")
         self.dir.write_state(state="starting", failure=None)
         _spawn_detached(self.dir, resume=True)
         if wait_ready:

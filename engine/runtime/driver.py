@@ -10,6 +10,7 @@ the benchmark's single-process baseline uses ``InlineEndpoint`` and runs phase a
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 from concurrent.futures import Future
@@ -23,6 +24,11 @@ from engine.config import RunConfig
 from engine.runtime.roles import NonFiniteError
 
 ROLES = ("actor", "reference", "critic", "reward")
+TRAINABLE = ("actor", "critic")
+
+
+class UpdateConsistencyError(RuntimeError):
+    """A role could not commit or roll back its update: the roles' states may disagree."""
 
 
 def available_cores() -> int:
@@ -106,6 +112,7 @@ class PPODriver:
         self.kl_ctl = kl_controller
         self.threads = threads or ThreadPlan.make(cfg)
         self.concurrent = concurrent
+        self._pending: Optional[tuple[float, int]] = None
 
     def _call(self, role, op, tensors=None, args=None, phase="score"):
         n = getattr(self.threads, phase).get(role)
@@ -127,7 +134,65 @@ class PPODriver:
             return self._gather({k: self._call(*c) for k, c in calls.items()})
         return {k: self._gather({k: self._call(*c)})[k] for k, c in calls.items()}
 
-    def step(self, step: int, prompts: list[str]) -> tuple[dict, list[dict]]:
+    # ---- the update as a two-phase commit ------------------------------------------------
+    def _update_phase(self, calls: dict[str, tuple]) -> dict[str, tuple]:
+        """Run the roles' updates; if any fails, roll back those that succeeded and raise."""
+        results: dict[str, tuple] = {}
+        errors: dict[str, BaseException] = {}
+        if self.concurrent:
+            futs = {k: self._call(*c) for k, c in calls.items()}
+            for k, f in futs.items():
+                try:
+                    results[k] = f.result()
+                except BaseException as e:  # noqa: BLE001 - wait for all, then decide
+                    errors[k] = e
+        else:
+            for k, c in calls.items():
+                try:
+                    results[k] = self._call(*c).result()
+                except BaseException as e:  # noqa: BLE001
+                    errors[k] = e
+                    break
+        if errors:
+            # a failed role has restored its own state; undo the others' updates of this step
+            self._send_all([calls[k][0] for k in results], "rollback")
+            ranked = sorted(errors.values(), key=lambda e: {"died": 0, "nonfinite": 1}.get(getattr(e, "kind", "nonfinite"), 2))
+            raise ranked[0]
+        return results
+
+    def _send_all(self, roles: list[str], op: str) -> None:
+        futs = {r: self.ep[r].submit(r, op) for r in roles}
+        for r, f in futs.items():
+            try:
+                f.result()
+            except BaseException as e:  # noqa: BLE001
+                if getattr(e, "kind", None) == "died":
+                    raise
+                raise UpdateConsistencyError(f"{r} could not {op} its update: {e}") from e
+
+    @property
+    def pending(self) -> bool:
+        return self._pending is not None
+
+    def commit(self) -> None:
+        """Make the pending update of the last step permanent in every trainable role."""
+        if self._pending is None:
+            return
+        mean_kl, n = self._pending
+        self._send_all(list(TRAINABLE), "commit")
+        self._pending = None
+        self.kl_ctl.update(mean_kl, n)
+
+    def rollback(self) -> None:
+        """Undo the pending update of the last step in every trainable role."""
+        if self._pending is None:
+            return
+        self._send_all(list(TRAINABLE), "rollback")
+        self._pending = None
+
+    def step(self, step: int, prompts: list[str], commit: bool = True) -> tuple[dict, list[dict]]:
+        """One PPO step. With ``commit=False`` the actor and critic updates stay pending until
+        ``commit()`` (or ``rollback()``): the caller records the step first."""
         cfg, p = self.cfg, self.cfg.ppo
         t_step = time.perf_counter()
         timings: dict[str, float] = {}
@@ -192,16 +257,20 @@ class PPODriver:
         mean_kl = float(seq_kl.mean())
         timings["advantage"] = time.perf_counter() - t
 
-        # 4. updates, concurrently ------------------------------------------------------------
+        # 4. updates, concurrently, as one two-phase commit ----------------------------------
         t = time.perf_counter()
-        upd = self._run_phase({
+        upd = self._update_phase({
             "actor": ("actor", "update", {**batch, "old_logprobs": old_lp, "advantages": adv}, {"step": step}, "update"),
             "critic": ("critic", "update", {**critic_in, "values": values, "returns": ret}, {"step": step}, "update"),
         })
         timings["update"] = time.perf_counter() - t
         timings["actor_update"] = upd["actor"][2]
         timings["critic_update"] = upd["critic"][2]
-        self.kl_ctl.update(mean_kl, mask.shape[0])
+        kl_next = copy.deepcopy(self.kl_ctl)  # the controller itself moves on commit
+        kl_next.update(mean_kl, mask.shape[0])
+        self._pending = (mean_kl, int(mask.shape[0]))
+        if commit:
+            self.commit()
         timings["step"] = time.perf_counter() - t_step
 
         # 5. metrics and samples --------------------------------------------------------------
@@ -215,7 +284,7 @@ class PPODriver:
             "score_std": float(scores.std()) if scores.numel() > 1 else 0.0,
             "kl": mean_kl,
             "kl_coef": kl_coef,
-            "kl_coef_next": float(self.kl_ctl.value),
+            "kl_coef_next": float(kl_next.value),
             "kl_penalty_mean": float(kl_tok.sum(1).mean()),  # the configured estimator, as shaped
             "response_len_mean": float(lengths.mean()),
             "response_len_max": int(lengths.max()) if lengths.numel() else 0,

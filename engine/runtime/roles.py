@@ -9,6 +9,7 @@ calls the very same objects inline.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 import resource
@@ -109,6 +110,79 @@ def _batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+class TwoPhaseUpdate:
+    """Makes a role's ``update`` one half of a two-phase commit across roles.
+
+    ``op_update`` keeps a copy of the trainable parameters, the optimizer and the scheduler
+    before the first change and checks the losses, the gradient norms and the new parameters
+    for NaN/inf; on any error it restores the copy itself before raising. A successful update
+    stays *pending* until the driver says ``commit`` (drop the copy) or ``rollback`` (restore
+    it, because another role's update of the same step failed). So the actor and the critic
+    updates of one step are applied together or not at all. The copy lives in host memory:
+    the trainable parameters plus the optimizer's state (about 3x the parameters with AdamW).
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    _pending: Optional[dict] = None
+
+    def _snapshot(self) -> dict:
+        params = {k: v.detach().to("cpu", copy=True) for k, v in self.model.named_parameters() if v.requires_grad}
+        return {"params": params, "optimizer": _to_cpu(self.optimizer.state_dict()),
+                "scheduler": copy.deepcopy(self.scheduler.state_dict())}
+
+    def _restore(self, snap: dict) -> None:
+        with torch.no_grad():
+            named = dict(self.model.named_parameters())
+            for k, v in snap["params"].items():
+                named[k].copy_(v.to(named[k].device))
+        self.optimizer.load_state_dict(snap["optimizer"])  # moves state to the params' device
+        self.scheduler.load_state_dict(snap["scheduler"])
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _check_params(self) -> None:
+        for k, v in self.model.named_parameters():
+            if v.requires_grad and not torch.isfinite(v.detach()).all():
+                raise NonFiniteError(self.name, "update", f"parameter {k} is not finite after the optimizer step")
+
+    def _two_phase(self, fn: Callable[[], Result]) -> Result:
+        if self._pending is not None:  # an update nobody committed: it is not part of this step
+            self._restore(self._pending)
+            self._pending = None
+        snap = self._snapshot()
+        try:
+            out = fn()
+            self._check_params()
+        except BaseException:
+            self._restore(snap)
+            raise
+        self._pending = snap
+        return out
+
+    def op_commit(self, tensors: Tensors, args: dict) -> Result:
+        had = self._pending is not None
+        self._pending = None
+        return {}, {"committed": had}
+
+    def op_rollback(self, tensors: Tensors, args: dict) -> Result:
+        had = self._pending is not None
+        if had:
+            self._restore(self._pending)
+            self._pending = None
+        return {}, {"rolled_back": had}
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
 class Role:
     name = "role"
 
@@ -204,7 +278,7 @@ class ReferenceRole(_PolicyBase):
     name = "reference"
 
 
-class ActorRole(_PolicyBase):
+class ActorRole(TwoPhaseUpdate, _PolicyBase):
     name = "actor"
     trainable = True
 
@@ -252,6 +326,9 @@ class ActorRole(_PolicyBase):
         return out, {"response_tokens": ntok}
 
     def op_update(self, tensors: Tensors, args: dict) -> Result:
+        return self._two_phase(lambda: self._update(tensors, args))
+
+    def _update(self, tensors: Tensors, args: dict) -> Result:
         from engine.models import sequence_logprobs
 
         p = self.cfg.ppo
@@ -317,6 +394,7 @@ class ActorRole(_PolicyBase):
     def op_load(self, tensors: Tensors, args: dict) -> Result:
         from safetensors.torch import load_file
 
+        self._pending = None
         d = Path(args["path"]) / self.name
         sd = {}
         for f in sorted(d.glob("*.safetensors")):
@@ -364,7 +442,7 @@ class ValueHead(torch.nn.Module):
         return self.head(hidden.float()).squeeze(-1)
 
 
-class CriticRole(Role):
+class CriticRole(TwoPhaseUpdate, Role):
     name = "critic"
 
     def __init__(self, cfg: RunConfig, progress=None):
@@ -420,6 +498,9 @@ class CriticRole(Role):
         return {"values": v.cpu()}, {}
 
     def op_update(self, tensors: Tensors, args: dict) -> Result:
+        return self._two_phase(lambda: self._update(tensors, args))
+
+    def _update(self, tensors: Tensors, args: dict) -> Result:
         p = self.cfg.ppo
         step = int(args["step"])
         inputs = self._inputs(tensors)
@@ -462,6 +543,7 @@ class CriticRole(Role):
         return {}, {}
 
     def op_load(self, tensors: Tensors, args: dict) -> Result:
+        self._pending = None
         st = torch.load(Path(args["path"]) / self.name / "critic_state.pt", weights_only=False, map_location=self.device)
         self.model.load_state_dict(st["model"])
         self.optimizer.load_state_dict(st["optimizer"])
@@ -482,15 +564,7 @@ class RewardRole(Role):
         self.source = self._build(cfg.reward.source)
 
     def _build(self, spec: str):
-        from engine.rewards import build_reward
-
-        r = self.cfg.reward
-        return build_reward(
-            spec, device=str(self.device), dtype=r.dtype, quantization=r.quantization,
-            score_label=r.score_label, score_kind=r.score_kind, score_text=r.score_text,
-            max_length=r.max_length,
-            batch_size=r.batch_size, progress=self.progress,
-        )
+        return build_reward_source(self.cfg, spec, str(self.device), self.progress)
 
     def decode(self, tensors: Tensors) -> tuple[list[str], list[str]]:
         tok = self.tokenizer
@@ -515,17 +589,37 @@ class RewardRole(Role):
 
     def op_swap(self, tensors: Tensors, args: dict) -> Result:
         spec = str(args["source"])
-        new = self._build(spec)  # raises on failure: the old source stays in place
-        # a quick probe so a source that loads but cannot score is refused too
-        probe = new.score(["This movie"], [" was fine."])
-        if len(probe) != 1 or not math.isfinite(float(probe[0])):
-            raise ValueError(f"reward source '{spec}' loaded but returned {probe!r} for a probe sample")
+        try:
+            new = self._build(spec)  # raises on failure: the old source stays in place
+            probe_reward_source(new, spec)
+        except SystemExit as e:  # a module that calls sys.exit() at import must not end the worker
+            raise RuntimeError(f"reward source '{spec}' called sys.exit({e.code!r}) while loading") from None
         old, self.source, self.source_spec = self.source, new, spec
         try:
             old.close()
         except Exception:
             pass
         return {}, {"source": spec}
+
+
+def build_reward_source(cfg: RunConfig, spec: str, device: str, progress=None):
+    """The reward source ``spec`` built with the run's reward settings."""
+    from engine.rewards import build_reward
+
+    r = cfg.reward
+    return build_reward(
+        spec, device=device, dtype=r.dtype, quantization=r.quantization,
+        score_label=r.score_label, score_kind=r.score_kind, score_text=r.score_text,
+        max_length=r.max_length, batch_size=r.batch_size, progress=progress,
+    )
+
+
+def probe_reward_source(source, spec: str) -> float:
+    """Score one probe sample, so that a source that loads but cannot score is refused too."""
+    probe = source.score(["This movie"], [" was fine."])
+    if len(probe) != 1 or not math.isfinite(float(probe[0])):
+        raise ValueError(f"reward source '{spec}' loaded but returned {probe!r} for a probe sample")
+    return float(probe[0])
 
 
 ROLE_CLASSES = {"actor": ActorRole, "reference": ReferenceRole, "critic": CriticRole, "reward": RewardRole}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -43,6 +44,94 @@ def atomic_write_text(path: Path, text: str, mode: Optional[int] = None) -> None
         except FileNotFoundError:
             pass
         raise
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory, so that the names created or renamed in it survive a power loss."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root`` (and ``root`` itself), deepest first."""
+    for dirpath, _dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+def durable_rename(src: Path, dst: Path) -> None:
+    """Rename a finished folder (or file) into place so that a power loss can never leave a
+    renamed but empty one: its contents are fsynced before the rename, the parent after."""
+    src, dst = Path(src), Path(dst)
+    if src.is_dir():
+        fsync_tree(src)
+    else:
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.replace(src, dst)
+    fsync_dir(dst.parent)
+
+
+def tree_size(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+_TMP_CKPT = re.compile(r"\.tmp-step_\d+-(\d+)")
+
+
+def reap_stale_checkpoint_tmp(run_dirs, keep_pid: Optional[int] = None) -> list[tuple[Path, int]]:
+    """Remove half-written checkpoint folders (``checkpoints/.tmp-step_N-PID``) whose writer is
+    gone: the supervisor PID in the name is dead, or the run's live supervisor is another
+    process. ``keep_pid`` is the calling supervisor's own pid (its folders are never touched).
+    Returns (folder, bytes) of each folder removed."""
+    removed: list[tuple[Path, int]] = []
+    for rd in run_dirs:
+        rd = rd if isinstance(rd, RunDir) else RunDir(Path(rd))
+        try:
+            entries = list(rd.checkpoints.iterdir())
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        live_sup = rd.read_state().get("supervisor_pid")
+        for p in entries:
+            m = _TMP_CKPT.fullmatch(p.name)
+            if not m:
+                continue
+            writer = int(m.group(1))
+            if writer == keep_pid:
+                continue
+            if pid_alive(writer) and writer == live_sup:
+                continue  # the run's own supervisor is writing it right now
+            size = tree_size(p)
+            shutil.rmtree(p, ignore_errors=True)
+            if not p.exists():
+                removed.append((p, size))
+    return removed
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -29,9 +29,11 @@ import torch
 from engine import transport
 from engine.config import RunConfig, dump_config, resolve_role_model, validate_text
 from engine.runtime.control import ControlServer, socket_path_for
-from engine.runtime.driver import PPODriver, ROLES, ThreadPlan, available_cores, format_step_line
+from engine.runtime.driver import (PPODriver, ROLES, ThreadPlan, UpdateConsistencyError, available_cores,
+                                   format_step_line)
 from engine.runtime.roles import NonFiniteError, capture_rng, restore_rng
-from engine.runtime.rundir import RunDir, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from engine.runtime.rundir import (RunDir, append_jsonl, atomic_write_json, atomic_write_text, durable_rename,
+                                   human_size, read_jsonl, reap_stale_checkpoint_tmp)
 from engine.runtime.worker import WorkerError, WorkerHandle
 
 
@@ -83,17 +85,36 @@ class Supervisor:
         self._ckpt_results: dict[int, dict] = {}
         self._signals = 0
         self._final: Optional[tuple[str, dict]] = None
+        self.pause_info: dict = {}  # role / phase / error of the fault that paused the run
+        self._unwritten_state: dict = {}  # run.json fields a full disk kept from being written
+        self._stream_state_before: Optional[dict] = None  # the data stream before a pending batch
 
     # ---- logging & state ----------------------------------------------------------------
     def log(self, message: str, level: str = "INFO") -> None:
-        line = self.rd.log_event(message, level)
+        try:
+            line = self.rd.log_event(message, level)
+        except OSError as e:  # a full disk must not turn a log line into a crash
+            line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {level:<7} {message} [not in events.log: {e.strerror or e}]"
         self.printer(line)
         if self.server:
             self.server.broadcast({"event": "log", "line": line, "level": level})
 
+    def write_state(self, **fields) -> bool:
+        """run.json, or (on a full disk) kept in memory and written at the next chance."""
+        pending = {**self._unwritten_state, **fields}
+        try:
+            self.rd.write_state(**pending)
+        except OSError as e:
+            if not self._unwritten_state:
+                self.printer(f"could not write run.json ({e}); the socket's status is current")
+            self._unwritten_state = pending
+            return False
+        self._unwritten_state = {}
+        return True
+
     def set_state(self, state: str, **extra) -> None:
         self.state = state
-        self.rd.write_state(state=state, step=self.step, **extra)
+        self.write_state(state=state, step=self.step, **extra)
         if self.server:
             self.server.broadcast({"event": "state", "state": state, "step": self.step,
                                    "message": extra.get("message") or extra.get("failure") or ""})
@@ -115,7 +136,8 @@ class Supervisor:
             "run_dir": str(self.rd.path), "name": self.rd.name,
             "pids": st.get("pids", {}), "supervisor_pid": self.owner_pid,
             "pause_requested": self._pause_req, "stop_requested": self._stop_req,
-            "paused_reason": self.paused_reason, "reward_source": self.reward_source,
+            "paused_reason": self.paused_reason, "pause_info": self.pause_info or None,
+            "reward_source": self.reward_source,
             "last_metrics": self.last_metrics,
         }
 
@@ -139,6 +161,7 @@ class Supervisor:
                     return {"ok": False, "error": f"not paused (state {self.state})"}
                 self._pause_req = False
                 self.paused_reason = None
+                self.pause_info = {}
                 self._cv.notify_all()
                 return {"ok": True, "pending": False, "message": "resuming"}
             if op == "stop":
@@ -167,6 +190,14 @@ class Supervisor:
             return {"ok": False, "error": "swap_reward needs a non-empty 'source' string"}
         w = self.by_role["reward"]
         self.log(f"swapping reward to '{source}' ...")
+        from engine.runtime.probe import probe_reward
+
+        # first in a throw-away process: a crash, sys.exit or hang there cannot touch the run
+        ok, why = probe_reward(dump_config(self.cfg), source, float(self.cfg.runtime.worker_timeout_s))
+        if not ok:
+            self.log(f"reward swap to '{source}' refused, keeping '{self.reward_source}': {why}", "WARNING")
+            return {"ok": False, "error": f"could not load '{source}': {why}; the previous reward "
+                                          f"'{self.reward_source}' stays in place"}
         try:
             _, res, secs = w.submit("reward", "swap", None, {"source": source}, arena=self.arena).result()
         except WorkerError as e:
@@ -174,7 +205,7 @@ class Supervisor:
             return {"ok": False, "error": f"could not load '{source}': {e}; the previous reward "
                                           f"'{self.reward_source}' stays in place"}
         old, self.reward_source = self.reward_source, source
-        self.rd.write_state(reward_source=source)
+        self.write_state(reward_source=source)
         self.log(f"reward swapped from '{old}' to '{source}' in {secs:.1f}s")
         return {"ok": True, "source": source, "previous": old, "seconds": secs}
 
@@ -234,6 +265,9 @@ class Supervisor:
         stale = transport.reap_stale_segments()
         if stale:
             self.log(f"removed {len(stale)} stale shared-memory segment(s) of runs whose processes are gone", "WARNING")
+        for folder, size in reap_stale_checkpoint_tmp([self.rd], keep_pid=self.owner_pid):
+            self.log(f"removed the half-written checkpoint {folder.relative_to(self.rd.path)} "
+                     f"({human_size(size)}) left by a supervisor that is gone", "WARNING")
         sock = socket_path_for(self.rd.path)
         self.server = ControlServer(sock, self.handle, hello=self.status)
         self.server.start()
@@ -320,59 +354,156 @@ class Supervisor:
 
         tb = self._tensorboard()
         total = cfg.run.steps
+        ckpt_due = False  # a checkpoint (periodic or final) that must be written before going on
+        batch_prompts: Optional[list[str]] = None  # kept until its step is applied: resume retries it
         try:
-            while self.step < total:
+            while True:
                 try:
                     if self._boundary(stream, kl_ctl):
                         break
                 except WorkerError as e:
                     return self._fail(e)
-                batch_prompts = stream.next_batch()
-                try:
-                    metrics, samples = driver.step(self.step + 1, batch_prompts)
-                except (WorkerError, NonFiniteError) as e:
-                    if getattr(e, "kind", "nonfinite") == "nonfinite":
-                        role = getattr(e, "role", None) or (e.reply.get("role") if isinstance(e, WorkerError) else None)
-                        phase = getattr(e, "phase", None) or (e.reply.get("phase") if isinstance(e, WorkerError) else None)
-                        msg = (e.reply.get("error") if isinstance(e, WorkerError) else str(e)) or str(e)
-                        self.log(f"step {self.step + 1} not applied: {msg} [role {role}, phase {phase}]; pausing", "ERROR")
-                        with self._cv:
-                            self._pause_req = True
-                            self.paused_reason = f"non-finite value in {role} ({phase}): {msg}"
+                if ckpt_due or self.step >= total:
+                    res = self._save_checkpoint(stream, kl_ctl)
+                    if not res["ok"]:
+                        self._pause_for(f"checkpoint at step {self.step} failed: {res['error']}; "
+                                        f"free space (or fix the permission) and resume to retry",
+                                        phase="checkpoint", error=res["error"])
                         continue
+                    ckpt_due = False
+                    if self.step >= total:
+                        break
+                if batch_prompts is None:
+                    self._stream_state_before = stream.state_dict()
+                    batch_prompts = stream.next_batch()
+                try:
+                    metrics, samples = driver.step(self.step + 1, batch_prompts, commit=False)
+                except (WorkerError, NonFiniteError) as e:
+                    if isinstance(e, WorkerError) and e.kind == "died":
+                        return self._fail(e)
+                    self._pause_on_step_error(e)
+                    continue
+                except UpdateConsistencyError as e:
                     return self._fail(e)
-                self.step += 1
                 metrics["memory"] = self._memory()
-                self.last_metrics = metrics
-                append_jsonl(self.rd.metrics, metrics)
-                for s in samples:
-                    append_jsonl(self.rd.samples, s)
-                self.rd.write_state(step=self.step, last_score=metrics["score_mean"], last_kl=metrics["kl"])
+                try:
+                    self._record_step(metrics, samples, driver)
+                except OSError as e:
+                    self._pause_for(f"step {self.step + 1} not applied: could not record it ({e}); "
+                                    f"free space (or fix the permission) and resume to retry",
+                                    phase="record", error=str(e))
+                    continue
+                except UpdateConsistencyError as e:
+                    return self._fail(e)
+                except WorkerError as e:
+                    return self._fail(e)
+                batch_prompts, self._stream_state_before = None, None
                 if tb is not None:
-                    self._tb_write(tb, metrics, samples)
+                    try:
+                        self._tb_write(tb, metrics, samples)
+                    except Exception as e:  # noqa: BLE001 - TensorBoard is an extra
+                        self.log(f"tensorboard write failed: {e}", "WARNING")
                 line = format_step_line(metrics, total)
-                self.rd.log_event(line)
-                self.printer(line)
+                self.log_quiet(line)
                 if self.server:
                     self.server.broadcast({"event": "step", "metrics": metrics})
                     self.server.broadcast({"event": "samples", "step": self.step, "samples": samples})
                 ce = cfg.checkpoint.every
-                if ce and self.step % ce == 0 and self.step < total:
-                    self._save_checkpoint(stream, kl_ctl)
+                if ce and self.step % ce == 0:
+                    ckpt_due = True
         finally:
             if tb is not None:
-                tb.close()
-        # end of the loop: finished or stopped
-        if self._stop_req:
+                try:
+                    tb.close()
+                except Exception:  # noqa: BLE001
+                    pass
+        if self._stop_req and self.step < total:
+            msg = self._stop_reason
             if cfg.checkpoint.on_stop and self.step > 0:
-                self._save_checkpoint(stream, kl_ctl)
+                res = self._save_checkpoint(stream, kl_ctl)
+                if not res["ok"]:
+                    latest = self.rd.latest_checkpoint()
+                    msg += (f"; the stop checkpoint at step {self.step} failed ({res['error']}): resume "
+                            f"restarts from {latest.name if latest else 'nothing'}")
+                    self.log(f"stopped at step {self.step}/{total} without its checkpoint: {res['error']}", "ERROR")
+                    self._finish("stopped", message=msg, checkpoint_error=res["error"])
+                    return 0
             self.log(f"stopped at step {self.step}/{total} ({self._stop_reason})")
-            self._finish("stopped", message=self._stop_reason)
+            self._finish("stopped", message=msg)
             return 0
-        self._save_checkpoint(stream, kl_ctl)
+        res = self._save_checkpoint(stream, kl_ctl)  # "already saved" unless a stop cut in first
+        if not res["ok"]:
+            latest = self.rd.latest_checkpoint()
+            msg = (f"{self._stop_reason or 'stopped'} with all {total} steps done, but the final checkpoint "
+                   f"failed ({res['error']}): resume restarts from {latest.name if latest else 'nothing'}")
+            self.log(msg, "ERROR")
+            self._finish("stopped", message=msg, checkpoint_error=res["error"])
+            return 0
         self.log(f"finished {self.step}/{total} steps")
         self._finish("finished")
         return 0
+
+    def log_quiet(self, line: str) -> None:
+        """A step line: events.log and the terminal, not the socket's log stream."""
+        try:
+            self.rd.log_event(line)
+        except OSError:
+            pass
+        self.printer(line)
+
+    def _record_step(self, metrics: dict, samples: list[dict], driver: PPODriver) -> None:
+        """Append the step's metrics and samples and update run.json, then commit the roles'
+        updates. If a write fails (full disk, permission), the files are cut back to where they
+        were, the updates are rolled back and OSError is raised: the step is not applied."""
+        sizes = {}
+        for path in (self.rd.metrics, self.rd.samples):
+            try:
+                sizes[path] = path.stat().st_size
+            except FileNotFoundError:
+                sizes[path] = 0
+        try:
+            append_jsonl(self.rd.metrics, metrics)
+            for row in samples:
+                append_jsonl(self.rd.samples, row)
+            self.rd.write_state(step=self.step + 1, last_score=metrics["score_mean"], last_kl=metrics["kl"])
+        except OSError:
+            for path, size in sizes.items():
+                try:
+                    os.truncate(path, size)
+                except OSError:
+                    pass
+            driver.rollback()
+            raise
+        driver.commit()
+        self.step += 1
+        self.last_metrics = metrics
+
+    def _pause_for(self, reason: str, *, role: Optional[str] = None, phase: Optional[str] = None,
+                   error: Optional[str] = None) -> None:
+        """Pause at this boundary because of a fault; run.json, events and status name it."""
+        self.log(reason + "; pausing", "ERROR")
+        with self._cv:
+            self._pause_req = True
+            self.paused_reason = reason
+            self.pause_info = {"role": role, "phase": phase, "error": error, "step": self.step + 1}
+            if self.state == "paused":  # already paused (a retry failed again): say so now
+                self.set_state("paused", message=reason, pause_info=self.pause_info)
+
+    def _pause_on_step_error(self, e: BaseException) -> None:
+        reply = getattr(e, "reply", {}) or {}
+        role = getattr(e, "role", None) or reply.get("role") or "+".join(getattr(e, "roles", []) or ["?"])
+        phase = getattr(e, "phase", None) or reply.get("phase") or "?"
+        err = reply.get("error") or str(e)
+        if reply.get("trace"):
+            try:
+                (self.rd.path / "worker.traceback").write_text(reply["trace"])
+            except OSError:
+                pass
+        if isinstance(e, NonFiniteError) or getattr(e, "kind", None) == "nonfinite":
+            reason = f"step {self.step + 1} not applied: {err}"  # err already names role and phase
+        else:
+            reason = f"step {self.step + 1} not applied: error in {role} ({phase}): {err}"
+        self._pause_for(reason + "; resume retries the step", role=role, phase=phase, error=err)
 
     def _fail(self, e: BaseException) -> int:
         reply = getattr(e, "reply", {}) or {}
@@ -395,16 +526,22 @@ class Supervisor:
                 for ev in ckpts:
                     self._ckpt_results[id(ev)] = res
                     ev.set()
+                if not res["ok"]:
+                    self._pause_for(f"checkpoint at step {self.step} failed: {res['error']}",
+                                    phase="checkpoint", error=res["error"])
+            if self._unwritten_state:
+                self.write_state()
             with self._cv:
                 if self._stop_req:
                     return True
                 if not self._pause_req:
                     if self.state == "paused":
                         self.log(f"resumed at step {self.step}")
-                        self.set_state("running")
+                        self.set_state("running", message=None, pause_info=None)
                     return False
                 if self.state != "paused":
-                    self.set_state("paused", message=self.paused_reason or "paused by request")
+                    self.set_state("paused", message=self.paused_reason or "paused by request",
+                                   pause_info=self.pause_info or None)
                     self.log(f"paused after step {self.step}" + (f": {self.paused_reason}" if self.paused_reason else ""))
                 self._cv.wait(timeout=0.5)
             dead = [h for h in self.workers if h.dead_reason]
@@ -429,24 +566,34 @@ class Supervisor:
             return {"ok": True, "path": str(final), "step": self.step, "message": "already saved"}
         t = time.perf_counter()
         tmp = self.rd.checkpoints / f".tmp-step_{self.step}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
             futs = [self.by_role[r].submit(r, "save", None, {"path": str(tmp)}, arena=self.arena) for r in ("actor", "critic")]
-            for f in futs:
-                f.result()
+            errs = []
+            for f in futs:  # wait for both before the folder may be removed
+                try:
+                    f.result()
+                except BaseException as e:  # noqa: BLE001
+                    errs.append(e)
+            if errs:
+                raise errs[0]
             torch.save({"rng": capture_rng()}, tmp / "supervisor_rng.pt")
+            data = self._stream_state_before or stream.state_dict()  # a retried batch is not consumed
             atomic_write_json(tmp / "state.json", {
-                "step": self.step, "data": stream.state_dict(), "kl_controller": kl_ctl.state_dict(),
+                "step": self.step, "data": data, "kl_controller": kl_ctl.state_dict(),
                 "reward_source": self.reward_source, "time": time.time(), "run_tag": self.run_tag,
             })
-            os.replace(tmp, final)
+            durable_rename(tmp, final)  # fsync files and folder, rename, fsync checkpoints/
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            self.log(f"checkpoint at step {self.step} failed: {e}", "ERROR")
             if isinstance(e, WorkerError) and e.kind == "died":
                 raise
-            return {"ok": False, "error": str(e)}
+            if not isinstance(e, Exception):
+                raise
+            cause = (e.reply.get("error") if isinstance(e, WorkerError) else None) or f"{type(e).__name__}: {e}"
+            self.log(f"checkpoint at step {self.step} failed: {cause}", "ERROR")
+            return {"ok": False, "error": cause}
         keep = max(1, cfg.checkpoint.keep_last)
         for old in self.rd.checkpoint_dirs()[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -454,7 +601,7 @@ class Supervisor:
         self.log(f"checkpoint step {self.step} saved to {final.relative_to(self.rd.path)} in {secs:.1f}s")
         if self.server:
             self.server.broadcast({"event": "checkpoint", "step": self.step, "path": str(final)})
-        self.rd.write_state(last_checkpoint=str(final))
+        self.write_state(last_checkpoint=str(final), last_checkpoint_step=self.step)
         return {"ok": True, "path": str(final), "step": self.step, "seconds": secs}
 
     def _load_checkpoint(self, ck: Path, stream, kl_ctl) -> None:
@@ -466,6 +613,10 @@ class Supervisor:
         kl_ctl.load_state_dict(st["kl_controller"])
         restore_rng(torch.load(ck / "supervisor_rng.pt", weights_only=False)["rng"])
         self.step = int(st["step"])
+        before = int(self.rd.read_state().get("step") or 0)
+        if before > self.step:
+            self.log(f"the latest checkpoint is {ck.name}: steps {self.step + 1}-{before} of the previous "
+                     f"session were not checkpointed and are trained again", "WARNING")
         # the history past the checkpoint is replaced by what the resumed run computes
         for path in (self.rd.metrics, self.rd.samples):
             rows = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= self.step]
@@ -527,7 +678,9 @@ class Supervisor:
             except Exception:  # noqa: BLE001
                 pass
         state, extra = self._final or ("failed", {"failure": "supervisor ended unexpectedly"})
-        self.rd.write_state(state=state, step=self.step, **extra)
+        if state != "paused":
+            extra = {"pause_info": None, **extra}
+        self.write_state(state=state, step=self.step, **extra)
 
 
 class _WorkerDied(WorkerError):

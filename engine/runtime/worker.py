@@ -129,8 +129,12 @@ def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_ta
         except NonFiniteError as e:
             _send(conn, {"id": rid, "ok": False, "kind": "nonfinite", "error": str(e),
                          "role": e.role, "phase": e.phase})
-        except Exception as e:  # noqa: BLE001 - the supervisor decides what an error means
-            _send(conn, {"id": rid, "ok": False, "kind": "error", "error": f"{type(e).__name__}: {e}",
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - the supervisor decides what an error means
+            # a role's exception (a reward function that raises, sys.exit() in user code) is
+            # reported, not fatal: the worker stays up and the step is not applied
+            what = f"SystemExit({e.code!r})" if isinstance(e, SystemExit) else f"{type(e).__name__}: {e}"
+            _send(conn, {"id": rid, "ok": False, "kind": "error", "error": what,
+                         "role": msg.get("role"), "phase": msg.get("op"),
                          "trace": traceback.format_exc()})
     arena.close()
 
