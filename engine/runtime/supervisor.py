@@ -358,21 +358,26 @@ class Supervisor:
         batch_prompts: Optional[list[str]] = None  # kept until its step is applied: resume retries it
         try:
             while True:
+                if ckpt_due or self.step >= total:  # before a pause takes effect
+                    try:
+                        res = self._save_checkpoint(stream, kl_ctl)
+                    except WorkerError as e:  # a role died while writing its part
+                        return self._fail(e)
+                    if res["ok"]:
+                        ckpt_due = False
+                    else:
+                        self._pause_for(f"checkpoint at step {self.step} failed: {res['error']}; "
+                                        f"free space (or fix the permission) and resume to retry",
+                                        phase="checkpoint", error=res["error"])
                 try:
                     if self._boundary(stream, kl_ctl):
                         break
                 except WorkerError as e:
                     return self._fail(e)
-                if ckpt_due or self.step >= total:
-                    res = self._save_checkpoint(stream, kl_ctl)
-                    if not res["ok"]:
-                        self._pause_for(f"checkpoint at step {self.step} failed: {res['error']}; "
-                                        f"free space (or fix the permission) and resume to retry",
-                                        phase="checkpoint", error=res["error"])
-                        continue
-                    ckpt_due = False
-                    if self.step >= total:
-                        break
+                if ckpt_due:
+                    continue  # resumed after a failed checkpoint: retry it first
+                if self.step >= total:
+                    break
                 if batch_prompts is None:
                     self._stream_state_before = stream.state_dict()
                     batch_prompts = stream.next_batch()
@@ -420,7 +425,10 @@ class Supervisor:
         if self._stop_req and self.step < total:
             msg = self._stop_reason
             if cfg.checkpoint.on_stop and self.step > 0:
-                res = self._save_checkpoint(stream, kl_ctl)
+                try:
+                    res = self._save_checkpoint(stream, kl_ctl)
+                except WorkerError as e:
+                    return self._fail(e)
                 if not res["ok"]:
                     latest = self.rd.latest_checkpoint()
                     msg += (f"; the stop checkpoint at step {self.step} failed ({res['error']}): resume "
@@ -431,7 +439,10 @@ class Supervisor:
             self.log(f"stopped at step {self.step}/{total} ({self._stop_reason})")
             self._finish("stopped", message=msg)
             return 0
-        res = self._save_checkpoint(stream, kl_ctl)  # "already saved" unless a stop cut in first
+        try:
+            res = self._save_checkpoint(stream, kl_ctl)  # "already saved" unless a stop cut in first
+        except WorkerError as e:
+            return self._fail(e)
         if not res["ok"]:
             latest = self.rd.latest_checkpoint()
             msg = (f"{self._stop_reason or 'stopped'} with all {total} steps done, but the final checkpoint "

@@ -1,0 +1,414 @@
+"""Fault injection on the tiny config, with real processes: every fault leaves the run
+resumable and the disk clean.
+
+One run takes most faults in turn (a reward that raises once, a NaN reward, a NaN in the actor's
+or the critic's update after its first optimizer step, reward swaps that exit or segfault at
+import, kill -9 of the supervisor mid-checkpoint, kill -9 of each role mid-checkpoint or
+mid-step); a second run lives on a small tmpfs that fills up. Faults inside the roles are
+injected with a ``sitecustomize`` module on the PYTHONPATH of the run (it wraps
+``engine.algorithms.policy_loss`` / ``value_loss`` when a flag file says so) and a ``python:``
+reward module; the product has no test hooks. Detection times are printed (``-s``), never
+asserted.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.client import Run, RunError, launch
+from tests.conftest import ROOT, TINY, run_processes_gone, run_segments, tiny_overrides
+
+pytestmark = pytest.mark.timeout(900)
+
+SITECUSTOMIZE = '''
+import os
+_dir = os.environ.get("RLHFC_FAULT_DIR")
+if _dir:
+    import engine.algorithms as _A
+
+    def _wrap(name, flag):
+        orig = getattr(_A, name)
+
+        def wrapped(*a, **k):
+            loss, st = orig(*a, **k)
+            path = os.path.join(_dir, flag)
+            try:
+                with open(path) as f:
+                    n = int(f.read().strip())
+            except (FileNotFoundError, ValueError):
+                return loss, st
+            if n > 0:  # let n more calls through first
+                with open(path, "w") as f:
+                    f.write(str(n - 1))
+                return loss, st
+            os.unlink(path)
+            return loss * float("nan"), st
+
+        setattr(_A, name, wrapped)
+
+    _wrap("policy_loss", "nan_actor")
+    _wrap("value_loss", "nan_critic")
+'''
+
+FAULTY_REWARD = '''
+import os
+_dir = os.environ["RLHFC_FAULT_DIR"]
+
+def score(prompts, responses):
+    for flag in ("reward_raise", "reward_nan"):
+        path = os.path.join(_dir, flag)
+        if os.path.exists(path):
+            os.unlink(path)
+            if flag == "reward_raise":
+                raise TimeoutError("remote scorer timed out")
+            return [float("nan")] * len(responses)
+    return [0.125 * (len(r) % 5) for r in responses]
+'''
+
+TIMES: dict[str, float] = {}
+
+
+def _report(name: str, seconds: float) -> None:
+    TIMES[name] = seconds
+    print(f"\n[fault timing] {name}: {seconds:.2f}s", flush=True)
+
+
+@pytest.fixture
+def fault_env(tmp_path, monkeypatch):
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    (mods / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    (mods / "faulty_reward.py").write_text(FAULTY_REWARD)
+    (mods / "exit_on_import.py").write_text("import sys\nsys.exit(3)\n")
+    (mods / "segv_on_import.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    (mods / "hang_on_import.py").write_text("import time\ntime.sleep(3600)\n")
+    monkeypatch.setenv("PYTHONPATH", f"{mods}{os.pathsep}{os.environ['PYTHONPATH']}")
+    monkeypatch.setenv("RLHFC_FAULT_DIR", str(flags))
+    return flags
+
+
+def _cli(runs_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "console.cli", "--runs-dir", str(runs_dir), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def _wait_for(cond, timeout: float, what: str, poll: float = 0.1):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        v = cond()
+        if v:
+            return v
+        time.sleep(poll)
+    raise AssertionError(f"not within {timeout:.0f}s: {what}")
+
+
+def _paused(run: Run, timeout: float = 180) -> dict:
+    """Wait for a fault pause (in the socket's status); return that status."""
+    def check():
+        st = run.status()
+        if st.get("state") in ("failed", "dead", "finished", "stopped"):
+            raise AssertionError(f"run ended {st.get('state')}: {st.get('failure')}")
+        return st if st.get("state") == "paused" and st.get("pause_info") else None
+    return _wait_for(check, timeout, "a pause with its cause", poll=0.2)
+
+
+def _tensors(ckpt: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint's actor and critic (weights, optimizer and scheduler
+    state), by name; RNG states are left out (generation draws from them)."""
+    from safetensors.torch import load_file
+
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted((ckpt / "actor").glob("*.safetensors")):
+        out.update({f"actor.w.{k}": v for k, v in load_file(f).items()})
+
+    def flat(prefix, obj):
+        if isinstance(obj, torch.Tensor):
+            out[prefix] = obj
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                flat(f"{prefix}.{k}", v)
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                flat(f"{prefix}.{i}", v)
+        elif isinstance(obj, (int, float)):
+            out[prefix] = torch.tensor(float(obj))
+
+    ts = torch.load(ckpt / "actor" / "trainer_state.pt", weights_only=False)
+    flat("actor.opt", ts["optimizer"])
+    flat("actor.sched", ts["scheduler"])
+    cs = torch.load(ckpt / "critic" / "critic_state.pt", weights_only=False)
+    for k in ("model", "optimizer", "scheduler"):
+        flat(f"critic.{k}", cs[k])
+    return out
+
+
+def _assert_same_state(a: Path, b: Path) -> None:
+    ta, tb = _tensors(a), _tensors(b)
+    assert ta.keys() == tb.keys(), set(ta) ^ set(tb)
+    changed = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not changed, f"changed by a step that was not applied: {changed[:5]}"
+
+
+def _assert_update_rolled_back(run: Run, tmp_path: Path, flag: str, fault_env: Path, role: str) -> None:
+    """Resume into a step whose `role` update hits a NaN after its first optimizer step; the
+    run pauses; a checkpoint taken then must equal the one taken before that step."""
+    step = int(run.status()["step"])
+    ck = run.path / "checkpoints" / f"step_{step}"
+    assert ck.is_dir(), "checkpoint.every=1: the step before the fault is checkpointed"
+    (fault_env / flag).write_text("2")  # two micro-batches (one optimizer step) pass, then NaN
+    t0 = time.time()
+    run.resume()
+    st = _paused(run)
+    _report(f"NaN in the {role} update -> paused", time.time() - t0)
+    assert st["step"] == step and st["pause_info"]["role"] == role and st["pause_info"]["phase"] == "update"
+    assert st["paused_reason"].count("non-finite value") == 1, st["paused_reason"]
+    before = tmp_path / f"before-{role}"
+    os.replace(ck, before)
+    saved = run.checkpoint(wait=True)
+    assert saved["ok"] and Path(saved["path"]).name == f"step_{step}"
+    _assert_same_state(before, ck)  # neither role changed: both updates rolled back together
+
+
+def _kill_during_checkpoint(run: Run, pid: int, timeout: float = 120) -> list[Path]:
+    """SIGKILL ``pid`` as soon as a checkpoint folder is being written; return the folders."""
+    ck = run.path / "checkpoints"
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        tmps = [p for p in ck.glob(".tmp-*") if (p / "actor").exists() or (p / "critic").exists()]
+        if tmps:  # the roles are writing their parts
+            os.kill(pid, signal.SIGKILL)
+            return tmps
+        time.sleep(0.002)
+    raise AssertionError("no checkpoint was written")
+
+
+def _latest_step(run: Run) -> int:
+    return int(run.dir.latest_checkpoint().name.split("_")[1])
+
+
+def _resume_line(step: int) -> str:
+    return f"resumed from checkpoints/step_{step} (step {step})"
+
+
+def _assert_resumes_from(run: Run, step: int, seen: int) -> None:
+    run.wait_step(step + 1, timeout=300)
+    assert (run.path / "events.log").read_text().count(_resume_line(step)) == seen + 1
+
+
+def test_faults_leave_the_run_resumable_and_the_disk_clean(runs_dir, cleanup_runs, tmp_path, fault_env):
+    run = launch(TINY, tiny_overrides(runs_dir, "run.steps=200", "checkpoint.every=1", "checkpoint.keep_last=2",
+                                      "reward.source=python:faulty_reward:score"))
+    cleanup_runs.append(run)
+    run.wait_step(1, timeout=300)
+
+    # 1. a reward that raises once: the step is not applied, the run pauses naming role, phase
+    #    and error (run.json, events, status); resume retries the step
+    (fault_env / "reward_raise").touch()
+    t0 = time.time()
+    st = _paused(run)
+    _report("reward raises -> paused", time.time() - t0)
+    step = st["step"]
+    assert st["pause_info"] == {"role": "reward", "phase": "score",
+                                "error": "TimeoutError: remote scorer timed out", "step": step + 1}
+    assert "remote scorer timed out" in st["paused_reason"]
+    info = _wait_for(lambda: run.info if run.info.get("state") == "paused" else None, 30, "run.json paused")
+    assert info["pause_info"]["role"] == "reward" and "remote scorer timed out" in info["message"]
+    assert info["step"] == step and max(m["step"] for m in run.metrics()) == step
+    assert "error in reward (score): TimeoutError: remote scorer timed out" in (run.path / "events.log").read_text()
+    out = _cli(runs_dir, "runs")
+    assert "remote scorer timed out" in out.stdout, out.stdout
+
+    # 2. a NaN from the reward: the message says it once
+    (fault_env / "reward_nan").touch()
+    run.resume()
+    st = _paused(run)
+    assert st["pause_info"]["role"] == "reward" and st["step"] == step
+    assert st["paused_reason"].count("non-finite value in reward (score)") == 1, st["paused_reason"]
+    run.resume()
+    run.wait_step(step + 1, timeout=120)
+
+    # 3. a NaN in one role's update after its first optimizer step: actor and critic are
+    #    both left exactly as before the step (the other role's finished update is undone)
+    run.pause()
+    _wait_for(lambda: run.status()["state"] == "paused", 120, "paused")
+    _assert_update_rolled_back(run, tmp_path, "nan_actor", fault_env, "actor")
+    _assert_update_rolled_back(run, tmp_path, "nan_critic", fault_env, "critic")
+    step = run.status()["step"]
+    run.resume()
+    run.wait_step(step + 1, timeout=120)  # the retried step now goes through
+
+    # 4. swaps that kill their own process: refused, the live reward worker untouched
+    reward_pid = run.info["pids"]["reward"]
+    for mod, why in (("exit_on_import", "sys.exit(3)"), ("segv_on_import", "SIGSEGV")):
+        t0 = time.time()
+        with pytest.raises(RunError, match="stays in place") as e:
+            run.swap_reward(f"python:{mod}:score")
+        _report(f"swap to a module that dies at import ({why}) -> refused", time.time() - t0)
+        assert why in str(e.value)
+    assert run.status()["reward_source"] == "python:faulty_reward:score"
+    assert run.info["pids"]["reward"] == reward_pid and run.state == "running"
+    step = run.info["step"]
+    run.wait_step(step + 1, timeout=120)
+
+    # 5. kill -9 of the supervisor mid-checkpoint: the workers go, the half-written folder and
+    #    the segments stay until the next command, which removes and reports them; the previous
+    #    checkpoint loads
+    sup = run.info["supervisor_pid"]
+    tmps = _kill_during_checkpoint(run, sup)
+    t0 = time.time()
+    assert run_processes_gone(run, timeout=30) == []
+    _report("supervisor SIGKILL -> every process gone", time.time() - t0)
+    assert run.state == "dead"
+    left = [p for p in tmps if p.exists()]
+    assert left, "the kill came after the checkpoint's rename"
+    latest = _latest_step(run)
+    out = _cli(runs_dir, "runs")
+    assert out.returncode == 0, out.stderr
+    assert "removed the half-written checkpoint" in out.stderr and left[0].name in out.stderr
+    assert re.search(r"\(\d+(\.\d)? (B|KB|MB)\)", out.stderr), out.stderr
+    assert not list((run.path / "checkpoints").glob(".tmp-*"))
+    assert run_segments(run) == []
+    seen = (run.path / "events.log").read_text().count(_resume_line(latest))
+    out = _cli(runs_dir, "resume", run.name)
+    assert out.returncode == 0, out.stderr
+    _assert_resumes_from(run, latest, seen)
+
+    # 6. kill -9 of each role, mid-checkpoint (actor, critic: they write it) or mid-step
+    #    (reference, reward): the run fails naming the role; nothing half-written and no
+    #    segment remains; resume continues from the previous checkpoint
+    for role, when in (("actor", "checkpoint"), ("critic", "checkpoint"), ("reference", "step"), ("reward", "step")):
+        pid = run.info["pids"][role]
+        if when == "checkpoint":
+            _kill_during_checkpoint(run, pid)
+        else:
+            time.sleep(0.5)
+            os.kill(pid, signal.SIGKILL)
+        t0 = time.time()
+        assert run.wait(timeout=60) == "failed"
+        _report(f"{role} SIGKILL mid-{when} -> failed", time.time() - t0)
+        info = run.info
+        assert role in info["failure"] and "SIGKILL" in info["failure"], info["failure"]
+        assert run_processes_gone(run) == [] and run_segments(run) == []
+        assert not list((run.path / "checkpoints").glob(".tmp-*"))
+        latest = _latest_step(run)
+        seen = (run.path / "events.log").read_text().count(_resume_line(latest))
+        run.restart()
+        _assert_resumes_from(run, latest, seen)
+    run.stop()
+    assert run.wait(timeout=120) == "stopped"
+    assert run_processes_gone(run) == [] and run_segments(run) == []
+
+
+def test_a_hanging_reward_module_is_refused_by_the_probe(fault_env, monkeypatch):
+    """The probe process gives up on a candidate that hangs, and is gone afterwards."""
+    from engine.config import dump_config, load_config
+
+    monkeypatch.syspath_prepend(str(fault_env.parent / "mods"))  # spawn children get our sys.path
+    from engine.runtime.probe import probe_reward
+
+    cfg = dump_config(load_config(TINY, []))
+    t0 = time.time()
+    ok, why = probe_reward(cfg, "python:hang_on_import:score", timeout=20)
+    _report("swap to a module that hangs at import -> refused (timeout 20s)", time.time() - t0)
+    assert not ok and "within 20s" in why
+    import multiprocessing as mp
+
+    assert not [p for p in mp.active_children() if p.name == "rlhf-reward-probe"]
+    ok, why = probe_reward(cfg, "python:faulty_reward:score", timeout=120)
+    assert ok, why
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A tmpfs of our own (root only): the run directory on a disk that can fill up."""
+    mnt = tmp_path / "small-fs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _remount(mnt: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
+
+
+def _fill(mnt: Path) -> Path:
+    filler = mnt / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+        try:
+            while True:
+                f.write(b"\0" * 512)
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_pauses_the_run_and_loses_nothing(small_fs, cleanup_runs):
+    runs_dir = small_fs / "runs"
+    run = launch(TINY, tiny_overrides(runs_dir, "run.steps=6", "checkpoint.every=2", "checkpoint.keep_last=2"))
+    cleanup_runs.append(run)
+    _wait_for(lambda: (run.path / "checkpoints" / "step_2").is_dir(), 300, "the step-2 checkpoint")
+    run.pause()
+    _wait_for(lambda: run.status()["state"] == "paused", 120, "paused")
+    step = run.status()["step"]
+    rows = len(list(run.metrics()))
+
+    # a metrics/samples write that fails: the step is not applied, nothing is half-written
+    filler = _fill(small_fs)
+    t0 = time.time()
+    run.resume()
+    st = _paused(run)
+    _report("disk full at a metrics write -> paused", time.time() - t0)
+    assert st["step"] == step and st["pause_info"]["phase"] == "record"
+    assert "No space left on device" in st["paused_reason"]
+    filler.unlink()
+    info = _wait_for(lambda: run.info if run.info.get("pause_info") else None, 30, "run.json written once there is room")
+    assert info["state"] == "paused" and "No space left on device" in info["message"]
+    assert len(list(run.metrics())) == rows and (run.path / "metrics.jsonl").read_bytes().endswith(b"\n")
+
+    # a checkpoint that does not fit: paused, never "finished"; the folder is removed
+    used = int(subprocess.run(["df", "--output=used", "-B1", str(small_fs)], capture_output=True,
+                              text=True).stdout.split()[-1])
+    ck_size = sum(f.stat().st_size for f in (run.path / "checkpoints" / "step_2").rglob("*") if f.is_file())
+    _remount(small_fs, str(used + ck_size // 2))
+    t0 = time.time()
+    run.resume()
+    st = _paused(run)
+    _report("disk full at a checkpoint -> paused", time.time() - t0)
+    assert st["step"] == 4 and st["pause_info"]["phase"] == "checkpoint"
+    assert "No space left on device" in st["paused_reason"]
+    info = _wait_for(lambda: run.info if run.info.get("state") == "paused" else None, 30, "run.json paused")
+    assert "No space left on device" in info["message"]
+    assert not list((run.path / "checkpoints").glob(".tmp-*"))
+    assert run.dir.latest_checkpoint().name == "step_2"
+    out = _cli(runs_dir, "runs")
+    assert "No space left on device" in out.stdout and "paused" in out.stdout
+
+    # room again: resume writes the checkpoint and finishes
+    _remount(small_fs, "300m")
+    run.resume()
+    assert run.wait(timeout=180) == "finished"
+    assert run.dir.latest_checkpoint().name == "step_6"
+    assert "checkpoint step 4 saved" in (run.path / "events.log").read_text()
+    assert [m["step"] for m in run.metrics()] == [1, 2, 3, 4, 5, 6]
+    assert run_processes_gone(run) == [] and run_segments(run) == []
