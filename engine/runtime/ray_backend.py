@@ -126,8 +126,9 @@ class RoleActor:
                     "seconds": time.perf_counter() - t}
         except NonFiniteError as e:
             return {"ok": False, "kind": "nonfinite", "error": str(e), "role": e.role, "phase": e.phase}
-        except Exception as e:  # noqa: BLE001 - the supervisor decides what an error means
-            return {"ok": False, "kind": "error", "error": f"{type(e).__name__}: {e}",
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - the supervisor decides what an error means
+            what = f"SystemExit({e.code!r})" if isinstance(e, SystemExit) else f"{type(e).__name__}: {e}"
+            return {"ok": False, "kind": "error", "error": what, "role": role, "phase": op,
                     "trace": traceback.format_exc()}
 
     # the "watch" concurrency group: runs beside a long call
