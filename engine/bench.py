@@ -1,7 +1,7 @@
 """Benchmarks that print figures.
 
     python -m engine.bench transport [--sizes 1,16,256] [--repeats N]
-    python -m engine.bench step --config FILE [--steps N] [--set k=v ...]
+    python -m engine.bench step --config FILE [--steps N] [--set k=v ...] [--modes multi,local,ray,single]
 
 Each benchmark is a subcommand: a ``bench_<name>(args)`` function plus a ``_register_<name>``
 function that adds its subparser; ``build_parser`` lists them (see the place marked for ``step``).
@@ -170,21 +170,39 @@ def _phase_means(rows: list[dict], skip: int) -> dict:
     return {k: statistics.mean(r["timings"].get(k, 0.0) for r in use) for k in STEP_PHASES}
 
 
-def _run_multiprocess(cfg, steps: int) -> list[dict]:
+def _dispatch_overhead(rows: list[dict], skip: int) -> float:
+    """Per step, the wall time of the scoring and update phases beyond the slowest role's own
+    compute time in them: what moving tensors and dispatching calls cost (mean over steps)."""
+    use = rows[skip:] or rows
+    out = []
+    for r in use:
+        t = r["timings"]
+        score_roles = max(t.get(k, 0.0) for k in ("actor_logprobs", "ref", "critic", "reward"))
+        upd_roles = max(t.get("actor_update", 0.0), t.get("critic_update", 0.0))
+        out.append(max(0.0, t.get("scoring", 0.0) - score_roles) + max(0.0, t.get("update", 0.0) - upd_roles))
+    return statistics.mean(out) if out else 0.0
+
+
+def _run_multiprocess(cfg, steps: int, backend: str | None = None, label: str = "multi") -> list[dict]:
+    """The real runtime (supervisor + role workers) for ``steps`` steps; ``backend`` overrides
+    ``runtime.backend`` (local worker processes or Ray actors)."""
     import tempfile
     from dataclasses import replace
 
     from engine.client import create_run_dir
+    from engine.runtime.rundir import read_jsonl
     from engine.runtime.supervisor import Supervisor
 
     with tempfile.TemporaryDirectory(prefix="rlhfc-bench-") as tmp:
         cfg = replace(cfg, run=replace(cfg.run, steps=steps, output_dir=tmp, name="bench"),
                       checkpoint=replace(cfg.checkpoint, every=0, on_stop=False),
-                      logging=replace(cfg.logging, tensorboard=False, log_dir=None))
+                      logging=replace(cfg.logging, tensorboard=False, log_dir=None),
+                      runtime=replace(cfg.runtime, backend=backend or cfg.runtime.backend))
         rd = create_run_dir(cfg)
-        Supervisor(rd.path, printer=lambda line: print("  [multi]", line, flush=True)).run()
-        from engine.runtime.rundir import read_jsonl
-
+        Supervisor(rd.path, printer=lambda line: print(f"  [{label}]", line, flush=True)).run()
+        info = rd.read_state()
+        if info.get("state") != "finished":
+            raise RuntimeError(f"the {label} run ended {info.get('state')}: {info.get('failure')}")
         return read_jsonl(rd.metrics)
 
 
@@ -243,11 +261,21 @@ def bench_step(args) -> int:
     cores = available_cores()
     print(f"step benchmark: {args.config}, {steps} steps each (first step is warm-up and left out), "
           f"{cores} cores, torch {torch.__version__}")
-    modes = args.modes.split(",")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in ("multi", "local", "ray", "single")]
+    if unknown:
+        print(f"unknown mode(s) {', '.join(unknown)}; use multi, local, ray, single", file=sys.stderr)
+        return 2
     results = {}
-    if "multi" in modes:
-        print("multi-process runtime (four role workers over shared memory, concurrent phases):", flush=True)
-        results["multi"] = _run_multiprocess(cfg, steps)
+    if "multi" in modes:  # the runtime as configured: runtime.backend decides local or ray
+        label = "ray" if cfg.runtime.backend == "ray" else "multi"
+        print(f"multi-process runtime, backend {cfg.runtime.backend} (four role workers, concurrent phases):",
+              flush=True)
+        results[label] = _run_multiprocess(cfg, steps, label=label)
+    for backend in [m for m in modes if m in ("ray", "local")]:  # in the order given
+        if backend not in results:
+            print(f"multi-process runtime, backend {backend}:", flush=True)
+            results[backend] = _run_multiprocess(cfg, steps, backend=backend, label=backend)
     counts = None
     if "single" in modes:
         print("single process, one phase after another (same PPO step, same code):", flush=True)
@@ -259,16 +287,26 @@ def bench_step(args) -> int:
     print("-" * len(hdr))
     for ph in STEP_PHASES:
         print(f"{ph:<16}" + "".join(f"{means[k][ph]:>12.3f}" for k in means))
+    disp = {k: _dispatch_overhead(v, 1) for k, v in results.items() if k != "single"}
+    print(f"{'dispatch':<16}" + "".join(f"{disp[k]:>12.3f}" if k in disp else f"{'-':>12}" for k in means)
+          + "   (scoring + update wall time minus the slowest role's own time: transport and scheduling)")
     tok_rates = {k: statistics.mean(r["tokens_per_s"] for r in (v[1:] or v)) for k, v in results.items()}
     print(f"{'tokens/s':<16}" + "".join(f"{tok_rates[k]:>12.1f}" for k in means))
-    if "multi" in means and "single" in means:
-        print(f"\nspeed-up of the multi-process runtime over one process: "
-              f"{means['single']['step'] / means['multi']['step']:.2f}x per step")
+    rt_key = next((k for k in ("multi", "ray", "local") if k in means), None)
+    if rt_key and "single" in means:
+        print(f"\nspeed-up of the multi-process runtime ({rt_key}) over one process: "
+              f"{means['single']['step'] / means[rt_key]['step']:.2f}x per step")
+    local_key = "local" if "local" in means else ("multi" if "multi" in means else None)
+    if "ray" in means and local_key:
+        d = means["ray"]["step"] - means[local_key]["step"]
+        print(f"\nRay overhead per step: {d:+.3f}s ({100 * d / means[local_key]['step']:+.1f}%) "
+              f"= ray {means['ray']['step']:.3f}s - local {means[local_key]['step']:.3f}s (mean step time); "
+              f"dispatch overhead ray {disp['ray']:.3f}s vs local {disp[local_key]:.3f}s per step")
     compute = cfg.actor.autocast if cfg.actor.autocast != "none" else cfg.actor.dtype
     dtype = torch_dtype(compute)
     peak = peak_matmul_tflops(dtype)
     if counts is not None:
-        rows = results.get("multi") or results["single"]
+        rows = results.get(rt_key) if rt_key else results["single"]
         resp = statistics.mean(r["response_len_mean"] for r in rows)
         fl = step_flops(counts["policy"], counts["critic"], counts["reward"], cfg.rollout.batch_size,
                         counts["prompt_len"], resp,
@@ -290,11 +328,15 @@ def bench_step(args) -> int:
 
 
 def _register_step(sub) -> None:
-    p = sub.add_parser("step", help="PPO step time: multi-process runtime vs one process, phase by phase")
+    p = sub.add_parser("step", help="PPO step time: multi-process runtime (local or Ray) vs one process, "
+                                    "phase by phase")
     p.add_argument("--config", required=True)
     p.add_argument("--steps", type=int, default=4, help="steps per mode, the first is warm-up (default 4)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
-    p.add_argument("--modes", default="multi,single", help="multi,single (default both)")
+    p.add_argument("--modes", default="multi,single",
+                   help="multi (the runtime as configured; --set runtime.backend=ray runs it on Ray), "
+                        "local, ray (the runtime on that backend), single (one process); default multi,single. "
+                        "With ray and local both measured, the Ray overhead per step is printed")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=bench_step)
 
