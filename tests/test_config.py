@@ -413,6 +413,23 @@ def test_ray_backend_without_ray(monkeypatch):
     assert issue.line == 2 and "pip install ray" in issue.message
 
 
+def test_ray_keys():
+    issue = _one("runtime:\n  backend: ray\n  ray_resources:\n    actr: {node_a: 1}\n", "runtime.ray_resources.actr")
+    assert issue.line == 4 and "did you mean 'actor'" in issue.message
+    issue = _one("runtime:\n  backend: ray\n  ray_resources:\n    actor: {CPU: 1}\n", "runtime.ray_resources.actor.CPU")
+    assert "custom resource" in issue.message
+    issue = _one("runtime:\n  backend: ray\n  ray_resources:\n    actor: {node_a: 0}\n", "runtime.ray_resources.actor.node_a")
+    assert "> 0" in issue.message
+    assert _one("runtime:\n  backend: ray\n  ray_address: ' '\n", "runtime.ray_address").line == 3
+    res = validate_text("runtime:\n  backend: local\n  ray_address: auto\n", filename="run.yaml")
+    assert res.config is not None
+    assert [n.path for n in res.notices if "backend is not ray" in n.message] == ["runtime.ray_address"]
+    res = validate_text("runtime:\n  backend: ray\n  ray_address: 10.0.0.5:6379\n"
+                        "  ray_resources: {actor: {node_a: 1}}\n", filename="run.yaml", check_hardware=False)
+    assert res.config.runtime.ray_address == "10.0.0.5:6379"
+    assert res.config.runtime.ray_resources == {"actor": {"node_a": 1.0}}
+
+
 def test_bad_sources():
     text = _yaml("""
         actor:

@@ -146,3 +146,12 @@ def test_kill_9_of_a_role_actor_fails_the_run_and_names_the_role(cluster, runs_d
     assert info["failure"].startswith("reward: ") and "Ray actor" in info["failure"]
     assert "worker failure: reward" in (run.path / "events.log").read_text()
     assert run_processes_gone(run) == []
+
+
+def test_a_resource_no_node_offers_fails_at_once_with_the_key_named(cluster, runs_dir, cleanup_runs):
+    run = launch(TINY, tiny_overrides(runs_dir, "runtime.backend=ray", f"runtime.ray_address={cluster.address}",
+                                      "runtime.ray_resources.reward.gpu_box=1"), wait_ready=False)
+    cleanup_runs.append(run)
+    assert run.wait(timeout=120) == "failed"
+    assert "runtime.ray_resources.reward.gpu_box" in run.info["failure"]
+    assert run_processes_gone(run) == []

@@ -357,6 +357,7 @@ class RayBackend:
             self.log(f"ray: started a local Ray instance ({cores} CPUs) in {time.perf_counter() - t:.1f}s; "
                      f"it stops with the run")
         else:
+            _probe_address(self.address)
             try:
                 ray.init(address=self.address, **kw)
             except Exception as e:  # noqa: BLE001
@@ -393,6 +394,14 @@ class RayBackend:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         bundles = self.bundles(groups)
+        offered = ray.cluster_resources()
+        for r, res in (self.cfg.runtime.ray_resources or {}).items():
+            for name, amount in res.items():
+                if offered.get(name, 0.0) < amount:
+                    raise RayBackendError(
+                        f"runtime.ray_resources.{r}.{name}: the cluster offers {offered.get(name, 0.0):g} of "
+                        f"'{name}' (needs {amount:g}); start a node with ray start --resources "
+                        f"'{{\"{name}\": {amount:g}}}' or change the key")
         self.pg = placement_group(bundles, strategy="PACK", name=f"rlhf-console-{os.getpid()}")
         ready, _ = ray.wait([self.pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
         if not ready:
@@ -466,6 +475,22 @@ class RayBackend:
             except psutil.Error:
                 pass
         return killed
+
+
+def _probe_address(address: str, timeout: float = 5.0) -> None:
+    """Fail at once, with the address named, when nothing listens at HOST:PORT (ray.init would
+    retry for minutes). ``auto`` and other forms are left to Ray, which fails fast for them."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "/" in address:
+        return
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise RayBackendError(f"runtime.ray_address: nothing answers at '{address}' ({e}); start the "
+                              f"cluster with `ray start --head` or use ray_address: null") from e
 
 
 def _is_ray(pid: int, name: str) -> bool:

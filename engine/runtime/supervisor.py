@@ -297,8 +297,10 @@ class Supervisor:
 
             self.ray = RayBackend(cfg, self.log)
             try:
-                self.ray.start()
-                self._install_signals()  # ray.init installs its own SIGTERM handler: ours again
+                try:
+                    self.ray.start()
+                finally:
+                    self._install_signals()  # ray.init installs its own SIGTERM handler: ours again
                 self.workers = list(self.ray.start_actors(groups, cfg_yaml, threads,
                                                           on_progress=lambda label, msg: self.log(msg)))
             except RayBackendError as e:
