@@ -97,6 +97,8 @@ class RoleActor:
         try:
             t0 = time.perf_counter()
             cfg = validate_text(self.config_yaml, "<run config>", check_hardware=False).config
+            if ray.get_gpu_ids():
+                cfg = _on_assigned_gpu(cfg, self.roles)
             seed = role_seed(cfg.run.seed, "+".join(self.roles))
             torch.manual_seed(seed)
             random.seed(seed)
@@ -308,11 +310,24 @@ class RayWorkerHandle:
 # ---------------------------------------------------------------------------------------------
 # The cluster side: connect or start, placement group, teardown
 
-def _role_on_cuda(cfg, role: str) -> bool:
+def _role_on_cuda(cfg, role: str, cluster_gpus: float) -> bool:
+    """A role wants a GPU: device cuda/cuda:N, or auto on a cluster that has GPUs."""
     from engine.config import role_config
 
     dev = str(role_config(cfg, role).device or "auto").lower()
-    return dev.startswith("cuda")
+    return dev.startswith("cuda") or (dev == "auto" and cluster_gpus > 0)
+
+
+def _on_assigned_gpu(cfg, roles: list[str]):
+    """Inside an actor that Ray gave GPUs (CUDA_VISIBLE_DEVICES = its share): the roles it hosts
+    run on the first visible one, whatever cuda:N the config named for a single machine."""
+    import dataclasses
+
+    for r in roles:
+        rc = getattr(cfg, r)
+        if str(rc.device or "auto").lower() != "cpu":
+            cfg = dataclasses.replace(cfg, **{r: dataclasses.replace(rc, device="cuda:0")})
+    return cfg
 
 
 class RayBackend:
@@ -332,9 +347,6 @@ class RayBackend:
         env = {k: os.environ[k] for k in _FORWARD_ENV if os.environ.get(k)}
         root = str(Path(__file__).resolve().parent.parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        # actors see every GPU of their node, so a role's device string (cuda:N) means what it
-        # means with the local backend; the bundles still reserve GPU shares for placement
-        env["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"] = "1"
         return {"env_vars": env}
 
     def start(self) -> None:
@@ -373,8 +385,9 @@ class RayBackend:
 
         total = ray.cluster_resources()
         cpu_share = min(1.0, float(total.get("CPU", 1.0)) / max(1, len(groups)))
-        cuda_groups = [g for g in groups if any(_role_on_cuda(self.cfg, r) for r in g)]
-        gpu_share = min(1.0, float(total.get("GPU", 0.0)) / len(cuda_groups)) if cuda_groups else 0.0
+        gpus = float(total.get("GPU", 0.0))
+        cuda_groups = [g for g in groups if any(_role_on_cuda(self.cfg, r, gpus) for r in g)]
+        gpu_share = min(1.0, gpus / len(cuda_groups)) if cuda_groups else 0.0
         extra = self.cfg.runtime.ray_resources or {}
         out = []
         for g in groups:
@@ -395,6 +408,13 @@ class RayBackend:
 
         bundles = self.bundles(groups)
         offered = ray.cluster_resources()
+        if not offered.get("GPU"):
+            from engine.config import role_config
+
+            on_gpu = [r for g in groups for r in g if str(role_config(self.cfg, r).device).lower().startswith("cuda")]
+            if on_gpu:
+                raise RayBackendError(f"{on_gpu[0]}.device is {role_config(self.cfg, on_gpu[0]).device} but the "
+                                      f"Ray cluster offers no GPU; use device: auto or cpu, or add a GPU node")
         for r, res in (self.cfg.runtime.ray_resources or {}).items():
             for name, amount in res.items():
                 if offered.get(name, 0.0) < amount:
