@@ -1,7 +1,7 @@
 """Responsiveness under load: ``python -m console.bench``.
 
-A synthetic run directory gets 10 steps a second (one metrics line, four samples and an events
-line per step) from a writer thread, and a small stand-in control socket answers pause/resume the
+A synthetic run directory gets 10 steps a second (one metrics line, eight samples and an events
+line per step, the default's shape) from a writer thread, and a small stand-in control socket answers pause/resume the
 way the supervisor does (the state flips at the next step boundary). The dashboard runs headless
 (``App.run_test``) and we measure, as figures:
 
@@ -9,7 +9,10 @@ way the supervisor does (the state flips at the next step boundary). The dashboa
     and to the new state showing on the dashboard (run.json → follower → screen);
   * key → local action: ``h``/``l`` (jump to the highest/lowest score) until the cursor moved;
   * frames: screen updates composed per second while the run streams;
-  * keeping up: the step the dashboard shows vs the step on disk; the event loop's worst stall.
+  * keeping up: the step the dashboard shows vs the step on disk; the event loop's worst stall;
+  * attaching: with ``--history-steps N`` the run has N steps of history written before the console
+    attaches; ``attach_s`` is the time from starting the app until the dashboard shows the run and
+    answers a key, ``history_s`` until the whole history is in (curves, every sample reachable).
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from pathlib import Path
 from engine.runtime.rundir import append_jsonl, atomic_write_json
 
 STEPS_PER_S = 10.0
-SAMPLES_PER_STEP = 4
+SAMPLES_PER_STEP = 8
 
 
 class SyntheticRun:
@@ -45,6 +48,7 @@ class SyntheticRun:
         self._pause_req = False
         self._stop = threading.Event()
         self.sock = root / "control.sock"
+        self._created = time.time() - 1.0
         here = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "recorded_run"
         cfgs = sorted(here.glob("*/config.yaml"))
         (self.path / "config.yaml").write_text(cfgs[0].read_text() if cfgs else "run:\n  steps: 100000\n")
@@ -52,39 +56,66 @@ class SyntheticRun:
             (self.path / f).touch()
         self._write_state()
 
+    def write_history(self, steps: int) -> None:
+        """``steps`` steps written at once, before anything attaches (one open file per stream)."""
+        f_m = open(self.path / "metrics.jsonl", "a")
+        f_s = open(self.path / "samples.jsonl", "a")
+        f_e = open(self.path / "events.log", "a")
+        t0 = time.time() - steps * 2.0
+        try:
+            for _ in range(steps):
+                m, samples, event = self._step_rows(t0 + self.step * 2.0)
+                f_m.write(json.dumps(m, separators=(",", ":")) + "\n")
+                for x in samples:
+                    f_s.write(json.dumps(x, separators=(",", ":")) + "\n")
+                f_e.write(event)
+        finally:
+            f_m.close()
+            f_s.close()
+            f_e.close()
+        self._created = t0
+        self._write_state()
+
     def _write_state(self) -> None:
         atomic_write_json(self.path / "run.json", {
             "name": self.path.name, "state": self.state, "step": self.step, "steps": 100000,
-            "created": time.time() - 1.0 if self.step == 0 else self._created, "supervisor_pid": os.getpid(),
+            "created": self._created, "supervisor_pid": os.getpid(),
             "socket": str(self.sock), "pids": {"actor": os.getpid()}, "reward_source": "lexicon:vader",
             "updated": time.time(),
         })
-        if self.step == 0:
-            self._created = time.time() - 1.0
 
     # ---- the writer -------------------------------------------------------------------------------
     def _one_step(self) -> None:
+        m, samples, event = self._step_rows(time.time())
+        append_jsonl(self.path / "metrics.jsonl", m)
+        for x in samples:
+            append_jsonl(self.path / "samples.jsonl", x)
+        with open(self.path / "events.log", "a") as f:
+            f.write(event)
+
+    def _step_rows(self, now: float) -> tuple[dict, list[dict], str]:
         self.step += 1
         s = self.step
         rnd = random.Random(s)
         t = {k: rnd.uniform(0.001, 0.03) for k in ("rollout", "actor_logprobs", "ref", "critic", "reward",
                                                     "scoring", "advantage", "actor_update", "critic_update", "update")}
         t["step"] = sum(t.values())
-        append_jsonl(self.path / "metrics.jsonl", {
-            "step": s, "time": time.time(), "timings": t, "score_mean": 0.5 + 0.1 * rnd.random(),
+        m = {
+            "step": s, "time": now, "timings": t, "score_mean": 0.5 + 0.1 * rnd.random(),
             "score_std": 0.1, "kl": rnd.uniform(-0.01, 0.01), "kl_coef": 0.05, "response_len_mean": 8.0,
             "policy_loss": rnd.uniform(-0.01, 0.01), "value_loss": rnd.uniform(0.0, 0.2), "clipfrac": 0.0,
             "entropy": 10.0, "tokens_per_s": 100.0,
             "memory": {"actor": {"rss_mb": 500.0, "peak_rss_mb": 520.0}},
-        })
+        }
+        samples = []
         for i in range(SAMPLES_PER_STEP):
-            append_jsonl(self.path / "samples.jsonl", {
+            samples.append({
                 "id": f"{s}-{i}", "step": s, "index": i, "prompt": f"prompt {s}-{i} about a movie",
                 "response": " ".join(rnd.choice(("good", "bad", "plot", "actor", "scene", "long")) for _ in range(8)),
                 "score": rnd.random(), "kl": rnd.uniform(-0.01, 0.01), "return": 0.3, "length": 8, "eos": False,
             })
-        with open(self.path / "events.log", "a") as f:
-            f.write(time.strftime("%Y-%m-%d %H:%M:%S") + f" INFO    step {s}/100000 | synthetic\n")
+        event = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f" INFO    step {s}/100000 | synthetic\n"
+        return m, samples, event
 
     def _writer(self) -> None:
         period = 1.0 / self.rate
@@ -144,7 +175,8 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-async def _bench(run: SyntheticRun, seconds: float, trials: int, size: tuple[int, int]) -> dict:
+async def _bench(run: SyntheticRun, seconds: float, trials: int, size: tuple[int, int],
+                 history: int = 0, attach_timeout: float = 120.0) -> dict:
     from console.app import ConsoleApp
     from console.messages import ControlReplied
 
@@ -154,6 +186,15 @@ async def _bench(run: SyntheticRun, seconds: float, trials: int, size: tuple[int
         if isinstance(msg, ControlReplied):
             replies.append((msg.op, time.perf_counter()))
 
+    t_start = time.perf_counter()
+    attached = threading.Event()
+
+    def watchdog():      # the event loop may be too busy to notice the timeout itself
+        if not attached.wait(attach_timeout):
+            print(f"attach_s: >{attach_timeout:g} (gave up: the dashboard was not interactive by then)", flush=True)
+            os._exit(1)
+
+    threading.Thread(target=watchdog, daemon=True).start()
     app = ConsoleApp("attach", run=run.path, runs_dir=run.path.parent, blink=False)
     frames = [0]
     original = app._display
@@ -167,11 +208,21 @@ async def _bench(run: SyntheticRun, seconds: float, trials: int, size: tuple[int
     out: dict = {}
     async with app.run_test(size=size, message_hook=hook) as pilot:
         screen = app.screen
-        t0 = time.monotonic()
         while not (getattr(screen, "loaded", False) and screen.model.step > 0):
-            await pilot.pause(0.05)
-            if time.monotonic() - t0 > 30:
-                raise RuntimeError("the dashboard never loaded the synthetic run")
+            await asyncio.sleep(0.005)
+            if time.perf_counter() - t_start > attach_timeout:
+                out["attach_s"] = None
+                out["gave_up_s"] = attach_timeout
+                app.exit()
+                return out
+        await pilot.press("end")          # and it answers a key
+        out["attach_s"] = time.perf_counter() - t_start
+        attached.set()
+        while not (screen.model.step >= history and getattr(screen, "caught_up", True)):
+            await asyncio.sleep(0.01)
+            if time.perf_counter() - t_start > attach_timeout:
+                break
+        out["history_s"] = time.perf_counter() - t_start
 
         # event-loop stalls while the run streams
         stalls: list[float] = []
@@ -237,16 +288,30 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, default=10, help="pause+resume round trips")
     ap.add_argument("--rate", type=float, default=STEPS_PER_S, help="synthetic steps per second")
     ap.add_argument("--size", default="120x40", help="terminal size, WxH")
+    ap.add_argument("--history-steps", type=int, default=0,
+                    help=f"steps of history ({SAMPLES_PER_STEP} samples each) written before the console attaches")
+    ap.add_argument("--attach-timeout", type=float, default=120.0, help="give up attaching after this many seconds")
     a = ap.parse_args(argv)
     w, h = (int(x) for x in a.size.lower().split("x"))
     root = Path(tempfile.mkdtemp(prefix="rlhfc-bench-"))
     run = SyntheticRun(root, a.rate)
+    if a.history_steps:
+        run.write_history(a.history_steps)
+    history = run.step
+    size_mb = sum(f.stat().st_size for f in run.path.iterdir() if f.is_file()) / 1e6
     run.start()
     try:
-        r = asyncio.run(_bench(run, a.seconds, a.trials, (w, h)))
+        r = asyncio.run(_bench(run, a.seconds, a.trials, (w, h), history, a.attach_timeout))
     finally:
         run.close()
         shutil.rmtree(root, ignore_errors=True)
+    if a.history_steps:
+        print(f"history: {history} steps, {history * SAMPLES_PER_STEP} samples, {size_mb:.1f} MB on disk")
+    if r.get("attach_s") is None:
+        print(f"attach_s: >{r['gave_up_s']:g} (gave up: the dashboard was not interactive by then)")
+        return 1
+    print(f"attach_s: {r['attach_s']:.3f}")
+    print(f"history_s: {r['history_s']:.3f}")
 
     def fig(xs):
         return f"median {statistics.median(xs):7.1f} ms   p90 {_pct(xs, 0.9):7.1f} ms   max {max(xs):7.1f} ms   (n={len(xs)})"

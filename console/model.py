@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from console.history import ChunkTail, SampleIndex, parse_jsonl
 from engine.client import Run
-from engine.runtime.rundir import LIVE_STATES, JsonlTail, LineTail, pid_alive
+from engine.runtime.rundir import LIVE_STATES, pid_alive
 
 # (key in metrics["timings"], role, phase, concurrent-wall?)
 PHASES = (
@@ -40,9 +41,11 @@ class RunDelta:
     state: Optional[str] = None          # effective state when it changed
     metrics: list = field(default_factory=list)
     samples: list = field(default_factory=list)
+    sample_offsets: list = field(default_factory=list)   # byte offset of each sample in samples.jsonl
     labels: list = field(default_factory=list)
     events: list = field(default_factory=list)
     config_text: Optional[str] = None    # config.yaml, on the first poll
+    caught_up: bool = True               # every file was read to its end by this poll
 
     def __bool__(self) -> bool:
         return bool(self.info is not None or self.state is not None or self.metrics or self.samples
@@ -50,15 +53,23 @@ class RunDelta:
 
 
 class RunFollower:
-    """Reads a run directory: the whole history on the first ``poll()``, then what is new."""
+    """Reads a run directory incrementally: the history first, at most ``chunk`` bytes of each
+    file per ``poll()`` (``delta.caught_up`` is False while there is more), then what is new.
 
-    def __init__(self, path: Path):
+    One linear pass over each file: byte offsets, never a re-read. Of events.log only the last
+    ``EVENTS_TAIL`` bytes of the history are read (the pane keeps a bounded tail anyway).
+    """
+
+    EVENTS_TAIL = 256 * 1024
+
+    def __init__(self, path: Path, chunk: Optional[int] = 1 << 20):
         self.run = Run(path)
         d = self.run.dir
-        self._metrics = JsonlTail(d.metrics)
-        self._samples = JsonlTail(d.samples)
-        self._labels = JsonlTail(d.labels)
-        self._events = LineTail(d.events)
+        self.chunk = chunk
+        self._metrics = ChunkTail(d.metrics)
+        self._samples = ChunkTail(d.samples)
+        self._labels = ChunkTail(d.labels)
+        self._events = ChunkTail.from_tail(d.events, self.EVENTS_TAIL)
         self._info: Optional[dict] = None
         self._state: Optional[str] = None
         self._first = True
@@ -80,10 +91,11 @@ class RunFollower:
         if st != self._state:
             self._state = st
             delta.state = st
-        delta.metrics = self._metrics.read_new()
-        delta.samples = self._samples.read_new()
-        delta.labels = self._labels.read_new()
-        delta.events = self._events.read_lines()
+        delta.metrics, _ = parse_jsonl(self._metrics.read(self.chunk))
+        delta.samples, delta.sample_offsets = parse_jsonl(self._samples.read(self.chunk))
+        delta.labels, _ = parse_jsonl(self._labels.read(self.chunk))
+        delta.events = [ln.decode("utf-8", "replace") for _, ln in self._events.read(self.chunk)]
+        delta.caught_up = all(t.at_end for t in (self._metrics, self._samples, self._labels, self._events))
         if self._first:
             self._first = False
             try:
@@ -125,13 +137,17 @@ class RunModel:
         self.info: dict = {}
         self.state: str = "unknown"
         self.metrics: list[dict] = []
-        self.samples: list[dict] = []
+        self.samples = SampleIndex(self.path / "samples.jsonl")
         self.labels: dict[str, str] = {}
         self.events: deque[str] = deque(maxlen=self.MAX_EVENTS)
         self.config: dict = {}
         self.version = 0                  # bumps on every change; panes redraw when it moves
         self._sum: dict[str, float] = {}
         self._count: dict[str, int] = {}
+        self._series: dict[str, tuple[list, list, list, int]] = {}   # key -> (steps, times, values, metrics read)
+        self._mem: dict = {}
+        self.new_samples: list[int] = []   # ordinals added by the last apply()
+        self.caught_up = False             # the whole history on disk has been read once
 
     # ---- updates ----------------------------------------------------------------------------
     def apply(self, d: RunDelta) -> None:
@@ -152,11 +168,15 @@ class RunModel:
                 if isinstance(v, (int, float)):
                     self._sum[k] = self._sum.get(k, 0.0) + float(v)
                     self._count[k] = self._count.get(k, 0) + 1
-        self.samples.extend(d.samples)
+            if m.get("memory"):
+                self._mem = m["memory"]
+        self.new_samples = self.samples.add(d.samples, d.sample_offsets if d.sample_offsets else None)
         for row in d.labels:
             if row.get("sample_id") is not None:
                 self.labels[str(row["sample_id"])] = str(row.get("label", ""))
         self.events.extend(d.events)
+        if d.caught_up:
+            self.caught_up = True
         if d:
             self.version += 1
 
@@ -237,14 +257,19 @@ class RunModel:
         n = self._count.get(key)
         return self._sum[key] / n if n else None
 
-    def series(self, key: str) -> tuple[list[int], list[float]]:
-        xs, ys = [], []
-        for m in self.metrics:
+    def series(self, key: str, with_time: bool = False):
+        """(steps, values) of one metric, or (steps, times, values); kept up to date incrementally
+        (each metrics line is read once per key, however often the plots redraw)."""
+        xs, ts, ys, upto = self._series.get(key) or ([], [], [], 0)
+        for m in self.metrics[upto:] if upto < len(self.metrics) else ():
             v = m.get(key)
-            if isinstance(v, (int, float)) and math.isfinite(v):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                 xs.append(int(m.get("step", len(xs) + 1)))
+                t = m.get("time")
+                ts.append(float(t) if isinstance(t, (int, float)) else float("nan"))
                 ys.append(float(v))
-        return xs, ys
+        self._series[key] = (xs, ts, ys, len(self.metrics))
+        return (xs, ts, ys) if with_time else (xs, ys)
 
     def step_times(self) -> list[float]:
         return [float((m.get("timings") or {}).get("step") or 0.0) for m in self.metrics]
@@ -258,10 +283,7 @@ class RunModel:
 
     def role_memory(self) -> dict[str, dict]:
         """The newest per-role host memory from metrics.jsonl (``memory`` of the last step)."""
-        for m in reversed(self.metrics):
-            if m.get("memory"):
-                return m["memory"]
-        return {}
+        return self._mem
 
     @property
     def pids(self) -> dict[str, int]:

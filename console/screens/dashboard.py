@@ -16,7 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input
+from textual.widgets import Footer, Input
 from textual.worker import get_current_worker
 
 from console.messages import ControlReplied, GpuSampled, LabelWritten, RunUpdated
@@ -69,6 +69,10 @@ class DashboardScreen(Screen):
                 tooltip="Find text in prompts and responses"),
         Binding("n", "search_next", "next match", id="dashboard.search_next", show=False,
                 tooltip="Next sample matching the search"),
+        Binding("s", "sort", "sort", id="dashboard.sort", show=False,
+                tooltip="Sort the rollouts: newest last, score ↓, score ↑, |KL| ↓, labelled first"),
+        Binding("f", "filter", "filter", id="dashboard.filter", show=False,
+                tooltip="Filter the rollouts: all, good, bad, unlabelled, search matches"),
     ]
 
     def __init__(self, path: Path):
@@ -77,7 +81,10 @@ class DashboardScreen(Screen):
         self.model: RunModel = RunModel(self.path)
         self.pending: dict[str, str] = {}
         self.answer = ""
-        self.loaded = False
+        self.loaded = False         # the first part of the history is in: the dashboard answers keys
+        self.caught_up = False      # the whole history on disk has been read
+        self._posted = 0
+        self._applied = 0
         self.gpu_report = None
         self._drawn = -1
         self._search = ""
@@ -95,7 +102,7 @@ class DashboardScreen(Screen):
                 yield c
                 with Vertical(id="rollouts-pane", classes="pane") as rp:
                     rp.border_title = "rollouts"
-                    yield RolloutsTable(id="rollouts")
+                    yield RolloutsTable(self.model.samples, self.model.labels, id="rollouts")
                     yield Input(placeholder="find in prompts and responses (enter: next, esc: close)", id="search")
                 e = EventsPane(id="events", classes="pane")
                 e.border_title = "events"
@@ -121,7 +128,7 @@ class DashboardScreen(Screen):
         self.set_interval(1.0, self._tick)
 
     def ready_for_snapshot(self) -> bool:
-        return self.loaded and self.gpu_report is not None
+        return self.loaded and self.caught_up and self.gpu_report is not None
 
     # ---- workers ----------------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="follow", exit_on_error=False)
@@ -129,10 +136,20 @@ class DashboardScreen(Screen):
         worker = get_current_worker()
         interval = float(getattr(self.app, "poll_interval", 0.5))
         follower = RunFollower(self.path)
+        told_caught_up = False
         while not worker.is_cancelled:
             delta = follower.poll()
-            if delta:
+            if delta or (delta.caught_up and not told_caught_up):
+                told_caught_up = told_caught_up or delta.caught_up
+                self._posted += 1
                 self.post_message(RunUpdated(delta))
+            if not delta.caught_up:
+                # history: the next chunk as soon as the screen has taken this one (never a
+                # backlog of chunks in front of the user's keys)
+                t0 = time.monotonic()
+                while self._applied < self._posted and time.monotonic() - t0 < 2.0 and not worker.is_cancelled:
+                    time.sleep(0.005)
+                continue
             # slower once the run has ended; faster while a request waits for its state change
             wait = interval * 4 if follower.state in ENDED_STATES else interval
             start = time.monotonic()
@@ -200,13 +217,16 @@ class DashboardScreen(Screen):
         m = self.model
         before = m.state
         m.apply(d)
+        self._applied += 1
         self.loaded = True
+        self.caught_up = self.caught_up or d.caught_up
         self._gpu_pids = dict(m.pids)
-        if d.samples or d.labels:
+        if m.new_samples or d.labels:
             table = self.query_one(RolloutsTable)
-            table.add_samples(d.samples, m.labels)
+            table.add(m.new_samples)
             for row in d.labels:
                 table.set_label(str(row.get("sample_id")), str(row.get("label")))
+            self._rollouts_title()
         if d.events:
             self.query_one(EventsPane).add_lines(d.events)
         if d.state is not None and d.state != before:
@@ -281,6 +301,12 @@ class DashboardScreen(Screen):
         self._show_header()
 
     # ---- drawing ----------------------------------------------------------------------------------
+    def _rollouts_title(self) -> None:
+        table = self.query_one(RolloutsTable)
+        pane = self.query_one("#rollouts-pane")
+        pane.border_title = "rollouts"
+        pane.border_subtitle = table.describe() + ("" if self.caught_up else " · loading history…")
+
     def _show_header(self) -> None:
         self.query_one(RunHeader).show(self.model, self.pending, self.answer)
 
@@ -313,8 +339,10 @@ class DashboardScreen(Screen):
             return True if controllable and action not in self.pending and "stop" not in self.pending else None
         if action == "stop":
             return True if m.alive and m.state != "stopping" and "stop" not in self.pending else None
-        if action in ("label", "open_sample", "jump", "search"):
+        if action in ("label", "open_sample", "jump"):
             return True if self.is_mounted and self.query_one(RolloutsTable).row_count else None
+        if action in ("search", "sort", "filter"):     # also when the filter shows no row
+            return True if len(m.samples) else None
         if action == "search_next":
             return True if self._search else None
         return True
@@ -386,12 +414,25 @@ class DashboardScreen(Screen):
 
         s = self.query_one(RolloutsTable).current()
         if s is not None:
-            self.app.push_screen(SampleScreen(s, self.model.labels.get(str(s.get("id")), "")))
+            table = self.query_one(RolloutsTable)
+            self.app.push_screen(SampleScreen(s, self.model.labels.get(str(s.get("id")), ""), search=table.search))
 
-    @on(DataTable.RowSelected, "#rollouts")
-    def _row_selected(self, event: DataTable.RowSelected) -> None:
+    @on(RolloutsTable.Opened)
+    def _row_opened(self, event: RolloutsTable.Opened) -> None:
         event.stop()
         self.action_open_sample()
+
+    def action_sort(self) -> None:
+        table = self.query_one(RolloutsTable)
+        self.answer = f"rollouts sorted by {table.cycle_sort()} (s: next order)"
+        self._rollouts_title()
+        self._show_header()
+
+    def action_filter(self) -> None:
+        table = self.query_one(RolloutsTable)
+        self.answer = f"rollouts: {table.cycle_filter()} (f: next filter)"
+        self._rollouts_title()
+        self._show_header()
 
     def action_jump(self, which: str) -> None:
         table = self.query_one(RolloutsTable)
@@ -412,13 +453,14 @@ class DashboardScreen(Screen):
     def _find(self, text: str) -> None:
         table = self.query_one(RolloutsTable)
         key = table.find(text) if text else None
+        self._rollouts_title()
         if key is None:
             if text:
                 self.answer = f"no sample contains '{text}'"
                 self._show_header()
             return
         table.goto(key)
-        self.answer = f"found '{text}' in sample {key} (n: next)"
+        self.answer = f"found '{text}' in sample {key} — {len(table.matches):,} matches (n: next, f: filter)"
         self._show_header()
 
     @on(Input.Submitted, "#search")

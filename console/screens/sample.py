@@ -20,19 +20,26 @@ class SampleScreen(ModalScreen[None]):
         Binding("b", "label('bad')", "bad", id="sample.bad", tooltip="Mark this sample bad (labels.jsonl)"),
     ]
 
-    def __init__(self, sample: dict, label: str = ""):
+    def __init__(self, sample: dict, label: str = "", search: str = ""):
         super().__init__()
         self.sample = sample
         self.label = label
+        self.search = search
+
+    def _text(self, key: str) -> Text:
+        t = Text(str(self.sample.get(key, "")))
+        if self.search:
+            t.highlight_words([self.search], style="bold reverse", case_sensitive=False)
+        return t
 
     def compose(self) -> ComposeResult:
         with Vertical(id="sample-dialog", classes="dialog"):
             yield Static(id="sample-meta")
             with VerticalScroll(id="sample-body"):
                 yield Static(Text("prompt", style="bold cyan"))
-                yield Static(Text(str(self.sample.get("prompt", ""))), id="sample-prompt")
+                yield Static(self._text("prompt"), id="sample-prompt")
                 yield Static(Text("response", style="bold cyan"))
-                yield Static(Text(str(self.sample.get("response", ""))), id="sample-response")
+                yield Static(self._text("response"), id="sample-response")
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
