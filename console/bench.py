@@ -215,8 +215,16 @@ async def _bench(run: SyntheticRun, seconds: float, trials: int, size: tuple[int
                 out["gave_up_s"] = attach_timeout
                 app.exit()
                 return out
-        await pilot.press("end")          # and it answers a key
+        # and it answers a key: ``w`` (curves window) has run its action; not ``pilot.press``,
+        # which also waits for the whole queue to drain (the history still streaming in)
+        curves = screen.query_one("#curves")
+        before = curves.windowed
+        press = asyncio.ensure_future(pilot.press("w"))
+        while curves.windowed == before:
+            await asyncio.sleep(0.002)
         out["attach_s"] = time.perf_counter() - t_start
+        await press
+        await pilot.press("w")
         attached.set()
         while not (screen.model.step >= history and getattr(screen, "caught_up", True)):
             await asyncio.sleep(0.01)

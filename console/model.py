@@ -60,7 +60,8 @@ class RunFollower:
     ``EVENTS_TAIL`` bytes of the history are read (the pane keeps a bounded tail anyway).
     """
 
-    EVENTS_TAIL = 256 * 1024
+    EVENTS_TAIL = 16 * 1024
+    FIRST_CHUNK = 128 * 1024     # the first poll is small: the dashboard has something to show at once
 
     def __init__(self, path: Path, chunk: Optional[int] = 1 << 20):
         self.run = Run(path)
@@ -91,8 +92,9 @@ class RunFollower:
         if st != self._state:
             self._state = st
             delta.state = st
-        delta.metrics, _ = parse_jsonl(self._metrics.read(self.chunk))
-        delta.samples, delta.sample_offsets = parse_jsonl(self._samples.read(self.chunk))
+        chunk = self.chunk if not self._first or self.chunk is None else min(self.chunk, self.FIRST_CHUNK)
+        delta.metrics, _ = parse_jsonl(self._metrics.read(chunk))
+        delta.samples, delta.sample_offsets = parse_jsonl(self._samples.read(chunk))
         delta.labels, _ = parse_jsonl(self._labels.read(self.chunk))
         delta.events = [ln.decode("utf-8", "replace") for _, ln in self._events.read(self.chunk)]
         delta.caught_up = all(t.at_end for t in (self._metrics, self._samples, self._labels, self._events))

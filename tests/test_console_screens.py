@@ -260,7 +260,7 @@ def test_help_lists_every_key_and_the_palette_offers_them(tmp_path):
             dash = app.screen
             await pilot.press("question_mark")
             await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
-            rows = [str(app.screen.query_one("#help-table").get_row_at(i)[1]) for i in range(app.screen.query_one("#help-table").row_count)]
+            rows = [r[1] for r in app.screen.rows]
             for what in ("pause", "resume", "checkpoint", "reward", "stop", "detach", "good", "bad", "open",
                          "lowest", "highest", "search", "help"):
                 assert what in rows, what

@@ -38,12 +38,18 @@ SENDING = {
 }
 
 
+PANES = (("curves", "#curves"), ("rollouts", "#rollouts-pane"), ("events", "#events"),
+         ("timings", "#timings"), ("GPU · memory", "#gpu"))
+
+
 class DashboardScreen(Screen):
     HELP_TITLE = "dashboard"
     HELP_KIND = "dashboard"
     AUTO_FOCUS = "#rollouts"
 
     BINDINGS = [
+        Binding("question_mark", "app.help", "help", key_display="?", id="dashboard.help",
+                tooltip="Every key of this screen and what it does"),
         Binding("p", "pause", "pause", id="dashboard.pause",
                 tooltip="Pause the run; it takes effect at the end of the current step"),
         Binding("p", "resume", "resume", id="dashboard.resume", tooltip="Resume the paused run"),
@@ -69,6 +75,18 @@ class DashboardScreen(Screen):
                 tooltip="Find text in prompts and responses"),
         Binding("n", "search_next", "next match", id="dashboard.search_next", show=False,
                 tooltip="Next sample matching the search"),
+        Binding("v", "curves('next')", "next plots", id="dashboard.curves_next", show=False,
+                tooltip="Show the next plots in the curves pane (as many as fit, each readable)"),
+        Binding("w", "curves('window')", "window", id="dashboard.curves_window", show=False,
+                tooltip="Curves: the last 200 steps or the whole run"),
+        Binding("t", "curves('time')", "x axis", id="dashboard.curves_time", show=False,
+                tooltip="Curves: x by step or by minutes since the start"),
+        Binding("m", "curves('metrics')", "all metrics", id="dashboard.curves_metrics", show=False,
+                tooltip="Curves pane: every recorded metric with a sparkline, or back to the plots"),
+        Binding("tab", "pane(1)", "next pane", key_display="tab", id="dashboard.next_pane", show=False,
+                tooltip="Next pane (at 80 columns the panes take turns filling the screen)"),
+        Binding("shift+tab", "pane(-1)", "previous pane", show=False, id="dashboard.previous_pane",
+                tooltip="Previous pane"),
         Binding("s", "sort", "sort", id="dashboard.sort", show=False,
                 tooltip="Sort the rollouts: newest last, score ↓, score ↑, |KL| ↓, labelled first"),
         Binding("f", "filter", "filter", id="dashboard.filter", show=False,
@@ -88,6 +106,7 @@ class DashboardScreen(Screen):
         self.gpu_report = None
         self._drawn = -1
         self._search = ""
+        self.pane = 1                # index in PANES: the pane shown (narrow) or focused (wide)
         self._gpu_pids: dict = {}
 
     # ---- layout ---------------------------------------------------------------------------------
@@ -308,7 +327,7 @@ class DashboardScreen(Screen):
         pane.border_subtitle = table.describe() + ("" if self.caught_up else " · loading history…")
 
     def _show_header(self) -> None:
-        self.query_one(RunHeader).show(self.model, self.pending, self.answer)
+        self.query_one(RunHeader).show(self.model, self.pending, self.answer, narrow=self.narrow)
 
     def _tick(self) -> None:
         if self.model.version != self._drawn:
@@ -421,6 +440,56 @@ class DashboardScreen(Screen):
     def _row_opened(self, event: RolloutsTable.Opened) -> None:
         event.stop()
         self.action_open_sample()
+
+    def action_curves(self, what: str) -> None:
+        c = self.query_one(Curves)
+        if what == "next":
+            c.show_metrics = False
+            c.page += 1
+        elif what == "window":
+            c.windowed = not c.windowed
+        elif what == "time":
+            c.by_time = not c.by_time
+        elif what == "metrics":
+            c.show_metrics = not c.show_metrics
+        c.redraw(self.model)
+
+    # ---- panes ------------------------------------------------------------------------------------
+    @property
+    def narrow(self) -> bool:
+        return self.has_class("-narrow")
+
+    def show_pane(self, i: int) -> None:
+        """Narrow: only pane ``i`` fills the body; wide: every pane shows and ``i`` gets the focus."""
+        self.pane = i % len(PANES)
+        name, sel = PANES[self.pane]
+        for j, (_, other) in enumerate(PANES):
+            self.query_one(other).set_class(self.narrow and j != self.pane, "-hidden-pane")
+        if self.narrow:
+            self.query_one("#left").display = self.pane >= 3
+            self.query_one("#right").display = self.pane < 3
+        else:
+            self.query_one("#left").display = True
+            self.query_one("#right").display = True
+        target = {"#rollouts-pane": "#rollouts", "#gpu": "#gpu", "#timings": "#timings"}.get(sel, sel)
+        w = self.query_one(target)
+        if w.focusable:
+            w.focus()
+        elif self.focused is not None and not self.narrow:
+            pass
+        self.query_one("#body").scroll_home(animate=False)
+        self.sub_title = f"{self.model.name} · pane {self.pane + 1}/{len(PANES)}: {name}"
+        self._show_header()
+
+    def action_pane(self, delta: int) -> None:
+        self.show_pane(self.pane + delta)
+        if self.narrow:
+            self.answer = f"pane {self.pane + 1}/{len(PANES)}: {PANES[self.pane][0]} (tab: next)"
+            self._show_header()
+        self.redraw_now()
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self.show_pane, self.pane)
 
     def action_sort(self) -> None:
         table = self.query_one(RolloutsTable)

@@ -4,12 +4,14 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from rich.table import Table
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 EXTRA = {
-    "dashboard": [("tab", "next pane"), ("↑ ↓ pgup pgdn", "move in the rollouts table"),
+    "dashboard": [("tab / shift+tab", "next / previous pane (at 80 columns one pane fills the screen)"),
+                  ("↑ ↓ pgup pgdn home", "move in the rollouts table (the selection is a sample: it stays on it)"),
                   ("end", "last sample (the table follows new steps again)")],
     "editor": [("esc", "leave the text (so e, L and q work), or go back"), ("ctrl+z / ctrl+y", "undo / redo"),
                ],
@@ -25,7 +27,9 @@ def _key_display(app, b: Binding) -> str:
 
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark", "close", "close", key_display="esc", id="help.close",
-                        tooltip="Close the help")]
+                        tooltip="Close the help"),
+                Binding("up", "scroll('up')", "scroll", show=False, id="help.up", tooltip="Scroll up"),
+                Binding("down", "scroll('down')", "scroll", show=False, id="help.down", tooltip="Scroll down")]
 
     def __init__(self, target: Screen):
         super().__init__()
@@ -34,14 +38,16 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="help-dialog", classes="dialog"):
             yield Static(Text(f"Keys — {getattr(self.target, 'HELP_TITLE', 'this screen')}", style="bold"), id="help-title")
-            yield DataTable(id="help-table", cursor_type="none", zebra_stripes=True)
-            yield Static("greyed: not available in the current state · esc closes", classes="dim")
+            with VerticalScroll(id="help-table"):
+                yield Static(id="help-rows")
+            yield Static("greyed: not available in the current state · ↑ ↓ pgup pgdn scroll · esc closes", classes="dim")
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        table.add_column("key")
-        table.add_column("action")
-        table.add_column("what it does")
+        table = Table(box=None, expand=True, padding=(0, 1), show_edge=False, header_style="bold")
+        table.add_column("key", no_wrap=True)
+        table.add_column("action", no_wrap=True)
+        table.add_column("what it does", ratio=1, overflow="fold")
+        self.rows: list[tuple[str, str, str]] = []
         seen = set()
         for owner in (self.target, self.app):
             for b in owner.BINDINGS:
@@ -50,11 +56,19 @@ class HelpScreen(ModalScreen[None]):
                 seen.add(b.action)
                 ok = self._enabled(owner, b.action)
                 style = "" if ok else "grey50"
-                table.add_row(Text(_key_display(self.app, b), style="bold " + style if ok else style),
+                key = _key_display(self.app, b)
+                self.rows.append((key, b.description or b.action, b.tooltip or ""))
+                table.add_row(Text(key, style="bold " + style if ok else style),
                               Text(b.description or b.action, style=style), Text(b.tooltip or "", style=style))
         for key, what in EXTRA.get(getattr(self.target, "HELP_KIND", ""), []):
+            self.rows.append((key, "", what))
             table.add_row(Text(key, style="bold"), Text(""), Text(what))
-        table.focus()
+        self.query_one("#help-rows", Static).update(table)
+        self.query_one("#help-table").focus()
+
+    def action_scroll(self, way: str) -> None:
+        body = self.query_one("#help-table", VerticalScroll)
+        body.scroll_up() if way == "up" else body.scroll_down()
 
     @staticmethod
     def _enabled(owner, action: str) -> bool:

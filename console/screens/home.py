@@ -37,6 +37,8 @@ class HomeScreen(Screen):
     AUTO_FOCUS = "#runs"
 
     BINDINGS = [
+        Binding("question_mark", "app.help", "help", key_display="?", id="home.help",
+                tooltip="Every key of this screen and what it does"),
         Binding("enter", "open", "open", id="home.open",
                 tooltip="On a run: attach its dashboard; on a preset: open it in the editor"),
         Binding("n", "new_config", "new config", id="home.new",

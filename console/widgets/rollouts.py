@@ -192,6 +192,7 @@ class RolloutsTable(ScrollView, can_focus=True):
             self.selected = self.ordinal_at(self.row_count - 1) if self.row_count else None
             self._resize_virtual()
             self.scroll_to_cursor()
+            self.call_after_refresh(self.scroll_to_cursor)
         else:
             self._resize_virtual()
             new_row = self.row_of(self.selected)
@@ -331,7 +332,7 @@ class RolloutsTable(ScrollView, can_focus=True):
 
     def on_resize(self) -> None:
         self._resize_virtual()
-        self.scroll_to_cursor()
+        self.call_after_refresh(self.scroll_to_cursor)
 
     def _widths(self, width: int) -> tuple[int, int]:
         rest = width - sum(w for _, w in FIXED) - 2 * PAD * (len(FIXED) + 2)

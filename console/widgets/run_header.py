@@ -27,7 +27,7 @@ def progress_bar(k: int, n: int | None, width: int = 12) -> str:
 class RunHeader(Static):
     """Two lines; redrawn by the dashboard on each update and on a 1 s clock."""
 
-    def show(self, model: RunModel, pending: dict[str, str], answer: str = "") -> None:
+    def show(self, model: RunModel, pending: dict[str, str], answer: str = "", narrow: bool = False) -> None:
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append(model.name, style="bold")
         t.append("  ")
@@ -60,9 +60,13 @@ class RunHeader(Static):
             line2.append(msg, style="dim")
         elif model.state == "paused":
             line2.append("paused — p resumes", style="yellow")
+            if narrow:
+                line2.append(" · tab: next pane", style="dim")
         else:
             src = model.info.get("reward_source")
             line2.append(f"reward {src}" if src else "", style="dim")
+            if narrow:
+                line2.append(" · tab: next pane", style="dim")
         width = max(10, self.size.width - 2) if self.size.width else 200
         t.truncate(width, overflow="ellipsis")
         line2.truncate(width, overflow="ellipsis")
