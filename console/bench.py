@@ -56,12 +56,13 @@ class SyntheticRun:
             (self.path / f).touch()
         self._write_state()
 
-    def write_history(self, steps: int) -> None:
-        """``steps`` steps written at once, before anything attaches (one open file per stream)."""
+    def write_history(self, steps: int, t0: float | None = None) -> None:
+        """``steps`` steps written at once, before anything attaches (one open file per stream),
+        two seconds apart from ``t0`` (default: ending now)."""
         f_m = open(self.path / "metrics.jsonl", "a")
         f_s = open(self.path / "samples.jsonl", "a")
         f_e = open(self.path / "events.log", "a")
-        t0 = time.time() - steps * 2.0
+        t0 = time.time() - steps * 2.0 if t0 is None else t0
         try:
             for _ in range(steps):
                 m, samples, event = self._step_rows(t0 + self.step * 2.0)

@@ -30,8 +30,6 @@ class EditorScreen(Screen):
     AUTO_FOCUS = "#yaml"
 
     BINDINGS = [
-        Binding("question_mark", "app.help", "help", key_display="?", id="editor.help", priority=True,
-                tooltip="Every key of this screen (never typed into the text: YAML does not need '?')"),
         Binding("ctrl+s", "save", "save", id="editor.save", tooltip="Save the file (atomically: temp file + rename)"),
         Binding("ctrl+l,L", "launch", "launch", key_display="^l/L", id="editor.launch",
                 tooltip="Start the run (detached supervisor) and open its dashboard; refused while the config is invalid"),

@@ -34,6 +34,15 @@ class YamlEditor(TextArea):
         self.error_lines: dict[int, str] = {}     # 0-based line -> message
         self.notice_lines: dict[int, str] = {}
 
+    async def _on_key(self, event) -> None:
+        # "?" opens the help even while typing (it is never typed into the YAML)
+        if event.key == "question_mark":
+            event.stop()
+            event.prevent_default()
+            self.app.action_help()
+            return
+        await super()._on_key(event)
+
     def mark(self, errors: dict[int, str], notices: dict[int, str]) -> None:
         if errors == self.error_lines and notices == self.notice_lines:
             return
