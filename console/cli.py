@@ -78,6 +78,41 @@ def _load(args, check_access: bool = False) -> "object":
 
 
 # ---- train ----------------------------------------------------------------------------------
+class _TerminalOut:
+    """Prints a foreground run's lines; when the terminal goes away (EIO/EPIPE after tmux
+    kill-session, a closed SSH window), points stdout/stderr at the run's supervisor.log so no
+    later write fails, and raises once so the supervisor notes it and stops printing."""
+
+    def __init__(self, log_path):
+        self.log_path = log_path
+        self.lost = False
+
+    def __call__(self, line: str) -> None:
+        if self.lost:
+            return
+        try:
+            print(line, flush=True)
+        except (OSError, ValueError):
+            self.lost = True
+            self.detach()
+            raise
+
+    def detach(self) -> None:
+        try:
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError:
+            fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+
+    def final(self, line: str) -> None:
+        try:
+            self(line)
+        except (OSError, ValueError):
+            pass
+
+
 def cmd_train(args) -> int:
     from engine.client import Run, RunError, create_run_dir, launch
 
@@ -103,6 +138,10 @@ def cmd_train(args) -> int:
         return 0
     from engine.runtime.supervisor import Supervisor
 
+    import signal
+
+    # a closed terminal (SIGHUP) never stops a foreground run; Ctrl-C still does
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         rd = create_run_dir(cfg)
     except ConfigError as e:
@@ -110,10 +149,11 @@ def cmd_train(args) -> int:
         print(str(e), file=sys.stderr)
         print("rlhf-console: the run cannot start; nothing was started", file=sys.stderr)
         return 2
-    print(f"run {rd.name}: {rd.path}  (Ctrl-C stops at the end of the step, with a checkpoint)", flush=True)
-    code = Supervisor(rd.path).run()
+    out = _TerminalOut(rd.supervisor_log)
+    out.final(f"run {rd.name}: {rd.path}  (Ctrl-C stops at the end of the step, with a checkpoint)")
+    code = Supervisor(rd.path, printer=out).run()
     st = Run(rd.path).info
-    print(f"run {rd.name}: {st.get('state')} at step {st.get('step')}" + (f" — {st.get('failure')}" if st.get("failure") else ""))
+    out.final(f"run {rd.name}: {st.get('state')} at step {st.get('step')}" + (f" — {st.get('failure')}" if st.get("failure") else ""))
     return code
 
 
@@ -167,7 +207,10 @@ def cmd_control(args) -> int:
             r = run.checkpoint(wait=True)
             print(f"run {run.name}: checkpoint saved at step {r.get('step')}: {r.get('path')}")
             return 0
-        r = getattr(run, args.command)()
+        if args.command == "stop":
+            r = run.stop(grace_s=args.grace)
+        else:
+            r = getattr(run, args.command)()
         print(f"run {run.name}: {r.get('message', 'ok')}")
         return 0
     except RunError as e:
@@ -249,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
                       ("stop", "stop a run at the end of its step (with a checkpoint)"), ("checkpoint", "checkpoint a run now")):
         c = sub.add_parser(name, help=hlp)
         c.add_argument("run")
+        if name == "stop":
+            c.add_argument("--grace", type=float, metavar="SECONDS",
+                           help="kill workers that have not answered after this long (default: "
+                                "max(30 s, 3 x the longest step))")
         c.set_defaults(func=cmd_control)
 
     rp = sub.add_parser("report", help="markdown report and PNG plots of a run")

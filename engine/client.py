@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 from engine.config import ConfigError, ConfigIssue, RunConfig, check_launchable, dump_config, load_config
 from engine.runtime.control import ControlClient
@@ -219,8 +219,12 @@ class Run:
     def resume(self) -> dict:
         return self._ok(self.request("resume"))
 
-    def stop(self, wait: bool = False, timeout: float = 600.0) -> dict:
-        r = self._ok(self.request("stop"))
+    def stop(self, wait: bool = False, timeout: float = 600.0, grace_s: Optional[float] = None) -> dict:
+        """Stop at the end of the current step (with a checkpoint). A worker that has not
+        answered within ``grace_s`` seconds (default: max(30 s, 3 x the longest step)) is killed
+        and the run stops without finishing that step."""
+        fields = {} if grace_s is None else {"grace_s": float(grace_s)}
+        r = self._ok(self.request("stop", **fields))
         if wait:
             self.wait(timeout=timeout)
         return r

@@ -274,3 +274,114 @@ def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
     assert out.returncode != 0 and "Traceback" not in out.stderr and out.stderr.startswith("rlhf-console: ")
     dbg = _cli("report", str(bad), "--debug")
     assert dbg.returncode != 0 and "Traceback" in dbg.stderr
+
+
+# ---------------------------------------------------------------------------------- hung workers
+
+HANGING_REWARD = '''
+import os, time
+calls = 0
+def score(prompts, responses):
+    global calls
+    calls += 1
+    if calls >= int(os.environ["HANG_FROM_CALL"]):
+        open(os.environ["HANG_MARK"], "w").close()
+        time.sleep(600)
+    return [0.5] * len(responses)
+'''
+
+
+@pytest.fixture
+def hanging_reward(tmp_path, monkeypatch):
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "hanging_reward.py").write_text(HANGING_REWARD)
+    monkeypatch.setenv("PYTHONPATH", f"{mods}{os.pathsep}{os.environ['PYTHONPATH']}")
+    monkeypatch.setenv("HANG_MARK", str(tmp_path / "hanging"))
+    return tmp_path / "hanging"
+
+
+def _assert_clean(run):
+    from tests.conftest import run_processes_gone, run_segments
+
+    assert run_processes_gone(run) == [], "processes of the run are still alive"
+    assert run_segments(run) == [], "shared-memory segments of the run are left in /dev/shm"
+
+
+def test_worker_timeout_fails_the_run_naming_role_op_and_timeout(runs_dir, cleanup_runs, hanging_reward, monkeypatch):
+    from engine.client import launch
+
+    monkeypatch.setenv("HANG_FROM_CALL", "1")
+    run = launch(TINY, [f"run.output_dir={runs_dir}", "run.steps=5", "runtime.worker_timeout_s=8",
+                        "reward.source=python:hanging_reward:score"])
+    cleanup_runs.append(run)
+    assert run.wait(timeout=300) == "failed"
+    st = run.info
+    assert st["failed_role"] == "reward" and st["failed_op"] == "score" and st["timeout_s"] == 8
+    assert "reward.score did not finish within runtime.worker_timeout_s = 8s" in st["failure"]
+    events = (run.path / "events.log").read_text()
+    assert "reward.score did not finish within runtime.worker_timeout_s = 8s" in events
+    assert hanging_reward.exists() and st["step"] == 0
+    _assert_clean(run)
+
+
+def test_stop_kills_a_hung_worker_after_the_grace_period(runs_dir, cleanup_runs, hanging_reward, monkeypatch):
+    from engine.client import launch
+
+    monkeypatch.setenv("HANG_FROM_CALL", "2")  # step 1 completes (and is checkpointed), step 2 hangs
+    run = launch(TINY, [f"run.output_dir={runs_dir}", "run.steps=50", "checkpoint.every=1",
+                        "runtime.worker_timeout_s=3600", "reward.source=python:hanging_reward:score"])
+    cleanup_runs.append(run)
+    t0 = time.time()
+    while not hanging_reward.exists():
+        assert time.time() - t0 < 300 and run.state in ("starting", "running"), run.info
+        time.sleep(0.2)
+    out = _cli("--runs-dir", str(runs_dir), "stop", run.name, "--grace", "2")
+    assert out.returncode == 0 and "do not answer within 2s" in out.stdout, out.stdout + out.stderr
+    assert run.wait(timeout=120) == "stopped"
+    st = run.info
+    assert "reward.score did not answer within 2s of the stop request" in st["message"]
+    assert "killed worker 'reward'" in st["message"] and st["killed"] == ["reward"]
+    assert st["step"] == 1 and run.dir.latest_checkpoint().name == "step_1"
+    assert "killed worker 'reward'" in (run.path / "events.log").read_text()
+    _assert_clean(run)
+
+
+# ---------------------------------------------------------------------------------- lost terminal
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_foreground_train_survives_the_loss_of_its_terminal(runs_dir, cleanup_runs):
+    from engine.client import Run
+
+    sock = f"rlhfc-inputs-{os.getpid()}"
+    env = dict(os.environ, TERM="xterm-256color")
+    cmd = (f"{sys.executable} -m console.cli train --config {TINY} --set run.output_dir={runs_dir} "
+           f"--set run.steps=40 --set checkpoint.every=100")
+    tmux = ["tmux", "-L", sock]
+    subprocess.run(tmux + ["new-session", "-d", "-s", "fg", "-x", "150", "-y", "40", "-c", str(ROOT), cmd],
+                   env=env, check=True, timeout=30)
+    try:
+        t0 = time.time()
+        while not list(runs_dir.glob("*/run.json")):
+            assert time.time() - t0 < 120, "the foreground run did not start"
+            time.sleep(0.2)
+        run = Run(next(runs_dir.glob("*/run.json")).parent)
+        cleanup_runs.append(run)
+        run.wait_step(2, timeout=300)
+        pane = subprocess.run(tmux + ["capture-pane", "-p", "-t", "fg"], env=env, capture_output=True,
+                              text=True, timeout=30).stdout
+        assert "/40 |" in pane, pane  # it was printing to the terminal
+        subprocess.run(tmux + ["kill-session", "-t", "fg"], env=env, timeout=30)  # the terminal goes away
+        at_kill = int(run.info["step"])
+        run.wait_step(at_kill + 3, timeout=300)  # training goes on
+        assert run.alive
+        assert run.status()["state"] == "running"  # attach works: the control socket answers
+        run.stop()
+        assert run.wait(timeout=120) == "stopped"
+        assert run.dir.latest_checkpoint() is not None
+        events = (run.path / "events.log").read_text()
+        assert "printing to the terminal failed" in events
+        assert "Traceback" not in (run.path / "supervisor.log").read_text() if (run.path / "supervisor.log").exists() else True
+        _assert_clean(run)
+    finally:
+        subprocess.run(tmux + ["kill-server"], env=env, capture_output=True, timeout=30)

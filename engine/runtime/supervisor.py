@@ -59,6 +59,14 @@ class StopRun(Exception):
     pass
 
 
+# Role calls that runtime.worker_timeout_s does not cover: checkpoint save/load (disk-bound, they
+# grow with the model) and a reward swap (it may load or train a model). Loading the roles at
+# start-up is not a call at all (wait_ready), so downloads, conversion and first-use reward-model
+# training are never cut short either.
+UNTIMED_OPS = ("save", "load", "swap")
+STOP_GRACE_MIN_S = 30.0  # `stop` kills workers that have not answered after max(this, 3 x the longest step)
+
+
 class Supervisor:
     def __init__(self, run_dir: Path, *, resume: bool = False, printer: Optional[Callable[[str], None]] = None):
         self.rd = RunDir(run_dir)
@@ -88,6 +96,16 @@ class Supervisor:
         self.pause_info: dict = {}  # role / phase / error of the fault that paused the run
         self._unwritten_state: dict = {}  # run.json fields a full disk kept from being written
         self._stream_state_before: Optional[dict] = None  # the data stream before a pending batch
+        self._inflight: dict[int, dict] = {}  # role calls not answered yet (watchdog)
+        self._inflight_lock = threading.Lock()
+        self._watch_stop = threading.Event()
+        self._aborted: set = set()          # labels of workers killed by the watchdog
+        self._timeout_failure: Optional[dict] = None
+        self._killed_on_stop: list[dict] = []
+        self._stop_deadline: Optional[float] = None
+        self._stop_grace: Optional[float] = None
+        self._longest_s = 0.0               # longest step or checkpoint so far (stop grace)
+        self._printer_broken = False
 
     # ---- logging & state ----------------------------------------------------------------
     def log(self, message: str, level: str = "INFO") -> None:
@@ -95,7 +113,7 @@ class Supervisor:
             line = self.rd.log_event(message, level)
         except OSError as e:  # a full disk must not turn a log line into a crash
             line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {level:<7} {message} [not in events.log: {e.strerror or e}]"
-        self.printer(line)
+        self._print(line)
         if self.server:
             self.server.broadcast({"event": "log", "line": line, "level": level})
 
@@ -106,11 +124,27 @@ class Supervisor:
             self.rd.write_state(**pending)
         except OSError as e:
             if not self._unwritten_state:
-                self.printer(f"could not write run.json ({e}); the socket's status is current")
+                self._print(f"could not write run.json ({e}); the socket's status is current")
             self._unwritten_state = pending
             return False
         self._unwritten_state = {}
         return True
+
+    def _print(self, line: str) -> None:
+        """Print through ``printer``; if that fails (the terminal is gone: EIO, EPIPE), stop
+        printing and carry on: the run directory has everything."""
+        if self._printer_broken:
+            return
+        try:
+            self.printer(line)
+        except Exception as e:  # noqa: BLE001 - output is never a reason to stop training
+            self._printer_broken = True
+            try:
+                self.rd.log_event(f"printing to the terminal failed ({type(e).__name__}: {e}); the run "
+                                  f"goes on without printing; watch it with: rlhf-console attach "
+                                  f"{self.rd.name}", "WARNING")
+            except OSError:
+                pass
 
     def set_state(self, state: str, **extra) -> None:
         self.state = state
@@ -167,9 +201,16 @@ class Supervisor:
             if op == "stop":
                 self._stop_req = True
                 self._stop_reason = str(req.get("reason") or "stop requested")
+                try:
+                    grace = self._arm_stop_grace(req.get("grace_s"))
+                except (TypeError, ValueError):
+                    return {"ok": False, "error": f"grace_s must be a number of seconds > 0; got {req.get('grace_s')!r}"}
                 self._cv.notify_all()
-                self.log("stop requested: stopping at the end of the current step (with a checkpoint)")
-                return {"ok": True, "pending": True, "message": "stopping at the end of the current step"}
+                self.log(f"stop requested: stopping at the end of the current step (with a checkpoint); "
+                         f"a worker that has not answered within {grace:.0f}s is killed")
+                return {"ok": True, "pending": True,
+                        "message": f"stopping at the end of the current step (workers that do not answer "
+                                   f"within {grace:.0f}s are killed)"}
             if op == "checkpoint":
                 ev = threading.Event()
                 self._ckpt_req.append(ev)
@@ -183,6 +224,74 @@ class Supervisor:
         if op == "swap_reward":
             return self._swap_reward(req)
         return {"ok": False, "error": f"unsupported op {op!r}"}
+
+    # ---- watchdog: worker timeout and stop grace ------------------------------------------
+    def _arm_stop_grace(self, grace_s=None) -> float:
+        grace = max(STOP_GRACE_MIN_S, 3.0 * self._longest_s) if grace_s is None else float(grace_s)
+        if not grace > 0 or grace != grace:
+            raise ValueError(grace_s)
+        deadline = time.monotonic() + grace
+        if self._stop_deadline is None or deadline < self._stop_deadline:
+            self._stop_deadline, self._stop_grace = deadline, grace
+        return grace
+
+    def _submit(self, h, role: str, op: str, tensors=None, args=None, threads=None):
+        """Every role call goes through here so the watchdog sees what is in flight."""
+        fut = h.submit(role, op, tensors, args, arena=self.arena, threads=threads)
+        key = id(fut)
+        with self._inflight_lock:
+            self._inflight[key] = {"fut": fut, "h": h, "role": role, "op": op,
+                                   "t0": time.monotonic(), "timed": op not in UNTIMED_OPS}
+
+        def done(_f, key=key):
+            with self._inflight_lock:
+                self._inflight.pop(key, None)
+
+        fut.add_done_callback(done)
+        return fut
+
+    def _watchdog(self) -> None:
+        timeout = float(self.cfg.runtime.worker_timeout_s)
+        while not self._watch_stop.wait(0.25):
+            now = time.monotonic()
+            with self._inflight_lock:
+                recs = [r for r in self._inflight.values() if not r["fut"].done()]
+            for r in recs:
+                if r["timed"] and now - r["t0"] > timeout:
+                    self._abort(r["h"], "timeout", r["role"], r["op"],
+                                f"{r['role']}.{r['op']} did not finish within runtime.worker_timeout_s = "
+                                f"{timeout:g}s", timeout_s=timeout)
+            if self._stop_deadline is not None and now > self._stop_deadline:
+                why = f"did not answer within {self._stop_grace:g}s of the stop request"
+                for r in recs:
+                    self._abort(r["h"], "stopped", r["role"], r["op"], f"{r['role']}.{r['op']} {why}")
+                if self.state == "starting":  # a role that hangs while loading
+                    for h in self.workers:
+                        self._abort(h, "stopped", h.roles[0], "load", f"{h.label} (loading) {why}")
+
+    def _abort(self, h, kind: str, role: str, op: str, why: str, **extra) -> None:
+        if h.label in self._aborted:
+            return
+        self._aborted.add(h.label)
+        msg = f"{why}; killed worker '{h.label}' (pid {h.pid})"
+        rec = {"kind": kind, "role": role, "op": op, "label": h.label, "message": msg, **extra}
+        if kind == "timeout" and self._timeout_failure is None:
+            self._timeout_failure = rec
+        if kind == "stopped":
+            self._killed_on_stop.append(rec)
+        self._log_safe(msg, "ERROR")
+        abort = getattr(h, "abort", None)
+        if abort is not None:
+            abort(msg, kind)
+        else:  # a handle without abort(): mark it dead, then take it down
+            h._mark_dead(msg)
+            threading.Thread(target=h.shutdown, args=(1.0,), daemon=True).start()
+
+    def _log_safe(self, message: str, level: str = "INFO") -> None:
+        try:
+            self.log(message, level)
+        except Exception:  # noqa: BLE001 - the watchdog must keep going
+            pass
 
     def _swap_reward(self, req: dict) -> dict:
         source = req.get("source")
@@ -199,7 +308,7 @@ class Supervisor:
             return {"ok": False, "error": f"could not load '{source}': {why}; the previous reward "
                                           f"'{self.reward_source}' stays in place"}
         try:
-            _, res, secs = w.submit("reward", "swap", None, {"source": source}, arena=self.arena).result()
+            _, res, secs = self._submit(w, "reward", "swap", None, {"source": source}).result()
         except WorkerError as e:
             self.log(f"reward swap to '{source}' failed, keeping '{self.reward_source}': {e}", "WARNING")
             return {"ok": False, "error": f"could not load '{source}': {e}; the previous reward "
@@ -222,6 +331,7 @@ class Supervisor:
             with self._cv:
                 self._stop_req = True
                 self._stop_reason = f"{name} received"
+                self._arm_stop_grace()
                 self._cv.notify_all()
             try:
                 self.rd.log_event(f"{name} received: stopping at the end of the current step (again to stop now)", "WARNING")
@@ -240,15 +350,24 @@ class Supervisor:
         try:
             code = self._run()
         except KeyboardInterrupt:
-            self.log("interrupted again: stopping now without a final checkpoint", "WARNING")
             self._finish("stopped", message="interrupted")
+            self._log_safe("interrupted again: stopping now without a final checkpoint", "WARNING")
             code = 130
         except BaseException as e:  # noqa: BLE001 - recorded, then cleaned up
-            tb = traceback.format_exc()
-            self.log(f"supervisor error: {type(e).__name__}: {e}", "ERROR")
-            (self.rd.path / "supervisor.traceback").write_text(tb)
-            self._finish("failed", failure=f"supervisor: {type(e).__name__}: {e}")
-            code = 1
+            # the cause goes into run.json first: logging or printing may fail too (a lost
+            # terminal, a full disk) and must not leave "supervisor ended unexpectedly"
+            if isinstance(e, WorkerError) and self._killed_on_stop:
+                code = self._stopped_by_kill()
+            elif isinstance(e, WorkerError) and (self._timeout_failure or e.kind == "died"):
+                code = self._fail(e)
+            else:
+                self._finish("failed", failure=f"supervisor: {type(e).__name__}: {e}")
+                code = 1
+                try:
+                    (self.rd.path / "supervisor.traceback").write_text(traceback.format_exc())
+                except OSError:
+                    pass
+                self._log_safe(f"supervisor error: {type(e).__name__}: {e}", "ERROR")
         finally:
             self._teardown()
         return code
@@ -310,15 +429,19 @@ class Supervisor:
         else:
             for group, n in zip(groups, threads):
                 self.workers.append(WorkerHandle(ctx, group, cfg_yaml, self.owner_pid, self.run_tag, n,
-                                                 on_progress=lambda label, msg: self.log(msg)))
+                                                 on_progress=lambda label, msg: self.log(msg),
+                                                 log_path=str(self.rd.supervisor_log)))
         for h in self.workers:
             for r in h.roles:
                 self.by_role[r] = h
         self.rd.write_state(pids={h.label: h.pid for h in self.workers if h.pid})
+        threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
         for h in self.workers:
             try:
                 h.wait_ready()
             except WorkerError as e:
+                if self._killed_on_stop:
+                    return self._stopped_by_kill()
                 reason = e.reply.get("error") or str(e)
                 self.log(f"worker '{h.label}' failed to load: {reason}", "ERROR")
                 self._finish("failed", failure=f"{h.label} (load): {reason}")
@@ -344,7 +467,7 @@ class Supervisor:
             prompts = format_prompts(prompts, tokenizer, True)
         stream = PromptStream(prompts, cfg.rollout.batch_size, seed=cfg.run.seed, shuffle=d.shuffle)
         kl_ctl = make_kl_controller(cfg)
-        endpoints = {r: _Endpoint(self.by_role[r], self.arena) for r in ROLES}
+        endpoints = {r: _Endpoint(self.by_role[r], self) for r in ROLES}
         driver = PPODriver(cfg, endpoints, tokenizer, kl_ctl, plan)
 
         if self.resume:
@@ -383,15 +506,19 @@ class Supervisor:
                 if batch_prompts is None:
                     self._stream_state_before = stream.state_dict()
                     batch_prompts = stream.next_batch()
+                t_step = time.monotonic()
                 try:
                     metrics, samples = driver.step(self.step + 1, batch_prompts, commit=False)
                 except (WorkerError, NonFiniteError) as e:
-                    if isinstance(e, WorkerError) and e.kind == "died":
+                    if self._killed_on_stop:  # stop: a worker that did not answer was killed
+                        break
+                    if isinstance(e, WorkerError) and e.kind in ("died", "timeout"):
                         return self._fail(e)
                     self._pause_on_step_error(e)
                     continue
                 except UpdateConsistencyError as e:
                     return self._fail(e)
+                self._longest_s = max(self._longest_s, time.monotonic() - t_step)
                 metrics["memory"] = self._memory()
                 try:
                     self._record_step(metrics, samples, driver)
@@ -424,6 +551,8 @@ class Supervisor:
                     tb.close()
                 except Exception:  # noqa: BLE001
                     pass
+        if self._killed_on_stop:
+            return self._stopped_by_kill()
         if self._stop_req and self.step < total:
             msg = self._stop_reason
             if cfg.checkpoint.on_stop and self.step > 0:
@@ -462,7 +591,7 @@ class Supervisor:
             self.rd.log_event(line)
         except OSError:
             pass
-        self.printer(line)
+        self._print(line)
 
     def _record_step(self, metrics: dict, samples: list[dict], driver: PPODriver) -> None:
         """Append the step's metrics and samples and update run.json, then commit the roles'
@@ -518,7 +647,24 @@ class Supervisor:
             reason = f"step {self.step + 1} not applied: error in {role} ({phase}): {err}"
         self._pause_for(reason + "; resume retries the step", role=role, phase=phase, error=err)
 
+    def _stopped_by_kill(self) -> int:
+        killed = "; ".join(r["message"] for r in self._killed_on_stop)
+        ck = self.rd.latest_checkpoint()
+        kept = f"resume continues from {ck.relative_to(self.rd.path)}" if ck else "no checkpoint was written"
+        msg = (f"{self._stop_reason}: {killed}; the step in progress was not applied and no stop "
+               f"checkpoint was written ({kept})")
+        self.log(f"stopped at step {self.step}/{self.cfg.run.steps if self.cfg else '?'}: {msg}", "WARNING")
+        self._finish("stopped", message=msg, killed=[r["label"] for r in self._killed_on_stop])
+        return 0
+
     def _fail(self, e: BaseException) -> int:
+        t = self._timeout_failure
+        if t is not None:  # the watchdog killed a worker that ran past runtime.worker_timeout_s
+            failure = f"{t['label']}: {t['message']}"
+            self.log(f"worker timeout: {failure}; stopping the other workers", "ERROR")
+            self._finish("failed", failure=failure, failed_role=t["role"], failed_op=t["op"],
+                         timeout_s=t["timeout_s"])
+            return 1
         reply = getattr(e, "reply", {}) or {}
         roles = getattr(e, "roles", None) or ["?"]
         cause = reply.get("error") or str(e)
@@ -562,7 +708,7 @@ class Supervisor:
                 raise _WorkerDied(dead[0])
 
     def _memory(self) -> dict:
-        futs = {h.label: h.submit(h.roles[0], "memory", arena=self.arena) for h in self.workers}
+        futs = {h.label: self._submit(h, h.roles[0], "memory") for h in self.workers}
         out = {}
         for label, f in futs.items():
             try:
@@ -582,7 +728,7 @@ class Supervisor:
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            futs = [self.by_role[r].submit(r, "save", None, {"path": str(tmp)}, arena=self.arena) for r in ("actor", "critic")]
+            futs = [self._submit(self.by_role[r], r, "save", None, {"path": str(tmp)}) for r in ("actor", "critic")]
             errs = []
             for f in futs:  # wait for both before the folder may be removed
                 try:
@@ -611,6 +757,7 @@ class Supervisor:
         for old in self.rd.checkpoint_dirs()[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
         secs = time.perf_counter() - t
+        self._longest_s = max(self._longest_s, secs)
         self.log(f"checkpoint step {self.step} saved to {final.relative_to(self.rd.path)} in {secs:.1f}s")
         if self.server:
             self.server.broadcast({"event": "checkpoint", "step": self.step, "path": str(final)})
@@ -619,7 +766,7 @@ class Supervisor:
 
     def _load_checkpoint(self, ck: Path, stream, kl_ctl) -> None:
         st = json.loads((ck / "state.json").read_text())
-        futs = [self.by_role[r].submit(r, "load", None, {"path": str(ck)}, arena=self.arena) for r in ("actor", "critic")]
+        futs = [self._submit(self.by_role[r], r, "load", None, {"path": str(ck)}) for r in ("actor", "critic")]
         for f in futs:
             f.result()
         stream.load_state_dict(st["data"])
@@ -666,6 +813,7 @@ class Supervisor:
 
     # ---- teardown ------------------------------------------------------------------------
     def _teardown(self) -> None:
+        self._watch_stop.set()
         for h in self.workers:
             try:
                 h.shutdown(timeout=5.0)
@@ -702,11 +850,11 @@ class _WorkerDied(WorkerError):
 
 
 class _Endpoint:
-    def __init__(self, handle: WorkerHandle, arena):
-        self.h, self.arena = handle, arena
+    def __init__(self, handle: WorkerHandle, sup: "Supervisor"):
+        self.h, self.sup = handle, sup
 
     def submit(self, role, op, tensors=None, args=None, threads=None) -> Future:
-        return self.h.submit(role, op, tensors, args, arena=self.arena, threads=threads)
+        return self.sup._submit(self.h, role, op, tensors, args, threads)
 
 
 def main(argv=None) -> int:

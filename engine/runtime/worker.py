@@ -57,12 +57,34 @@ def _recv(conn) -> dict:
     return json.loads(conn.recv_bytes().decode())
 
 
+def _output_to(log_path: Optional[str]) -> None:
+    """Send this process's stdout/stderr to the run's log instead of the launching terminal, which
+    may go away (a foreground run in a closed tmux) while the run goes on."""
+    if not log_path:
+        return
+    try:
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError:
+        return
+    import sys
+
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_tag: str,
-                threads: int, ppid: int) -> None:
+                threads: int, ppid: int, log_path: Optional[str] = None) -> None:
     """Entry point of a worker process (spawned). Hosts ``roles`` until told to exit."""
     _die_with_parent()
     if os.getppid() != ppid:  # the parent died before prctl took effect
         os._exit(1)
+    _output_to(log_path)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     torch.set_num_threads(max(1, threads))
     quiet_hf_logging()
@@ -149,14 +171,15 @@ class WorkerHandle:
     """The supervisor's side of one worker process: submit operations, get futures."""
 
     def __init__(self, ctx, roles: list[str], config_yaml: str, owner_pid: int, run_tag: str,
-                 threads: int, on_progress=None):
+                 threads: int, on_progress=None, log_path: Optional[str] = None):
         self.roles = roles
         self.label = "+".join(roles)
         self.threads = threads
         self._conn, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(
             target=worker_main, name=f"rlhf-{self.label}",
-            args=(roles, config_yaml, child, owner_pid, run_tag, threads, os.getpid()), daemon=True,
+            args=(roles, config_yaml, child, owner_pid, run_tag, threads, os.getpid()),
+            kwargs={"log_path": log_path}, daemon=True,
         )
         self.process.start()
         child.close()
@@ -265,6 +288,26 @@ class WorkerHandle:
                     pass
             if not fut.done():
                 fut.set_exception(WorkerError(self.roles, f"{reason} during {role}.{op}", "died"))
+
+    def abort(self, reason: str, kind: str) -> None:
+        """Kill the worker now (it does not answer): every request in flight, and every later
+        one, fails with ``reason`` and ``kind`` ("timeout", "stopped")."""
+        with self._lock:
+            if self.dead_reason is None:
+                self.dead_reason = reason
+            pending, self._pending = self._pending, {}
+        for fut, role, op, arena, in_desc in pending.values():
+            if in_desc is not None:
+                try:
+                    arena.release(in_desc)
+                except transport.TransportError:
+                    pass
+            if not fut.done():
+                fut.set_exception(WorkerError([role], reason, kind, {"error": reason, "role": role, "op": op}))
+        try:
+            self.process.kill()
+        except (OSError, ValueError, AttributeError):
+            pass
 
     def shutdown(self, timeout: float = 10.0) -> None:
         if self.process.is_alive():
