@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "stop":
             c.add_argument("--grace", type=float, metavar="SECONDS",
                            help="kill workers that have not answered after this long (default: "
-                                "max(30 s, 3 x the longest step))")
+                                "max(60 s, 3 x the longest step))")
         c.set_defaults(func=cmd_control)
 
     rp = sub.add_parser("report", help="markdown report and PNG plots of a run")

@@ -221,7 +221,7 @@ class Run:
 
     def stop(self, wait: bool = False, timeout: float = 600.0, grace_s: Optional[float] = None) -> dict:
         """Stop at the end of the current step (with a checkpoint). A worker that has not
-        answered within ``grace_s`` seconds (default: max(30 s, 3 x the longest step)) is killed
+        answered within ``grace_s`` seconds (default: max(60 s, 3 x the longest step)) is killed
         and the run stops without finishing that step."""
         fields = {} if grace_s is None else {"grace_s": float(grace_s)}
         r = self._ok(self.request("stop", **fields))

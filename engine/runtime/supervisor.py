@@ -64,7 +64,7 @@ class StopRun(Exception):
 # start-up is not a call at all (wait_ready), so downloads, conversion and first-use reward-model
 # training are never cut short either.
 UNTIMED_OPS = ("save", "load", "swap")
-STOP_GRACE_MIN_S = 30.0  # `stop` kills workers that have not answered after max(this, 3 x the longest step)
+STOP_GRACE_MIN_S = 60.0  # `stop` kills workers that have not answered after max(this, 3 x the longest step)
 
 
 class Supervisor:
