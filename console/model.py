@@ -7,6 +7,7 @@ its own copy of the history: they all read this one model.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -32,6 +33,19 @@ PHASES = (
 )
 
 CONTROL_STATES = ("running", "paused", "starting")
+
+_RM_STEP = re.compile(r"train-rm: step (\d+)/(\d+)(?:.*?~(\d+) s left)?")
+_LOADED = re.compile(r"^(\w+): loaded in ")
+N_ROLES = 4
+
+
+@dataclass
+class Stage:
+    """What a starting run is doing, from its events.log progress lines."""
+    label: str
+    done: Optional[int] = None
+    total: Optional[int] = None
+    left_s: Optional[float] = None
 ENDED_STATES = ("finished", "failed", "stopped", "dead")
 
 
@@ -287,9 +301,52 @@ class RunModel:
         """The newest per-role host memory from metrics.jsonl (``memory`` of the last step)."""
         return self._mem
 
+    def stage(self) -> Optional[Stage]:
+        """While the run is starting: the stage (download, conversion, reward-model training,
+        model loading) and its progress, from the newest progress lines of events.log."""
+        if self.state != "starting":
+            return None
+        lines = list(self.events)[-400:]
+        start = max((i for i, ln in enumerate(lines) if ": starting " in ln and " for " in ln), default=0)
+        lines = lines[start:]
+        loaded = {m.group(1) for ln in lines for m in [_LOADED.match(_message(ln))] if m}
+        for ln in reversed(lines):
+            msg = _message(ln)
+            m = _RM_STEP.search(msg)
+            if m:
+                return Stage("training the reward model", int(m.group(1)), int(m.group(2)),
+                             float(m.group(3)) if m.group(3) else None)
+            if "held-out " in msg or ": saved to " in msg:
+                return Stage("reward model trained; loading the roles", len(loaded), N_ROLES)
+            if "is not trained yet" in msg or re.search(r"(^|: )training a \w+ reward model", msg):
+                return Stage("training the reward model", 0, None)
+            if "waiting for another process that is training" in msg:
+                return Stage("waiting for another process training the reward model")
+            if re.search(r"(^|: )downloading ", msg):
+                what = msg.split("downloading ", 1)[1].split(" (")[0]
+                return Stage(f"downloading {what}")
+            if "verified sha256" in msg:
+                return Stage("unpacking a download")
+            if any(k in msg for k in ("converting ", "dequantising", "rebuilding a plain", "writing safetensors",
+                                      "reading the SmolLM2 tokenizer")):
+                return Stage("converting SmolLM2 (once)")
+            if _LOADED.match(msg) or (": starting " in msg and " for " in msg):
+                break
+        return Stage("loading the models", len(loaded), N_ROLES)
+
     @property
     def pids(self) -> dict[str, int]:
         return {k: v for k, v in (self.info.get("pids") or {}).items() if v}
+
+
+def _message(line: str) -> str:
+    """An events.log line without its date, time and level (``2026-01-01 10:00:00 INFO    msg``)."""
+    parts = line.split(None, 3)
+    if len(parts) == 4 and len(parts[0]) == 10 and parts[0][4] == "-":
+        msg = parts[3]
+    else:
+        msg = line
+    return msg
 
 
 def ema(values: list[float], alpha: float = 0.2) -> list[float]:

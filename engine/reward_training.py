@@ -57,6 +57,7 @@ DEFAULT_RM_SETTINGS: dict = dict(
 BUNDLED_DEFAULT_TRAIN_ROWS = 4000
 BUNDLED_LABELS = ["negative", "positive"]
 WARMUP_FRACTION = 0.06
+PROGRESS_EVERY = 25   # without a terminal bar: a progress line at least every this many steps
 WEIGHT_DECAY = 0.01
 METADATA_FORMAT = 1
 
@@ -468,7 +469,9 @@ def train_reward_model(
                        disable=not show_bar, dynamic_ncols=True)
             ema = None
             losses = []
-            every, t_loop, done = max(1, total // 10), time.time(), 0
+            # without a terminal bar (a run's worker, or ``progress`` routed to a log): a line
+            # at least every PROGRESS_EVERY steps, ``k/N`` with the time left
+            every, t_loop, done = min(PROGRESS_EVERY, max(1, total // 10)), time.time(), 0
             try:
                 for epoch in range(epochs):
                     order = list(range(len(train)))
@@ -504,7 +507,6 @@ def train_reward_model(
                         bar.update(1)
                         done += 1
                         if not show_bar and done % every == 0 and done < total:
-                            # no terminal bar (a run's worker): a line per tenth for the event log
                             spent = time.time() - t_loop
                             progress(f"train-rm: step {done}/{total}, loss {ema:.4f}, "
                                      f"{spent:.0f} s so far, ~{spent * (total - done) / done:.0f} s left")
@@ -602,7 +604,9 @@ def ensure_default_sentiment_rm(progress: Optional[Progress] = None) -> Path:
         before = torch.get_num_threads()
         torch.set_num_threads(max(before, available_cores()))
         try:
-            train_reward_model(**DEFAULT_RM_SETTINGS, out=path, progress=progress, lock=False)
+            # no tqdm bar: it would go to supervisor.log; the k/N lines go through ``progress``
+            # (a run's events.log, or the terminal)
+            train_reward_model(**DEFAULT_RM_SETTINGS, out=path, progress=progress, lock=False, show_bar=False)
         finally:
             torch.set_num_threads(before)
     return path

@@ -80,15 +80,18 @@ def _set_state(run_dir: Path, state: str, live: bool) -> None:
 
 
 async def main_async(args) -> list[Path]:
-    out = Path(args.out)
+    out = Path(args.out).resolve()    # both resolved before the chdir below
     out.mkdir(parents=True, exist_ok=True)
+    src_run = Path(args.run).resolve() if args.run else None
+    if src_run is not None and not (src_run / "run.json").exists():
+        raise SystemExit(f"--run {args.run}: no run.json in {src_run}")
     tmp = Path(tempfile.mkdtemp(prefix="rlhfc-shots-"))
     os.chdir(tmp)                      # relative paths on screen, the same on every machine
     os.environ["TZ"] = "UTC"
     time.tzset()
     runs = Path("runs")
     if args.run:
-        src = Path(args.run).resolve()
+        src = src_run
         run = runs / src.name
         shutil.copytree(src, run, ignore=shutil.ignore_patterns("checkpoints", "control.sock", "tensorboard"))
         real = json.loads((run / "run.json").read_text()).get("state")

@@ -33,6 +33,24 @@ class RunHeader(Static):
         t.append("  ")
         t.append_text(state_text(model.state))
         n = model.steps
+        stage = model.stage()
+        if stage is not None:      # starting: what it is doing, and how far
+            t.append(f"  {stage.label}")
+            if stage.total:
+                t.append(f" {stage.done}/{stage.total} ")
+                t.append(progress_bar(stage.done or 0, stage.total), style="cyan")
+            if stage.left_s is not None:
+                t.append(f"  ~{fmt_duration(stage.left_s)} left")
+            t.append(f"  elapsed {fmt_duration(model.elapsed())}")
+            t.truncate(max(10, self.size.width - 2) if self.size.width else 200, overflow="ellipsis")
+            line2 = Text(no_wrap=True, overflow="ellipsis")
+            last = model.events[-1] if model.events else ""
+            line2.append(last[11:] if len(last) > 20 and last[4] == "-" else last, style="dim")
+            line2.truncate(max(10, self.size.width - 2) if self.size.width else 200, overflow="ellipsis")
+            t.append("\n")
+            t.append_text(line2)
+            self.update(t)
+            return
         t.append(f"  step {model.step}/{n if n is not None else '?'} ")
         if self.size.width >= 100:
             t.append(progress_bar(model.step, n), style="green")
