@@ -85,7 +85,21 @@ class RoleActor:
         with self._plock:
             self._progress.append(msg if msg.startswith(f"{role}:") else f"{role}: {msg}")
 
-    def load(self) -> dict:
+    def rendezvous(self) -> str:
+        """On rank 0 of a role over several actors: a tcp:// address on this node for the
+        torch.distributed group (this node's IP and a port free here)."""
+        import socket
+
+        import ray
+
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sk:
+            sk.bind(("", 0))
+            port = sk.getsockname()[1]
+        return f"tcp://{ray.util.get_node_ip_address()}:{port}"
+
+    def load(self, rank: Optional[dict] = None) -> dict:
+        """Build the roles; ``rank`` ({"rank", "world_size", "init_method"}) first joins the
+        role's torch.distributed group, as a local rank worker does."""
         import random
 
         import ray
@@ -99,6 +113,10 @@ class RoleActor:
             cfg = validate_text(self.config_yaml, "<run config>", check_hardware=False).config
             if ray.get_gpu_ids():
                 cfg = _on_assigned_gpu(cfg, self.roles)
+            if rank:
+                from engine.runtime.ranks import init_rank
+
+                init_rank(rank, getattr(cfg, self.roles[0]).device, cfg.runtime.worker_timeout_s)
             seed = role_seed(cfg.run.seed, "+".join(self.roles))
             torch.manual_seed(seed)
             random.seed(seed)
@@ -146,6 +164,13 @@ class RoleActor:
 
     def stop(self) -> bool:
         self._stop.set()
+        try:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - the actor is being killed anyway
+            pass
         return True
 
 
@@ -173,9 +198,10 @@ class RayWorkerHandle:
     """Same interface as ``engine.runtime.worker.WorkerHandle``, over one Ray actor."""
 
     def __init__(self, roles: list[str], config_yaml: str, threads: int, actor_options: dict,
-                 on_progress: Optional[Callable[[str, str], None]] = None):
+                 on_progress: Optional[Callable[[str, str], None]] = None, rank: Optional[int] = None):
         self.roles = list(roles)
-        self.label = "+".join(roles)
+        self.rank = rank  # None: the role is one actor; else this actor's rank in the role's group
+        self.label = "+".join(roles) + (f"[{rank}]" if rank is not None else "")
         self.threads = threads
         self.node_id: Optional[str] = None
         self._pid: Optional[int] = None
@@ -186,9 +212,12 @@ class RayWorkerHandle:
         self.dead_reason: Optional[str] = None
         self._on_progress = on_progress or (lambda label, msg: None)
         self.actor = _remote_cls().options(**actor_options).remote(self.roles, config_yaml, threads)
-        self._ready_ref = self.actor.load.remote()
+        self._ready_ref = None
         self._watch_ref = self.actor.watch.options(concurrency_group="watch").remote()
         self._watch_ref.future().add_done_callback(self._on_watch_done)
+
+    def start_load(self, rank: Optional[dict] = None) -> None:
+        self._ready_ref = self.actor.load.remote(rank)
 
     @property
     def pid(self) -> Optional[int]:
@@ -380,20 +409,33 @@ class RayBackend:
                      f"{ray.cluster_resources().get('CPU', 0):g} CPUs); it is left running after the run")
         self.connected = True
 
-    def bundles(self, groups: list[list[str]]) -> list[dict]:
+    def specs(self, groups: list[list[str]]) -> list[tuple[int, int, int]]:
+        """One (group index, rank, world size) per actor: a colocation group is one actor, a
+        role with world_size N is N actors."""
+        out = []
+        for gi, g in enumerate(groups):
+            world = int(getattr(getattr(self.cfg, g[0]), "world_size", 1) or 1) if len(g) == 1 else 1
+            out += [(gi, rank, world) for rank in range(world)]
+        return out
+
+    def bundles(self, groups: list[list[str]], specs: list[tuple[int, int, int]]) -> list[dict]:
+        """One bundle per actor: a share of the CPUs, a GPU share for a role on cuda (a whole GPU
+        for each rank of a role over several actors: NCCL needs one device per rank), and the
+        role's runtime.ray_resources."""
         import ray
 
         total = ray.cluster_resources()
-        cpu_share = min(1.0, float(total.get("CPU", 1.0)) / max(1, len(groups)))
+        cpu_share = min(1.0, float(total.get("CPU", 1.0)) / max(1, len(specs)))
         gpus = float(total.get("GPU", 0.0))
-        cuda_groups = [g for g in groups if any(_role_on_cuda(self.cfg, r, gpus) for r in g)]
-        gpu_share = min(1.0, gpus / len(cuda_groups)) if cuda_groups else 0.0
+        on_cuda = [any(_role_on_cuda(self.cfg, r, gpus) for r in groups[gi]) for gi, _, _ in specs]
+        gpu_share = min(1.0, gpus / sum(on_cuda)) if any(on_cuda) else 0.0
         extra = self.cfg.runtime.ray_resources or {}
         out = []
-        for g in groups:
-            b: dict[str, float] = {"CPU": round(cpu_share, 4)}
-            if g in cuda_groups and gpu_share > 0:
-                b["GPU"] = round(gpu_share, 4)
+        for (gi, _, world), cuda in zip(specs, on_cuda):
+            g = groups[gi]
+            b: dict[str, float] = {"CPU": _floor4(cpu_share)}  # shares never sum past the total
+            if cuda and gpus > 0:
+                b["GPU"] = 1.0 if world > 1 else _floor4(gpu_share)
             for r in g:
                 for k, v in (extra.get(r) or {}).items():
                     b[k] = max(b.get(k, 0.0), float(v))
@@ -406,7 +448,8 @@ class RayBackend:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        bundles = self.bundles(groups)
+        specs = self.specs(groups)
+        bundles = self.bundles(groups, specs)
         offered = ray.cluster_resources()
         if not offered.get("GPU"):
             from engine.config import role_config
@@ -427,11 +470,12 @@ class RayBackend:
         if not ready:
             raise RayBackendError(
                 f"the placement group for the roles could not be placed in {PLACEMENT_TIMEOUT_S:.0f}s: "
-                + "; ".join(f"{'+'.join(g)} needs {b}" for g, b in zip(groups, bundles))
+                + "; ".join(f"{_spec_label(groups, s)} needs {b}" for s, b in zip(specs, bundles))
                 + f"; the cluster offers {dict(ray.available_resources())} (runtime.ray_resources)")
-        self.log("ray: placement group ready: " + "; ".join(f"{'+'.join(g)} {b}" for g, b in zip(groups, bundles)))
-        for i, (g, n) in enumerate(zip(groups, threads)):
-            b = bundles[i]
+        self.log("ray: placement group ready: " + "; ".join(f"{_spec_label(groups, s)} {b}" for s, b in zip(specs, bundles)))
+        by_group: dict[int, list[RayWorkerHandle]] = {}
+        for i, (gi, rank, world) in enumerate(specs):
+            g, b = groups[gi], bundles[i]
             opts = dict(
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=self.pg,
                                                                      placement_group_bundle_index=i),
@@ -439,7 +483,18 @@ class RayBackend:
                 resources={k: v for k, v in b.items() if k not in ("CPU", "GPU")} or None,
                 max_restarts=0, max_task_retries=0, name=None,
             )
-            self.handles.append(RayWorkerHandle(g, cfg_yaml, n, opts, on_progress))
+            n = max(1, threads[gi] // world)
+            h = RayWorkerHandle(g, cfg_yaml, n, opts, on_progress, rank=rank if world > 1 else None)
+            by_group.setdefault(gi, []).append(h)
+            self.handles.append(h)
+        for gi, hs in by_group.items():
+            if len(hs) == 1:
+                hs[0].start_load()
+                continue
+            # a role over several actors: one torch.distributed group, rendezvous on rank 0's node
+            init = ray.get(hs[0].actor.rendezvous.options(concurrency_group="watch").remote(), timeout=60)
+            for h in hs:
+                h.start_load({"rank": h.rank, "world_size": len(hs), "init_method": init})
         return self.handles
 
     def placement(self) -> dict:
@@ -495,6 +550,17 @@ class RayBackend:
             except psutil.Error:
                 pass
         return killed
+
+
+def _floor4(x: float) -> float:
+    import math
+
+    return max(0.0001, math.floor(x * 10000) / 10000)
+
+
+def _spec_label(groups: list[list[str]], spec: tuple[int, int, int]) -> str:
+    gi, rank, world = spec
+    return "+".join(groups[gi]) + (f"[{rank}]" if world > 1 else "")
 
 
 def _probe_address(address: str, timeout: float = 5.0) -> None:

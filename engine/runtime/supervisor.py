@@ -451,8 +451,8 @@ class Supervisor:
             nodes = self.ray.placement()
             self.rd.write_state(ray={"address": cfg.runtime.ray_address, "started_here": self.ray.owned,
                                      "nodes": nodes})
-            self.log("ray: " + ", ".join(f"{label} on node {nid[:12]} (pid {self.by_role[label.split('+')[0]].pid})"
-                                         for label, nid in nodes.items()))
+            self.log("ray: " + ", ".join(f"{h.label} on node {(h.node_id or '?')[:12]} (pid {h.pid})"
+                                         for h in self.workers))
 
         from engine.data import PromptStream, load_prompts
         from engine.models import load_tokenizer
