@@ -187,7 +187,11 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
-def test_bad_input_is_one_clear_message_and_creates_nothing(name, tmp_path):
+def test_bad_input_is_one_clear_message_and_creates_nothing(name, tmp_path, monkeypatch, capsys):
+    """The CLI's own main() in this process (the same code as the rlhf-console entry point,
+    without an interpreter start per case)."""
+    from console.cli import main
+
     content, sets, needles = BAD_INPUTS[name]
     (tmp_path / "afile").write_text("x")
     runs = tmp_path / "runs"
@@ -198,9 +202,11 @@ def test_bad_input_is_one_clear_message_and_creates_nothing(name, tmp_path):
     args = ["train", "--config", str(cfg), "--set", f"run.output_dir={runs}"]
     for s in sets:
         args += ["--set", s.format(tmp=tmp_path)]
-    out = _cli(*args, cwd=tmp_path)
-    _refused(out, *needles)
-    assert "nothing was started" in out.stderr
+    monkeypatch.chdir(tmp_path)
+    rc = main(args)
+    cap = capsys.readouterr()
+    _refused(subprocess.CompletedProcess(args, rc, cap.out, cap.err), *needles)
+    assert "nothing was started" in cap.err
     assert not runs.exists(), "a run directory was created"
 
 
