@@ -253,21 +253,27 @@ class Supervisor:
     def _watchdog(self) -> None:
         timeout = float(self.cfg.runtime.worker_timeout_s)
         while not self._watch_stop.wait(0.25):
-            now = time.monotonic()
-            with self._inflight_lock:
-                recs = [r for r in self._inflight.values() if not r["fut"].done()]
+            try:
+                self._watch_once(timeout)
+            except Exception as e:  # noqa: BLE001 - never let the watchdog die quietly
+                self._log_safe(f"watchdog error: {type(e).__name__}: {e}", "ERROR")
+
+    def _watch_once(self, timeout: float) -> None:
+        now = time.monotonic()
+        with self._inflight_lock:
+            recs = [r for r in self._inflight.values() if not r["fut"].done()]
+        for r in recs:
+            if r["timed"] and now - r["t0"] > timeout:
+                self._abort(r["h"], "timeout", r["role"], r["op"],
+                            f"{r['role']}.{r['op']} did not finish within runtime.worker_timeout_s = "
+                            f"{timeout:g}s", timeout_s=timeout)
+        if self._stop_deadline is not None and now > self._stop_deadline:
+            why = f"did not answer within {self._stop_grace:g}s of the stop request"
             for r in recs:
-                if r["timed"] and now - r["t0"] > timeout:
-                    self._abort(r["h"], "timeout", r["role"], r["op"],
-                                f"{r['role']}.{r['op']} did not finish within runtime.worker_timeout_s = "
-                                f"{timeout:g}s", timeout_s=timeout)
-            if self._stop_deadline is not None and now > self._stop_deadline:
-                why = f"did not answer within {self._stop_grace:g}s of the stop request"
-                for r in recs:
-                    self._abort(r["h"], "stopped", r["role"], r["op"], f"{r['role']}.{r['op']} {why}")
-                if self.state == "starting":  # a role that hangs while loading
-                    for h in self.workers:
-                        self._abort(h, "stopped", h.roles[0], "load", f"{h.label} (loading) {why}")
+                self._abort(r["h"], "stopped", r["role"], r["op"], f"{r['role']}.{r['op']} {why}")
+            if self.state == "starting":  # a role that hangs while loading
+                for h in self.workers:
+                    self._abort(h, "stopped", h.roles[0], "load", f"{h.label} (loading) {why}")
 
     def _abort(self, h, kind: str, role: str, op: str, why: str, **extra) -> None:
         if h.label in self._aborted:
@@ -280,12 +286,17 @@ class Supervisor:
         if kind == "stopped":
             self._killed_on_stop.append(rec)
         self._log_safe(msg, "ERROR")
-        abort = getattr(h, "abort", None)
-        if abort is not None:
-            abort(msg, kind)
-        else:  # a handle without abort(): mark it dead, then take it down
-            h._mark_dead(msg)
-            threading.Thread(target=h.shutdown, args=(1.0,), daemon=True).start()
+        try:
+            abort = getattr(h, "abort", None)
+            if abort is not None:
+                abort(msg, kind)
+            else:  # a handle without abort(): mark it dead, then take it down
+                mark = getattr(h, "_mark_dead", None)
+                if mark is not None:
+                    mark(msg)
+                threading.Thread(target=h.shutdown, args=(1.0,), daemon=True).start()
+        except Exception as e:  # noqa: BLE001 - the watchdog must keep going
+            self._log_safe(f"could not kill worker '{h.label}': {type(e).__name__}: {e}", "ERROR")
 
     def _log_safe(self, message: str, level: str = "INFO") -> None:
         try:
