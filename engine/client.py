@@ -251,7 +251,7 @@ class Run:
         last = int(self.info.get("step") or 0)
         self.resume_note = (f"the latest checkpoint is {latest.name}: steps {ck_step + 1}-{last} were not "
                             f"checkpointed and are trained again" if last > ck_step else "")
-        self.dir.write_state(state="starting", failure=None)
+        self.dir.write_state(state="starting", failure=None, failed_role=None, checkpoint_error=None)
         _spawn_detached(self.dir, resume=True)
         if wait_ready:
             self.wait_started(timeout)

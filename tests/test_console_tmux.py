@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from engine.client import Run, list_runs
+from engine.config import dump_config, load_config
 from engine.runtime.rundir import pid_alive
 from tests.conftest import ROOT, TINY, kill_run
 
@@ -74,7 +75,8 @@ def _kill_run(runs: Path) -> None:
 def test_launch_pause_resume_detach_reattach_in_tmux(tmux, tmp_path):
     runs = tmp_path / "runs"
     cfg = tmp_path / "tiny-long.yaml"
-    cfg.write_text(TINY.read_text().replace("steps: 3", "steps: 300", 1))
+    # the tiny config with run.steps overridden the way --set does it (not by editing its text)
+    cfg.write_text(dump_config(load_config(TINY, ["run.steps=300"])))
     cli = f"{sys.executable} -m console.cli --runs-dir {runs}"
     try:
         # `rlhf-console CONFIG.yaml`: the editor, launching into --runs-dir

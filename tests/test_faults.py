@@ -17,7 +17,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -287,27 +286,31 @@ def test_faults_leave_the_run_resumable_and_the_disk_clean(runs_dir, cleanup_run
     # 6. kill -9 of each role, mid-checkpoint (actor, critic: they write it) or mid-step
     #    (reference, reward): the run fails naming the role; nothing half-written and no
     #    segment remains; resume continues from the previous checkpoint
-    for role, when in (("actor", "checkpoint"), ("critic", "checkpoint"), ("reference", "step"), ("reward", "step")):
+    kills = (("actor", "checkpoint"), ("critic", "checkpoint"), ("reference", "step"), ("reward", "step"))
+    for i, (role, when) in enumerate(kills):
         pid = run.info["pids"][role]
+        failures = (run.path / "events.log").read_text().count("worker failure")
         if when == "checkpoint":
             _kill_during_checkpoint(run, pid)
         else:
             time.sleep(0.5)
             os.kill(pid, signal.SIGKILL)
         t0 = time.time()
+        _wait_for(lambda: (run.path / "events.log").read_text().count("worker failure") > failures, 60,
+                  "the worker failure in events.log", poll=0.05)
+        _report(f"{role} SIGKILL mid-{when} -> named in events.log", time.time() - t0)
         assert run.wait(timeout=60) == "failed"
-        _report(f"{role} SIGKILL mid-{when} -> failed", time.time() - t0)
+        _report(f"{role} SIGKILL mid-{when} -> failed, every process gone", time.time() - t0)
         info = run.info
         assert role in info["failure"] and "SIGKILL" in info["failure"], info["failure"]
         assert run_processes_gone(run) == [] and run_segments(run) == []
         assert not list((run.path / "checkpoints").glob(".tmp-*"))
         latest = _latest_step(run)
-        seen = (run.path / "events.log").read_text().count(_resume_line(latest))
-        run.restart()
-        _assert_resumes_from(run, latest, seen)
-    run.stop()
-    assert run.wait(timeout=120) == "stopped"
-    assert run_processes_gone(run) == [] and run_segments(run) == []
+        assert (run.path / "checkpoints" / f"step_{latest}" / "state.json").exists()
+        if i < len(kills) - 1:  # (the last resume is the same as the others: spare its start-up)
+            seen = (run.path / "events.log").read_text().count(_resume_line(latest))
+            run.restart()
+            _assert_resumes_from(run, latest, seen)
 
 
 def test_a_hanging_reward_module_is_refused_by_the_probe(fault_env, monkeypatch):
@@ -329,42 +332,89 @@ def test_a_hanging_reward_module_is_refused_by_the_probe(fault_env, monkeypatch)
     assert ok, why
 
 
+class SmallTmpfs:
+    """The run directory on a tmpfs of our own (needs root): it really fills up."""
+
+    cause = "No space left on device"
+
+    def __init__(self, mnt: Path):
+        self.mnt = mnt
+        self.filler = mnt / "filler"
+
+    def fill_for_records(self, run: Run) -> None:
+        with open(self.filler, "wb", buffering=0) as f:
+            for chunk in (65536, 512):
+                try:
+                    while True:
+                        f.write(b"\0" * chunk)
+                except OSError:
+                    pass
+
+    def room_for_records(self, run: Run) -> None:
+        self.filler.unlink()
+
+    def too_small_for_a_checkpoint(self, run: Run) -> None:
+        used = int(subprocess.run(["df", "--output=used", "-B1", str(self.mnt)], capture_output=True,
+                                  text=True).stdout.split()[-1])
+        ck = sum(f.stat().st_size for f in (run.path / "checkpoints" / "step_2").rglob("*") if f.is_file())
+        subprocess.run(["mount", "-o", f"remount,size={used + ck // 2}", str(self.mnt)], check=True)
+
+    def room_again(self, run: Run) -> None:
+        subprocess.run(["mount", "-o", "remount,size=300m", str(self.mnt)], check=True)
+
+
+class FileSizeLimit:
+    """Where no tmpfs can be mounted: RLIMIT_FSIZE on the run's live processes (Python ignores
+    SIGXFSZ, so a write past the limit fails with EFBIG instead of killing the process)."""
+
+    cause = "File too large"
+
+    def __init__(self, mnt: Path):
+        self.mnt = mnt
+
+    @staticmethod
+    def _limit(pids, nbytes) -> None:
+        import resource
+
+        for pid in pids:  # the soft limit only: raising it back needs no privilege
+            _soft, hard = resource.prlimit(int(pid), resource.RLIMIT_FSIZE)
+            resource.prlimit(int(pid), resource.RLIMIT_FSIZE, (nbytes, hard))
+
+    def fill_for_records(self, run: Run) -> None:  # metrics.jsonl cannot grow; run.json still fits
+        self._limit([run.info["supervisor_pid"]], (run.path / "metrics.jsonl").stat().st_size + 100)
+
+    def room_for_records(self, run: Run) -> None:
+        import resource
+
+        self._limit([run.info["supervisor_pid"]], resource.RLIM_INFINITY)
+
+    def too_small_for_a_checkpoint(self, run: Run) -> None:  # the weights' files cannot be written
+        self._limit([run.info["pids"]["actor"], run.info["pids"]["critic"]], 1 << 20)
+
+    def room_again(self, run: Run) -> None:
+        import resource
+
+        self._limit([run.info["pids"]["actor"], run.info["pids"]["critic"]], resource.RLIM_INFINITY)
+
+
 @pytest.fixture
-def small_fs(tmp_path):
-    """A tmpfs of our own (root only): the run directory on a disk that can fill up."""
+def full_disk(tmp_path):
     mnt = tmp_path / "small-fs"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    forced = os.environ.get("RLHFC_TEST_FULL_DISK") == "fsize"  # to exercise the fallback here
+    r = None if forced else subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(mnt)],
+                                           capture_output=True, text=True)
+    if r is None or r.returncode != 0:
+        yield FileSizeLimit(mnt)
+        return
     try:
-        yield mnt
+        yield SmallTmpfs(mnt)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def _remount(mnt: Path, size: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
-
-
-def _fill(mnt: Path) -> Path:
-    filler = mnt / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-        except OSError:
-            pass
-        try:
-            while True:
-                f.write(b"\0" * 512)
-        except OSError:
-            pass
-    return filler
-
-
-def test_a_full_disk_pauses_the_run_and_loses_nothing(small_fs, cleanup_runs):
-    runs_dir = small_fs / "runs"
+def test_a_full_disk_pauses_the_run_and_loses_nothing(full_disk, cleanup_runs):
+    runs_dir = full_disk.mnt / "runs"
     run = launch(TINY, tiny_overrides(runs_dir, "run.steps=6", "checkpoint.every=2", "checkpoint.keep_last=2"))
     cleanup_runs.append(run)
     _wait_for(lambda: (run.path / "checkpoints" / "step_2").is_dir(), 300, "the step-2 checkpoint")
@@ -374,41 +424,69 @@ def test_a_full_disk_pauses_the_run_and_loses_nothing(small_fs, cleanup_runs):
     rows = len(list(run.metrics()))
 
     # a metrics/samples write that fails: the step is not applied, nothing is half-written
-    filler = _fill(small_fs)
+    full_disk.fill_for_records(run)
     t0 = time.time()
     run.resume()
     st = _paused(run)
-    _report("disk full at a metrics write -> paused", time.time() - t0)
+    _report(f"{full_disk.cause} at a metrics write -> paused", time.time() - t0)
     assert st["step"] == step and st["pause_info"]["phase"] == "record"
-    assert "No space left on device" in st["paused_reason"]
-    filler.unlink()
+    assert full_disk.cause in st["paused_reason"], st["paused_reason"]
+    full_disk.room_for_records(run)
     info = _wait_for(lambda: run.info if run.info.get("pause_info") else None, 30, "run.json written once there is room")
-    assert info["state"] == "paused" and "No space left on device" in info["message"]
+    assert info["state"] == "paused" and full_disk.cause in info["message"]
     assert len(list(run.metrics())) == rows and (run.path / "metrics.jsonl").read_bytes().endswith(b"\n")
 
     # a checkpoint that does not fit: paused, never "finished"; the folder is removed
-    used = int(subprocess.run(["df", "--output=used", "-B1", str(small_fs)], capture_output=True,
-                              text=True).stdout.split()[-1])
-    ck_size = sum(f.stat().st_size for f in (run.path / "checkpoints" / "step_2").rglob("*") if f.is_file())
-    _remount(small_fs, str(used + ck_size // 2))
+    full_disk.too_small_for_a_checkpoint(run)
     t0 = time.time()
     run.resume()
     st = _paused(run)
-    _report("disk full at a checkpoint -> paused", time.time() - t0)
+    _report(f"{full_disk.cause} at a checkpoint -> paused", time.time() - t0)
     assert st["step"] == 4 and st["pause_info"]["phase"] == "checkpoint"
-    assert "No space left on device" in st["paused_reason"]
+    assert full_disk.cause in st["paused_reason"], st["paused_reason"]
     info = _wait_for(lambda: run.info if run.info.get("state") == "paused" else None, 30, "run.json paused")
-    assert "No space left on device" in info["message"]
+    assert full_disk.cause in info["message"]
     assert not list((run.path / "checkpoints").glob(".tmp-*"))
     assert run.dir.latest_checkpoint().name == "step_2"
     out = _cli(runs_dir, "runs")
-    assert "No space left on device" in out.stdout and "paused" in out.stdout
+    assert full_disk.cause in out.stdout and "paused" in out.stdout
 
     # room again: resume writes the checkpoint and finishes
-    _remount(small_fs, "300m")
+    full_disk.room_again(run)
     run.resume()
     assert run.wait(timeout=180) == "finished"
     assert run.dir.latest_checkpoint().name == "step_6"
     assert "checkpoint step 4 saved" in (run.path / "events.log").read_text()
     assert [m["step"] for m in run.metrics()] == [1, 2, 3, 4, 5, 6]
     assert run_processes_gone(run) == [] and run_segments(run) == []
+
+
+def test_checkpoint_rename_is_durable(tmp_path, monkeypatch):
+    """Every file and folder of a checkpoint is fsynced before the rename, the parent after it
+    (a power loss can leave no renamed but empty checkpoint)."""
+    from engine.runtime import rundir
+
+    src = tmp_path / "checkpoints" / ".tmp-step_3-1"
+    (src / "actor").mkdir(parents=True)
+    (src / "actor" / "model.safetensors").write_bytes(b"w" * 100)
+    (src / "state.json").write_text("{}")
+    final = tmp_path / "checkpoints" / "step_3"
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(a, b):
+        events.append(("rename", str(b)))
+        return real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    rundir.durable_rename(src, final)
+    rename_at = events.index(("rename", str(final)))
+    before = {p for e, p in events[:rename_at] if e == "fsync"}
+    assert before == {str(src / "actor" / "model.safetensors"), str(src / "state.json"), str(src / "actor"), str(src)}
+    assert events[rename_at + 1:] == [("fsync", str(final.parent))]
+    assert (final / "actor" / "model.safetensors").read_bytes() == b"w" * 100

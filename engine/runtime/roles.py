@@ -106,6 +106,16 @@ def _check_finite(role: str, phase: str, **named: Any) -> None:
             raise NonFiniteError(role, phase, f"{k} is not finite")
 
 
+def _named_write_errors(fn: Callable[[], Result], folder: Path) -> Result:
+    """Run a checkpoint write; a failure is re-raised as OSError naming its cause."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001
+        from engine.runtime.rundir import write_error_cause
+
+        raise OSError(write_error_cause(e, folder)) from e
+
+
 def _batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -380,6 +390,9 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
 
     # ---- checkpoints --------------------------------------------------------------------
     def op_save(self, tensors: Tensors, args: dict) -> Result:
+        return _named_write_errors(lambda: self._save(args), Path(args["path"]))
+
+    def _save(self, args: dict) -> Result:
         d = Path(args["path"]) / self.name
         d.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(d, safe_serialization=True)
@@ -533,6 +546,9 @@ class CriticRole(TwoPhaseUpdate, Role):
         return {}, {k: (sum(v) / len(v) if v else 0.0) for k, v in stats.items()}
 
     def op_save(self, tensors: Tensors, args: dict) -> Result:
+        return _named_write_errors(lambda: self._save(args), Path(args["path"]))
+
+    def _save(self, args: dict) -> Result:
         d = Path(args["path"]) / self.name
         d.mkdir(parents=True, exist_ok=True)
         torch.save(

@@ -10,6 +10,7 @@ at a time and readers skip a trailing partial line.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -44,6 +45,10 @@ def atomic_write_text(path: Path, text: str, mode: Optional[int] = None) -> None
         except FileNotFoundError:
             pass
         raise
+    try:
+        fsync_dir(path.parent)  # the rename itself survives a power loss
+    except OSError:
+        pass
 
 
 def fsync_dir(path: Path) -> None:
@@ -102,6 +107,31 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GB"  # pragma: no cover
 
 
+def write_error_cause(e: BaseException, folder: Path) -> str:
+    """The cause of a failed write, named even when a library hides it (torch.save reports a
+    full disk as ``unexpected pos ...``): a full filesystem, a file-size limit or the error."""
+    chain, x = [], e
+    while x is not None and len(chain) < 8:
+        chain.append(x)
+        x = x.__cause__ or x.__context__
+    for x in chain:
+        if isinstance(x, OSError) and x.errno:
+            return f"{x.strerror or os.strerror(x.errno)} ({type(e).__name__}: {e})" if x is not e else f"{type(e).__name__}: {e}"
+    what = f"{type(e).__name__}: {e}"
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < 4 * 2**20:
+        return f"{os.strerror(errno.ENOSPC)} ({human_size(free)} free) ({what})"
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY:
+        return f"{os.strerror(errno.EFBIG)} (file-size limit {human_size(soft)}) ({what})"
+    return what
+
+
 _TMP_CKPT = re.compile(r"\.tmp-step_\d+-(\d+)")
 
 
@@ -141,9 +171,22 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def append_jsonl(path: Path, obj: Any) -> None:
     line = json.dumps(obj, separators=(",", ":"), allow_nan=True) + "\n"
     # O_APPEND with a single write keeps lines whole even with several writers
+    view = memoryview(line.encode())
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line.encode())
+        start = os.fstat(fd).st_size
+        try:
+            while view:  # a short write is followed by the one that names the error
+                n = os.write(fd, view)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+                view = view[n:]
+        except OSError:
+            try:
+                os.ftruncate(fd, start)  # no partial line left behind (disk full, size limit)
+            except OSError:
+                pass
+            raise
     finally:
         os.close(fd)
 

@@ -33,7 +33,7 @@ from engine.runtime.driver import (PPODriver, ROLES, ThreadPlan, UpdateConsisten
                                    format_step_line)
 from engine.runtime.roles import NonFiniteError, capture_rng, restore_rng
 from engine.runtime.rundir import (RunDir, append_jsonl, atomic_write_json, atomic_write_text, durable_rename,
-                                   human_size, read_jsonl, reap_stale_checkpoint_tmp)
+                                   human_size, read_jsonl, reap_stale_checkpoint_tmp, write_error_cause)
 from engine.runtime.worker import WorkerError, WorkerHandle
 
 
@@ -756,12 +756,14 @@ class Supervisor:
             })
             durable_rename(tmp, final)  # fsync files and folder, rename, fsync checkpoints/
         except BaseException as e:
+            if isinstance(e, WorkerError) and e.kind == "died" or not isinstance(e, Exception):
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            if isinstance(e, WorkerError):
+                cause = e.reply.get("error") or str(e)
+            else:
+                cause = write_error_cause(e, self.rd.checkpoints)  # before the removal frees space
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(e, WorkerError) and e.kind == "died":
-                raise
-            if not isinstance(e, Exception):
-                raise
-            cause = (e.reply.get("error") if isinstance(e, WorkerError) else None) or f"{type(e).__name__}: {e}"
             self.log(f"checkpoint at step {self.step} failed: {cause}", "ERROR")
             return {"ok": False, "error": cause}
         keep = max(1, cfg.checkpoint.keep_last)
