@@ -156,7 +156,7 @@ class PPODriver:
         if errors:
             # a failed role has restored its own state; undo the others' updates of this step
             self._send_all([calls[k][0] for k in results], "rollback")
-            ranked = sorted(errors.values(), key=lambda e: {"died": 0, "nonfinite": 1}.get(getattr(e, "kind", "nonfinite"), 2))
+            ranked = sorted(errors.values(), key=lambda e: {"died": 0, "timeout": 0, "nonfinite": 1}.get(getattr(e, "kind", "nonfinite"), 2))
             raise ranked[0]
         return results
 
@@ -166,7 +166,7 @@ class PPODriver:
             try:
                 f.result()
             except BaseException as e:  # noqa: BLE001
-                if getattr(e, "kind", None) == "died":
+                if getattr(e, "kind", None) in ("died", "timeout"):
                     raise
                 raise UpdateConsistencyError(f"{r} could not {op} its update: {e}") from e
 
