@@ -45,6 +45,7 @@ class GpuReport:
     driver: str = ""
     devices: list = field(default_factory=list)
     live_rss: dict = field(default_factory=dict)   # role -> MB, for the processes that still run
+    live_cpu: dict = field(default_factory=dict)   # role -> CPU % since the previous reading (100 = one core)
 
 
 def _s(v) -> str:
@@ -131,6 +132,32 @@ def live_rss(pids: dict) -> dict:
         try:
             out[role] = psutil.Process(int(pid)).memory_info().rss / 2**20
         except Exception:  # noqa: BLE001 - gone, zombie, no permission
+            continue
+    return out
+
+
+_PROCS: dict = {}
+
+
+def live_cpu(pids: dict) -> dict:
+    """CPU use of each role's process that still runs, in % of one core since the previous call
+    (psutil; the first reading of a process is left out: it has nothing to compare with)."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover
+        return {}
+    out = {}
+    for role, pid in pids.items():
+        try:
+            pid = int(pid)
+            proc = _PROCS.get(pid)
+            if proc is None:
+                proc = _PROCS[pid] = psutil.Process(pid)
+                proc.cpu_percent(None)
+                continue
+            out[role] = proc.cpu_percent(None)
+        except Exception:  # noqa: BLE001 - gone, zombie, no permission
+            _PROCS.pop(pid, None)
             continue
     return out
 

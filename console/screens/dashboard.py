@@ -181,13 +181,14 @@ class DashboardScreen(Screen):
 
     @work(thread=True, exclusive=True, group="gpu", exit_on_error=False)
     def _gpu(self) -> None:
-        from console.gpu import NvmlProbe, live_rss
+        from console.gpu import NvmlProbe, live_cpu, live_rss
 
         worker = get_current_worker()
         probe = getattr(self.app, "gpu_probe", None) or NvmlProbe().read
         while not worker.is_cancelled:
             report = probe()
             report.live_rss = live_rss(dict(self._gpu_pids))
+            report.live_cpu = live_cpu(dict(self._gpu_pids))
             self.post_message(GpuSampled(report))
             deadline = time.monotonic() + 2.0
             while time.monotonic() < deadline:

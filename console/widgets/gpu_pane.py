@@ -69,13 +69,17 @@ class GpuPane(Static):
         mem = host_memory(pids, report.live_rss, model.role_memory(), model.metrics[-1]["step"] if model.metrics else None)
         if mem:
             t = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold", expand=False)
-            t.add_column("role")
+            t.add_column("role", no_wrap=True, min_width=9)
             t.add_column("pid", justify="right")
             t.add_column("host rss", justify="right")
             t.add_column("peak", justify="right")
-            t.add_column("from", style="dim")
+            t.add_column("cpu", justify="right")
+            t.add_column("from", style="dim", no_wrap=True, overflow="ellipsis")
+            cpu = getattr(report, "live_cpu", {}) or {}
             for m in mem:
-                t.add_row(m.role, str(m.pid or "–"), _mb(m.rss_mb), _mb(m.peak_mb), m.source)
+                c = cpu.get(m.role)
+                t.add_row(m.role, str(m.pid or "–"), _mb(m.rss_mb), _mb(m.peak_mb),
+                          f"{c:.0f}%" if isinstance(c, (int, float)) else "–", m.source)
             self.update(Group(out, t))
         else:
             out.append("no role memory recorded yet", style="dim")
