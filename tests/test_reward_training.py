@@ -232,3 +232,35 @@ def test_ensure_default_trains_once_then_reuses(tmp_path, tiny_base, monkeypatch
     assert len(calls) == 1
     reward = build_reward("bundled:minilm-sentiment")
     assert len(reward(["a"], ["b"])) == 1
+
+
+def test_a_runs_labels_jsonl_is_labelled_text(tmp_path, tiny_base, capsys):
+    """labels.jsonl rows (sample_id + good/bad, as the console writes them) train a reward model;
+    the text comes from the run's samples.jsonl; a re-labelled sample counts once (newest wins)."""
+    import shutil
+
+    from console import demo
+
+    run = tmp_path / "run"
+    shutil.copytree(demo.recorded_run_dir(), run)
+    samples = {s["id"]: s for s in map(json.loads, (run / "samples.jsonl").read_text().splitlines())}
+    with open(run / "labels.jsonl", "a") as f:
+        for sid, lab in (("7-0", "good"), ("8-1", "bad"), ("9-2", "good"), ("3-1", "bad")):
+            f.write(json.dumps({"sample_id": sid, "step": int(sid.split("-")[0]), "label": lab}) + "\n")
+    assert RT.detect_kind(run / "labels.jsonl") == "labels"
+    rows, names = RT.load_labelled_jsonl(run / "labels.jsonl")
+    assert names == ["bad", "good"] and len(rows) == 5            # 3-1 re-labelled: once, as bad
+    from engine.rewards import join_prompt_response
+
+    by_text = {r.text: names[r.label] for r in rows}
+    s = samples["3-1"]
+    assert by_text[join_prompt_response(s["prompt"], s["response"])] == "bad"
+    out = tmp_path / "rm"
+    assert _cli(["--data", str(run / "labels.jsonl"), "--base", str(tiny_base), "--out", str(out),
+                 "--max-length", "24", "--no-progress"]) == 0
+    assert RT.is_complete_reward_folder(out)
+    # a sample id the run does not have: one clear error with the line
+    with open(run / "labels.jsonl", "a") as f:
+        f.write(json.dumps({"sample_id": "99-9", "step": 99, "label": "good"}) + "\n")
+    with pytest.raises(RT.DataError, match=r"line 7: sample '99-9' is not in .*samples.jsonl"):
+        RT.load_labelled_jsonl(run / "labels.jsonl")
