@@ -827,11 +827,22 @@ class Supervisor:
     # ---- teardown ------------------------------------------------------------------------
     def _teardown(self) -> None:
         self._watch_stop.set()
-        for h in self.workers:
+
+        def down(h) -> None:
             try:
                 h.shutdown(timeout=5.0)
             except Exception:  # noqa: BLE001
                 pass
+
+        if self.ray is None:  # worker processes: all at once, so a busy one delays no other
+            threads = [threading.Thread(target=down, args=(h,), daemon=True) for h in self.workers]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        else:
+            for h in self.workers:
+                down(h)
         if self.ray is not None:
             try:
                 killed = self.ray.close()
