@@ -49,7 +49,10 @@ def create_run_dir(cfg: RunConfig) -> RunDir:
     from engine.runtime.rundir import atomic_write_text
 
     atomic_write_text(rd.config, dump_config(cfg))
-    rd.write_state(state="starting", created=time.time(), name=rd.name, steps=cfg.run.steps, step=0)
+    ck = {}
+    if cfg.checkpoint.dir:  # checkpoints elsewhere: <dir>/<run dir name>; resume finds them via run.json
+        ck = {"checkpoint_dir": str((Path(cfg.checkpoint.dir) / rd.name).resolve())}
+    rd.write_state(state="starting", created=time.time(), name=rd.name, steps=cfg.run.steps, step=0, **ck)
     for f in (rd.metrics, rd.samples, rd.labels, rd.events):
         f.touch()
     return rd

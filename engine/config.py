@@ -45,7 +45,7 @@ __all__ = [
     "RuntimeConfig", "LoggingConfig", "CheckpointConfig", "RunConfig",
     "ConfigIssue", "ConfigError", "ValidationResult",
     "load_config", "validate_text", "apply_overrides", "config_to_dict", "dump_config",
-    "resolve_role_model", "role_config", "colocation_groups", "explicit_threads",
+    "resolve_role_model", "role_config", "colocation_groups", "explicit_threads", "role_device_request",
     "schema_reference_markdown", "list_presets", "preset_path", "cuda_device_count",
 ]
 
@@ -248,6 +248,20 @@ class RoleConfig:
                                "weights, optimizer state and log-probs stay in `dtype` (none = off).",
                        choices=("none",) + tuple(d for d in DTYPES if d != "float32"),
                        normalize=lambda v: "none" if v is None else _norm_dtype(v))
+    world_size: int = _f(1, "Worker processes (ranks) for this role, forming one torch.distributed "
+                            "group (gloo on CPU, NCCL on GPU; one GPU per rank). The batch is split "
+                            "across ranks and gradients are summed, so an update equals the "
+                            "one-process update. The role must not be colocated with another.",
+                         check=_GE1)
+    strategy: str = _f("ddp", "How ranks share the model when world_size > 1: ddp = every rank holds "
+                              "the whole model, gradients are all-reduced; fsdp = parameters, "
+                              "gradients and optimizer state are sharded over the ranks "
+                              "(torch.distributed.fsdp.fully_shard).",
+                       choices=("ddp", "fsdp"), normalize=_lower)
+    reshard_after_forward: bool = _f(True, "fsdp only: free the gathered parameters after each "
+                                           "forward (FULL_SHARD); false keeps them until the "
+                                           "backward (SHARD_GRAD_OP: less communication, more "
+                                           "memory).")
 
 
 @dataclass(frozen=True)
@@ -364,11 +378,19 @@ class RuntimeConfig:
     colocate: Union[bool, tuple[tuple[str, ...], ...]] = _f(
         False, "false = one process per role; true = all roles in one process; or a list of groups, "
                "e.g. [[actor, reference], [critic, reward]], naming every role exactly once.")
-    devices: Optional[tuple[str, ...]] = _f(None, "Devices the run may use (e.g. [cuda:0, cuda:1]); "
-                                                  "roles on auto are spread over them; null = all visible.")
+    devices: Union[tuple[str, ...], dict[str, Union[str, tuple[str, ...]]], None] = _f(
+        None, "Where roles run. A list (e.g. [cuda:0, cuda:1]) = the GPUs the automatic plan may "
+              "use; a mapping role -> device (e.g. {actor: cuda:0, critic: cuda:0, reference: "
+              "cuda:1, reward: cuda:1}; a list of devices, one per rank, for a role with "
+              "world_size > 1) pins roles, the others are planned; null = plan over all visible "
+              "GPUs. The plan puts roles on the GPU with the most memory left, largest role first, "
+              "and is printed in events.log and by --dry-run.")
     threads: Optional[dict[str, int]] = _f(None, "Mapping role -> torch threads (e.g. {actor: 2}); "
                                                  "null = split the cores automatically.")
-    cuda_ipc: bool = _f(True, "Move CUDA tensors between workers by CUDA IPC instead of via host memory.")
+    cuda_ipc: bool = _f(True, "Pass GPU-resident outputs (the reference's hidden states for a "
+                              "critic_trunk=reference critic) between processes as CUDA IPC handles "
+                              "instead of copying them through host shared memory; false = always "
+                              "through host memory. No effect on CPU.")
     worker_timeout_s: float = _f(
         600.0, "Seconds one role call of a training step (generate, log-probs, values, score, "
                "update, memory report) may take; past it the run fails naming the role, the "
@@ -387,11 +409,14 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     """Where logs and TensorBoard events go."""
-    log_dir: Optional[str] = _f(None, "Extra folder for events.log/metrics.jsonl copies; null = the "
-                                      "run directory only.")
+    log_dir: Optional[str] = _f(None, "Folder that holds the run directories (the headless "
+                                      "--log-dir sets it); overrides run.output_dir; null = "
+                                      "run.output_dir.")
     tensorboard: bool = _f(True, "Write TensorBoard event files.")
     tensorboard_dir: Optional[str] = _f(None, "TensorBoard folder; null = <run dir>/tensorboard.")
-    print_every: int = _f(1, "Print a metrics line every N steps (headless mode).", check=_GE1)
+    print_every: int = _f(1, "Print the step line on the terminal every N steps (headless mode; "
+                             "the last step is always printed); events.log gets every step.",
+                          check=_GE1)
 
 
 @dataclass(frozen=True)
@@ -399,7 +424,8 @@ class CheckpointConfig:
     """Checkpoints of actor, critic, optimizers and RNG state."""
     every: int = _f(50, "Checkpoint every N steps; 0 = only on stop.", check=_NONNEG)
     keep_last: int = _f(3, "Keep the newest N checkpoints (older ones are deleted).", check=_GE1)
-    dir: Optional[str] = _f(None, "Checkpoint folder; null = <run dir>/checkpoints.")
+    dir: Optional[str] = _f(None, "Folder for checkpoints: they go to <dir>/<run dir name>/step_N "
+                                  "(resume finds them there); null = <run dir>/checkpoints.")
     on_stop: bool = _f(True, "Write a checkpoint when the run is stopped.")
 
 
@@ -1104,7 +1130,7 @@ def _on_cpu(cfg: RunConfig, device: str, ctx: _Ctx) -> Optional[bool]:
     if device.startswith("cuda"):
         return False
     devs = cfg.runtime.devices
-    if devs:
+    if devs and not isinstance(devs, dict):
         if all(d == "cpu" for d in devs):
             return True
         if any(d.startswith("cuda") for d in devs):
@@ -1192,25 +1218,19 @@ def _cross_checks(cfg: RunConfig, ctx: _Ctx):
         ctx.error(("reward", "score_label"), f"must be >= 0 (an output index) or a label name; "
                                              f"got {cfg.reward.score_label}")
 
-    # Devices.
+    # Devices and ranks.
     for role in ROLES:
         _check_device(ctx, (role, "device"), getattr(cfg, role).device)
-    if ctx.ok(("runtime", "devices")) and cfg.runtime.devices is not None:
-        if not cfg.runtime.devices:
-            ctx.error(("runtime", "devices"), "must list at least one device, or be null")
-        for i, d in enumerate(cfg.runtime.devices):
-            if d == "auto" or not _DEVICE_RE.match(d):
-                ctx.error(("runtime", "devices", i), f"must be cpu, cuda or cuda:N; got {_show(d)}")
-            else:
-                _check_device(ctx, ("runtime", "devices", i), d)
+    _check_devices_key(cfg, ctx)
+    _check_ranks(cfg, ctx)
 
     # dtypes, attention and quantization against where each role runs.
     for role in ROLES:
         rc = getattr(cfg, role)
         if not ctx.ok((role, "device"), (role, "dtype")):
             continue
-        cpu = _on_cpu(cfg, rc.device, ctx)
-        why = _why_cpu(rc.device, f"{role}.device")
+        cpu = _on_cpu(cfg, role_device_request(cfg, role), ctx)
+        why = _why_cpu(role_device_request(cfg, role), f"{role}.device")
         if cpu and rc.dtype == "float16":
             if role in TRAINED_ROLES:
                 ctx.error((role, "dtype"), f"float16 training is not supported on CPU ({why}); "
@@ -1235,7 +1255,7 @@ def _cross_checks(cfg: RunConfig, ctx: _Ctx):
     q = cfg.reward.quantization
     if q != "none" and ctx.ok(("reward", "quantization"), ("reward", "device")) \
             and rclass not in ("lexicon", "python"):
-        cpu = _on_cpu(cfg, cfg.reward.device, ctx)
+        cpu = _on_cpu(cfg, role_device_request(cfg, "reward"), ctx)
         reason = bnb_cpu_unsupported_reason(q) if cpu and ctx.check_hardware else None
         if cpu and reason:
             ctx.error(("reward", "quantization"),
@@ -1302,6 +1322,118 @@ def _cross_checks(cfg: RunConfig, ctx: _Ctx):
     if ctx.ok(("logging", "tensorboard"), ("logging", "tensorboard_dir")) \
             and not cfg.logging.tensorboard and cfg.logging.tensorboard_dir is not None:
         ctx.notice(("logging", "tensorboard_dir"), "ignored: logging.tensorboard is false")
+
+
+def _check_devices_key(cfg: RunConfig, ctx: _Ctx):
+    """runtime.devices: a list of GPUs for the plan, or a mapping role -> device(s)."""
+    path = ("runtime", "devices")
+    devs = cfg.runtime.devices
+    if devs is None or not ctx.ok(path):
+        return
+    if not devs:
+        ctx.error(path, "must list at least one device (or map roles to devices), or be null")
+        return
+
+    def one(p, d, allow_cpu=True):
+        if d == "auto" or not _DEVICE_RE.match(d) or (d == "cpu" and not allow_cpu):
+            ctx.error(p, f"must be {'cpu, ' if allow_cpu else ''}cuda or cuda:N; got {_show(d)}")
+            return False
+        _check_device(ctx, p, d)
+        return True
+
+    if not isinstance(devs, dict):
+        for i, d in enumerate(devs):
+            one(path + (i,), d)
+        return
+    for role, d in devs.items():
+        rpath = path + (role,)
+        if role not in ROLES:
+            sug = _suggest(role, ROLES)
+            ctx.error(rpath, f"unknown role '{role}'" + (f"; did you mean '{sug}'?" if sug else "")
+                      + f" (roles: {', '.join(ROLES)})")
+            continue
+        rc = getattr(cfg, role)
+        if rc.device != "auto" and ctx.ok((role, "device")):
+            ctx.error(rpath, f"conflicts with {role}.device ({rc.device}); set only one",
+                      at=[(role, "device")])
+            continue
+        ws = getattr(rc, "world_size", 1)
+        items = (d,) if isinstance(d, str) else tuple(d)
+        if not all(one(rpath + ((i,) if not isinstance(d, str) else ()), x) for i, x in enumerate(items)):
+            continue
+        if not isinstance(d, str) and len(items) != ws:
+            ctx.error(rpath, f"lists {len(items)} device{'s' if len(items) != 1 else ''} but "
+                             f"{role}.world_size is {ws}; give one device per rank (or one device "
+                             f"for all ranks on CPU)", at=[(role, "world_size")])
+        elif ws > 1 and any(x.startswith("cuda") for x in items):
+            idx = [x if ":" in x else None for x in items]
+            if len(items) < ws or None in idx or len(set(idx)) < len(idx):
+                ctx.error(rpath, f"{role}.world_size is {ws}: each rank needs its own GPU; list "
+                                 f"{ws} different cuda:N devices", at=[(role, "world_size")])
+
+
+def role_device_request(cfg: RunConfig, role: str) -> str:
+    """Where a role was asked to run before planning: ``<role>.device`` or its entry in a
+    ``runtime.devices`` mapping (the first rank's), else 'auto' restricted to a devices list."""
+    devs = cfg.runtime.devices
+    if isinstance(devs, dict) and role in devs:
+        d = devs[role]
+        return d if isinstance(d, str) else (d[0] if d else "auto")
+    return role_config(cfg, role).device
+
+
+def _check_ranks(cfg: RunConfig, ctx: _Ctx):
+    """<role>.world_size / strategy against colocation, batch sizes and the GPUs at hand."""
+    groups = colocation_groups(cfg) if ctx.ok(("runtime", "colocate")) else [(r,) for r in ROLES]
+    ppo, ro = cfg.ppo, cfg.rollout
+    for role in MODEL_ROLES:
+        rc = getattr(cfg, role)
+        path = (role, "world_size")
+        if not ctx.ok(path, (role, "strategy")):
+            continue
+        if rc.world_size == 1:
+            if rc.strategy == "fsdp" and ctx.has((role, "strategy")):
+                ctx.notice((role, "strategy"), f"fsdp over one process shards nothing; set "
+                                               f"{role}.world_size to the number of ranks",
+                           at=[path])
+            continue
+        W = rc.world_size
+        grp = next((g for g in groups if role in g), (role,))
+        if len(grp) > 1:
+            ctx.error(path, f"a role with world_size {W} runs in its own processes; it cannot be "
+                            f"colocated with {', '.join(r for r in grp if r != role)} "
+                            f"(runtime.colocate)", at=[("runtime", "colocate")])
+        if ro.batch_size % W and ctx.ok(("rollout", "batch_size")):
+            ctx.error(path, f"must divide rollout.batch_size ({ro.batch_size}): each rank scores an "
+                            f"equal share of the batch; got {W}", at=[("rollout", "batch_size")])
+        if role in TRAINED_ROLES and ctx.ok(("ppo", "mini_batch_size"), ("ppo", "micro_batch_size")) \
+                and ppo.micro_batch_size and ppo.mini_batch_size % ppo.micro_batch_size == 0 \
+                and (ppo.mini_batch_size // ppo.micro_batch_size) % W:
+            n = ppo.mini_batch_size // ppo.micro_batch_size
+            ctx.error(path, f"must divide the micro-batches per mini-batch (ppo.mini_batch_size "
+                            f"{ppo.mini_batch_size} / ppo.micro_batch_size {ppo.micro_batch_size} "
+                            f"= {n}): the ranks split each mini-batch's micro-batches evenly so that "
+                            f"the update equals the one-process update; got {W}",
+                      at=[("ppo", "mini_batch_size"), ("ppo", "micro_batch_size")])
+        if rc.strategy == "fsdp" and role == "actor" and ro.reuse_logprobs \
+                and ctx.ok(("rollout", "reuse_logprobs")):
+            ctx.error((role, "strategy"), "fsdp cannot take the old log-probs from generation "
+                                          "(rollout.reuse_logprobs reads the sharded LM head "
+                                          "outside a forward); set rollout.reuse_logprobs: false or "
+                                          "strategy: ddp", at=[("rollout", "reuse_logprobs")])
+        req = role_device_request(cfg, role)
+        if ctx.check_hardware and req != "cpu" and not isinstance(cfg.runtime.devices, dict):
+            n = cuda_device_count()
+            allowed = n
+            if isinstance(cfg.runtime.devices, tuple):
+                allowed = len({d for d in cfg.runtime.devices if d.startswith("cuda")})
+            if ":" in req:
+                ctx.error((role, "device"), f"pins all {W} ranks of the {role} to {req}; each rank "
+                                            f"needs its own GPU: use 'cuda' (planned) or map "
+                                            f"runtime.devices.{role} to {W} devices", at=[path])
+            elif n and W > allowed and not (isinstance(cfg.runtime.devices, tuple) and allowed == 0):
+                ctx.error(path, f"{W} ranks need {W} GPUs (one per rank) but only {allowed} "
+                                f"{'are' if allowed != 1 else 'is'} available", at=[(role, "device")])
 
 
 def _check_groups(ctx: _Ctx, groups):
@@ -1469,6 +1601,13 @@ _ARTICLE_ROLES = {"actor": "actor", "ref_policy": "reference", "critic": "critic
 _ARTICLE_ROLE_KEYS = ("model_name_or_path", "torch_dtype", "use_flash_attention_2", "fsdp_config",
                       "gradient_checkpointing", "device")
 _ARTICLE_FSDP_KEYS = ("use_fsdp", "sharding_strategy", "cpu_offload")
+# num_<x>_workers -> the role whose world_size it sets (rollouts are the actor's; None: no ranks)
+_ARTICLE_WORKERS = {"num_actor_workers": "actor", "num_rollout_workers": "actor",
+                    "num_critic_workers": "critic", "num_ref_workers": "reference",
+                    "num_reward_workers": None}
+# fsdp_config.sharding_strategy -> (strategy, reshard_after_forward)
+_ARTICLE_SHARDING = {"FULL_SHARD": ("fsdp", True), "SHARD_GRAD_OP": ("fsdp", False),
+                     "NO_SHARD": ("ddp", None)}
 _ARTICLE_TRAIN = {  # source key -> native path (None = handled specially)
     "mode": ("runtime", "backend"),
     "rollout_batch_size": ("rollout", "batch_size"),
@@ -1542,9 +1681,11 @@ def _from_article(raw: dict, ctx: _Ctx) -> dict:
             elif k.startswith("num_") and k.endswith("_workers"):
                 if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                     ctx.error(src, f"expected an integer >= 1, got {_show(v)} ({_type_name(v)})")
+                elif _ARTICLE_WORKERS[k] is not None:
+                    put((_ARTICLE_WORKERS[k], "world_size"), v, src)
                 elif v > 1:
-                    ctx.notice(src, f"{v} workers requested; this tool runs one worker process per "
-                                    f"role, so the extra workers are not started")
+                    ctx.notice(src, f"{v} reward workers requested; the reward role runs in one "
+                                    f"process, so the extra workers are not started")
         rb = tc.get("rollout_batch_size", RolloutConfig.batch_size)
         if "train_batch_size" in tc:
             tb = tc["train_batch_size"]
@@ -1617,16 +1758,24 @@ def _from_article(raw: dict, ctx: _Ctx) -> dict:
                     if not isinstance(use, bool):
                         ctx.error(src + ("use_fsdp",),
                                   f"expected true or false, got {_show(use)} ({_type_name(use)})")
+                    elif use and role == "reward":
+                        ctx.notice(src + ("use_fsdp",), "not used: the reward role runs in one process")
                     elif use:
-                        extra = []
-                        if "sharding_strategy" in fc:
-                            extra.append(f"sharding_strategy {fc['sharding_strategy']}")
+                        put((role, "strategy"), "fsdp", src + ("use_fsdp",))
+                        ss = fc.get("sharding_strategy", "FULL_SHARD")
+                        if ss not in _ARTICLE_SHARDING:
+                            ctx.error(src + ("sharding_strategy",),
+                                      f"must be one of {', '.join(_ARTICLE_SHARDING)}; got {_show(ss)}")
+                        else:
+                            strat, reshard = _ARTICLE_SHARDING[ss]
+                            put((role, "strategy"), strat, src + ("sharding_strategy",))
+                            if reshard is not None:
+                                put((role, "reshard_after_forward"), reshard,
+                                    src + ("sharding_strategy",))
                         if fc.get("cpu_offload"):
-                            extra.append("cpu_offload")
-                        tail = f" ({', '.join(extra)} ignored)" if extra else ""
-                        ctx.notice(src + ("use_fsdp",),
-                                   f"FSDP is not used: the local backend runs the {role} in one "
-                                   f"process on one device, where sharding has no effect{tail}")
+                            ctx.notice(src + ("cpu_offload",),
+                                       "not used: parameters stay on the rank's device (no FSDP "
+                                       "CPU offload)")
 
     # data_config
     dc = mapping(raw.get("data_config"), ("data_config",))

@@ -193,6 +193,11 @@ def _to_cpu(obj):
     return obj
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A sharded (DTensor) result, e.g. FSDP's gradient norm, as a plain tensor."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 class Role:
     name = "role"
 
@@ -203,6 +208,11 @@ class Role:
         self.progress = progress or (lambda m: None)
         self.role_cfg = getattr(cfg, self.name)
         self.device = resolve_device(self.role_cfg.device)
+        from engine.runtime.ranks import RankContext
+
+        # rank and strategy when this role runs over several processes (world_size > 1)
+        self.ranks = RankContext(getattr(self.role_cfg, "strategy", "ddp"),
+                                 getattr(self.role_cfg, "reshard_after_forward", True))
 
     def call(self, op: str, tensors: Tensors, args: dict) -> Result:
         fn = getattr(self, f"op_{op}", None)
@@ -220,6 +230,13 @@ class Role:
 
     def _to(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device, non_blocking=True)
+
+    def _out(self, t: torch.Tensor) -> torch.Tensor:
+        """A large output (hidden states): left on the GPU when runtime.cuda_ipc is on, so the
+        worker sends a CUDA IPC handle instead of copying it through host memory."""
+        if self.cfg.runtime.cuda_ipc and t.is_cuda:
+            return t.detach()
+        return t.cpu()
 
     def attn_implementation(self) -> str:
         """The role's attention kernel after fallbacks; a fallback is reported once."""
@@ -261,6 +278,7 @@ class _PolicyBase(Role):
             trainable=self.trainable,
             progress=self.progress,
         )
+        self.model = self.ranks.prepare(self.model)
 
     def _logprobs(self, tensors: Tensors, entropy: bool = False, hidden: bool = False):
         from engine.models import sequence_logprobs
@@ -279,7 +297,7 @@ class _PolicyBase(Role):
         with torch.no_grad():
             if args.get("hidden"):
                 lp, hidden = self._logprobs(tensors, hidden=True)
-                return {"logprobs": lp.float().cpu(), "hidden": hidden.cpu()}, {}
+                return {"logprobs": lp.float().cpu(), "hidden": self._out(hidden)}, {}
             lp = self._logprobs(tensors)
         return {"logprobs": lp.float().cpu()}, {}
 
@@ -358,7 +376,7 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
                 mb_idx = perm[mb]
                 self.optimizer.zero_grad(set_to_none=True)
                 n_mb = len(mb_idx)
-                for mc in _batches(n_mb, p.micro_batch_size):
+                for mc in self.ranks.micro_share(_batches(n_mb, p.micro_batch_size)):
                     idx = mb_idx[mc]
                     with self.amp():
                         lp, ent = sequence_logprobs(
@@ -378,7 +396,8 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
                     stats["entropy"].append(float(ent_mean.detach()))
                     for k in ("clipfrac", "dual_clipfrac", "approx_kl"):
                         stats[k].append(float(st.get(k, 0.0)))
-                gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)
+                self.ranks.sync_grads(self.model)
+                gn = _full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip))
                 _check_finite(self.name, "update", grad_norm=gn)
                 stats["grad_norm"].append(float(gn))
                 self.optimizer.step()
@@ -393,13 +412,21 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
         return _named_write_errors(lambda: self._save(args), Path(args["path"]))
 
     def _save(self, args: dict) -> Result:
+        """The one-process format on every world size: rank 0 writes (after gathering the
+        shards under fsdp, which every rank takes part in)."""
         d = Path(args["path"]) / self.name
+        sd, osd = None, self.optimizer.state_dict
+        if self.ranks.fsdp:
+            sd = self.ranks.full_model_state(self.model)
+            full = self.ranks.full_optimizer_state(self.model, self.optimizer)
+            osd = lambda: full  # noqa: E731
+        if not self.ranks.writes():
+            return {}, {}
         d.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(d, safe_serialization=True)
+        self.model.save_pretrained(d, safe_serialization=True, **({"state_dict": sd} if sd is not None else {}))
         self.tokenizer.save_pretrained(d)
         torch.save(
-            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-             "rng": capture_rng()},
+            {"optimizer": osd(), "scheduler": self.scheduler.state_dict(), "rng": capture_rng()},
             d / "trainer_state.pt",
         )
         return {}, {}
@@ -411,14 +438,19 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
         d = Path(args["path"]) / self.name
         sd = {}
         for f in sorted(d.glob("*.safetensors")):
-            sd.update(load_file(f, device=str(self.device)))
+            sd.update(load_file(f, device="cpu" if self.ranks.fsdp else str(self.device)))
+        st = torch.load(d / "trainer_state.pt", weights_only=False)
+        if self.ranks.fsdp:
+            self.ranks.load_full_state(self.model, self.optimizer, sd, st["optimizer"])
+            self.scheduler.load_state_dict(st["scheduler"])
+            restore_rng(st["rng"])
+            return {}, {}
         missing, unexpected = self.model.load_state_dict(sd, strict=False)
         bad = [k for k in missing if "lm_head" not in k]  # tied embeddings are not stored twice
         if bad or unexpected:
             raise RuntimeError(f"{self.name} checkpoint {d} does not match the model: missing {bad[:3]}, unexpected {list(unexpected)[:3]}")
         if getattr(self.model.config, "tie_word_embeddings", False):
             self.model.tie_weights()
-        st = torch.load(d / "trainer_state.pt", weights_only=False)
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         restore_rng(st["rng"])
@@ -474,6 +506,7 @@ class CriticRole(TwoPhaseUpdate, Role):
                 attn_implementation=self.attn_implementation(),
                 gradient_checkpointing=self.role_cfg.gradient_checkpointing, progress=self.progress,
             )
+        self.model = self.ranks.prepare(self.model)
         p = cfg.ppo
         self.optimizer = torch.optim.AdamW(
             [q for q in self.model.parameters() if q.requires_grad], lr=p.critic_lr, weight_decay=p.weight_decay
@@ -529,7 +562,7 @@ class CriticRole(TwoPhaseUpdate, Role):
                 mb_idx = perm[mb]
                 n_mb = len(mb_idx)
                 self.optimizer.zero_grad(set_to_none=True)
-                for mc in _batches(n_mb, p.micro_batch_size):
+                for mc in self.ranks.micro_share(_batches(n_mb, p.micro_batch_size)):
                     idx = mb_idx[mc]
                     v = self._values(inputs, idx)
                     loss, st = A.value_loss(v, self._to(old_v[idx]), self._to(ret[idx]), self._to(mask[idx]), clip=p.value_clip)
@@ -537,7 +570,8 @@ class CriticRole(TwoPhaseUpdate, Role):
                     (p.vf_coef * loss * (len(idx) / n_mb)).backward()
                     stats["value_loss"].append(float(loss.detach()))
                     stats["vf_clipfrac"].append(float(st.get("clipfrac", 0.0)))
-                gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)
+                self.ranks.sync_grads(self.model)
+                gn = _full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip))
                 _check_finite(self.name, "update", grad_norm=gn)
                 stats["critic_grad_norm"].append(float(gn))
                 self.optimizer.step()
@@ -550,19 +584,29 @@ class CriticRole(TwoPhaseUpdate, Role):
 
     def _save(self, args: dict) -> Result:
         d = Path(args["path"]) / self.name
+        if self.ranks.fsdp:
+            sd = self.ranks.full_model_state(self.model)
+            osd = self.ranks.full_optimizer_state(self.model, self.optimizer)
+        else:
+            sd, osd = self.model.state_dict(), self.optimizer.state_dict()
+        if not self.ranks.writes():
+            return {}, {}
         d.mkdir(parents=True, exist_ok=True)
         torch.save(
-            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-             "scheduler": self.scheduler.state_dict(), "rng": capture_rng()},
+            {"model": sd, "optimizer": osd, "scheduler": self.scheduler.state_dict(), "rng": capture_rng()},
             d / "critic_state.pt",
         )
         return {}, {}
 
     def op_load(self, tensors: Tensors, args: dict) -> Result:
         self._pending = None
-        st = torch.load(Path(args["path"]) / self.name / "critic_state.pt", weights_only=False, map_location=self.device)
-        self.model.load_state_dict(st["model"])
-        self.optimizer.load_state_dict(st["optimizer"])
+        st = torch.load(Path(args["path"]) / self.name / "critic_state.pt", weights_only=False,
+                        map_location="cpu" if self.ranks.fsdp else self.device)
+        if self.ranks.fsdp:
+            self.ranks.load_full_state(self.model, self.optimizer, st["model"], st["optimizer"])
+        else:
+            self.model.load_state_dict(st["model"])
+            self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         restore_rng(st["rng"])
         return {}, {}

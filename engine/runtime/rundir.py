@@ -288,7 +288,12 @@ class RunDir:
     labels = property(lambda self: self.path / "labels.jsonl")
     events = property(lambda self: self.path / "events.log")
     supervisor_log = property(lambda self: self.path / "supervisor.log")
-    checkpoints = property(lambda self: self.path / "checkpoints")
+
+    @property
+    def checkpoints(self) -> Path:
+        """<run dir>/checkpoints, or the folder run.json names (checkpoint.dir set)."""
+        other = self.read_state().get("checkpoint_dir")
+        return Path(other) if other else self.path / "checkpoints"
 
     @classmethod
     def create(cls, runs_dir: Path, name: str) -> "RunDir":
@@ -306,7 +311,7 @@ class RunDir:
             raise RuntimeError(f"could not create a run directory under {runs_dir}")
         os.chmod(p, 0o700)
         rd = cls(p)
-        rd.checkpoints.mkdir(exist_ok=True)
+        (p / "checkpoints").mkdir(exist_ok=True)
         return rd
 
     # ---- run.json -----------------------------------------------------------------------

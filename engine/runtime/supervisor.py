@@ -46,6 +46,36 @@ def worker_groups(cfg: RunConfig) -> list[list[str]]:
     return [list(g) for g in c]
 
 
+def world_size(cfg: RunConfig, role: str) -> int:
+    return int(getattr(getattr(cfg, role), "world_size", 1))
+
+
+def process_specs(cfg: RunConfig, plan: dict[str, list[str]]) -> list[tuple[list[str], int, RunConfig]]:
+    """One ``(roles, rank, config)`` per worker process: a colocation group is one process,
+    a role with world_size N is N processes (ranks 0..N-1). Each process's config carries its
+    planned device in ``<role>.device`` (and no runtime.devices mapping)."""
+    import dataclasses
+
+    out = []
+    base = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, devices=None))
+    for group in worker_groups(cfg):
+        W = world_size(cfg, group[0]) if len(group) == 1 else 1
+        for rank in range(W):
+            c = base
+            for r in group:
+                c = dataclasses.replace(c, **{r: dataclasses.replace(getattr(c, r), device=plan[r][rank])})
+            out.append((group, rank, c))
+    return out
+
+
+def free_tcp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def make_kl_controller(cfg: RunConfig):
     from engine.algorithms import AdaptiveKLController, FixedKLController
 
@@ -78,6 +108,7 @@ class Supervisor:
         self.workers: list = []  # WorkerHandle (local) or RayWorkerHandle (ray): same interface
         self.by_role: dict = {}
         self.ray = None  # engine.runtime.ray_backend.RayBackend when runtime.backend is ray
+        self.endpoints: dict = {}  # role -> endpoint the driver calls (a RoleGroup over ranks)
         self.arena: Optional[transport.TensorArena] = None
         self.server: Optional[ControlServer] = None
         self.step = 0
@@ -410,14 +441,27 @@ class Supervisor:
             backend=cfg.runtime.backend,
         )
         what = "Ray actor(s)" if cfg.runtime.backend == "ray" else "worker process(es)"
-        self.log(f"run {self.rd.name}: starting {len(worker_groups(cfg))} {what} for "
+        devices = None
+        if cfg.runtime.backend != "ray":  # Ray assigns the GPUs of its actors itself
+            from engine.runtime.placement import PlacementError, device_plan, format_plan
+
+            try:
+                devices = device_plan(cfg)
+            except PlacementError as e:
+                self.log(f"no device plan: {e}", "ERROR")
+                self._finish("failed", failure=f"device plan: {e}")
+                return 1
+        specs = process_specs(cfg, devices) if devices else [(g, 0, cfg) for g in worker_groups(cfg)]
+        self.log(f"run {self.rd.name}: starting {len(specs)} {what} for "
                  f"{', '.join(ROLES)} ({available_cores()} cores)")
+        if devices:
+            self.log(format_plan(devices, cfg))
+            self.rd.write_state(devices=devices)
         torch.manual_seed(cfg.run.seed)
         random.seed(cfg.run.seed)
 
         # workers ---------------------------------------------------------------------------
         ctx = mp.get_context("spawn")
-        cfg_yaml = dump_config(cfg)
         plan = ThreadPlan.make(cfg)
         t0 = time.perf_counter()
         groups = worker_groups(cfg)
@@ -431,20 +475,33 @@ class Supervisor:
                     self.ray.start()
                 finally:
                     self._install_signals()  # ray.init installs its own SIGTERM handler: ours again
-                self.workers = list(self.ray.start_actors(groups, cfg_yaml, threads,
+                self.workers = list(self.ray.start_actors(groups, dump_config(cfg), threads,
                                                           on_progress=lambda label, msg: self.log(msg)))
             except RayBackendError as e:
                 self.log(str(e), "ERROR")
                 self._finish("failed", failure=f"ray: {e}")
                 return 1
         else:
-            for group, n in zip(groups, threads):
-                self.workers.append(WorkerHandle(ctx, group, cfg_yaml, self.owner_pid, self.run_tag, n,
-                                                 on_progress=lambda label, msg: self.log(msg),
-                                                 log_path=str(self.rd.supervisor_log)))
+            init = {r: f"tcp://127.0.0.1:{free_tcp_port()}" for r in ROLES if world_size(cfg, r) > 1}
+            for group, rank, wcfg in specs:
+                W = world_size(cfg, group[0]) if len(group) == 1 else 1
+                n = max(plan.generate.get(r, 1) for r in group) if group else 1
+                info = {"rank": rank, "world_size": W, "init_method": init[group[0]]} if W > 1 else None
+                self.workers.append(WorkerHandle(
+                    ctx, group, dump_config(wcfg), self.owner_pid, self.run_tag, max(1, n // W),
+                    on_progress=lambda label, msg: self.log(f"{label}: {msg}" if "[" in label else msg),
+                    rank=info, cuda_ipc=cfg.runtime.cuda_ipc,
+                    log_path=str(self.rd.supervisor_log)))
+        ranks: dict[str, list] = {}
         for h in self.workers:
             for r in h.roles:
-                self.by_role[r] = h
+                self.by_role.setdefault(r, h)  # a role's (first rank's) process
+                ranks.setdefault(r, []).append(h)
+        from engine.runtime.ranks import RoleGroup
+
+        self.endpoints = {r: (_Endpoint(hs[0], self) if len(hs) == 1
+                              else RoleGroup([_Endpoint(h, self) for h in hs]))
+                          for r, hs in ranks.items()}
         self.rd.write_state(pids={h.label: h.pid for h in self.workers if h.pid})
         threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
         for h in self.workers:
@@ -478,8 +535,7 @@ class Supervisor:
             prompts = format_prompts(prompts, tokenizer, True)
         stream = PromptStream(prompts, cfg.rollout.batch_size, seed=cfg.run.seed, shuffle=d.shuffle)
         kl_ctl = make_kl_controller(cfg)
-        endpoints = {r: _Endpoint(self.by_role[r], self) for r in ROLES}
-        driver = PPODriver(cfg, endpoints, tokenizer, kl_ctl, plan)
+        driver = PPODriver(cfg, self.endpoints, tokenizer, kl_ctl, plan)
 
         if self.resume:
             ck = self.rd.latest_checkpoint()
@@ -549,7 +605,7 @@ class Supervisor:
                     except Exception as e:  # noqa: BLE001 - TensorBoard is an extra
                         self.log(f"tensorboard write failed: {e}", "WARNING")
                 line = format_step_line(metrics, total)
-                self.log_quiet(line)
+                self.log_quiet(line, show=self.step % cfg.logging.print_every == 0 or self.step == total)
                 if self.server:
                     self.server.broadcast({"event": "step", "metrics": metrics})
                     self.server.broadcast({"event": "samples", "step": self.step, "samples": samples})
@@ -596,13 +652,15 @@ class Supervisor:
         self._finish("finished")
         return 0
 
-    def log_quiet(self, line: str) -> None:
-        """A step line: events.log and the terminal, not the socket's log stream."""
+    def log_quiet(self, line: str, show: bool = True) -> None:
+        """A step line: events.log and (``show``: logging.print_every) the terminal, not the
+        socket's log stream."""
         try:
             self.rd.log_event(line)
         except OSError:
             pass
-        self._print(line)
+        if show:
+            self._print(line)
 
     def _record_step(self, metrics: dict, samples: list[dict], driver: PPODriver) -> None:
         """Append the step's metrics and samples and update run.json, then commit the roles'
@@ -729,6 +787,13 @@ class Supervisor:
         return out
 
     # ---- checkpoints ---------------------------------------------------------------------
+    def _show(self, p: Path) -> str:
+        """A checkpoint path relative to the run directory when it is inside it."""
+        try:
+            return str(p.relative_to(self.rd.path))
+        except ValueError:
+            return str(p)
+
     def _save_checkpoint(self, stream, kl_ctl) -> dict:
         cfg = self.cfg
         final = self.rd.checkpoints / f"step_{self.step}"
@@ -739,7 +804,7 @@ class Supervisor:
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            futs = [self._submit(self.by_role[r], r, "save", None, {"path": str(tmp)}) for r in ("actor", "critic")]
+            futs = [self.endpoints[r].submit(r, "save", None, {"path": str(tmp)}) for r in ("actor", "critic")]
             errs = []
             for f in futs:  # wait for both before the folder may be removed
                 try:
@@ -771,7 +836,7 @@ class Supervisor:
             shutil.rmtree(old, ignore_errors=True)
         secs = time.perf_counter() - t
         self._longest_s = max(self._longest_s, secs)
-        self.log(f"checkpoint step {self.step} saved to {final.relative_to(self.rd.path)} in {secs:.1f}s")
+        self.log(f"checkpoint step {self.step} saved to {self._show(final)} in {secs:.1f}s")
         if self.server:
             self.server.broadcast({"event": "checkpoint", "step": self.step, "path": str(final)})
         self.write_state(last_checkpoint=str(final), last_checkpoint_step=self.step)
@@ -779,7 +844,7 @@ class Supervisor:
 
     def _load_checkpoint(self, ck: Path, stream, kl_ctl) -> None:
         st = json.loads((ck / "state.json").read_text())
-        futs = [self._submit(self.by_role[r], r, "load", None, {"path": str(ck)}) for r in ("actor", "critic")]
+        futs = [self.endpoints[r].submit(r, "load", None, {"path": str(ck)}) for r in ("actor", "critic")]
         for f in futs:
             f.result()
         stream.load_state_dict(st["data"])
@@ -797,7 +862,7 @@ class Supervisor:
         if st.get("reward_source") and st["reward_source"] != self.cfg.reward.source:
             self.reward_source = self.cfg.reward.source
             self.log(f"note: the checkpoint was taken with reward '{st['reward_source']}'; resuming with the config's '{self.cfg.reward.source}'", "WARNING")
-        self.log(f"resumed from {ck.relative_to(self.rd.path)} (step {self.step})")
+        self.log(f"resumed from {self._show(ck)} (step {self.step})")
 
     # ---- tensorboard ---------------------------------------------------------------------
     def _tensorboard(self):

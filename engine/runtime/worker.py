@@ -79,8 +79,12 @@ def _output_to(log_path: Optional[str]) -> None:
 
 
 def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_tag: str,
-                threads: int, ppid: int, log_path: Optional[str] = None) -> None:
-    """Entry point of a worker process (spawned). Hosts ``roles`` until told to exit."""
+                threads: int, ppid: int, log_path: Optional[str] = None,
+                rank: Optional[dict] = None) -> None:
+    """Entry point of a worker process (spawned). Hosts ``roles`` until told to exit.
+
+    ``rank`` (a role with world_size > 1): ``{"rank", "world_size", "init_method"}``; the
+    process joins that torch.distributed group before it builds its role."""
     _die_with_parent()
     if os.getppid() != ppid:  # the parent died before prctl took effect
         os._exit(1)
@@ -91,9 +95,11 @@ def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_ta
     from engine.config import validate_text
     from engine.runtime.roles import ROLE_CLASSES, NonFiniteError
 
-    arena = transport.TensorArena(owner_pid, run_tag, "-".join(roles))
+    name = "-".join(roles) + (f"-r{rank['rank']}" if rank else "")
+    arena = transport.TensorArena(owner_pid, run_tag, name)
     transport.install_cleanup(arena)
     cfg = validate_text(config_yaml, "<run config>", check_hardware=False).config
+    cuda_ipc = bool(cfg.runtime.cuda_ipc)
     import random
 
     from engine.runtime.roles import role_seed
@@ -111,6 +117,10 @@ def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_ta
 
     try:
         t0 = time.perf_counter()
+        if rank:
+            from engine.runtime.ranks import init_rank
+
+            init_rank(rank, getattr(cfg, roles[0]).device, cfg.runtime.worker_timeout_s)
         for r in roles:
             t = time.perf_counter()
             objs[r] = ROLE_CLASSES[r](cfg, progress=lambda m, r=r: progress(m if m.startswith(f"{r}:") else f"{r}: {m}"))
@@ -120,6 +130,7 @@ def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_ta
         _send(conn, {"id": 0, "ok": False, "error": f"{type(e).__name__}: {e}", "kind": "load",
                      "trace": traceback.format_exc()})
         arena.close()
+        _leave_group()
         return
 
     current_threads = max(1, threads)
@@ -146,7 +157,7 @@ def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_ta
             out, result = objs[msg["role"]].call(msg["op"], inputs, msg.get("args") or {})
             secs = time.perf_counter() - t
             del inputs
-            desc = arena.put(out) if out else None
+            desc = arena.put(out, cuda_ipc=cuda_ipc) if out else None
             _send(conn, {"id": rid, "ok": True, "outputs": desc, "result": result, "seconds": secs})
         except NonFiniteError as e:
             _send(conn, {"id": rid, "ok": False, "kind": "nonfinite", "error": str(e),
@@ -159,6 +170,17 @@ def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_ta
                          "role": msg.get("role"), "phase": msg.get("op"),
                          "trace": traceback.format_exc()})
     arena.close()
+    _leave_group()
+
+
+def _leave_group() -> None:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - the process is ending anyway
+        pass
 
 
 class WorkerError(RuntimeError):
@@ -171,15 +193,18 @@ class WorkerHandle:
     """The supervisor's side of one worker process: submit operations, get futures."""
 
     def __init__(self, ctx, roles: list[str], config_yaml: str, owner_pid: int, run_tag: str,
-                 threads: int, on_progress=None, log_path: Optional[str] = None):
+                 threads: int, on_progress=None, log_path: Optional[str] = None,
+                 rank: Optional[dict] = None, cuda_ipc: bool = False):
         self.roles = roles
-        self.label = "+".join(roles)
+        self.rank = rank
+        self.label = "+".join(roles) + (f"[{rank['rank']}]" if rank else "")
         self.threads = threads
+        self.cuda_ipc = cuda_ipc
         self._conn, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(
             target=worker_main, name=f"rlhf-{self.label}",
             args=(roles, config_yaml, child, owner_pid, run_tag, threads, os.getpid()),
-            kwargs={"log_path": log_path}, daemon=True,
+            kwargs={"log_path": log_path, "rank": rank}, daemon=True,
         )
         self.process.start()
         child.close()
@@ -211,7 +236,7 @@ class WorkerHandle:
                 return fut
             rid = self._next
             self._next += 1
-            desc = arena.put(tensors) if tensors else None
+            desc = arena.put(tensors, cuda_ipc=self.cuda_ipc) if tensors else None
             self._pending[rid] = (fut, role, op, arena, desc)
             release, self._release = self._release, []
             try:

@@ -1,0 +1,251 @@
+"""A role over several processes: ranks of one torch.distributed group.
+
+Two halves:
+
+* inside a rank (the worker process): ``init_rank`` joins the group (gloo on CPU, NCCL on GPU);
+  ``RankContext`` tells a role its rank and strategy and does the collective parts of an update
+  (``ddp``: sum the gradients over ranks; ``fsdp``: ``fully_shard`` the model, full state dicts
+  for checkpoints in the one-process format);
+* in the controller: ``RoleGroup``, an endpoint with the driver's ``submit(role, op, tensors,
+  args, threads) -> Future[(outputs, result, seconds)]`` that fans one call out to the ranks'
+  endpoints and gathers. It knows nothing about how a rank is hosted: the local backend gives it
+  worker-process endpoints, another backend (Ray actors) can give it its own.
+
+How an operation is spread (``SPLIT`` / ``ALL``):
+
+* ``logprobs``, ``values``, ``score``: the batch is cut into W equal contiguous shares, rank r
+  scores share r, the outputs are concatenated in rank order;
+* ``update``: every rank gets the whole batch and the same shuffle (seeded by step), and takes
+  its share of each mini-batch's micro-batches (``micro_share``); gradients are summed over the
+  ranks before clipping, so the step equals the one-process step; per-rank statistics (means over
+  equally many micro-batches) are averaged;
+* everything else (``generate``, ``save``, ``load``, ``memory`` ...): every rank runs it with the
+  same arguments (generation: same weights and same RNG state on every rank, so the same tokens;
+  with FSDP every rank must take part in each forward anyway); rank 0's answer is returned.
+"""
+from __future__ import annotations
+
+import datetime
+import threading
+from concurrent.futures import Future
+from typing import Any, Optional, Sequence
+
+import torch
+
+SPLIT_OPS = frozenset({"logprobs", "values", "score"})
+MEAN_OPS = frozenset({"update"})
+
+
+# ------------------------------------------------------------------------------ inside a rank
+
+def init_rank(rank: dict, device: str, timeout_s: float = 600.0) -> None:
+    """Join the role's process group. ``rank``: {"rank", "world_size", "init_method"}."""
+    import torch.distributed as dist
+
+    cuda = str(device).startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(torch.device(device))
+    dist.init_process_group(
+        backend="nccl" if cuda else "gloo", init_method=rank["init_method"],
+        rank=int(rank["rank"]), world_size=int(rank["world_size"]),
+        timeout=datetime.timedelta(seconds=float(timeout_s)),
+    )
+
+
+class RankContext:
+    """A role's view of its group: rank 0 of 1 when the process is not in one."""
+
+    def __init__(self, strategy: str = "ddp", reshard_after_forward: bool = True):
+        import torch.distributed as dist
+
+        self.on = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.on else 0
+        self.world = dist.get_world_size() if self.on else 1
+        self.strategy = strategy if self.world > 1 else "single"
+        self.reshard = reshard_after_forward
+
+    @property
+    def fsdp(self) -> bool:
+        return self.strategy == "fsdp"
+
+    def micro_share(self, micro: list) -> list:
+        """This rank's micro-batches of one mini-batch (equal contiguous shares)."""
+        if self.world == 1:
+            return micro
+        k = len(micro) // self.world
+        return micro[self.rank * k:(self.rank + 1) * k]
+
+    # ---- model ------------------------------------------------------------------------
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """ddp: the same starting weights on every rank (rank 0's); fsdp: shard the model —
+        each transformer block, then the root — with gradients summed (not averaged)."""
+        if self.world == 1:
+            return model
+        import torch.distributed as dist
+
+        if not self.fsdp:
+            with torch.no_grad():
+                for t in list(model.parameters()) + list(model.buffers()):
+                    dist.broadcast(t.data, 0)
+            return model
+        from torch.distributed.fsdp import fully_shard
+
+        block_types = set(getattr(model, "_no_split_modules", None) or [])
+        for m in model.modules():
+            if type(m).__name__ in block_types:
+                fully_shard(m, reshard_after_forward=self.reshard)
+        fully_shard(model, reshard_after_forward=self.reshard)
+        for m in model.modules():
+            if hasattr(m, "set_gradient_divide_factor"):
+                m.set_gradient_divide_factor(1.0)        # sum, not mean, over the ranks
+                m.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no PREMUL_SUM
+        return model
+
+    def sync_grads(self, model: torch.nn.Module) -> None:
+        """ddp: sum every gradient over the ranks (one flat all-reduce). fsdp: already done by
+        the reduce-scatter in backward."""
+        if self.world == 1 or self.fsdp:
+            return
+        import torch.distributed as dist
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        off = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[off:off + n].view_as(p.grad))
+            off += n
+
+    # ---- checkpoints (the one-process format on every world size) -----------------------
+    def writes(self) -> bool:
+        return self.rank == 0
+
+    def full_model_state(self, model) -> Optional[dict]:
+        """fsdp: the whole state dict on rank 0 (collective; None on other ranks)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return sd if self.rank == 0 else None
+
+    def full_optimizer_state(self, model, optimizer) -> Optional[dict]:
+        """fsdp: the optimizer's state in ``optimizer.state_dict()``'s one-process layout
+        (parameter indices), on rank 0 (collective)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        osd = get_optimizer_state_dict(model, optimizer,
+                                       options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.rank != 0:
+            return None
+        index = {n: i for i, n in enumerate(_trained_names(model))}
+        return {"state": {index[k]: v for k, v in osd["state"].items()},
+                "param_groups": [{**g, "params": [index[k] for k in g["params"]]}
+                                 for g in osd["param_groups"]]}
+
+    def load_full_state(self, model, optimizer, model_sd: dict, optim_sd: Optional[dict]) -> None:
+        """fsdp: load one-process state dicts (every rank holds them) into the shards."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        opts = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(model, model_sd, options=opts)
+        if optim_sd is not None:
+            names = _trained_names(model)
+            osd = {"state": {names[int(i)]: v for i, v in optim_sd["state"].items()},
+                   "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]}
+                                    for g in optim_sd["param_groups"]]}
+            set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(full_state_dict=True))
+
+
+def _trained_names(model) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+# ------------------------------------------------------------------------- in the controller
+
+def split_rows(tensors: dict, parts: int) -> list[dict]:
+    """Cut every tensor along dim 0 into ``parts`` equal contiguous shares."""
+    out: list[dict] = [{} for _ in range(parts)]
+    for k, t in tensors.items():
+        for i, c in enumerate(torch.chunk(t, parts, dim=0)):
+            out[i][k] = c
+    return out
+
+
+def concat_rows(outputs: Sequence[dict]) -> dict:
+    res = {}
+    for k in outputs[0]:
+        ts = [o[k] for o in outputs]
+        if len({t.device for t in ts}) > 1:
+            ts = [t.cpu() for t in ts]
+        res[k] = torch.cat(ts, dim=0)
+    return res
+
+
+def mean_results(results: Sequence[dict]) -> dict:
+    out = dict(results[0])
+    for k, v in results[0].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = sum(float(r.get(k, v)) for r in results) / len(results)
+    return out
+
+
+class RoleGroup:
+    """An endpoint over the ranks of one role (each rank an endpoint with ``submit``)."""
+
+    def __init__(self, ranks: Sequence[Any]):
+        if not ranks:
+            raise ValueError("a role group needs at least one rank")
+        self.ranks = list(ranks)
+
+    @property
+    def world_size(self) -> int:
+        return len(self.ranks)
+
+    def submit(self, role: str, op: str, tensors=None, args=None, threads=None) -> Future:
+        W = len(self.ranks)
+        per_rank_threads = max(1, int(threads) // W) if threads else threads
+        if op in SPLIT_OPS and tensors:
+            shares = split_rows(tensors, W)
+        else:
+            shares = [tensors] * W
+        futs = [ep.submit(role, op, shares[i], args, threads=per_rank_threads)
+                for i, ep in enumerate(self.ranks)]
+        return _gather(futs, op)
+
+
+def _gather(futs: list[Future], op: str) -> Future:
+    """One future for all ranks: fails as soon as one rank fails (the others may be blocked in
+    a collective that will never complete), else combines when all are done."""
+    out: Future = Future()
+    lock = threading.Lock()
+    done: dict[int, tuple] = {}
+
+    def on_done(i: int, f: Future) -> None:
+        with lock:
+            if out.done():
+                return
+            err = f.exception()
+            if err is not None:
+                out.set_exception(err)
+                return
+            done[i] = f.result()
+            if len(done) < len(futs):
+                return
+        vals = [done[i] for i in range(len(futs))]
+        try:
+            if op in SPLIT_OPS and vals[0][0]:
+                outs = concat_rows([v[0] for v in vals])
+            else:
+                outs = vals[0][0]
+            result = mean_results([v[1] for v in vals]) if op in MEAN_OPS else vals[0][1]
+            out.set_result((outs, result, max(v[2] for v in vals)))
+        except BaseException as e:  # noqa: BLE001
+            out.set_exception(e)
+
+    for i, f in enumerate(futs):
+        f.add_done_callback(lambda f, i=i: on_done(i, f))
+    return out
