@@ -62,7 +62,7 @@ DEFAULT_PROMPTS = "bundled:movie-reviews"
 
 # Source-string grammar (docs/CONTRACTS.md).
 BUNDLED_MODELS = ("smollm2-135m-instruct",)
-TINY_MODELS = ("llama",)
+TINY_MODELS = ("llama", "qwen2-0.5b")
 BUNDLED_REWARDS = ("minilm-sentiment",)
 LEXICON_REWARDS = ("vader",)
 BUNDLED_PROMPTS = ("movie-reviews",)
@@ -252,7 +252,7 @@ class RoleConfig:
                             "group (gloo on CPU, NCCL on GPU; one GPU per rank). The batch is split "
                             "across ranks and gradients are summed, so an update equals the "
                             "one-process update. The role must not be colocated with another.",
-                         check=_GE1)
+                         check=_Range(1, 1024))
     strategy: str = _f("ddp", "How ranks share the model when world_size > 1: ddp = every rank holds "
                               "the whole model, gradients are all-reduced; fsdp = parameters, "
                               "gradients and optimizer state are sharded over the ranks "
@@ -1394,8 +1394,8 @@ def _check_ranks(cfg: RunConfig, ctx: _Ctx):
         if rc.world_size == 1:
             if rc.strategy == "fsdp" and ctx.has((role, "strategy")):
                 ctx.notice((role, "strategy"), f"fsdp over one process shards nothing; set "
-                                               f"{role}.world_size to the number of ranks",
-                           at=[path])
+                                               f"{role}.world_size to the number of ranks (one "
+                                               f"GPU each)", at=[path])
             continue
         W = rc.world_size
         grp = next((g for g in groups if role in g), (role,))
@@ -1408,12 +1408,12 @@ def _check_ranks(cfg: RunConfig, ctx: _Ctx):
                             f"equal share of the batch; got {W}", at=[("rollout", "batch_size")])
         if role in TRAINED_ROLES and ctx.ok(("ppo", "mini_batch_size"), ("ppo", "micro_batch_size")) \
                 and ppo.micro_batch_size and ppo.mini_batch_size % ppo.micro_batch_size == 0 \
-                and (ppo.mini_batch_size // ppo.micro_batch_size) % W:
+                and (ppo.mini_batch_size // ppo.micro_batch_size) % W and ppo.micro_batch_size % W:
             n = ppo.mini_batch_size // ppo.micro_batch_size
             ctx.error(path, f"must divide the micro-batches per mini-batch (ppo.mini_batch_size "
                             f"{ppo.mini_batch_size} / ppo.micro_batch_size {ppo.micro_batch_size} "
-                            f"= {n}): the ranks split each mini-batch's micro-batches evenly so that "
-                            f"the update equals the one-process update; got {W}",
+                            f"= {n}) or ppo.micro_batch_size: the ranks share each mini-batch "
+                            f"evenly so that the update equals the one-process update; got {W}",
                       at=[("ppo", "mini_batch_size"), ("ppo", "micro_batch_size")])
         if rc.strategy == "fsdp" and role == "actor" and ro.reuse_logprobs \
                 and ctx.ok(("rollout", "reuse_logprobs")):
@@ -1761,17 +1761,14 @@ def _from_article(raw: dict, ctx: _Ctx) -> dict:
                     elif use and role == "reward":
                         ctx.notice(src + ("use_fsdp",), "not used: the reward role runs in one process")
                     elif use:
-                        put((role, "strategy"), "fsdp", src + ("use_fsdp",))
                         ss = fc.get("sharding_strategy", "FULL_SHARD")
+                        strat, reshard = _ARTICLE_SHARDING.get(ss, ("fsdp", None))
                         if ss not in _ARTICLE_SHARDING:
                             ctx.error(src + ("sharding_strategy",),
                                       f"must be one of {', '.join(_ARTICLE_SHARDING)}; got {_show(ss)}")
-                        else:
-                            strat, reshard = _ARTICLE_SHARDING[ss]
-                            put((role, "strategy"), strat, src + ("sharding_strategy",))
-                            if reshard is not None:
-                                put((role, "reshard_after_forward"), reshard,
-                                    src + ("sharding_strategy",))
+                        elif reshard is not None:
+                            put((role, "reshard_after_forward"), reshard, src + ("sharding_strategy",))
+                        put((role, "strategy"), strat, src + ("use_fsdp",))
                         if fc.get("cpu_offload"):
                             ctx.notice(src + ("cpu_offload",),
                                        "not used: parameters stay on the rank's device (no FSDP "

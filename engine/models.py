@@ -15,6 +15,9 @@ Model sources (strings)
     A random 2-layer Llama (hidden 64, 4 heads, 2 kv heads, intermediate 128, 512 positions)
     with the real SmolLM2 tokenizer. Built with a fixed seed and saved once into
     ``cache_dir()/models/tiny-llama/`` so every process loads identical weights. For tests.
+``tiny:qwen2-0.5b``
+    Qwen2-0.5B's shape with random weights and the SmolLM2 tokenizer (~400M parameters), for
+    GPU checks without a hub (``scripts/gpu_check.sh``).
 a local folder
     Anything ``from_pretrained`` reads.
 a hub id
@@ -62,7 +65,8 @@ Progress = Callable[[str], None]
 SMOLLM2 = "bundled:smollm2-135m-instruct"
 MINILM = "bundled:minilm-l6"
 TINY_LLAMA = "tiny:llama"
-BUNDLED_SOURCES = (SMOLLM2, MINILM, TINY_LLAMA)
+TINY_QWEN2 = "tiny:qwen2-0.5b"
+BUNDLED_SOURCES = (SMOLLM2, MINILM, TINY_LLAMA, TINY_QWEN2)
 
 _MARKER = ".rlhf-console-model.json"
 _FORMAT = 1
@@ -332,6 +336,33 @@ def _build_tiny_llama(dest: Path, progress: Progress) -> None:
     tok.save_pretrained(str(dest))
 
 
+def _build_qwen2_shape(dest: Path, progress: Progress) -> None:
+    """Qwen2-0.5B's transformer shape (24 layers, hidden 896, 14 query / 2 key-value heads, MLP
+    4864, tied embeddings) with random weights and the SmolLM2 tokenizer's vocabulary (49,152
+    instead of 151,936: ~400M parameters instead of 494M). For GPU checks where no hub is at
+    hand: the memory and speed of a 0.5B model, none of its knowledge. The tokenizer comes from
+    ``tiny:llama``'s cached folder."""
+    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(TINY_LLAMA, progress))
+    config = Qwen2Config(
+        vocab_size=len(tok), hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2, intermediate_size=4864, max_position_embeddings=4096,
+        rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
+    progress("building a random Qwen2-0.5B-shaped model")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_TINY_SEED)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id,
+                                               eos_token_id=config.eos_token_id,
+                                               pad_token_id=config.pad_token_id)
+    model.save_pretrained(str(dest))
+    tok.save_pretrained(str(dest))
+
+
 def _minilm_folder(progress: Progress) -> Path:
     try:
         return fetch_wheel_asset("minilm-l6", progress)
@@ -361,6 +392,9 @@ def resolve_model_path(source: str, progress: Optional[Progress] = None) -> str:
     if source == TINY_LLAMA:
         return str(_build_cached("tiny-llama", lambda d: _build_tiny_llama(d, progress),
                                  {"source": TINY_LLAMA, "seed": _TINY_SEED}, progress))
+    if source == TINY_QWEN2:
+        return str(_build_cached("tiny-qwen2-0.5b", lambda d: _build_qwen2_shape(d, progress),
+                                 {"source": TINY_QWEN2, "seed": _TINY_SEED}, progress))
     if source.startswith(("bundled:", "tiny:")):
         raise ModelLoadError(f"unknown model source {source!r}; bundled ones: "
                              f"{', '.join(BUNDLED_SOURCES)}")
@@ -876,7 +910,7 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
 
 
 __all__ = [
-    "ModelLoadError", "ValueModel", "BUNDLED_SOURCES", "SMOLLM2", "MINILM", "TINY_LLAMA",
+    "ModelLoadError", "ValueModel", "BUNDLED_SOURCES", "SMOLLM2", "MINILM", "TINY_LLAMA", "TINY_QWEN2",
     "resolve_model_path", "load_tokenizer", "resolve_attn_implementation", "torch_dtype",
     "resolve_device", "load_policy", "load_critic", "load_reward_model", "sequence_logprobs",
     "head_logprobs",

@@ -628,7 +628,7 @@ def test_seed_fixture_notices(no_cuda):
     cfg = load_config(SEED)
     notes = list(cfg.notices)
     assert notes and all(n.severity == "notice" for n in notes)
-    fsdp = [n for n in notes if "FSDP" in n.message]
+    fsdp = [n for n in notes if "fsdp over one process shards nothing" in n.message]
     assert {n.path for n in fsdp} == {"model_config.actor.fsdp_config.use_fsdp",
                                       "model_config.critic.fsdp_config.use_fsdp"}
     assert fsdp[0].line == _line(text, "use_fsdp")

@@ -423,3 +423,15 @@ def test_cuda_ipc_roundtrip(tag):
         recv(parent, "stop")
     finally:
         stop(proc)
+
+
+def test_cuda_ipc_flag_with_cpu_tensors_uses_shared_memory(tag):
+    """runtime.cuda_ipc is on in the presets: on CPU the workers' puts take the host path."""
+    with TensorArena(os.getpid(), tag, "critic") as arena:
+        batch = {"hidden": torch.randn(2, 3, 4), "mask": torch.ones(2, 3, dtype=torch.bool)}
+        desc = arena.put(batch, cuda_ipc=True)
+        assert desc["segment"] is not None
+        assert all("cuda_ipc" not in e and "offset" in e for e in desc["tensors"])
+        back = read_tensors(desc, copy=True)
+        assert all(torch.equal(back[k], v) for k, v in batch.items())
+        arena.release(desc)

@@ -21,8 +21,20 @@ def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> 
     quiet_hf_logging()
     from engine.data import load_prompts
 
+    import dataclasses
+
+    from engine.runtime.placement import device_plan, format_plan
+
+    plan = device_plan(cfg)
+    out(format_plan(plan, cfg))
+    ranked = [r for r, devs in plan.items() if len(devs) > 1]
+    if ranked:
+        out(f"  ({', '.join(ranked)}: the dry run loads rank 0 alone, on {', '.join(plan[r][0] for r in ranked)}; "
+            f"the run starts {' and '.join(f'{len(plan[r])} ranks of the {r}' for r in ranked)})")
+    cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, devices=None), **{
+        r: dataclasses.replace(getattr(cfg, r), device=plan[r][0]) for r in plan})
     torch.manual_seed(cfg.run.seed)
-    roles, report = {}, {}
+    roles, report = {}, {"plan": plan}
     for name in ("actor", "reference", "critic", "reward"):
         before = memory_stats(torch.device("cpu")).get("rss_mb", 0.0)
         t = time.perf_counter()

@@ -68,12 +68,29 @@ class RankContext:
     def fsdp(self) -> bool:
         return self.strategy == "fsdp"
 
-    def micro_share(self, micro: list) -> list:
-        """This rank's micro-batches of one mini-batch (equal contiguous shares)."""
-        if self.world == 1:
-            return micro
-        k = len(micro) // self.world
-        return micro[self.rank * k:(self.rank + 1) * k]
+    def micro_parts(self, micro: list, n_mb: int, mask: torch.Tensor) -> list[tuple]:
+        """This rank's part of one mini-batch of ``n_mb`` rows cut into ``micro`` (row-index
+        tensors): ``(rows, weight, scale)`` per part. ``weight`` multiplies the part's token-mean
+        loss before backward so that the gradients summed over the ranks equal the one-process
+        gradient; ``scale`` multiplies its statistics so that their mean over the ranks equals
+        the one-process statistic.
+
+        * as many micro-batches as ranks or a multiple: each rank takes whole micro-batches
+          (equal contiguous shares), weight len/n_mb as in one process;
+        * fewer (e.g. one micro-batch of 8 rows on 2 ranks): each micro-batch's rows are split,
+          and a part's token-mean is weighted by its share of the micro-batch's tokens.
+        """
+        if self.world == 1 or len(micro) % self.world == 0:
+            k = len(micro) // self.world
+            mine = micro[self.rank * k:(self.rank + 1) * k]
+            return [(m, len(m) / n_mb, 1.0) for m in mine]
+        out = []
+        for m in micro:
+            part = torch.chunk(m, self.world)[self.rank]
+            total = float(mask[m].sum())
+            frac = float(mask[part].sum()) / total if total else 1.0 / self.world
+            out.append((part, len(m) / n_mb * frac, frac * self.world))
+        return out
 
     # ---- model ------------------------------------------------------------------------
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:

@@ -376,8 +376,8 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
                 mb_idx = perm[mb]
                 self.optimizer.zero_grad(set_to_none=True)
                 n_mb = len(mb_idx)
-                for mc in self.ranks.micro_share(_batches(n_mb, p.micro_batch_size)):
-                    idx = mb_idx[mc]
+                micro = [mb_idx[mc] for mc in _batches(n_mb, p.micro_batch_size)]
+                for idx, weight, scale in self.ranks.micro_parts(micro, n_mb, mask):
                     with self.amp():
                         lp, ent = sequence_logprobs(
                             self.model, self._to(ids[idx]), self._to(attn[idx]), P,
@@ -391,11 +391,11 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
                     ent_mean = A.masked_mean(ent.float(), m)
                     total = loss - p.entropy_coef * ent_mean
                     _check_finite(self.name, "update", policy_loss=total)
-                    (total * (len(idx) / n_mb)).backward()
-                    stats["policy_loss"].append(float(loss.detach()))
-                    stats["entropy"].append(float(ent_mean.detach()))
+                    (total * weight).backward()
+                    stats["policy_loss"].append(float(loss.detach()) * scale)
+                    stats["entropy"].append(float(ent_mean.detach()) * scale)
                     for k in ("clipfrac", "dual_clipfrac", "approx_kl"):
-                        stats[k].append(float(st.get(k, 0.0)))
+                        stats[k].append(float(st.get(k, 0.0)) * scale)
                 self.ranks.sync_grads(self.model)
                 gn = _full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip))
                 _check_finite(self.name, "update", grad_norm=gn)
@@ -562,14 +562,14 @@ class CriticRole(TwoPhaseUpdate, Role):
                 mb_idx = perm[mb]
                 n_mb = len(mb_idx)
                 self.optimizer.zero_grad(set_to_none=True)
-                for mc in self.ranks.micro_share(_batches(n_mb, p.micro_batch_size)):
-                    idx = mb_idx[mc]
+                micro = [mb_idx[mc] for mc in _batches(n_mb, p.micro_batch_size)]
+                for idx, weight, scale in self.ranks.micro_parts(micro, n_mb, mask):
                     v = self._values(inputs, idx)
                     loss, st = A.value_loss(v, self._to(old_v[idx]), self._to(ret[idx]), self._to(mask[idx]), clip=p.value_clip)
                     _check_finite(self.name, "update", value_loss=loss)
-                    (p.vf_coef * loss * (len(idx) / n_mb)).backward()
-                    stats["value_loss"].append(float(loss.detach()))
-                    stats["vf_clipfrac"].append(float(st.get("clipfrac", 0.0)))
+                    (p.vf_coef * loss * weight).backward()
+                    stats["value_loss"].append(float(loss.detach()) * scale)
+                    stats["vf_clipfrac"].append(float(st.get("clipfrac", 0.0)) * scale)
                 self.ranks.sync_grads(self.model)
                 gn = _full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip))
                 _check_finite(self.name, "update", grad_norm=gn)
