@@ -1333,6 +1333,9 @@ def _check_devices_key(cfg: RunConfig, ctx: _Ctx):
     if not devs:
         ctx.error(path, "must list at least one device (or map roles to devices), or be null")
         return
+    if cfg.runtime.backend == "ray" and ctx.ok(("runtime", "backend")):
+        ctx.notice(path, "not used with runtime.backend ray: Ray gives each role actor its GPUs "
+                         "(the device plan is the local backend's)", at=[("runtime", "backend")])
 
     def one(p, d, allow_cpu=True):
         if d == "auto" or not _DEVICE_RE.match(d) or (d == "cpu" and not allow_cpu):
@@ -1398,6 +1401,10 @@ def _check_ranks(cfg: RunConfig, ctx: _Ctx):
                                                f"GPU each)", at=[path])
             continue
         W = rc.world_size
+        if cfg.runtime.backend == "ray" and ctx.ok(("runtime", "backend")):
+            ctx.error(path, f"world_size {W} runs with the local backend only for now (the Ray "
+                            f"backend hosts one actor per role); set runtime.backend: local",
+                      at=[("runtime", "backend")])
         grp = next((g for g in groups if role in g), (role,))
         if len(grp) > 1:
             ctx.error(path, f"a role with world_size {W} runs in its own processes; it cannot be "

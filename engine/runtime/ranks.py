@@ -92,6 +92,19 @@ class RankContext:
             out.append((part, len(m) / n_mb * frac, frac * self.world))
         return out
 
+    def any_true(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any rank (one scalar all-reduce), so a
+        check that fails on one rank's data makes every rank stop at the same point instead of
+        leaving the others waiting in a collective."""
+        if self.world == 1:
+            return bool(flag)
+        import torch.distributed as dist
+
+        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor([1.0 if flag else 0.0], device=dev)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
     # ---- model ------------------------------------------------------------------------
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         """ddp: the same starting weights on every rank (rank 0's); fsdp: shard the model —

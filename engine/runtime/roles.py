@@ -152,9 +152,11 @@ class TwoPhaseUpdate:
         self.optimizer.zero_grad(set_to_none=True)
 
     def _check_params(self) -> None:
-        for k, v in self.model.named_parameters():
-            if v.requires_grad and not torch.isfinite(v.detach()).all():
-                raise NonFiniteError(self.name, "update", f"parameter {k} is not finite after the optimizer step")
+        bad = next((k for k, v in self.model.named_parameters()
+                    if v.requires_grad and not torch.isfinite(_local(v.detach())).all()), None)
+        if self.ranks.any_true(bad is not None):  # fsdp: each rank checks its own shard
+            raise NonFiniteError(self.name, "update", f"parameter {bad} is not finite after the optimizer step"
+                                 if bad else "a parameter shard of another rank is not finite after the optimizer step")
 
     def _two_phase(self, fn: Callable[[], Result]) -> Result:
         if self._pending is not None:  # an update nobody committed: it is not part of this step
@@ -191,6 +193,11 @@ def _to_cpu(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded (DTensor) tensor; a plain tensor as it is."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -246,6 +253,15 @@ class Role:
         if warn:
             self.progress(f"{self.name}: {warn}")
         return attn
+
+    def _check_loss(self, **named: torch.Tensor) -> None:
+        """``_check_finite`` of a loss, agreed over the ranks: each rank's loss comes from its own
+        share of the batch, and a rank that stopped alone would leave the others waiting in the
+        gradient all-reduce."""
+        bad = next((k for k, v in named.items() if not torch.isfinite(v.detach()).all()), None)
+        if self.ranks.any_true(bad is not None):
+            raise NonFiniteError(self.name, "update", f"{bad} is not finite" if bad
+                                 else "a loss on another rank is not finite")
 
     def amp(self):
         """torch.autocast for this role's forward passes when ``<role>.autocast`` is set."""
@@ -390,7 +406,7 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
                     )
                     ent_mean = A.masked_mean(ent.float(), m)
                     total = loss - p.entropy_coef * ent_mean
-                    _check_finite(self.name, "update", policy_loss=total)
+                    self._check_loss(policy_loss=total)
                     (total * weight).backward()
                     stats["policy_loss"].append(float(loss.detach()) * scale)
                     stats["entropy"].append(float(ent_mean.detach()) * scale)
@@ -566,7 +582,7 @@ class CriticRole(TwoPhaseUpdate, Role):
                 for idx, weight, scale in self.ranks.micro_parts(micro, n_mb, mask):
                     v = self._values(inputs, idx)
                     loss, st = A.value_loss(v, self._to(old_v[idx]), self._to(ret[idx]), self._to(mask[idx]), clip=p.value_clip)
-                    _check_finite(self.name, "update", value_loss=loss)
+                    self._check_loss(value_loss=loss)
                     (p.vf_coef * loss * weight).backward()
                     stats["value_loss"].append(float(loss.detach()) * scale)
                     stats["vf_clipfrac"].append(float(st.get("clipfrac", 0.0)) * scale)
