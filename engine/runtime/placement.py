@@ -119,7 +119,10 @@ def _param_count(source: str) -> Optional[float]:
 
         from engine.models import resolve_model_path
 
-        c = AutoConfig.from_pretrained(resolve_model_path(source))
+        if source.startswith(("lexicon:", "python:")):
+            return None  # a reward function: no weights
+        # never the network here: a hub id not cached yet gets the default estimate
+        c = AutoConfig.from_pretrained(resolve_model_path(source), local_files_only=True)
     except Exception:  # noqa: BLE001 - a reward function, an unreadable source: no estimate
         return None
     h = getattr(c, "hidden_size", None)
@@ -145,6 +148,8 @@ def role_need_gb(cfg, role: str) -> float:
     from engine.config import resolve_role_model
 
     if role == "reward":
+        if cfg.reward.source.startswith(("lexicon:", "python:")):
+            return 0.0
         p = _param_count(cfg.reward.source)
         return (p or 25e6) * _BYTES.get(cfg.reward.dtype, 4) / 1e9 + 0.2
     rc = getattr(cfg, role)
