@@ -54,9 +54,11 @@ def _resume_with(run, *overrides: str) -> None:
     assert run.wait(timeout=600) == "finished", run.info.get("failure")
 
 
-def test_two_ddp_ranks_equal_one_process_and_resume_across(single, runs_dir, cleanup_runs):
+def test_two_ddp_ranks_equal_one_process_and_resume_across(single, runs_dir, cleanup_runs, tmp_path):
     one, m1 = single
-    two = launch(TINY, tiny_overrides(runs_dir, *BASE, "run.name=w2", "actor.world_size=2"))
+    # this run also keeps its checkpoints elsewhere and prints every second step line
+    two = launch(TINY, tiny_overrides(runs_dir, *BASE, "run.name=w2", "actor.world_size=2",
+                                      f"checkpoint.dir={tmp_path / 'ck'}", "logging.print_every=2"))
     cleanup_runs.append(two)
     assert two.wait(timeout=600) == "finished", two.info.get("failure")
     m2 = _by_step(two)
@@ -69,6 +71,11 @@ def test_two_ddp_ranks_equal_one_process_and_resume_across(single, runs_dir, cle
     assert set(two.info["pids"]) == {"actor[0]", "actor[1]", "reference", "critic", "reward"}
     assert two.info["devices"]["actor"] == ["cpu", "cpu"]
     assert (two.dir.latest_checkpoint() / "actor" / "trainer_state.pt").is_file()
+    assert two.dir.latest_checkpoint() == tmp_path / "ck" / two.path.name / "step_2"
+    assert not list((two.path / "checkpoints").glob("step_*"))
+    printed = (two.path / "supervisor.log").read_text()
+    assert "step 2/2 |" in printed and "step 1/2 |" not in printed
+    assert "step 1/2 |" in events and "step 2/2 |" in events
     _clean(two)
 
     # a two-rank checkpoint resumed by one process, and a one-process checkpoint by two fsdp
