@@ -1401,10 +1401,6 @@ def _check_ranks(cfg: RunConfig, ctx: _Ctx):
                                                f"GPU each)", at=[path])
             continue
         W = rc.world_size
-        if cfg.runtime.backend == "ray" and ctx.ok(("runtime", "backend")):
-            ctx.error(path, f"world_size {W} runs with the local backend only for now (the Ray "
-                            f"backend hosts one actor per role); set runtime.backend: local",
-                      at=[("runtime", "backend")])
         grp = next((g for g in groups if role in g), (role,))
         if len(grp) > 1:
             ctx.error(path, f"a role with world_size {W} runs in its own processes; it cannot be "

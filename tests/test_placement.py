@@ -129,8 +129,6 @@ def test_validation_of_ranks(monkeypatch):
     errs = _errors("actor:\n  world_size: 2\nppo:\n  mini_batch_size: 3\n  micro_batch_size: 3\n"
                    "rollout:\n  batch_size: 6\n", monkeypatch)
     assert any("actor.world_size" in e and "micro-batches per mini-batch" in e for e in errs), errs
-    errs = _errors("actor:\n  world_size: 2\nruntime:\n  backend: ray\n", monkeypatch)
-    assert any("actor.world_size" in e and "local backend only" in e for e in errs), errs
     with pytest.raises(ConfigError, match="runtime.devices.actor"):
         monkeypatch.setattr(C, "cuda_device_count", lambda: 0)
         load_config(TINY, ["runtime.devices={actor: cuda:0}"])
