@@ -155,3 +155,20 @@ def test_a_resource_no_node_offers_fails_at_once_with_the_key_named(cluster, run
     assert run.wait(timeout=120) == "failed"
     assert "runtime.ray_resources.reward.gpu_box" in run.info["failure"]
     assert run_processes_gone(run) == []
+
+
+
+def test_worker_timeout_kills_the_actor_and_names_role_and_operation(cluster, runs_dir, cleanup_runs,
+                                                                     tmp_path, monkeypatch):
+    mod = tmp_path / "mods"
+    mod.mkdir()
+    (mod / "sleepy_reward.py").write_text("import time\n\ndef score(prompts, responses):\n"
+                                         "    time.sleep(600)\n    return [0.0] * len(responses)\n")
+    monkeypatch.setenv("PYTHONPATH", f"{mod}{os.pathsep}{os.environ['PYTHONPATH']}")
+    run = launch(TINY, tiny_overrides(runs_dir, "runtime.backend=ray", f"runtime.ray_address={cluster.address}",
+                                      "reward.source=python:sleepy_reward:score", "runtime.worker_timeout_s=5"))
+    cleanup_runs.append(run)
+    assert run.wait(timeout=120) == "failed"
+    failure = run.info["failure"]
+    assert "reward.score" in failure and "runtime.worker_timeout_s = 5s" in failure
+    assert run_processes_gone(run) == [], "the timed-out actor must be killed"

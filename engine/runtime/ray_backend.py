@@ -322,6 +322,23 @@ class RayWorkerHandle:
             if not fut.done():
                 fut.set_exception(WorkerError(self.roles, f"{reason} during {role}.{op}", "died"))
 
+    def abort(self, reason: str, kind: str) -> None:
+        """Kill the actor now (it does not answer): every call in flight, and every later one,
+        fails with ``reason`` and ``kind`` ("timeout", "stopped"), as a local worker's would."""
+        import ray
+
+        with self._lock:
+            if self.dead_reason is None:
+                self.dead_reason = reason
+            pending, self._pending = self._pending, {}
+        for fut, role, op in pending.values():
+            if not fut.done():
+                fut.set_exception(WorkerError([role], reason, kind, {"error": reason, "role": role, "op": op}))
+        try:
+            ray.kill(self.actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - gone already
+            pass
+
     def shutdown(self, timeout: float = 10.0) -> None:
         import ray
 
@@ -425,7 +442,11 @@ class RayBackend:
         import ray
 
         total = ray.cluster_resources()
-        cpu_share = min(1.0, float(total.get("CPU", 1.0)) / max(1, len(specs)))
+        # CPU shares are nominal (the ThreadPlan sets each role's threads); they are small enough
+        # that every bundle fits on the smallest node, so custom resources alone decide placement
+        node_cpus = [float(n.get("Resources", {}).get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+        smallest = min([c for c in node_cpus if c > 0] or [float(total.get("CPU", 1.0))])
+        cpu_share = min(1.0, smallest / max(1, len(specs)))
         gpus = float(total.get("GPU", 0.0))
         on_cuda = [any(_role_on_cuda(self.cfg, r, gpus) for r in groups[gi]) for gi, _, _ in specs]
         gpu_share = min(1.0, gpus / sum(on_cuda)) if any(on_cuda) else 0.0
