@@ -172,3 +172,28 @@ def test_worker_timeout_kills_the_actor_and_names_role_and_operation(cluster, ru
     failure = run.info["failure"]
     assert "reward.score" in failure and "runtime.worker_timeout_s = 5s" in failure
     assert run_processes_gone(run) == [], "the timed-out actor must be killed"
+
+
+def test_two_ranks_of_the_actor_as_two_ray_actors_equal_one_local_process(cluster, runs_dir, cleanup_runs):
+    # reference: the local backend, one actor process; the same config with actor.world_size=2
+    # on Ray: two actors in one torch.distributed group (gloo), placed on the two nodes
+    one = launch(TINY, tiny_overrides(runs_dir, "run.steps=2", "run.name=one"), wait_ready=False)
+    cleanup_runs.append(one)
+    two = launch(TINY, tiny_overrides(runs_dir, "run.steps=2", "run.name=two", "actor.world_size=2",
+                                      "runtime.backend=ray", f"runtime.ray_address={cluster.address}",
+                                      "runtime.ray_resources.actor.node_a=1"), wait_ready=False)
+    cleanup_runs.append(two)
+    assert one.wait(timeout=400) == "finished", one.info.get("failure")
+    assert two.wait(timeout=400) == "finished", two.info.get("failure")
+    info = two.info
+    assert {"actor[0]", "actor[1]"} <= set(info["pids"]) and info["pids"]["actor[0]"] != info["pids"]["actor[1]"]
+    assert info["ray"]["nodes"]["actor[0]"] == info["ray"]["nodes"]["actor[1]"] == cluster.node_a
+    worst: dict[str, float] = {}
+    for ma, mb in zip(one.metrics(), two.metrics()):
+        for k in ("score_mean", "kl", "policy_loss", "value_loss", "entropy", "grad_norm", "clipfrac",
+                  "approx_kl", "advantage_mean", "return_mean", "value_mean"):
+            worst[k] = max(worst.get(k, 0.0), abs(float(ma[k]) - float(mb[k])))
+    print("max |local 1 rank - ray 2 ranks| over 2 steps:", {k: f"{v:.2e}" for k, v in sorted(worst.items())})
+    assert len(list(two.metrics())) == 2
+    assert all(v <= 1e-4 for v in worst.values()), worst
+    assert run_processes_gone(two) == []
