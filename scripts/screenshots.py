@@ -120,6 +120,7 @@ async def main_async(args) -> list[Path]:
         ("sample-detail", ConsoleApp("attach", run=run, **common), (120, 40), ["h", "enter"]),
         ("help", ConsoleApp("attach", run=run, **common), (120, 40), ["question_mark"]),
         ("dashboard-80x24", ConsoleApp("attach", run=run, **common), (80, 24), []),
+        ("compare", ConsoleApp("home", **common), (120, 40), ["down", "space", "down", "space", "o"]),
     ]
     written = []
     for name, app, size, keys in shots:

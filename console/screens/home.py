@@ -43,6 +43,10 @@ class HomeScreen(Screen):
                 tooltip="On a run: attach its dashboard; on a preset: open it in the editor"),
         Binding("n", "new_config", "new config", id="home.new",
                 tooltip="Start a new config from the selected preset (asks for a file name)"),
+        Binding("space", "mark", "mark", id="home.mark",
+                tooltip="Mark the selected run for comparing (two at most)"),
+        Binding("o", "compare", "compare", id="home.compare",
+                tooltip="Overlay the curves of the two marked runs, with a diff of their configs"),
         Binding("tab", "switch_pane", "runs/presets", show=False, id="home.switch",
                 tooltip="Move between the runs and the presets"),
         Binding("q", "app.quit", "quit", id="home.quit", tooltip="Leave the console (runs keep training)"),
@@ -115,9 +119,25 @@ class HomeScreen(Screen):
             if isinstance(focused, PresetsTable):
                 return True if focused.row_count else None
             return None
+        if action == "mark":
+            return True if isinstance(self.focused, RunsTable) and self.focused.row_count else None
+        if action == "compare":
+            return True if len(self.query_one(RunsTable).marked) == 2 else None
         if action == "new_config":
             return True if self.query_one(PresetsTable).row_count else None
         return True
+
+    def action_mark(self) -> None:
+        marked = self.query_one(RunsTable).toggle_mark()
+        self.refresh_bindings()
+        self.notify(f"{len(marked)} of 2 runs marked" + (" — o compares them" if len(marked) == 2 else ""),
+                    timeout=3)
+
+    def action_compare(self) -> None:
+        from console.screens.compare import CompareScreen
+
+        a, b = self.query_one(RunsTable).marked
+        self.app.push_screen(CompareScreen(Path(a), Path(b)))
 
     def action_switch_pane(self) -> None:
         runs, presets = self.query_one(RunsTable), self.query_one(PresetsTable)

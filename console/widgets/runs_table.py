@@ -22,18 +22,22 @@ class RunsTable(DataTable):
         self.paths: dict[str, Path] = {}
         self.infos: dict[str, tuple[dict, str]] = {}
         self._shown: list = []
+        self._runs: list = []
+        self.marked: list[str] = []     # up to two run paths marked for comparing (space)
         for label, width in (("run", 30), ("state", 9), ("step", 9), ("last score", 10), ("started", 16)):
             self.add_column(label, key=label, width=width)
 
     def show_runs(self, runs: list) -> None:
         """``runs``: (path, info, effective state), oldest first; shown newest first."""
         rows = []
+        self._runs = runs
         self.infos = {str(path): (info, state) for path, info, state in runs}
         for path, info, state in reversed(runs):
             score = info.get("last_score")
             created = info.get("created")
             started = time.strftime("%Y-%m-%d %H:%M", time.localtime(created)) if isinstance(created, (int, float)) else "–"
-            rows.append((str(path), (path.name, state, f"{info.get('step', 0)}/{info.get('steps', '?')}",
+            mark = "◆ " if str(path) in self.marked else ""
+            rows.append((str(path), (mark + path.name, state, f"{info.get('step', 0)}/{info.get('steps', '?')}",
                                      f"{score:.3f}" if isinstance(score, (int, float)) else "–", started)))
         if rows == self._shown:
             return
@@ -46,6 +50,19 @@ class RunsTable(DataTable):
             self.add_row(name, Text(state, style=STATE_STYLE.get(state, "")), step, score, started, key=key)
         if keep is not None and str(keep) in self.paths:
             self.move_cursor(row=self.get_row_index(str(keep)), animate=False)
+
+    def toggle_mark(self) -> list[str]:
+        """Mark (or unmark) the highlighted run; at most two, the older mark drops out."""
+        path = self.current_path()
+        if path is not None:
+            key = str(path)
+            if key in self.marked:
+                self.marked.remove(key)
+            else:
+                self.marked = (self.marked + [key])[-2:]
+            self._shown = []
+            self.show_runs(self._runs)
+        return self.marked
 
     def detail(self) -> Text:
         """One line about the highlighted run: its folder, reward, and why it failed."""
