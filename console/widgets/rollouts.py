@@ -65,8 +65,8 @@ class RolloutsTable(ScrollView, can_focus=True):
         Binding("pageup", "page(-1)", "page up", show=False, id="rollouts.pageup", tooltip="A page of samples up"),
         Binding("pagedown", "page(1)", "page down", show=False, id="rollouts.pagedown",
                 tooltip="A page of samples down"),
-        Binding("home", "first", "first", show=False, id="rollouts.first", tooltip="The first sample of the view"),
-        Binding("end", "last", "last", show=False, id="rollouts.last",
+        Binding("home,ctrl+home", "first", "first", show=False, id="rollouts.first", tooltip="The first sample of the view"),
+        Binding("end,ctrl+end", "last", "last", show=False, id="rollouts.last",
                 tooltip="The last sample of the view (in file order: follow the newest again)"),
     ]
 
