@@ -31,6 +31,13 @@ def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> 
     if ranked:
         out(f"  ({', '.join(ranked)}: the dry run loads rank 0 alone, on {', '.join(plan[r][0] for r in ranked)}; "
             f"the run starts {' and '.join(f'{len(plan[r])} ranks of the {r}' for r in ranked)})")
+    rt = cfg.runtime
+    if rt.backend == "ray":
+        where = ("a local Ray instance started for the run" if rt.ray_address is None
+                 else f"the Ray cluster at '{rt.ray_address}'")
+        placed = "; ".join(f"{r} needs {res}" for r, res in (rt.ray_resources or {}).items())
+        out(f"backend ray: one actor per role group and rank, in one placement group on {where}"
+            + (f" ({placed})" if placed else "") + "; the dry run loads the roles here, without Ray")
     cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, devices=None), **{
         r: dataclasses.replace(getattr(cfg, r), device=plan[r][0]) for r in plan})
     torch.manual_seed(cfg.run.seed)
