@@ -1337,9 +1337,9 @@ def _check_devices_key(cfg: RunConfig, ctx: _Ctx):
         ctx.notice(path, "not used with runtime.backend ray: Ray gives each role actor its GPUs "
                          "(the device plan is the local backend's)", at=[("runtime", "backend")])
 
-    def one(p, d, allow_cpu=True):
-        if d == "auto" or not _DEVICE_RE.match(d) or (d == "cpu" and not allow_cpu):
-            ctx.error(p, f"must be {'cpu, ' if allow_cpu else ''}cuda or cuda:N; got {_show(d)}")
+    def one(p, d):
+        if d == "auto" or not _DEVICE_RE.match(d):
+            ctx.error(p, f"must be cpu, cuda or cuda:N; got {_show(d)}")
             return False
         _check_device(ctx, p, d)
         return True

@@ -112,8 +112,15 @@ def _visible(n: int) -> str:
 
 # ---------------------------------------------------------------------------- from a config
 
+# built-in sources: their sizes, so planning never builds or converts one
+_KNOWN_PARAMS = {"tiny:llama": 3.3e6, "tiny:qwen2-0.5b": 402e6, "bundled:smollm2-135m-instruct": 134.5e6,
+                 "bundled:minilm-sentiment": 22.7e6}
+
+
 def _param_count(source: str) -> Optional[float]:
     """Parameters of a causal-LM source, estimated from its config (no weights read)."""
+    if source in _KNOWN_PARAMS:
+        return _KNOWN_PARAMS[source]
     try:
         from transformers import AutoConfig
 

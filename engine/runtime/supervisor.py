@@ -137,6 +137,7 @@ class Supervisor:
         self._stop_grace: Optional[float] = None
         self._longest_s = 0.0               # longest step or checkpoint so far (stop grace)
         self._printer_broken = False
+        self._print_lock = threading.Lock()  # workers' progress lines arrive on several threads
 
     # ---- logging & state ----------------------------------------------------------------
     def log(self, message: str, level: str = "INFO") -> None:
@@ -167,7 +168,8 @@ class Supervisor:
         if self._printer_broken:
             return
         try:
-            self.printer(line)
+            with self._print_lock:  # print() writes the line and its newline separately
+                self.printer(line)
         except Exception as e:  # noqa: BLE001 - output is never a reason to stop training
             self._printer_broken = True
             try:
