@@ -146,6 +146,9 @@ class DashboardScreen(Screen):
         self._gpu()
         self.set_interval(1.0, self._tick)
 
+    def on_unmount(self) -> None:
+        self.model.samples.close()       # the index's read handle on samples.jsonl
+
     def ready_for_snapshot(self) -> bool:
         return self.loaded and self.caught_up and self.gpu_report is not None
 
