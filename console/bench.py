@@ -193,6 +193,8 @@ async def _bench(run: SyntheticRun, seconds: float, trials: int, size: tuple[int
     def watchdog():      # the event loop may be too busy to notice the timeout itself
         if not attached.wait(attach_timeout):
             print(f"attach_s: >{attach_timeout:g} (gave up: the dashboard was not interactive by then)", flush=True)
+            run.close()
+            shutil.rmtree(run.path.parent, ignore_errors=True)
             os._exit(1)
 
     threading.Thread(target=watchdog, daemon=True).start()
