@@ -34,6 +34,13 @@ PROMPTS = ["This movie was", "I walked out of the cinema", "The acting in this f
            "Nobody in the theatre", "The director clearly", "After the credits rolled"]
 
 
+def reward(prompts, responses):
+    """The checks' reward function (``python:scripts.gpu_check:reward``): the share of letters
+    in a response. No model and no extra package, so nothing but torch and transformers is
+    needed on the GPU machine; the figures are about speed and memory, not learning."""
+    return [sum(c.isalpha() for c in r) / max(1, len(r)) for r in responses]
+
+
 def cuda_gpus() -> int:
     try:
         import torch
@@ -84,11 +91,11 @@ class NvmlPeaks:
             self._stop.wait(self.period)
 
 
-def run_shape(name: str, overrides: list[str], out: Path) -> dict:
+def run_shape(name: str, overrides: list[str], out: Path, runs: Path) -> dict:
     from engine.client import launch
 
-    base = [f"run.output_dir={out / 'runs'}", f"run.name={name}", f"data.source={out / 'prompts.txt'}",
-            "data.num_prompts=64"]
+    base = [f"run.output_dir={runs}", f"run.name={name}", f"data.source={out / 'prompts.txt'}",
+            "data.num_prompts=64", "reward.source=python:scripts.gpu_check:reward"]
     t0 = time.time()
     with NvmlPeaks() as nvml:
         run = launch(PRESET, base + overrides)
@@ -136,6 +143,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/gpu_check.sh")
     ap.add_argument("out", nargs="?", default="gpu-check")
     ap.add_argument("--only", action="append", help="run only these shapes (plan, ipc-on, ipc-off, fsdp2)")
+    ap.add_argument("--runs-dir", help="where the run directories go (default OUT_DIR/runs)")
     a = ap.parse_args(argv)
     gpus = cuda_gpus()
     if gpus == 0:
@@ -159,7 +167,7 @@ def main(argv=None) -> int:
         if a.only and name not in a.only:
             continue
         print(f"gpu_check: {name} {' '.join(ov)}", flush=True)
-        r = run_shape(name, ov, out)
+        r = run_shape(name, ov, out, Path(a.runs_dir).resolve() if a.runs_dir else out / "runs")
         print(json.dumps(r), flush=True)
         results.append(r)
     (out / "gpu_check.json").write_text(json.dumps(results, indent=1))

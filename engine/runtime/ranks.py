@@ -125,10 +125,17 @@ class RankContext:
             if type(m).__name__ in block_types:
                 fully_shard(m, reshard_after_forward=self.reshard)
         fully_shard(model, reshard_after_forward=self.reshard)
+        import torch.distributed as dist
+
+        gloo = dist.get_backend() == "gloo"
         for m in model.modules():
             if hasattr(m, "set_gradient_divide_factor"):
                 m.set_gradient_divide_factor(1.0)        # sum, not mean, over the ranks
-                m.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no PREMUL_SUM
+                if hasattr(m, "set_force_sum_reduction_for_comms"):
+                    m.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no PREMUL_SUM
+                elif gloo:
+                    raise RuntimeError(f"torch {torch.__version__} cannot sum FSDP gradients over gloo "
+                                       f"(no set_force_sum_reduction_for_comms); use strategy: ddp on CPU")
         return model
 
     def sync_grads(self, model: torch.nn.Module) -> None:
