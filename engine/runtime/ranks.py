@@ -11,14 +11,14 @@ Two halves:
   endpoints and gathers. It knows nothing about how a rank is hosted: the local backend gives it
   worker-process endpoints, another backend (Ray actors) can give it its own.
 
-How an operation is spread (``SPLIT`` / ``ALL``):
+How an operation is spread (``SPLIT_OPS`` / ``MEAN_OPS`` / the rest):
 
 * ``logprobs``, ``values``, ``score``: the batch is cut into W equal contiguous shares, rank r
   scores share r, the outputs are concatenated in rank order;
 * ``update``: every rank gets the whole batch and the same shuffle (seeded by step), and takes
-  its share of each mini-batch's micro-batches (``micro_share``); gradients are summed over the
-  ranks before clipping, so the step equals the one-process step; per-rank statistics (means over
-  equally many micro-batches) are averaged;
+  its share of each mini-batch (``RankContext.micro_parts``); gradients are summed over the
+  ranks before clipping, so the step equals the one-process step; per-rank statistics (scaled
+  by ``micro_parts`` so that their mean is the one-process statistic) are averaged;
 * everything else (``generate``, ``save``, ``load``, ``memory`` ...): every rank runs it with the
   same arguments (generation: same weights and same RNG state on every rank, so the same tokens;
   with FSDP every rank must take part in each forward anyway); rank 0's answer is returned.
