@@ -323,6 +323,9 @@ def test_critic_as_a_head_on_the_reference_trunk(runs_dir, cleanup_runs):
     for step in range(1, 6):
         vals = critic.call("values", inputs, {})[0]["values"]
         losses.append(critic.call("update", {**inputs, "values": vals, "returns": returns}, {"step": step})[1]["value_loss"])
+        # an update is one half of the driver's two-phase commit: uncommitted, the next update
+        # rolls it back first
+        assert critic.call("commit", {}, {})[1] == {"committed": True}
     assert losses[-1] < 0.5 * losses[0], losses
 
     run = _start(runs_dir, cleanup_runs, "run.steps=4", "ppo.critic_trunk=reference", "ppo.critic_lr=1e-3",
