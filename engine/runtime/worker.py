@@ -300,7 +300,9 @@ class WorkerHandle:
         else:
             fut.set_exception(WorkerError([role], f"{role}.{op}: {msg.get('error')}", msg.get("kind", "error"), msg))
 
-    def _mark_dead(self, reason: str) -> None:
+    def _fail_pending(self, reason: str, error) -> None:
+        """Mark the worker dead with ``reason`` and fail every request in flight with
+        ``error(role, op)``, releasing their input segments."""
         with self._lock:
             if self.dead_reason is None:
                 self.dead_reason = reason
@@ -312,23 +314,16 @@ class WorkerHandle:
                 except transport.TransportError:
                     pass
             if not fut.done():
-                fut.set_exception(WorkerError(self.roles, f"{reason} during {role}.{op}", "died"))
+                fut.set_exception(error(role, op))
+
+    def _mark_dead(self, reason: str) -> None:
+        self._fail_pending(reason, lambda role, op: WorkerError(self.roles, f"{reason} during {role}.{op}", "died"))
 
     def abort(self, reason: str, kind: str) -> None:
         """Kill the worker now (it does not answer): every request in flight, and every later
         one, fails with ``reason`` and ``kind`` ("timeout", "stopped")."""
-        with self._lock:
-            if self.dead_reason is None:
-                self.dead_reason = reason
-            pending, self._pending = self._pending, {}
-        for fut, role, op, arena, in_desc in pending.values():
-            if in_desc is not None:
-                try:
-                    arena.release(in_desc)
-                except transport.TransportError:
-                    pass
-            if not fut.done():
-                fut.set_exception(WorkerError([role], reason, kind, {"error": reason, "role": role, "op": op}))
+        self._fail_pending(reason, lambda role, op: WorkerError([role], reason, kind,
+                                                                {"error": reason, "role": role, "op": op}))
         try:
             self.process.kill()
         except (OSError, ValueError, AttributeError):
