@@ -44,8 +44,7 @@ def _err(msg: str) -> int:
 
 
 def _reap_stale(runs_dir: str = DEFAULT_RUNS) -> None:
-    from engine.client import reap_stale, reap_stale_checkpoints
-    from engine.runtime.rundir import human_size
+    from engine.client import human_size, reap_stale, reap_stale_checkpoints
 
     try:
         removed = reap_stale()

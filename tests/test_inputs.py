@@ -338,9 +338,11 @@ def test_stop_kills_a_hung_worker_after_the_grace_period(runs_dir, cleanup_runs,
     run = launch(TINY, [f"run.output_dir={runs_dir}", "run.steps=50", "checkpoint.every=1",
                         "runtime.worker_timeout_s=3600", "reward.source=python:hanging_reward:score"])
     cleanup_runs.append(run)
-    t0 = time.time()
+    deadline = time.time() + 300
     while not hanging_reward.exists():
-        assert time.time() - t0 < 300 and run.state in ("starting", "running"), run.info
+        assert run.state in ("starting", "running"), run.info
+        if time.time() > deadline:
+            pytest.fail(f"the reward never reached its hanging call: {run.info}")
         time.sleep(0.2)
     out = _cli("--runs-dir", str(runs_dir), "stop", run.name, "--grace", "2")
     assert out.returncode == 0 and "do not answer within 2s" in out.stdout, out.stdout + out.stderr
@@ -367,9 +369,10 @@ def test_foreground_train_survives_the_loss_of_its_terminal(runs_dir, cleanup_ru
     subprocess.run(tmux + ["new-session", "-d", "-s", "fg", "-x", "150", "-y", "40", "-c", str(ROOT), cmd],
                    env=env, check=True, timeout=30)
     try:
-        t0 = time.time()
+        deadline = time.time() + 120
         while not list(runs_dir.glob("*/run.json")):
-            assert time.time() - t0 < 120, "the foreground run did not start"
+            if time.time() > deadline:
+                pytest.fail("the foreground run did not start")
             time.sleep(0.2)
         run = Run(next(runs_dir.glob("*/run.json")).parent)
         cleanup_runs.append(run)
