@@ -815,6 +815,15 @@ def _coerce(v, tp, path):
     raise TypeError(f"unsupported schema type {tp!r}")
 
 
+def _known_role(ctx, path: tuple, name: str) -> bool:
+    """True when ``name`` is a role; otherwise an error at ``path`` with a did-you-mean."""
+    if name in ROLES:
+        return True
+    sug = _suggest(name, ROLES)
+    ctx.error(path, f"unknown role '{name}'" + (f"; did you mean '{sug}'?" if sug else f"; roles are {', '.join(ROLES)}"))
+    return False
+
+
 def _suggest(word, candidates) -> Optional[str]:
     if not isinstance(word, str):
         return None
@@ -1287,10 +1296,7 @@ def _cross_checks(cfg: RunConfig, ctx: _Ctx):
                                               "the address of a running cluster (HOST:PORT)")
     if ctx.ok(("runtime", "ray_resources")) and rt.ray_resources is not None:
         for k, res in rt.ray_resources.items():
-            if k not in ROLES:
-                sug = _suggest(k, ROLES)
-                ctx.error(("runtime", "ray_resources", k), f"unknown role '{k}'"
-                          + (f"; did you mean '{sug}'?" if sug else f"; roles are {', '.join(ROLES)}"))
+            if not _known_role(ctx, ("runtime", "ray_resources", k), k):
                 continue
             for name, amount in res.items():
                 if name in ("CPU", "GPU", "memory", "object_store_memory"):
@@ -1302,11 +1308,9 @@ def _cross_checks(cfg: RunConfig, ctx: _Ctx):
         _check_groups(ctx, rt.colocate)
     if ctx.ok(("runtime", "threads")) and rt.threads is not None:
         for k, n in rt.threads.items():
-            if k not in ROLES:
-                sug = _suggest(k, ROLES)
-                ctx.error(("runtime", "threads", k), f"unknown role '{k}'"
-                          + (f"; did you mean '{sug}'?" if sug else f"; roles are {', '.join(ROLES)}"))
-            elif n < 1:
+            if not _known_role(ctx, ("runtime", "threads", k), k):
+                continue
+            if n < 1:
                 ctx.error(("runtime", "threads", k), f"must be >= 1; got {n}")
             elif getattr(cfg, k).threads is not None and ctx.ok((k, "threads")):
                 ctx.error(("runtime", "threads", k),

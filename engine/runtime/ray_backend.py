@@ -313,27 +313,27 @@ class RayWorkerHandle:
             return
         self._mark_dead(self._death_reason(err))
 
-    def _mark_dead(self, reason: str) -> None:
+    def _fail_pending(self, reason: str, error) -> None:
+        """Mark the actor dead with ``reason`` and fail every call in flight with
+        ``error(role, op)``."""
         with self._lock:
             if self.dead_reason is None:
                 self.dead_reason = reason
             pending, self._pending = self._pending, {}
         for fut, role, op in pending.values():
             if not fut.done():
-                fut.set_exception(WorkerError(self.roles, f"{reason} during {role}.{op}", "died"))
+                fut.set_exception(error(role, op))
+
+    def _mark_dead(self, reason: str) -> None:
+        self._fail_pending(reason, lambda role, op: WorkerError(self.roles, f"{reason} during {role}.{op}", "died"))
 
     def abort(self, reason: str, kind: str) -> None:
         """Kill the actor now (it does not answer): every call in flight, and every later one,
         fails with ``reason`` and ``kind`` ("timeout", "stopped"), as a local worker's would."""
         import ray
 
-        with self._lock:
-            if self.dead_reason is None:
-                self.dead_reason = reason
-            pending, self._pending = self._pending, {}
-        for fut, role, op in pending.values():
-            if not fut.done():
-                fut.set_exception(WorkerError([role], reason, kind, {"error": reason, "role": role, "op": op}))
+        self._fail_pending(reason, lambda role, op: WorkerError([role], reason, kind,
+                                                                {"error": reason, "role": role, "op": op}))
         try:
             ray.kill(self.actor, no_restart=True)
         except Exception:  # noqa: BLE001 - gone already
