@@ -316,8 +316,23 @@ def _convert_smollm2(dest: Path, progress: Progress) -> None:
     progress(f"converted SmolLM2-135M-Instruct in {time.perf_counter() - t0:.1f} s")
 
 
+def _save_random_lm(model_cls, config, tok, dest: Path) -> None:
+    """Build ``model_cls(config)`` with the fixed seed of the random test models (the RNG state
+    outside is left as it was), give it the tokenizer's special tokens, and save both to ``dest``."""
+    from transformers import GenerationConfig
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_TINY_SEED)
+        model = model_cls(config)
+    model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id,
+                                               eos_token_id=config.eos_token_id,
+                                               pad_token_id=config.pad_token_id)
+    model.save_pretrained(str(dest))
+    tok.save_pretrained(str(dest))
+
+
 def _build_tiny_llama(dest: Path, progress: Progress) -> None:
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
     tok = _smollm2_tokenizer(progress)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -326,14 +341,7 @@ def _build_tiny_llama(dest: Path, progress: Progress) -> None:
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
         tie_word_embeddings=True,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_TINY_SEED)
-        model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id,
-                                               eos_token_id=config.eos_token_id,
-                                               pad_token_id=config.pad_token_id)
-    model.save_pretrained(str(dest))
-    tok.save_pretrained(str(dest))
+    _save_random_lm(LlamaForCausalLM, config, tok, dest)
 
 
 def _build_qwen2_shape(dest: Path, progress: Progress) -> None:
@@ -342,7 +350,7 @@ def _build_qwen2_shape(dest: Path, progress: Progress) -> None:
     instead of 151,936: ~400M parameters instead of 494M). For GPU checks where no hub is at
     hand: the memory and speed of a 0.5B model, none of its knowledge. The tokenizer comes from
     ``tiny:llama``'s cached folder."""
-    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     tok = AutoTokenizer.from_pretrained(resolve_model_path(TINY_LLAMA, progress))
     config = Qwen2Config(
@@ -353,14 +361,7 @@ def _build_qwen2_shape(dest: Path, progress: Progress) -> None:
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
     )
     progress("building a random Qwen2-0.5B-shaped model")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_TINY_SEED)
-        model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id,
-                                               eos_token_id=config.eos_token_id,
-                                               pad_token_id=config.pad_token_id)
-    model.save_pretrained(str(dest))
-    tok.save_pretrained(str(dest))
+    _save_random_lm(Qwen2ForCausalLM, config, tok, dest)
 
 
 def _minilm_folder(progress: Progress) -> Path:
