@@ -36,7 +36,16 @@ SPLIT_OPS = frozenset({"logprobs", "values", "score"})
 MEAN_OPS = frozenset({"update"})
 
 
+def group_world_size(cfg, group: list[str]) -> int:
+    """How many processes (ranks) host a worker group: a single role's ``<role>.world_size``;
+    a colocation group of several roles is always one process."""
+    if len(group) != 1:
+        return 1
+    return int(getattr(getattr(cfg, group[0]), "world_size", 1) or 1)
+
+
 # ------------------------------------------------------------------------------ inside a rank
+
 
 def init_rank(rank: dict, device: str, timeout_s: float = 600.0) -> None:
     """Join the role's process group. ``rank``: {"rank", "world_size", "init_method"}."""

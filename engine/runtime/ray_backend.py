@@ -27,6 +27,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from engine.runtime.ranks import group_world_size
 from engine.runtime.worker import WorkerError
 
 # environment a role actor needs to import the engine and find the same caches, also on a node
@@ -431,7 +432,7 @@ class RayBackend:
         role with world_size N is N actors."""
         out = []
         for gi, g in enumerate(groups):
-            world = int(getattr(getattr(self.cfg, g[0]), "world_size", 1) or 1) if len(g) == 1 else 1
+            world = group_world_size(self.cfg, g)
             out += [(gi, rank, world) for rank in range(world)]
         return out
 

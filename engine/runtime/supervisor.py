@@ -31,6 +31,7 @@ from engine.config import RunConfig, dump_config, resolve_role_model, validate_t
 from engine.runtime.control import ControlServer, socket_path_for
 from engine.runtime.driver import (PPODriver, ROLES, ThreadPlan, UpdateConsistencyError, available_cores,
                                    format_step_line)
+from engine.runtime.ranks import group_world_size
 from engine.runtime.roles import NonFiniteError, capture_rng, restore_rng
 from engine.runtime.rundir import (RunDir, append_jsonl, atomic_write_json, atomic_write_text, durable_rename,
                                    human_size, read_jsonl, reap_stale_checkpoint_tmp, write_error_cause)
@@ -47,7 +48,7 @@ def worker_groups(cfg: RunConfig) -> list[list[str]]:
 
 
 def world_size(cfg: RunConfig, role: str) -> int:
-    return int(getattr(getattr(cfg, role), "world_size", 1))
+    return group_world_size(cfg, [role])
 
 
 def process_specs(cfg: RunConfig, plan: dict[str, list[str]]) -> list[tuple[list[str], int, RunConfig]]:
@@ -59,7 +60,7 @@ def process_specs(cfg: RunConfig, plan: dict[str, list[str]]) -> list[tuple[list
     out = []
     base = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, devices=None))
     for group in worker_groups(cfg):
-        W = world_size(cfg, group[0]) if len(group) == 1 else 1
+        W = group_world_size(cfg, group)
         for rank in range(W):
             c = base
             for r in group:
@@ -486,7 +487,7 @@ class Supervisor:
         else:
             init = {r: f"tcp://127.0.0.1:{free_tcp_port()}" for r in ROLES if world_size(cfg, r) > 1}
             for group, rank, wcfg in specs:
-                W = world_size(cfg, group[0]) if len(group) == 1 else 1
+                W = group_world_size(cfg, group)
                 n = max(plan.generate.get(r, 1) for r in group) if group else 1
                 info = {"rank": rank, "world_size": W, "init_method": init[group[0]]} if W > 1 else None
                 self.workers.append(WorkerHandle(
