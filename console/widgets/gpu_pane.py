@@ -75,7 +75,7 @@ class GpuPane(Static):
             t.add_column("peak", justify="right")
             t.add_column("cpu", justify="right")
             t.add_column("from", style="dim", no_wrap=True, overflow="ellipsis")
-            cpu = getattr(report, "live_cpu", {}) or {}
+            cpu = report.live_cpu
             for m in mem:
                 c = cpu.get(m.role)
                 t.add_row(m.role, str(m.pid or "–"), _mb(m.rss_mb), _mb(m.peak_mb),
