@@ -135,9 +135,9 @@ def cmd_train(args) -> int:
         print(f"run {run.name} started in the background: {run.path}")
         print(f"  watch: rlhf-console attach {run.name}    stop: rlhf-console stop {run.name}")
         return 0
-    from engine.runtime.supervisor import Supervisor
-
     import signal
+
+    from engine.runtime.supervisor import Supervisor
 
     # a closed terminal (SIGHUP) never stops a foreground run; Ctrl-C still does
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -344,7 +344,7 @@ def main(argv=None) -> int:
         return 130
     except SystemExit:
         raise
-    except Exception as e:  # noqa: BLE001 - one clear message instead of a traceback
+    except Exception as e:
         if debug:
             raise
         if isinstance(e, ConfigError):

@@ -16,9 +16,14 @@ from pathlib import Path
 
 from engine.assets import AssetError
 from engine.data import BUNDLED_MOVIE_REVIEWS, DataError
-from engine.reward_training import (DEFAULT_BASE, DEFAULT_RM_SETTINGS, TASKS,
-                                    RewardTrainingError, default_output_dir,
-                                    train_reward_model)
+from engine.reward_training import (
+    DEFAULT_BASE,
+    DEFAULT_RM_SETTINGS,
+    TASKS,
+    RewardTrainingError,
+    default_output_dir,
+    train_reward_model,
+)
 
 HELP = "train a reward model (labelled text or preference pairs)"
 

@@ -207,9 +207,9 @@ def _run_multiprocess(cfg, steps: int, backend: str | None = None, label: str = 
 
 
 def _run_single_process(cfg, steps: int):
+    from engine.config import resolve_role_model
     from engine.data import PromptStream, load_prompts
     from engine.models import count_parameters, load_tokenizer
-    from engine.config import resolve_role_model
     from engine.runtime.driver import InlineEndpoint, PPODriver, ThreadPlan, available_cores, format_step_line
     from engine.runtime.roles import ROLE_CLASSES, role_seed
     from engine.runtime.supervisor import make_kl_controller

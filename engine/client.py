@@ -21,8 +21,8 @@ from typing import Iterator, Optional, Sequence, Union
 
 from engine.config import ConfigError, ConfigIssue, RunConfig, check_launchable, dump_config, load_config
 from engine.runtime.control import ControlClient
-from engine.runtime.rundir import (LIVE_STATES, JsonlTail, LineTail, RunDir, human_size, list_runs as _list_runs,
-                                   pid_alive)
+from engine.runtime.rundir import LIVE_STATES, JsonlTail, LineTail, RunDir, human_size, pid_alive
+from engine.runtime.rundir import list_runs as _list_runs
 
 __all__ = ["Run", "RunError", "launch", "attach", "list_runs", "create_run_dir", "runs_dir_for", "reap_stale",
            "reap_stale_checkpoints", "human_size"]

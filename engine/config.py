@@ -1547,7 +1547,6 @@ def _check_output_dir(ctx: _Ctx, path: Path_, value: str, run_name: str):
     # where the path is too long for an AF_UNIX socket in the run directory, the run falls back
     # to a private folder under /tmp: check that it is safe now rather than after creating a run
     from engine.runtime.control import ControlSocketError, short_socket_dir, socket_fits
-
     from engine.runtime.rundir import make_run_name
 
     sample = d.resolve() / (make_run_name(run_name) + "-99")  # the longest name a run may get

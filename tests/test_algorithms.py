@@ -154,25 +154,25 @@ def test_gae_lam0_is_one_step_td():
 def test_gae_general_hand_value():
     r = t([[0.0, 0.0, 1.0]])
     v = t([[0.2, 0.4, 0.6]])
-    g, l = 0.9, 0.8
+    g, lam = 0.9, 0.8
     d2 = 1.0 - 0.6
     d1 = 0.0 + g * 0.6 - 0.4
     d0 = 0.0 + g * 0.4 - 0.2
     a2 = d2
-    a1 = d1 + g * l * a2
-    a0 = d0 + g * l * a1
-    adv, ret = compute_gae(r, v, torch.ones(1, 3), gamma=g, lam=l)
+    a1 = d1 + g * lam * a2
+    a0 = d0 + g * lam * a1
+    adv, ret = compute_gae(r, v, torch.ones(1, 3), gamma=g, lam=lam)
     assert_close(adv, t([[a0, a1, a2]]))
     assert_close(ret, t([[a0 + 0.2, a1 + 0.4, a2 + 0.6]]))
 
 
 def test_gae_padding_junk_does_not_leak_and_pads_are_zero():
-    g, l = 0.95, 0.9
+    g, lam = 0.95, 0.9
     r = t([[1.0, 2.0, 1e6, 1e6], [0.5, 1e6, 1e6, 1e6]])
     v = t([[0.3, 0.7, 1e6, -1e6], [0.25, -1e6, 1e6, 1e6]])
     m = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]])
-    adv, ret = compute_gae(r, v, m, gamma=g, lam=l)
-    a0, r0 = gae_ref([1.0, 2.0], [0.3, 0.7], g, l)
+    adv, ret = compute_gae(r, v, m, gamma=g, lam=lam)
+    a0, r0 = gae_ref([1.0, 2.0], [0.3, 0.7], g, lam)
     assert_close(adv[0], t(a0 + [0.0, 0.0]))
     assert_close(ret[0], t(r0 + [0.0, 0.0]))
     # single valid token: A = r - v (bootstraps from 0)
@@ -181,18 +181,18 @@ def test_gae_padding_junk_does_not_leak_and_pads_are_zero():
     # clean padding gives identical outputs
     r_clean = torch.where(m.bool(), r, 0)
     v_clean = torch.where(m.bool(), v, 0)
-    adv2, ret2 = compute_gae(r_clean, v_clean, m, gamma=g, lam=l)
+    adv2, ret2 = compute_gae(r_clean, v_clean, m, gamma=g, lam=lam)
     assert_close(adv, adv2)
     assert_close(ret, ret2)
 
 
 def test_gae_skips_interior_invalid_positions():
-    g, l = 0.9, 0.7
+    g, lam = 0.9, 0.7
     r = [1.0, 1e6, 2.0, 1e6, 3.0, 1e6]
     v = [0.1, -1e6, 0.2, 1e6, 0.3, 1e6]
     mk = [1, 0, 1, 0, 1, 0]
-    adv, ret = compute_gae(t([r]), t([v]), torch.tensor([mk]), gamma=g, lam=l)
-    ea, er = gae_ref_masked(r, v, mk, g, l)
+    adv, ret = compute_gae(t([r]), t([v]), torch.tensor([mk]), gamma=g, lam=lam)
+    ea, er = gae_ref_masked(r, v, mk, g, lam)
     assert_close(adv, t([ea]))
     assert_close(ret, t([er]))
 

@@ -11,10 +11,10 @@ import json
 
 import pytest
 
+from console import demo
 from console.app import ConsoleApp
 from console.bench import SAMPLES_PER_STEP, SyntheticRun
 from console.history import ChunkTail, SampleIndex
-from console import demo
 
 pytestmark = pytest.mark.timeout(180)
 

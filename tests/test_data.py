@@ -9,7 +9,6 @@ import pytest
 from engine import data as D
 from engine.data import DataError, PromptStream, format_prompts, load_prompts, movie_review_rows
 
-
 # --------------------------------------------------------------------------- bundled
 
 def test_bundled_prompts_clean_exact_words_and_deterministic():

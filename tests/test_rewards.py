@@ -7,8 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from engine.rewards import (RewardError, RewardSource, build_reward, checked_scores,
-                            join_prompt_response)
+from engine.rewards import RewardError, RewardSource, build_reward, checked_scores, join_prompt_response
 
 
 def _minilm_dir():

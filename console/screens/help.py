@@ -1,10 +1,10 @@
 """Every key of the screen underneath and what it does (greyed when it makes no sense now)."""
 from __future__ import annotations
 
+from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from rich.table import Table
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Static

@@ -23,7 +23,8 @@ from console.widgets.runs_table import RunsTable
 
 def list_presets(presets_dir: Optional[Path]) -> list[tuple[str, Path, str]]:
     if presets_dir is None:
-        from engine.config import list_presets as names, preset_path
+        from engine.config import list_presets as names
+        from engine.config import preset_path
 
         paths = [(n, Path(preset_path(n))) for n in names()]
     else:

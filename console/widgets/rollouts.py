@@ -408,7 +408,7 @@ class RolloutsTable(ScrollView, can_focus=True):
             style = base
         return self._strip(self._row_text(n, width), width, style)
 
-    def watch_scroll_y(self, old, new) -> None:  # noqa: D401 - redraw on scroll (line API)
+    def watch_scroll_y(self, old, new) -> None:
         super().watch_scroll_y(old, new)
         self.refresh()
 

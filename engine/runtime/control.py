@@ -17,8 +17,8 @@ import socket
 import socketserver
 import stat
 import tempfile
-import time
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 

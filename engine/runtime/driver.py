@@ -165,7 +165,7 @@ class PPODriver:
         for r, f in futs.items():
             try:
                 f.result()
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:
                 if getattr(e, "kind", None) in ("died", "timeout"):
                     raise
                 raise UpdateConsistencyError(f"{r} could not {op} its update: {e}") from e

@@ -19,10 +19,9 @@ def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> 
     from engine.runtime.worker import quiet_hf_logging
 
     quiet_hf_logging()
-    from engine.data import load_prompts
-
     import dataclasses
 
+    from engine.data import load_prompts
     from engine.runtime.placement import device_plan, format_plan
 
     plan = device_plan(cfg)

@@ -193,8 +193,11 @@ class RankContext:
 
     def load_full_state(self, model, optimizer, model_sd: dict, optim_sd: Optional[dict]) -> None:
         """fsdp: load one-process state dicts (every rank holds them) into the shards."""
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                             set_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
         opts = StateDictOptions(full_state_dict=True, strict=False)
         set_model_state_dict(model, model_sd, options=opts)

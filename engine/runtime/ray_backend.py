@@ -249,7 +249,7 @@ class RayWorkerHandle:
                 raise TimeoutError(f"worker '{self.label}' did not load in {timeout:.0f}s")
         try:
             res = ray.get(self._ready_ref)
-        except Exception as e:  # noqa: BLE001 - the actor died while loading
+        except Exception as e:
             raise WorkerError(self.roles, self.dead_reason or f"Ray actor '{self.label}' died while loading: "
                                                              f"{_first_line(e)}", "died") from e
         if not res.get("ok"):
@@ -419,7 +419,7 @@ class RayBackend:
             _probe_address(self.address)
             try:
                 ray.init(address=self.address, **kw)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 raise RayBackendError(f"runtime.ray_address: cannot join the Ray cluster at "
                                       f"'{self.address}': {_first_line(e)}") from e
             nodes = [n for n in ray.nodes() if n.get("Alive")]

@@ -50,7 +50,7 @@ def memory_stats(device: torch.device) -> dict[str, float]:
         import psutil
 
         st["rss_mb"] = psutil.Process().memory_info().rss / 2**20
-    except Exception:  # pragma: no cover - psutil is a dependency
+    except Exception:  # noqa: BLE001 - memory figures are best effort
         pass
     st["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
@@ -110,7 +110,7 @@ def _named_write_errors(fn: Callable[[], Result], folder: Path) -> Result:
     """Run a checkpoint write; a failure is re-raised as OSError naming its cause."""
     try:
         return fn()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         from engine.runtime.rundir import write_error_cause
 
         raise OSError(write_error_cause(e, folder)) from e
@@ -673,7 +673,7 @@ class RewardRole(Role):
         old, self.source, self.source_spec = self.source, new, spec
         try:
             old.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - the old source is being replaced anyway
             pass
         return {}, {"source": spec}
 

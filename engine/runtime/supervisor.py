@@ -29,12 +29,27 @@ import torch
 from engine import transport
 from engine.config import RunConfig, dump_config, resolve_role_model, validate_text
 from engine.runtime.control import ControlServer, socket_path_for
-from engine.runtime.driver import (PPODriver, ROLES, ThreadPlan, UpdateConsistencyError, available_cores,
-                                   format_step_line)
+from engine.runtime.driver import (
+    ROLES,
+    PPODriver,
+    ThreadPlan,
+    UpdateConsistencyError,
+    available_cores,
+    format_step_line,
+)
 from engine.runtime.ranks import group_world_size
 from engine.runtime.roles import NonFiniteError, capture_rng, restore_rng
-from engine.runtime.rundir import (RunDir, append_jsonl, atomic_write_json, atomic_write_text, durable_rename,
-                                   human_size, read_jsonl, reap_stale_checkpoint_tmp, write_error_cause)
+from engine.runtime.rundir import (
+    RunDir,
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    durable_rename,
+    human_size,
+    read_jsonl,
+    reap_stale_checkpoint_tmp,
+    write_error_cause,
+)
 from engine.runtime.worker import WorkerError, WorkerHandle
 
 

@@ -112,7 +112,7 @@ def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_ta
     def progress(msg: str) -> None:
         try:
             _send(conn, {"id": None, "event": "progress", "message": msg})
-        except Exception:
+        except Exception:  # noqa: BLE001 - progress lines are a nicety
             pass
 
     try:
