@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from console.history import ChunkTail, SampleIndex, parse_jsonl
-from engine.client import Run
-from engine.runtime.rundir import LIVE_STATES, pid_alive
+from engine.client import ENDED_STATES, LIVE_STATES, Run, run_state
 
 # (key in metrics["timings"], role, phase, concurrent-wall?)
 PHASES = (
@@ -46,7 +45,6 @@ class Stage:
     done: Optional[int] = None
     total: Optional[int] = None
     left_s: Optional[float] = None
-ENDED_STATES = ("finished", "failed", "stopped", "dead")
 
 
 @dataclass
@@ -100,9 +98,7 @@ class RunFollower:
         if info and info != self._info:
             self._info = info
             delta.info = info
-        st = (self._info or {}).get("state", "unknown")
-        if st in LIVE_STATES and not pid_alive((self._info or {}).get("supervisor_pid")):
-            st = "dead"
+        st = run_state(self._info or {})
         if st != self._state:
             self._state = st
             delta.state = st

@@ -21,11 +21,11 @@ from typing import Iterator, Optional, Sequence, Union
 
 from engine.config import ConfigError, ConfigIssue, RunConfig, check_launchable, dump_config, load_config
 from engine.runtime.control import ControlClient
-from engine.runtime.rundir import LIVE_STATES, JsonlTail, LineTail, RunDir, human_size, pid_alive
+from engine.runtime.rundir import ENDED_STATES, LIVE_STATES, JsonlTail, LineTail, RunDir, human_size, run_state
 from engine.runtime.rundir import list_runs as _list_runs
 
 __all__ = ["Run", "RunError", "launch", "attach", "list_runs", "create_run_dir", "runs_dir_for", "reap_stale",
-           "reap_stale_checkpoints", "human_size"]
+           "reap_stale_checkpoints", "human_size", "run_state", "LIVE_STATES", "ENDED_STATES"]
 
 
 class RunError(RuntimeError):
@@ -155,8 +155,8 @@ class Run:
 
     @property
     def alive(self) -> bool:
-        st = self.info
-        return st.get("state") in LIVE_STATES and pid_alive(st.get("supervisor_pid"))
+        """Its state (:func:`run_state`, the one rule) is a live one."""
+        return self.state in LIVE_STATES
 
     def wait_started(self, timeout: float = 600.0) -> str:
         """Wait until the supervisor has loaded every role (or failed)."""
@@ -168,7 +168,7 @@ class Run:
                 return s
             if s == "failed":
                 raise RunError(f"run {self.name} failed: {st.get('failure')}")
-            if not pid_alive(st.get("supervisor_pid")):
+            if run_state(st) == "dead":
                 raise RunError(f"run {self.name}: the supervisor exited during start-up; see {self.dir.supervisor_log}")
             time.sleep(0.2)
         raise RunError(f"run {self.name} did not start within {timeout:.0f}s")
@@ -213,7 +213,7 @@ class Run:
         return reply
 
     def status(self) -> dict:
-        if not self.alive:
+        if not self.alive or not self.info.get("socket"):
             return {"ok": True, **self.info, "state": self.state}
         return self.request("status")
 

@@ -95,6 +95,8 @@ from typing import Any, Callable
 
 import torch
 
+from engine.procs import process_info
+
 __all__ = [
     "TransportError",
     "TensorArena",
@@ -678,50 +680,6 @@ def unlink_run_segments(owner_pid: int, run_tag: str | None = None) -> list[str]
     return [n for n in list_segments(owner_pid, run_tag) if _unlink(n)]
 
 
-def _boot_time() -> float | None:
-    try:
-        with open("/proc/stat") as f:
-            for line in f:
-                if line.startswith("btime "):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _process_info(pid: int) -> tuple[bool, float | None]:
-    """(alive, start time as epoch seconds or None).  Zombies count as dead."""
-    if pid <= 0:
-        return False, None
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return False, None
-    except OSError:
-        stat = None
-    if stat is None:  # no usable /proc: fall back to kill(pid, 0)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False, None
-        except PermissionError:
-            return True, None
-        return True, None
-    fields = stat[stat.rfind(")") + 2:].split()
-    state = fields[0] if fields else "?"
-    if state in ("Z", "X", "x"):
-        return False, None
-    start = None
-    try:
-        btime = _boot_time()
-        if btime is not None:
-            start = btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (IndexError, ValueError, OSError):
-        start = None
-    return True, start
-
-
 def reap_stale_segments() -> list[str]:
     """Unlink ``rlhfc_*`` segments whose owner process is gone; return their names.
 
@@ -735,7 +693,7 @@ def reap_stale_segments() -> list[str]:
     for name in list_segments():
         pid = parse_segment_name(name)["owner_pid"]
         if pid not in verdicts:
-            verdicts[pid] = _process_info(pid)
+            verdicts[pid] = process_info(pid)
         alive, start = verdicts[pid]
         if alive and start is not None:
             try:

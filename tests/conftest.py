@@ -30,7 +30,7 @@ def tiny_overrides(runs_dir: Path, *extra: str) -> list[str]:
 
 def run_processes_gone(run, timeout: float = 20.0) -> list[int]:
     """Wait until the run's supervisor and workers have exited; return pids still alive."""
-    from engine.runtime.rundir import pid_alive
+    from engine.procs import pid_alive
 
     st = run.info
     pids = [st.get("supervisor_pid")] + list((st.get("pids") or {}).values())
@@ -53,7 +53,7 @@ def run_segments(run) -> list[str]:
 
 def kill_run(run) -> None:
     """SIGKILL whatever is left of a run's supervisor and workers."""
-    from engine.runtime.rundir import pid_alive
+    from engine.procs import pid_alive
 
     st = run.info
     for pid in [st.get("supervisor_pid")] + list((st.get("pids") or {}).values()):

@@ -15,7 +15,7 @@ import pytest
 
 from engine.client import Run, list_runs
 from engine.config import dump_config, load_config
-from engine.runtime.rundir import pid_alive
+from engine.procs import pid_alive
 from tests.conftest import ROOT, TINY, kill_run
 
 pytestmark = [pytest.mark.timeout(600),

@@ -81,17 +81,14 @@ class HomeScreen(Screen):
 
     @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
     def _list_runs(self, runs_dir: Path) -> None:
-        from engine.runtime.rundir import LIVE_STATES, list_runs, pid_alive
+        from engine.client import list_runs, run_state
 
         worker = get_current_worker()
         while not worker.is_cancelled:
             out = []
-            for rd in list_runs(runs_dir):
-                info = rd.read_state()
-                state = info.get("state", "unknown")
-                if state in LIVE_STATES and not pid_alive(info.get("supervisor_pid")):
-                    state = "dead"
-                out.append((rd.path, info, state))
+            for run in list_runs(runs_dir):
+                info = run.info
+                out.append((run.path, info, run_state(info)))
             self.post_message(RunsListed(out))
             deadline = time.monotonic() + 2.0
             while time.monotonic() < deadline:

@@ -21,8 +21,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from engine.procs import pid_alive
+
 STATES = ("starting", "running", "paused", "stopping", "finished", "failed", "stopped")
 LIVE_STATES = ("starting", "running", "paused", "stopping")
+ENDED_STATES = ("finished", "failed", "stopped", "dead")
+# a run created moments ago whose supervisor is still being spawned has no pid in run.json yet
+START_GRACE_S = 120.0
+
+
+def run_state(info: dict, now: Optional[float] = None) -> str:
+    """The one rule for a run's state: run.json's ``state``, or ``"dead"`` when it claims to be
+    live but its supervisor is gone without saying so. A run still ``starting`` with no
+    supervisor pid yet is given ``START_GRACE_S`` seconds since run.json was last written."""
+    state = info.get("state") or "unknown"
+    if state not in LIVE_STATES:
+        return state
+    pid = info.get("supervisor_pid")
+    if not pid:
+        updated = info.get("updated") or info.get("created") or 0
+        age = (time.time() if now is None else now) - float(updated)
+        if state == "starting" and age < START_GRACE_S:
+            return state
+        return "dead"
+    return state if pid_alive(pid) else "dead"
 
 
 def atomic_write_text(path: Path, text: str, mode: Optional[int] = None) -> None:
@@ -245,24 +267,6 @@ class JsonlTail(LineTail):
         return out
 
 
-def pid_alive(pid: Optional[int]) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie counts as dead
-    try:
-        with open(f"/proc/{int(pid)}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (FileNotFoundError, IndexError):
-        return True
-
-
 def make_run_name(name: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
     return f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -329,15 +333,8 @@ class RunDir:
         return state
 
     def effective_state(self) -> str:
-        """run.json's state, corrected when the supervisor is gone without saying so."""
-        st = self.read_state()
-        state = st.get("state", "unknown")
-        pid = st.get("supervisor_pid")
-        if state == "starting" and not pid and time.time() - float(st.get("updated") or 0) < 120:
-            return state  # created, its supervisor being spawned: the pid is written next
-        if state in LIVE_STATES and not pid_alive(pid):
-            return "dead"
-        return state
+        """run.json's state, corrected when the supervisor is gone without saying so (:func:`run_state`)."""
+        return run_state(self.read_state())
 
     # ---- events -------------------------------------------------------------------------
     def log_event(self, message: str, level: str = "INFO") -> str:
