@@ -190,7 +190,7 @@ def _run_multiprocess(cfg, steps: int, backend: str | None = None, label: str = 
     from dataclasses import replace
 
     from engine.client import create_run_dir
-    from engine.runtime.rundir import read_jsonl
+    from engine.files import read_jsonl
     from engine.runtime.supervisor import Supervisor
 
     with tempfile.TemporaryDirectory(prefix="rlhfc-bench-") as tmp:

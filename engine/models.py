@@ -45,20 +45,18 @@ import copy
 import importlib.util
 import json
 import os
-import shutil
-import socket
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
+from engine import hub
 from engine.assets import AssetError, cache_dir, fetch_wheel_asset
+from engine.files import file_lock, publish_folder
 
 Progress = Callable[[str], None]
 
@@ -211,34 +209,8 @@ def _disable_dropout(model: nn.Module) -> None:
 # cached conversions (bundled SmolLM2, tiny llama)
 # ---------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no cross-process lock, atomic replace still protects
-            fcntl = None
-        if fcntl is not None:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _is_complete(folder: Path) -> bool:
     return (folder / _MARKER).is_file() and (folder / "config.json").is_file()
-
-
-def _make_readable(folder: Path) -> None:
-    """mkdtemp makes 0700 folders; give the cache the usual umask-based permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for p in folder.rglob("*"):
-        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def _build_cached(name: str, builder: Callable[[Path], None], describe: dict,
@@ -249,20 +221,15 @@ def _build_cached(name: str, builder: Callable[[Path], None], describe: dict,
     target = root / name
     if _is_complete(target):
         return target
-    with _file_lock(root / f".{name}.lock"):
+    with file_lock(root / f".{name}.lock"):
         if _is_complete(target):
             return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
-        try:
+
+        def write(tmp: Path) -> None:
             builder(tmp)
-            _make_readable(tmp)
             (tmp / _MARKER).write_text(json.dumps({"format": _FORMAT, **describe}, indent=1))
-            if target.exists():  # a partial folder from an older, non-atomic writer
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        publish_folder(target, write)  # replaces a partial folder from an older, non-atomic writer
     progress(f"saved {name} in {target}")
     return target
 
@@ -414,33 +381,6 @@ def resolve_model_path(source: str, progress: Optional[Progress] = None) -> str:
 # from_pretrained with a hub-aware error
 # ---------------------------------------------------------------------------------------------
 
-def _hub_offline() -> bool:
-    try:
-        from huggingface_hub import constants
-        if constants.HF_HUB_OFFLINE:
-            return True
-    except Exception:  # noqa: BLE001 - no huggingface_hub: fall back to the environment
-        pass
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE") or \
-        os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    try:
-        from huggingface_hub import constants
-        endpoint = constants.ENDPOINT
-    except Exception:  # noqa: BLE001 - no huggingface_hub: fall back to the environment
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    url = urlparse(endpoint)
-    host = url.hostname or "huggingface.co"
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _hub_error(source: str, err: BaseException | str) -> ModelLoadError:
     return ModelLoadError(
         f"model source {source!r} is not a local folder, so it was treated as a Hugging Face "
@@ -465,10 +405,10 @@ def _from_pretrained(loader, source: str, path: str, **kwargs):
     try:
         return loader.from_pretrained(path, local_files_only=True, **kwargs)
     except (OSError, ValueError) as cached_err:
-        if _hub_offline():
+        if hub.hub_offline():
             raise _hub_error(source, f"offline mode (HF_HUB_OFFLINE) and not in the HF cache "
                                      f"({cached_err})") from cached_err
-        if not _hub_reachable():
+        if not hub.hub_reachable():
             raise _hub_error(source, "the hub is unreachable from this machine") from cached_err
     try:
         return loader.from_pretrained(path, **kwargs)

@@ -11,7 +11,8 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
-from engine.runtime.rundir import RunDir, atomic_write_text, read_jsonl
+from engine.files import atomic_write_text, read_jsonl
+from engine.runtime.rundir import RunDir
 
 SERIES = (
     ("score_mean", "score (mean)"),

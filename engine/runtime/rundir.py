@@ -15,13 +15,31 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
+# the file primitives live in engine.files; the names below are re-exported for older importers
+from engine.files import (
+    JsonlTail,
+    LineTail,
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    durable_rename,
+    fsync_dir,
+    fsync_tree,
+    human_size,
+    read_jsonl,
+    tree_size,
+)
 from engine.procs import pid_alive
+
+__all__ = ["STATES", "LIVE_STATES", "ENDED_STATES", "START_GRACE_S", "run_state", "RunDir", "list_runs",
+           "make_run_name", "write_error_cause", "reap_stale_checkpoint_tmp", "pid_alive",
+           "JsonlTail", "LineTail", "append_jsonl", "atomic_write_json", "atomic_write_text", "durable_rename",
+           "fsync_dir", "fsync_tree", "human_size", "read_jsonl", "tree_size"]
 
 STATES = ("starting", "running", "paused", "stopping", "finished", "failed", "stopped")
 LIVE_STATES = ("starting", "running", "paused", "stopping")
@@ -45,88 +63,6 @@ def run_state(info: dict, now: Optional[float] = None) -> str:
             return state
         return "dead"
     return state if pid_alive(pid) else "dead"
-
-
-def atomic_write_text(path: Path, text: str, mode: Optional[int] = None) -> None:
-    """Write ``text`` to a temp file beside ``path``, fsync, rename. ``mode`` defaults to the
-    existing file's mode (0644 for a new file)."""
-    path = Path(path)
-    if mode is None:
-        mode = (path.stat().st_mode & 0o777) if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        fsync_dir(path.parent)  # the rename itself survives a power loss
-    except OSError:
-        pass
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory, so that the names created or renamed in it survive a power loss."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(root: Path) -> None:
-    """fsync every file and folder under ``root`` (and ``root`` itself), deepest first."""
-    for dirpath, _dirs, files in os.walk(root, topdown=False):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(dirpath))
-
-
-def durable_rename(src: Path, dst: Path) -> None:
-    """Rename a finished folder (or file) into place so that a power loss can never leave a
-    renamed but empty one: its contents are fsynced before the rename, the parent after."""
-    src, dst = Path(src), Path(dst)
-    if src.is_dir():
-        fsync_tree(src)
-    else:
-        fd = os.open(src, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    os.replace(src, dst)
-    fsync_dir(dst.parent)
-
-
-def tree_size(root: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
-    return total
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"  # pragma: no cover
 
 
 def write_error_cause(e: BaseException, folder: Path) -> str:
@@ -184,87 +120,6 @@ def reap_stale_checkpoint_tmp(run_dirs, keep_pid: Optional[int] = None) -> list[
             if not p.exists():
                 removed.append((p, size))
     return removed
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def append_jsonl(path: Path, obj: Any) -> None:
-    line = json.dumps(obj, separators=(",", ":"), allow_nan=True) + "\n"
-    # O_APPEND with a single write keeps lines whole even with several writers
-    view = memoryview(line.encode())
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        start = os.fstat(fd).st_size
-        try:
-            while view:  # a short write is followed by the one that names the error
-                n = os.write(fd, view)
-                if n <= 0:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-                view = view[n:]
-        except OSError:
-            try:
-                os.ftruncate(fd, start)  # no partial line left behind (disk full, size limit)
-            except OSError:
-                pass
-            raise
-    finally:
-        os.close(fd)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    out: list[dict] = []
-    try:
-        with open(path) as f:
-            for raw in f:
-                if not raw.endswith("\n"):
-                    break  # a line still being written
-                raw = raw.strip()
-                if raw:
-                    try:
-                        out.append(json.loads(raw))
-                    except json.JSONDecodeError:
-                        continue
-    except FileNotFoundError:
-        pass
-    return out
-
-
-class LineTail:
-    """Incremental reader of an append-only text file: complete new lines since the last read."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.offset = 0
-        self._partial = b""
-
-    def read_lines(self) -> list[str]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        if not data:
-            return []
-        self.offset += len(data)
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()  # b"" when data ended with a newline
-        return [ln.decode("utf-8", "replace") for ln in lines if ln.strip()]
-
-
-class JsonlTail(LineTail):
-    """Incremental reader of an append-only JSONL file (history first, then new lines)."""
-
-    def read_new(self) -> list[dict]:
-        out = []
-        for ln in self.read_lines():
-            try:
-                out.append(json.loads(ln))
-            except json.JSONDecodeError:
-                continue
-        return out
 
 
 def make_run_name(name: str) -> str:

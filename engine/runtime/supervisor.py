@@ -28,6 +28,7 @@ import torch
 
 from engine import transport
 from engine.config import RunConfig, dump_config, resolve_role_model, validate_text
+from engine.files import append_jsonl, atomic_write_json, atomic_write_text, durable_rename, human_size, read_jsonl
 from engine.runtime.control import ControlServer, socket_path_for
 from engine.runtime.driver import (
     ROLES,
@@ -39,17 +40,7 @@ from engine.runtime.driver import (
 )
 from engine.runtime.ranks import group_world_size
 from engine.runtime.roles import NonFiniteError, capture_rng, restore_rng
-from engine.runtime.rundir import (
-    RunDir,
-    append_jsonl,
-    atomic_write_json,
-    atomic_write_text,
-    durable_rename,
-    human_size,
-    read_jsonl,
-    reap_stale_checkpoint_tmp,
-    write_error_cause,
-)
+from engine.runtime.rundir import RunDir, reap_stale_checkpoint_tmp, write_error_cause
 from engine.runtime.worker import WorkerError, WorkerHandle
 
 
