@@ -289,6 +289,35 @@ class RewardConfig:
     batch_size: int = _f(32, "Reward-model forward batch size.", check=_BATCH)
     threads: Optional[int] = _f(None, "torch intra-op threads for the reward worker; null = automatic.",
                                 check=_THREADS)
+    audit: Optional[str] = _f(None, "A second, independent scorer that checks the reward "
+                                    "(reward-hacking monitors): lexicon:vader or "
+                                    "python:pkg.mod:function; scored in the driver every step "
+                                    "and recorded as each sample's 'audit'; null = none.")
+
+
+@dataclass(frozen=True)
+class MonitorsConfig:
+    """Reward-hacking monitors, computed every step (engine/monitors.py). A monitor over its
+    threshold is logged in events.log, recorded in metrics.jsonl ('alerts') and shown on the
+    dashboard with its samples; null turns that monitor's warning off."""
+    window: int = _f(10, "Steps over which the KL growth rate and the entropy trend are fitted.",
+                     check=_Range(2))
+    baseline_steps: int = _f(5, "The run's first N steps are the baseline for entropy drop, "
+                                "length drift and divergence.", check=_GE1)
+    ngram: int = _f(3, "Token n-gram size of the repetition monitor.", check=_GE1)
+    kl_growth: Optional[float] = _f(0.25, "Warn when the KL grows faster than this (nats per step, "
+                                          "the slope over the window).", check=_POS)
+    entropy_drop: Optional[float] = _f(0.5, "Warn when the policy's entropy has fallen by more than "
+                                            "this share of its baseline.", check=_Range(0, 1, lo_open=True))
+    length_drift: Optional[float] = _f(0.5, "Warn when the mean response length moves by more than this "
+                                            "share of its baseline (either way).", check=_POS)
+    repetition: Optional[float] = _f(0.3, "Warn when the batch's mean share of repeated n-grams per "
+                                          "response is above this; responses above it are flagged.",
+                                     check=_Range(0, 1, hi_open=True))
+    divergence: Optional[float] = _f(0.4, "With reward.audit: warn when more than this share of the "
+                                          "samples score above the baseline reward while their audit "
+                                          "score is below the baseline audit score; they are flagged.",
+                                     check=_Range(0, 1, hi_open=True))
 
 
 @dataclass(frozen=True)
@@ -449,6 +478,7 @@ class RunConfig:
     runtime: RuntimeConfig = _f(help="Processes and devices.", factory=RuntimeConfig)
     logging: LoggingConfig = _f(help="Logs and TensorBoard.", factory=LoggingConfig)
     checkpoint: CheckpointConfig = _f(help="Checkpoints.", factory=CheckpointConfig)
+    monitors: MonitorsConfig = _f(help="Reward-hacking monitors and their thresholds.", factory=MonitorsConfig)
     notices: tuple = field(default=(), compare=False, repr=False, metadata=_INTERNAL)
     source_file: Optional[str] = field(default=None, compare=False, repr=False, metadata=_INTERNAL)
 
@@ -1205,6 +1235,13 @@ def _cross_checks(cfg: RunConfig, ctx: _Ctx):
         _check_source(ctx, ("reward", "source"), cfg.reward.source, "reward")
     if ctx.ok(("data", "source")):
         _check_source(ctx, ("data", "source"), cfg.data.source, "data")
+    if cfg.reward.audit is not None and ctx.ok(("reward", "audit")):
+        if _classify(cfg.reward.audit.strip()) not in ("lexicon", "python"):
+            ctx.error(("reward", "audit"), f"the audit scorer runs in the driver and loads no model: "
+                                           f"expected lexicon:vader or python:pkg.mod:function; got "
+                                           f"{_show(cfg.reward.audit)}")
+        else:
+            _check_source(ctx, ("reward", "audit"), cfg.reward.audit, "reward")
     rclass = _classify(cfg.reward.source.strip())
     if rclass in ("lexicon", "python") and cfg.reward.quantization != "none" \
             and ctx.ok(("reward", "quantization")):
@@ -1526,13 +1563,15 @@ def _check_output_dir(ctx: _Ctx, path: Path_, value: str, run_name: str):
 def _access_checks(cfg: RunConfig, ctx: _Ctx):
     if ctx.ok(("run", "output_dir")):
         _check_output_dir(ctx, ("run", "output_dir"), cfg.run.output_dir, cfg.run.name)
-    src = cfg.reward.source.strip()
-    if ctx.ok(("reward", "source")) and _classify(src) == "python":
+    for key in ("source", "audit"):  # reward.audit: the driver's audit scorer
+        src = (getattr(cfg.reward, key) or "").strip()
+        if not (ctx.ok(("reward", key)) and _classify(src) == "python"):
+            continue
         spec = src[len("python:"):] if src.startswith("python:") else src
         if _PY_FN_RE.match(spec):
             module = spec.split(":", 1)[0]
             if not _find_module(module):
-                ctx.error(("reward", "source"),
+                ctx.error(("reward", key),
                           f"python reward module '{module}' was not found on the Python path (the "
                           f"current folder, PYTHONPATH and installed packages); put {module.replace('.', '/')}.py "
                           f"in the folder you start from or add its folder to PYTHONPATH")

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import torch
 
 from engine import algorithms as A
+from engine import monitors as M
 from engine.config import RunConfig
 from engine.runtime.roles import NonFiniteError
 
@@ -113,6 +114,7 @@ class PPODriver:
         self.threads = threads or ThreadPlan.make(cfg)
         self.concurrent = concurrent
         self._pending: Optional[tuple[float, int]] = None
+        self.monitors, self.audit = make_monitors(cfg)
 
     def _call(self, role, op, tensors=None, args=None, phase="score"):
         n = getattr(self.threads, phase).get(role)
@@ -182,6 +184,7 @@ class PPODriver:
         self._send_all(list(TRAINABLE), "commit")
         self._pending = None
         self.kl_ctl.update(mean_kl, n)
+        self.monitors.commit()
 
     def rollback(self) -> None:
         """Undo the pending update of the last step in every trainable role."""
@@ -189,6 +192,7 @@ class PPODriver:
             return
         self._send_all(list(TRAINABLE), "rollback")
         self._pending = None
+        self.monitors.rollback()
 
     def step(self, step: int, prompts: list[str], commit: bool = True) -> tuple[dict, list[dict]]:
         """One PPO step. With ``commit=False`` the actor and critic updates stay pending until
@@ -266,6 +270,9 @@ class PPODriver:
         timings["update"] = time.perf_counter() - t
         timings["actor_update"] = upd["actor"][2]
         timings["critic_update"] = upd["critic"][2]
+        t = time.perf_counter()
+        mon, alerts, flags, audits, prompts_txt = self._monitor_step(batch, scores, mean_kl, upd["actor"][1])
+        timings["monitors"] = time.perf_counter() - t
         kl_next = copy.deepcopy(self.kl_ctl)  # the controller itself moves on commit
         kl_next.update(mean_kl, mask.shape[0])
         self._pending = (mean_kl, int(mask.shape[0]))
@@ -298,11 +305,13 @@ class PPODriver:
         }
         metrics.update({k: v for k, v in upd["actor"][1].items()})
         metrics.update({k: v for k, v in upd["critic"][1].items()})
+        metrics.update(mon)
+        metrics["alerts"] = alerts
 
-        prompts_txt = self.tok.batch_decode(batch["query_ids"], skip_special_tokens=True)
         samples = []
         n_log = min(cfg.rollout.samples_to_log, len(prompts_txt))
-        for i in range(n_log):
+        step_alerts = [a["monitor"] for a in alerts if a["samples"] is None]
+        for i in sorted(set(range(n_log)) | {i for i, f in enumerate(flags) if f}):  # + every flagged one
             m = batch["response_mask"][i].bool()
             samples.append({
                 "id": f"{step}-{i}",
@@ -315,8 +324,53 @@ class PPODriver:
                 "return": float(ret[i][0]) if m.any() else 0.0,
                 "length": int(m.sum()),
                 "eos": bool(has_eos[i]),
+                "repetition": mon["repetition_each"][i],
+                **({"audit": audits[i]} if audits is not None else {}),
+                "flags": flags[i],
+                "step_alerts": step_alerts,
             })
+        metrics.pop("repetition_each")
         return metrics, samples
+
+    def _monitor_step(self, batch, scores, mean_kl: float, actor_stats: dict):
+        """The reward-hacking monitors of this step (engine.monitors), with the audit scorer's
+        scores when ``reward.audit`` is set: (metrics values, alerts, per-sample flags, audit
+        scores or None, decoded prompts)."""
+        prompts_txt = self.tok.batch_decode(batch["query_ids"], skip_special_tokens=True)
+        mask = batch["response_mask"].bool()
+        ids = [row[m].tolist() for row, m in zip(batch["response_ids"], mask)]
+        audits, audit_error = None, None
+        if self.audit is not None:
+            responses = self.tok.batch_decode([torch.tensor(x, dtype=torch.long) for x in ids],
+                                              skip_special_tokens=True)
+            try:
+                audits = self.audit(prompts_txt, responses)
+            except Exception as e:  # noqa: BLE001 - a broken audit scorer must not stop training
+                audit_error = f"{type(e).__name__}: {e}"
+        values, alerts, flags = self.monitors.observe(
+            kl=mean_kl, entropy=actor_stats.get("entropy"), lengths=[len(x) for x in ids],
+            scores=scores.tolist(), responses=ids, audits=audits)
+        values["repetition_each"] = [M.repetition(x, self.monitors.ngram) for x in ids]
+        if audit_error:
+            values["audit_error"] = audit_error
+        return values, alerts, flags, audits, prompts_txt
+
+
+def make_monitors(cfg: RunConfig):
+    """The run's monitor tracker (thresholds from ``monitors.*``) and its audit scorer
+    (``reward.audit``, built here in the driver's process; None when not configured)."""
+    mc = cfg.monitors
+    tracker = M.MonitorTracker(
+        thresholds={"kl_growth": mc.kl_growth, "entropy_drop": mc.entropy_drop,
+                    "length_drift": mc.length_drift, "repetition": mc.repetition,
+                    "divergence": mc.divergence},
+        window=mc.window, baseline_steps=mc.baseline_steps, ngram=mc.ngram)
+    audit = None
+    if cfg.reward.audit:
+        from engine.rewards import build_reward
+
+        audit = build_reward(cfg.reward.audit)
+    return tracker, audit
 
 
 def format_step_line(m: dict, total_steps: int) -> str:

@@ -122,6 +122,7 @@ class Supervisor:
         self.state = "starting"
         self.paused_reason: Optional[str] = None
         self.last_metrics: dict = {}
+        self._audit_warned = False
         self.reward_source = ""
         self._cv = threading.Condition()
         self._pause_req = False
@@ -551,6 +552,7 @@ class Supervisor:
             if ck is None:
                 raise RuntimeError(f"no checkpoint to resume from in {self.rd.checkpoints}")
             self._load_checkpoint(ck, stream, kl_ctl)
+            driver.monitors.restore(read_jsonl(self.rd.metrics))
         self.set_state("running", pids={h.label: h.pid for h in self.workers})
 
         tb = self._tensorboard()
@@ -608,6 +610,7 @@ class Supervisor:
                 except WorkerError as e:
                     return self._fail(e)
                 batch_prompts, self._stream_state_before = None, None
+                self._log_monitors(driver, metrics)
                 if tb is not None:
                     try:
                         self._tb_write(tb, metrics, samples)
@@ -697,6 +700,20 @@ class Supervisor:
         driver.commit()
         self.step += 1
         self.last_metrics = metrics
+
+    def _log_monitors(self, driver: PPODriver, metrics: dict) -> None:
+        """events.log: a reward-hacking monitor that starts tripping (which, value, threshold) or
+        comes back under its threshold; a failing audit scorer."""
+        from engine.monitors import describe_alert
+
+        for a in driver.monitors.started:
+            self.log(describe_alert(a, self.step), "WARNING")
+        for name in driver.monitors.cleared:
+            self.log(f"reward-hacking monitor '{name}' back under its threshold at step {self.step}")
+        if metrics.get("audit_error") and not self._audit_warned:
+            self._audit_warned = True
+            self.log(f"audit scorer '{self.cfg.reward.audit}' failed: {metrics['audit_error']}; "
+                     f"steps go on without audit scores while it fails", "WARNING")
 
     def _pause_for(self, reason: str, *, role: Optional[str] = None, phase: Optional[str] = None,
                    error: Optional[str] = None) -> None:

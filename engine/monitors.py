@@ -1,0 +1,232 @@
+"""Reward-hacking monitors: pure computations over one step's samples and the run's history.
+
+Numbers and lists in, numbers and lists out: no I/O, no models, no config objects (the driver
+feeds them; ``engine/runtime/driver.py`` holds a ``MonitorTracker`` and writes what it returns
+into metrics.jsonl and samples.jsonl).
+
+What is measured every step (keys of the metrics row):
+
+* ``kl_growth`` -- the least-squares slope of the mean KL (nats per response) over the last
+  ``window`` steps, in nats per step. A policy running away from the reference fast.
+* ``entropy`` (already in the row, from the actor's update), ``entropy_trend`` -- its slope over
+  the last ``window`` steps (nats per step) -- and ``entropy_drop`` -- how far it has fallen below
+  its baseline, as a share of the baseline: ``(baseline - now) / baseline``.
+* ``length_drift`` -- the mean response length against its baseline:
+  ``(now - baseline) / baseline`` (positive: longer, negative: shorter).
+* ``repetition`` -- the batch mean of each response's share of repeated token n-grams:
+  ``(n-grams - distinct n-grams) / n-grams`` (0 for a response with no n-gram twice, near 1 for
+  one token over and over). A response above the threshold is flagged ``repetition``.
+* with an audit scorer (``reward.audit``): ``audit_mean`` (its mean score), ``audit_corr`` (the
+  Pearson correlation of reward and audit scores over the batch) and ``divergence``: the share of
+  the step's samples whose reward score is above the *baseline mean reward* while their audit
+  score is below the *baseline mean audit score* -- the reward says "better than when training
+  started", the second opinion says "worse". Those samples are flagged ``divergence``.
+
+The baseline is the mean over the run's first ``baseline_steps`` steps (the policy before it
+has learned much). Monitors that need it, or a trend, are ``None`` (not measured) until enough
+steps exist. A monitor *trips* when its value passes its threshold (``kl_growth``,
+``entropy_drop``, ``repetition``, ``divergence``: above; ``length_drift``: above in absolute
+value); a threshold of ``None`` turns that monitor's alerts off (the value is still recorded).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
+
+MONITORS = ("kl_growth", "entropy_drop", "length_drift", "repetition", "divergence")
+
+
+def repetition(tokens: Sequence[int], n: int) -> float:
+    """Share of repeated n-grams in one response: ``(count - distinct) / count`` over its
+    ``len(tokens) - n + 1`` n-grams; 0.0 when the response has fewer than ``n`` tokens."""
+    if n < 1:
+        raise ValueError(f"n-gram size must be at least 1, got {n}")
+    total = len(tokens) - n + 1
+    if total <= 0:
+        return 0.0
+    grams = {tuple(tokens[i:i + n]) for i in range(total)}
+    return (total - len(grams)) / total
+
+
+def slope(values: Sequence[float]) -> Optional[float]:
+    """Least-squares slope of ``values`` against 0, 1, 2, ... (units per step); None for fewer
+    than two values."""
+    k = len(values)
+    if k < 2:
+        return None
+    mx = (k - 1) / 2
+    my = sum(values) / k
+    num = sum((i - mx) * (v - my) for i, v in enumerate(values))
+    den = sum((i - mx) ** 2 for i in range(k))
+    return num / den
+
+
+def relative_change(now: float, baseline: float) -> Optional[float]:
+    """``(now - baseline) / |baseline|``; None when the baseline is zero (no scale to compare)."""
+    if baseline == 0:
+        return None
+    return (now - baseline) / abs(baseline)
+
+
+def pearson(xs: Sequence[float], ys: Sequence[float]) -> Optional[float]:
+    """Pearson correlation; None when either side is constant or there are fewer than 2 pairs."""
+    k = len(xs)
+    if k != len(ys):
+        raise ValueError(f"pearson: {k} values against {len(ys)}")
+    if k < 2:
+        return None
+    mx, my = sum(xs) / k, sum(ys) / k
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    if sxx == 0 or syy == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / math.sqrt(sxx * syy)
+
+
+def diverging(scores: Sequence[float], audits: Sequence[float], score_base: float,
+              audit_base: float) -> list[bool]:
+    """Per sample: reward score above its baseline mean while the audit score is below its own."""
+    return [s > score_base and a < audit_base for s, a in zip(scores, audits)]
+
+
+def trips(name: str, value: Optional[float], threshold: Optional[float]) -> bool:
+    """Whether monitor ``name`` with ``value`` passes ``threshold`` (None on either side: no)."""
+    if value is None or threshold is None:
+        return False
+    if name == "length_drift":
+        return abs(value) > threshold
+    return value > threshold
+
+
+def _mean(xs: Iterable[float]) -> Optional[float]:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+@dataclass
+class StepSummary:
+    """What a later step needs to know about an earlier one."""
+    kl: float
+    entropy: Optional[float]
+    length: float
+    score: float
+    audit: Optional[float] = None
+
+
+@dataclass
+class MonitorTracker:
+    """The monitors' memory over a run: the committed steps' summaries.
+
+    ``observe`` computes a step's monitors against the steps committed before it, and keeps the
+    step's summary as pending; ``commit`` adds it to the history, ``rollback`` drops it (a step
+    that is retried is not counted twice). ``thresholds`` maps monitor names (``MONITORS``) to a
+    threshold or None.
+    """
+    thresholds: dict
+    window: int = 10
+    baseline_steps: int = 5
+    ngram: int = 3
+    history: list[StepSummary] = field(default_factory=list)
+    tripped: set = field(default_factory=set)  # monitors over their threshold at the last step
+    started: list = field(default_factory=list)  # alerts of the last commit that were not on before
+    cleared: list = field(default_factory=list)  # monitors the last commit brought back under
+    _pending: Optional[tuple[StepSummary, list]] = None
+
+    def observe(self, *, kl: float, entropy: Optional[float], lengths: Sequence[float],
+                scores: Sequence[float], responses: Sequence[Sequence[int]],
+                audits: Optional[Sequence[float]] = None) -> tuple[dict, list[dict], list[list[str]]]:
+        """One step: (values for the metrics row, alerts, per-sample flags).
+
+        ``responses`` are the response token ids (no padding), ``lengths`` their lengths,
+        ``scores`` the reward scores, ``audits`` the audit scores (None: no audit scorer).
+        An alert is ``{"monitor", "value", "threshold", "samples"}`` (how many samples of the
+        step carry that monitor's flag; None for a monitor of the whole step).
+        """
+        n = len(scores)
+        length = _mean(lengths) or 0.0
+        summary = StepSummary(kl=float(kl), entropy=None if entropy is None else float(entropy),
+                              length=length, score=_mean(scores) or 0.0,
+                              audit=_mean(audits) if audits is not None else None)
+        past = self.history
+        recent = past[-(self.window - 1):] if self.window > 1 else []
+        base = past[:self.baseline_steps] if len(past) >= self.baseline_steps else None
+        values: dict = {}
+
+        values["kl_growth"] = slope([s.kl for s in recent] + [summary.kl]) \
+            if len(recent) + 1 >= min(3, self.window) else None
+        ents = [s.entropy for s in recent if s.entropy is not None]
+        values["entropy_trend"] = (slope(ents + [summary.entropy]) if summary.entropy is not None
+                                   and len(ents) + 1 >= min(3, self.window) else None)
+        b_ent = _mean(s.entropy for s in base) if base else None
+        values["entropy_drop"] = ((b_ent - summary.entropy) / b_ent
+                                  if b_ent and summary.entropy is not None else None)
+        values["length_drift"] = relative_change(length, _mean(s.length for s in base)) if base else None
+
+        rep = [repetition(list(r), self.ngram) for r in responses]
+        values["repetition"] = _mean(rep) if rep else 0.0
+        flags: list[list[str]] = [[] for _ in range(n)]
+        th_rep = self.thresholds.get("repetition")
+        if th_rep is not None:
+            for i, r in enumerate(rep):
+                if r > th_rep:
+                    flags[i].append("repetition")
+
+        if audits is not None:
+            values["audit_mean"] = summary.audit
+            values["audit_corr"] = pearson(list(scores), list(audits))
+            values["divergence"] = None
+            b_audit = _mean(s.audit for s in base) if base else None
+            if b_audit is not None:
+                div = diverging(scores, audits, _mean(s.score for s in base), b_audit)
+                values["divergence"] = sum(div) / n if n else 0.0
+                for i, d in enumerate(div):
+                    if d:
+                        flags[i].append("divergence")
+
+        alerts = []
+        for name in MONITORS:
+            v, th = values.get(name), self.thresholds.get(name)
+            if trips(name, v, th):
+                per_sample = name in ("repetition", "divergence")
+                alerts.append({"monitor": name, "value": v, "threshold": th,
+                               "samples": sum(name in f for f in flags) if per_sample else None})
+        self._pending = (summary, alerts)
+        return values, alerts, flags
+
+    def commit(self) -> None:
+        """Count the observed step; ``started`` / ``cleared`` say which warnings it turned on/off."""
+        if self._pending is None:
+            return
+        summary, alerts = self._pending
+        now = {a["monitor"] for a in alerts}
+        self.started = [a for a in alerts if a["monitor"] not in self.tripped]
+        self.cleared = sorted(self.tripped - now)
+        self.tripped = now
+        self.history.append(summary)
+        self._pending = None
+
+    def rollback(self) -> None:
+        self._pending = None
+
+    def restore(self, rows: Sequence[dict]) -> None:
+        """Rebuild the history from metrics.jsonl rows (a resumed run)."""
+        self.history = [StepSummary(kl=float(r.get("kl", 0.0)), entropy=r.get("entropy"),
+                                    length=float(r.get("response_len_mean", 0.0)),
+                                    score=float(r.get("score_mean", 0.0)), audit=r.get("audit_mean"))
+                        for r in rows]
+        self.tripped = {a.get("monitor") for a in (rows[-1].get("alerts") or [])} if rows else set()
+        self.started, self.cleared, self._pending = [], [], None
+
+
+def describe_alert(alert: dict, step: int) -> str:
+    """The event-log line for a monitor that starts tripping."""
+    v, th = alert["value"], alert["threshold"]
+    what = {"kl_growth": "KL growth (nats/step)", "entropy_drop": "entropy drop (share of baseline)",
+            "length_drift": "response length drift (share of baseline)",
+            "repetition": "repeated n-grams (batch mean share)",
+            "divergence": "samples whose reward rose while the audit score fell (share)"}[alert["monitor"]]
+    cmp = f"|{v:+.3f}| > {th:g}" if alert["monitor"] == "length_drift" else f"{v:.3f} > {th:g}"
+    tail = f"; {alert['samples']} sample(s) flagged" if alert.get("samples") is not None else ""
+    return (f"reward-hacking monitor '{alert['monitor']}' tripped at step {step}: {what} "
+            f"{cmp}{tail} (suspicious filter in the rollouts pane)")

@@ -1,0 +1,115 @@
+"""engine.monitors: the reward-hacking monitors against hand-computed values."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from engine import monitors as M
+
+
+def test_repetition_share_of_repeated_ngrams():
+    # bigrams of [1,2,1,2,1]: (1,2) (2,1) (1,2) (2,1) -> 4 n-grams, 2 distinct -> 2/4
+    assert M.repetition([1, 2, 1, 2, 1], 2) == 0.5
+    # one token five times, trigrams: 3 n-grams, 1 distinct -> 2/3
+    assert M.repetition([7] * 5, 3) == pytest.approx(2 / 3)
+    assert M.repetition([1, 2, 3, 4], 2) == 0.0        # all different
+    assert M.repetition([1, 1], 3) == 0.0              # shorter than n: no n-grams
+    assert M.repetition([], 1) == 0.0
+    assert M.repetition([5, 5, 5, 5], 1) == 0.75       # unigrams: 4 tokens, 1 distinct
+    with pytest.raises(ValueError, match="at least 1"):
+        M.repetition([1, 2], 0)
+
+
+def test_slope_relative_change_pearson():
+    assert M.slope([1.0]) is None
+    assert M.slope([0.0, 2.0]) == 2.0
+    assert M.slope([1.0, 2.0, 4.0]) == pytest.approx(1.5)   # ((-1)(-4/3)+(1)(5/3))/2
+    assert M.slope([3.0, 3.0, 3.0]) == 0.0
+    assert M.relative_change(15.0, 10.0) == 0.5
+    assert M.relative_change(5.0, 10.0) == -0.5
+    assert M.relative_change(1.0, 0.0) is None
+    assert M.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert M.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    # x=[0,1,2,3], y=[0,1,0,1]: cov 1/... -> sum (x-1.5)(y-.5) = 0.75+(-.25)+(-.25)+.75 = 1
+    # sxx = 5, syy = 1 -> 1/sqrt(5)
+    assert M.pearson([0, 1, 2, 3], [0, 1, 0, 1]) == pytest.approx(1 / math.sqrt(5))
+    assert M.pearson([1, 1, 1], [1, 2, 3]) is None
+    assert M.diverging([0.9, 0.9, 0.1, 0.9], [0.1, 0.9, 0.1, 0.5], 0.5, 0.5) == [True, False, False, False]
+
+
+def test_trips_direction():
+    assert M.trips("kl_growth", 0.3, 0.25)
+    assert not M.trips("kl_growth", 0.25, 0.25)
+    assert M.trips("length_drift", -0.6, 0.5) and M.trips("length_drift", 0.6, 0.5)
+    assert not M.trips("length_drift", -0.4, 0.5)
+    assert not M.trips("repetition", None, 0.3) and not M.trips("repetition", 0.9, None)
+
+
+def _tracker(**th):
+    thresholds = {"kl_growth": 0.25, "entropy_drop": 0.5, "length_drift": 0.5, "repetition": 0.3,
+                  "divergence": 0.4}
+    thresholds.update(th)
+    return M.MonitorTracker(thresholds=thresholds, window=3, baseline_steps=2, ngram=2)
+
+
+def _step(t, kl, entropy, lengths, scores, responses, audits=None, commit=True):
+    out = t.observe(kl=kl, entropy=entropy, lengths=lengths, scores=scores, responses=responses,
+                    audits=audits)
+    if commit:
+        t.commit()
+    return out
+
+
+def test_tracker_baseline_trend_and_alerts_by_hand():
+    t = _tracker()
+    clean = [[1, 2, 3], [4, 5, 6]]
+    # baseline steps: kl 0, 0.1; entropy 10, 10; length 10, 10; score 0.5, 0.5; audit 0.5, 0.5
+    v, alerts, flags = _step(t, 0.0, 10.0, [10, 10], [0.4, 0.6], clean, [0.4, 0.6])
+    assert v["kl_growth"] is None and v["entropy_drop"] is None and v["divergence"] is None
+    assert v["audit_corr"] == pytest.approx(1.0) and v["audit_mean"] == pytest.approx(0.5)
+    assert alerts == [] and flags == [[], []]
+    _step(t, 0.1, 10.0, [10, 10], [0.4, 0.6], clean, [0.4, 0.6])
+    assert t.started == [] and t.tripped == set()
+    # step 3: kl 1.0 -> slope of [0, .1, 1] = (-1*0 + 0 + 1*1)/2 ... = ((0-.3667)(-1)+(1-.3667)(1))/2 = 0.5
+    # entropy 4 -> drop (10-4)/10 = 0.6; lengths 16,14 -> 15 -> drift +0.5 (not > 0.5)
+    # response [7,7,7] bigrams (7,7)(7,7): 1 of 2 repeated = 0.5; [1,2,3]: 0 -> mean 0.25
+    # scores .9/.2 vs base .5; audits .1/.1 vs base .5 -> sample 0 diverges: 1/2 = 0.5
+    v, alerts, flags = _step(t, 1.0, 4.0, [16, 14], [0.9, 0.2], [[7, 7, 7], [1, 2, 3]], [0.1, 0.1],
+                             commit=False)
+    assert v["kl_growth"] == pytest.approx(0.5)
+    assert v["entropy_trend"] == pytest.approx(-3.0)
+    assert v["entropy_drop"] == pytest.approx(0.6)
+    assert v["length_drift"] == pytest.approx(0.5)
+    assert v["repetition"] == pytest.approx(0.25)
+    assert v["divergence"] == pytest.approx(0.5)
+    assert flags == [["repetition", "divergence"], []]
+    assert {a["monitor"]: (a["value"], a["threshold"], a["samples"]) for a in alerts} == {
+        "kl_growth": (pytest.approx(0.5), 0.25, None), "entropy_drop": (pytest.approx(0.6), 0.5, None),
+        "divergence": (pytest.approx(0.5), 0.4, 1)}
+    t.rollback()                           # a retried step is not counted
+    assert len(t.history) == 2 and t.tripped == set()
+    _step(t, 1.0, 4.0, [16, 14], [0.9, 0.2], [[7, 7, 7], [1, 2, 3]], [0.1, 0.1])
+    assert [a["monitor"] for a in t.started] == ["kl_growth", "entropy_drop", "divergence"]
+    assert "kl_growth" in M.describe_alert(t.started[0], 3) and "0.500 > 0.25" in M.describe_alert(t.started[0], 3)
+    # step 4: calm again -> every warning cleared
+    _step(t, 0.1, 10.0, [10, 10], [0.5, 0.5], clean, [0.5, 0.5])  # KL slope of [.1, 1, .1] = 0
+    assert t.started == [] and t.cleared == ["divergence", "entropy_drop", "kl_growth"]
+
+
+def test_tracker_threshold_none_and_no_audit_and_restore():
+    t = _tracker(repetition=None, kl_growth=None)
+    for kl in (0.0, 5.0, 10.0):
+        v, alerts, flags = _step(t, kl, None, [4], [1.0], [[3, 3, 3, 3]])
+    assert v["kl_growth"] == pytest.approx(5.0) and v["repetition"] == pytest.approx(2 / 3)
+    assert alerts == [] and flags == [[]]              # values recorded, no warning, no flag
+    assert "divergence" not in v and "audit_mean" not in v and v["entropy_drop"] is None
+    rows = [{"kl": 0.0, "entropy": 8.0, "response_len_mean": 4.0, "score_mean": 0.1, "audit_mean": 0.5},
+            {"kl": 2.0, "entropy": 8.0, "response_len_mean": 4.0, "score_mean": 0.1, "audit_mean": 0.5,
+             "alerts": [{"monitor": "kl_growth"}]}]
+    r = _tracker()
+    r.restore(rows)
+    assert r.tripped == {"kl_growth"} and len(r.history) == 2
+    v, alerts, _ = _step(r, 4.0, 2.0, [4], [0.1], [[1, 2]], [0.5])
+    assert v["kl_growth"] == pytest.approx(2.0) and v["entropy_drop"] == pytest.approx(0.75)
+    assert r.started == [a for a in alerts if a["monitor"] == "entropy_drop"]   # kl_growth was on already
