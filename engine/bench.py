@@ -170,6 +170,22 @@ def _phase_means(rows: list[dict], skip: int) -> dict:
     return {k: statistics.mean(r["timings"].get(k, 0.0) for r in use) for k in STEP_PHASES}
 
 
+def peak_rss_by_worker(rows: list[dict]) -> dict[str, float]:
+    """Each worker process's peak resident memory (MB) over the run, from the metrics' memory
+    reports (``peak_rss_mb`` is the process's high-water mark, so the largest report is it)."""
+    out: dict[str, float] = {}
+    for r in rows:
+        for label, st in (r.get("memory") or {}).items():
+            if "peak_rss_mb" in st:
+                out[label] = max(out.get(label, 0.0), float(st["peak_rss_mb"]))
+    return out
+
+
+def peak_rss_sum(rows: list[dict]) -> float:
+    """The run's peak resident memory summed over its worker processes (MB)."""
+    return sum(peak_rss_by_worker(rows).values())
+
+
 def _dispatch_overhead(rows: list[dict], skip: int) -> float:
     """Per step, the wall time of the scoring and update phases beyond the slowest role's own
     compute time in them: what moving tensors and dispatching calls cost (mean over steps)."""
@@ -210,14 +226,21 @@ def _run_single_process(cfg, steps: int):
     from engine.config import resolve_role_model
     from engine.data import PromptStream, load_prompts
     from engine.models import count_parameters, load_tokenizer
-    from engine.runtime.driver import InlineEndpoint, PPODriver, ThreadPlan, available_cores, format_step_line
+    from engine.runtime.driver import (
+        InlineEndpoint,
+        PPODriver,
+        ThreadPlan,
+        active_roles,
+        available_cores,
+        format_step_line,
+    )
     from engine.runtime.roles import ROLE_CLASSES, role_seed
     from engine.runtime.supervisor import make_kl_controller
 
     cores = available_cores()
     torch.set_num_threads(cores)
     torch.manual_seed(role_seed(cfg.run.seed, "actor"))
-    roles = {r: ROLE_CLASSES[r](cfg) for r in ("actor", "reference", "critic", "reward")}
+    roles = {r: ROLE_CLASSES[r](cfg) for r in active_roles(cfg)}
     ep = InlineEndpoint(roles)
     all_cores = {r: cores for r in roles}
     plan = ThreadPlan(generate=dict(all_cores), score=dict(all_cores), update=dict(all_cores))
@@ -292,6 +315,13 @@ def bench_step(args) -> int:
           + "   (scoring + update wall time minus the slowest role's own time: transport and scheduling)")
     tok_rates = {k: statistics.mean(r["tokens_per_s"] for r in (v[1:] or v)) for k, v in results.items()}
     print(f"{'tokens/s':<16}" + "".join(f"{tok_rates[k]:>12.1f}" for k in means))
+    peak_rss = {k: peak_rss_sum(v) for k, v in results.items() if k != "single"}
+    if peak_rss:
+        print(f"{'peak RSS MB':<16}" + "".join(f"{peak_rss[k]:>12.0f}" if k in peak_rss else f"{'-':>12}"
+                                               for k in means)
+              + "   (summed over the role workers: " + "; ".join(
+                  f"{k} " + ", ".join(f"{w} {mb:.0f}" for w, mb in peak_rss_by_worker(results[k]).items())
+                  for k in peak_rss) + ")")
     rt_key = next((k for k in ("multi", "ray", "local") if k in means), None)
     if rt_key and "single" in means:
         print(f"\nspeed-up of the multi-process runtime ({rt_key}) over one process: "
@@ -323,7 +353,8 @@ def bench_step(args) -> int:
         print(f"\npeak {compute} matmul rate on this machine: {peak:.3f} TFLOP/s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"means": means, "tokens_per_s": tok_rates, "peak_tflops": peak}, f, indent=2)
+            json.dump({"means": means, "tokens_per_s": tok_rates, "peak_tflops": peak,
+                       "peak_rss_mb": peak_rss}, f, indent=2)
     return 0
 
 

@@ -43,7 +43,7 @@ from engine.hub import hf_cache_has, hub_offline, hub_reachable
 __all__ = [
     "ROLES", "MODEL_ROLES", "TRAINED_ROLES", "DTYPES", "PRESETS_DIR",
     "RunSection", "RoleConfig", "RewardConfig", "DataConfig", "RolloutConfig", "PPOConfig",
-    "RuntimeConfig", "LoggingConfig", "CheckpointConfig", "RunConfig",
+    "RuntimeConfig", "LoggingConfig", "CheckpointConfig", "RunConfig", "LoraSettings",
     "ConfigIssue", "ConfigError", "ValidationResult",
     "load_config", "validate_text", "apply_overrides", "config_to_dict", "dump_config",
     "resolve_role_model", "role_config", "colocation_groups", "explicit_threads", "role_device_request",
@@ -229,6 +229,24 @@ class RunSection:
     description: str = _f("", "Free text shown in the console and stored with the run.")
 
 
+LORA_TARGETS_DEFAULT = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """A LoRA adapter (peft) on a trained role: the base weights stay frozen, the adapter trains."""
+    r: int = _f(16, "Adapter rank.", check=_Range(1, 65_536))
+    alpha: float = _f(32.0, "Scaling numerator: the adapter's update is scaled by alpha / r.",
+                      check=_Range(0, 1e6, lo_open=True))
+    dropout: float = _f(0.0, "Dropout on the adapter's input while training (0 keeps training "
+                             "log-probs equal to the rollout's, as PPO expects).",
+                        check=_Range(0, 1, hi_open=True))
+    target_modules: tuple[str, ...] = _f(LORA_TARGETS_DEFAULT,
+                                         "Layers that get an adapter, by the last part of their "
+                                         "name (Llama/SmolLM2: q_proj k_proj v_proj o_proj "
+                                         "gate_proj up_proj down_proj).")
+
+
 @dataclass(frozen=True)
 class RoleConfig:
     """A causal-LM role: actor (trained policy), reference (frozen policy) or critic (value model)."""
@@ -263,6 +281,13 @@ class RoleConfig:
                                            "forward (FULL_SHARD); false keeps them until the "
                                            "backward (SHARD_GRAD_OP: less communication, more "
                                            "memory).")
+    lora: Optional[LoraSettings] = _f(None, "actor, critic: train a LoRA adapter (peft) instead of "
+                                            "every weight; null = full fine-tuning. A mapping of "
+                                            "the keys below (missing ones take their defaults). "
+                                            "With actor.lora and reference.model null the "
+                                            "reference is the actor's base with the adapters "
+                                            "disabled: no reference worker, no second copy of the "
+                                            "weights (the reference's other keys are then unused).")
 
 
 @dataclass(frozen=True)
@@ -885,6 +910,13 @@ def _section_cls(sec_field):
     return _hints(RunConfig)[sec_field.name]
 
 
+def _subsection_cls(tp):
+    """The dataclass of a field that is a nested section (``Optional[LoraSettings]``), else None."""
+    args = get_args(tp) if get_origin(tp) is Union else (tp,)
+    found = [a for a in args if dataclasses.is_dataclass(a)]
+    return found[0] if found else None
+
+
 def _build_section(cls, default_inst, raw: dict, path: Path_, ctx: _Ctx):
     flds = {f.name: f for f in _public_fields(cls)}
     hints = _hints(cls)
@@ -898,6 +930,19 @@ def _build_section(cls, default_inst, raw: dict, path: Path_, ctx: _Ctx):
             kwargs[name] = getattr(default_inst, name)
             continue
         value = raw[name]
+        sub = _subsection_cls(hints[name])
+        if sub is not None:  # a nested section (e.g. actor.lora): null or a mapping of its keys
+            if value is None:
+                kwargs[name] = None
+            elif isinstance(value, dict):
+                kwargs[name] = _build_section(sub, sub(), value, fpath, ctx)
+            else:
+                ctx.error(fpath, f"expected null or a mapping of {name} settings "
+                                 f"({', '.join(x.name for x in _public_fields(sub))}), got "
+                                 f"{_show(value)} ({_type_name(value)})")
+                kwargs[name] = getattr(default_inst, name)
+                ctx.bad.add(fpath)
+            continue
         norm = f.metadata.get("normalize")
         if norm is not None:
             value = norm(value)
@@ -1022,7 +1067,7 @@ def _is_schema_value(path: Path_) -> bool:
     if tp is None:
         return False
     args = get_args(tp) if get_origin(tp) is Union else (tp,)
-    return not any(get_origin(a) is dict for a in args)
+    return not any(get_origin(a) is dict or dataclasses.is_dataclass(a) for a in args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1257,6 +1302,7 @@ def _cross_checks(cfg: RunConfig, ctx: _Ctx):
         _check_device(ctx, (role, "device"), getattr(cfg, role).device)
     _check_devices_key(cfg, ctx)
     _check_ranks(cfg, ctx)
+    _check_lora(cfg, ctx)
 
     # dtypes, attention and quantization against where each role runs.
     for role in ROLES:
@@ -1468,6 +1514,70 @@ def _check_ranks(cfg: RunConfig, ctx: _Ctx):
                                 f"{'are' if allowed != 1 else 'is'} available", at=[(role, "device")])
 
 
+def _check_lora(cfg: RunConfig, ctx: _Ctx):
+    """actor.lora / critic.lora against the rest of the config (the layer names against the
+    model are checked at launch: _check_lora_targets)."""
+    if cfg.reference.lora is not None and ctx.ok(("reference", "lora")):
+        ctx.error(("reference", "lora"), "the reference is frozen and trains no adapter; set actor.lora "
+                                         "(with reference.model null the reference is then the "
+                                         "actor's base, adapters disabled) and leave reference.lora null")
+    for role in TRAINED_ROLES:
+        lo = getattr(cfg, role).lora
+        path = (role, "lora")
+        if lo is None or not ctx.ok(path):
+            continue
+        if not lo.target_modules and ctx.ok(path + ("target_modules",)):
+            ctx.error(path + ("target_modules",), "must name at least one layer, e.g. [q_proj, v_proj]")
+        rc = getattr(cfg, role)
+        if rc.world_size > 1 and ctx.ok((role, "world_size")):
+            ctx.error(path, f"a LoRA {role} runs in one process: {role}.world_size must be 1 with "
+                            f"{role}.lora set; got {rc.world_size}", at=[(role, "world_size")])
+    if cfg.critic.lora is not None and cfg.ppo.critic_trunk == "reference" \
+            and ctx.ok(("critic", "lora"), ("ppo", "critic_trunk")):
+        ctx.error(("critic", "lora"), "ppo.critic_trunk is reference: the critic is a value head on the "
+                                      "reference's hidden states and has no trunk to adapt; set "
+                                      "critic.lora: null or ppo.critic_trunk: own",
+                  at=[("ppo", "critic_trunk")])
+    if cfg.actor.lora is not None and cfg.reference.model is None and ctx.ok(("actor", "lora")):
+        plain = RoleConfig()
+        unused = [f.name for f in _public_fields(RoleConfig)
+                  if f.name not in ("model", "lora") and ctx.has(("reference", f.name))
+                  and getattr(cfg.reference, f.name) not in (getattr(plain, f.name), getattr(cfg.actor, f.name))]
+        for key in unused:
+            ctx.notice(("reference", key), "unused: with actor.lora and reference.model null the "
+                                           "reference is the actor's base model (adapters "
+                                           f"disabled), computed in the actor's process with "
+                                           f"actor.{key} ({_show(getattr(cfg.actor, key))})",
+                       at=[("actor", "lora")])
+
+
+def _check_lora_targets(ctx: _Ctx, cfg: RunConfig):
+    """Launch time: each name in <role>.lora.target_modules is a layer of the role's model,
+    when that model is already on this machine (nothing is built or downloaded to check; the
+    role refuses the same names when it loads)."""
+    for role in TRAINED_ROLES:
+        lo = getattr(cfg, role).lora
+        path = (role, "lora", "target_modules")
+        if lo is None or not lo.target_modules or not ctx.ok(path, (role, "model")):
+            continue
+        from engine.models import cached_model_path, lora_target_candidates_of
+
+        folder = cached_model_path(resolve_role_model(cfg, role))
+        if folder is None:
+            continue
+        try:
+            have = lora_target_candidates_of(folder)
+        except Exception:  # noqa: BLE001 - an unreadable config: the role's load reports it
+            continue
+        if role == "critic":
+            have = [h for h in have if h != "lm_head"]  # the critic has a value head instead
+        missing = [t for t in lo.target_modules if t not in have]
+        if missing:
+            ctx.error(path, f"{', '.join(repr(t) for t in missing)} {'is' if len(missing) == 1 else 'are'} "
+                            f"not a layer of {resolve_role_model(cfg, role)}; its layers that take "
+                            f"an adapter: {', '.join(have)}")
+
+
 def _check_groups(ctx: _Ctx, groups):
     path = ("runtime", "colocate")
     if not groups:
@@ -1561,6 +1671,7 @@ def _check_output_dir(ctx: _Ctx, path: Path_, value: str, run_name: str):
 
 
 def _access_checks(cfg: RunConfig, ctx: _Ctx):
+    _check_lora_targets(ctx, cfg)
     if ctx.ok(("run", "output_dir")):
         _check_output_dir(ctx, ("run", "output_dir"), cfg.run.output_dir, cfg.run.name)
     for key in ("source", "audit"):  # reward.audit: the driver's audit scorer
@@ -1941,6 +2052,8 @@ def apply_overrides(cfg: RunConfig, overrides: Iterable[str], *,
 
 
 def _plain(v):
+    if dataclasses.is_dataclass(v):
+        return {f.name: _plain(getattr(v, f.name)) for f in _public_fields(type(v))}
     if isinstance(v, tuple):
         return [_plain(x) for x in v]
     if isinstance(v, dict):
@@ -2035,6 +2148,8 @@ def _type_doc(tp) -> str:
 
 
 def _default_doc(v) -> str:
+    if isinstance(v, tuple):
+        return "`[" + ", ".join(str(x) for x in v) + "]`"
     if isinstance(v, str):
         return f"`{v}`" if v else '`""`'
     if v is None:
@@ -2067,6 +2182,19 @@ def schema_reference_markdown() -> str:
             elif "check" in md and getattr(md["check"], "doc", ""):
                 allowed = md["check"].doc
             desc = md.get("help", "").replace("|", "\\|").replace("<", "\\<")
+            sub = _subsection_cls(hints[f.name])
+            if sub is not None:
+                out.append(f"| `{sec.name}.{f.name}` | mapping \\| null | "
+                           f"{_default_doc(getattr(inst, f.name))} | | {desc} |")
+                sub_default, sub_hints = sub(), _hints(sub)
+                for g in _public_fields(sub):
+                    gmd = g.metadata
+                    g_allowed = ", ".join(f"`{c}`" for c in gmd["choices"]) if "choices" in gmd else \
+                        getattr(gmd.get("check"), "doc", "")
+                    g_desc = gmd.get("help", "").replace("|", "\\|").replace("<", "\\<")
+                    out.append(f"| `{sec.name}.{f.name}.{g.name}` | {_type_doc(sub_hints[g.name])} | "
+                               f"{_default_doc(getattr(sub_default, g.name))} | {g_allowed} | {g_desc} |")
+                continue
             out.append(f"| `{sec.name}.{f.name}` | {_type_doc(hints[f.name])} | "
                        f"{_default_doc(getattr(inst, f.name))} | {allowed} | {desc} |")
         out.append("")

@@ -484,6 +484,102 @@ def load_policy(source: str, *, dtype="float32", device="cpu", attn_implementati
 
 
 # ---------------------------------------------------------------------------------------------
+# LoRA (peft)
+# ---------------------------------------------------------------------------------------------
+
+# the layer types peft can put a LoRA adapter on (by class name: transformers' GPT-2 family
+# uses its own Conv1D)
+_LORA_LAYER_TYPES = ("Linear", "Conv1D", "Embedding", "Conv2d")
+
+
+def lora_target_candidates(model: nn.Module) -> list[str]:
+    """The last name components of the layers of ``model`` a LoRA adapter can wrap (e.g.
+    ``q_proj``, ``down_proj``, ``lm_head``), sorted: what ``target_modules`` may name."""
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                   if name and type(m).__name__ in _LORA_LAYER_TYPES})
+
+
+def lora_target_candidates_of(source_path: str) -> list[str]:
+    """:func:`lora_target_candidates` of the causal LM in the local folder ``source_path``,
+    built on the meta device from its config (no weights read)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    conf = AutoConfig.from_pretrained(source_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(conf)
+    return lora_target_candidates(model)
+
+
+def cached_model_path(source: str) -> Optional[str]:
+    """The local folder of a model source when it is already on this machine (a built
+    bundled/tiny model, a local folder), else None; never builds, converts or downloads."""
+    source = (source or "").strip()
+    names = {SMOLLM2: "smollm2-135m-instruct", TINY_LLAMA: "tiny-llama", TINY_QWEN2: "tiny-qwen2-0.5b"}
+    if source in names:
+        folder = cache_dir() / "models" / names[source]
+        return str(folder) if _is_complete(folder) else None
+    if source.startswith(("bundled:", "tiny:")):
+        return None
+    local = Path(source).expanduser()
+    return str(local) if (local / "config.json").is_file() else None
+
+
+class LoraTargetError(ValueError):
+    """``target_modules`` names a layer the model does not have."""
+
+
+def apply_lora(model: nn.Module, *, r: int, alpha: float, dropout: float,
+               target_modules: Sequence[str], task_type: str = "CAUSAL_LM",
+               key: str = "actor.lora", modules_to_save: Optional[Sequence[str]] = None):
+    """Freeze ``model`` and wrap it in a peft model with one LoRA adapter (``default``) on
+    the layers whose last name component is in ``target_modules``: only the adapter (and
+    ``modules_to_save``) trains. A name the model does not have is refused, naming ``key``
+    and the names it does have. The adapter starts as the identity (B = 0), so the wrapped
+    model computes exactly what the base computes until the first update; ``disable_adapter()``
+    (a context manager) gives the base model back at any time."""
+    from peft import LoraConfig, get_peft_model
+
+    have = lora_target_candidates(model)
+    missing = [t for t in target_modules if t not in have]
+    if missing:
+        raise LoraTargetError(
+            f"{key}.target_modules: {', '.join(repr(t) for t in missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not a layer of {type(model).__name__}; "
+            f"its layers that take an adapter: {', '.join(have)}")
+    model.requires_grad_(False)
+    conf = LoraConfig(r=int(r), lora_alpha=float(alpha), lora_dropout=float(dropout),
+                      target_modules=list(target_modules), bias="none", task_type=task_type,
+                      modules_to_save=list(modules_to_save) if modules_to_save else None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peft's notes on tied embeddings and fan-in
+        return get_peft_model(model, conf)
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's tensors of a peft model (peft's saved names: no adapter name)."""
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model)
+
+
+def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Put saved adapter tensors (peft's names) back into a peft model, all of them or none:
+    a tensor the model lacks, or an adapter tensor the file lacks, is an error naming ``where``."""
+    from peft import set_peft_model_state_dict
+
+    want = set(lora_state_dict(model))
+    got = set(state)
+    if want != got:
+        raise RuntimeError(f"the LoRA adapter in {where} does not match the model: missing "
+                           f"{sorted(want - got)[:3]}, unexpected {sorted(got - want)[:3]} (was it "
+                           f"saved with other lora settings?)")
+    res = set_peft_model_state_dict(model, state)
+    if getattr(res, "unexpected_keys", None):
+        raise RuntimeError(f"the LoRA adapter in {where} does not match the model: unexpected "
+                           f"{list(res.unexpected_keys)[:3]}")
+
+
+# ---------------------------------------------------------------------------------------------
 # critic
 # ---------------------------------------------------------------------------------------------
 
@@ -856,5 +952,6 @@ __all__ = [
     "resolve_device", "load_policy", "load_critic", "load_reward_model", "sequence_logprobs",
     "head_logprobs",
     "generate", "count_parameters", "model_memory_bytes", "position_ids_from_mask", "is_checkpointing",
-    "response_mask_from_ids",
+    "response_mask_from_ids", "apply_lora", "lora_target_candidates", "lora_target_candidates_of",
+    "cached_model_path", "lora_state_dict", "load_lora_state_dict", "LoraTargetError",
 ]

@@ -28,6 +28,19 @@ ROLES = ("actor", "reference", "critic", "reward")
 TRAINABLE = ("actor", "critic")
 
 
+def reference_in_actor(cfg: RunConfig) -> bool:
+    """A LoRA actor (``actor.lora``) whose reference is its own base (``reference.model: null``):
+    the actor answers the reference's log-probs (and hidden states) with its adapters disabled,
+    so no reference worker is started and no second copy of the weights exists."""
+    return getattr(cfg.actor, "lora", None) is not None and cfg.reference.model is None
+
+
+def active_roles(cfg: RunConfig) -> tuple[str, ...]:
+    """The roles that get a worker (process, rank or Ray actor) in this run, in ROLES order."""
+    skip = {"reference"} if reference_in_actor(cfg) else set()
+    return tuple(r for r in ROLES if r not in skip)
+
+
 class UpdateConsistencyError(RuntimeError):
     """A role could not commit or roll back its update: the roles' states may disagree."""
 
@@ -82,9 +95,16 @@ class ThreadPlan:
             update={"actor": max(1, cores - share2) if cores > 1 else 1, "critic": share2},
         )
         shared = cfg.ppo.critic_trunk == "reference"
-        heavy = ["reference"] + ([] if cfg.rollout.reuse_logprobs else ["actor"]) + \
+        in_actor = reference_in_actor(cfg)
+        heavy = ([] if in_actor else ["reference"]) + \
+            ([] if cfg.rollout.reuse_logprobs and not in_actor else ["actor"]) + \
             ([] if shared else ["critic"])
-        if len(heavy) < 3:
+        if in_actor:
+            # the actor's process takes both its own and the reference's pass (one after the
+            # other): it gets the reference's share as well; no reference worker to plan for
+            plan.score = {r: (max(1, cores // len(heavy)) if r in heavy else 1)
+                          for r in ROLES if r != "reference"}
+        elif len(heavy) < 3:
             # a critic that is a linear head, or old log-probs taken from generation: fewer
             # trunk passes share the scoring phase; the light roles keep one thread
             plan.score = {r: (max(1, cores // len(heavy)) if r in heavy else 1) for r in ROLES}
@@ -211,9 +231,12 @@ class PPODriver:
         # 2. scoring, concurrently ---------------------------------------------------------
         t = time.perf_counter()
         shared = p.critic_trunk == "reference"
+        # a LoRA actor with reference.model null answers for the reference: its base model
+        # with the adapters disabled (no reference worker exists)
+        ref_call = ("actor", "ref_logprobs") if reference_in_actor(cfg) else ("reference", "logprobs")
         calls = {
             "old": ("actor", "logprobs", batch, {}, "score"),
-            "ref": ("reference", "logprobs", batch, {"hidden": shared}, "score"),
+            "ref": (*ref_call, batch, {"hidden": shared}, "score"),
             "val": ("critic", "values", batch, {}, "score"),
             "rew": ("reward", "score", batch, {}, "score"),
         }

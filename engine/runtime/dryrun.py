@@ -40,8 +40,13 @@ def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> 
     cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, devices=None), **{
         r: dataclasses.replace(getattr(cfg, r), device=plan[r][0]) for r in plan})
     torch.manual_seed(cfg.run.seed)
+    from engine.runtime.driver import active_roles, reference_in_actor
+
+    in_actor = reference_in_actor(cfg)
+    if in_actor:
+        out("reference: the LoRA actor's base model with the adapters disabled (no reference worker)")
     roles, report = {}, {"plan": plan}
-    for name in ("actor", "reference", "critic", "reward"):
+    for name in active_roles(cfg):
         before = memory_stats(torch.device("cpu")).get("rss_mb", 0.0)
         t = time.perf_counter()
         roles[name] = ROLE_CLASSES[name](
@@ -67,7 +72,12 @@ def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> 
         args = {"hidden": True} if name == "reference" and shared else {}
         inputs = {**batch, "hidden": hidden} if name == "critic" and shared else batch
         with torch.no_grad():
-            res, _ = roles[name].call(op, inputs, args)
+            if name == "reference" and in_actor:
+                res, _ = roles["actor"].call("ref_logprobs", inputs, args)
+                report[name] = {"load_s": 0.0, "rss_added_mb": 0.0, "device": report["actor"]["device"],
+                                "model": report["actor"]["model"] + " (actor's base)"}
+            else:
+                res, _ = roles[name].call(op, inputs, args)
         if name == "reference" and shared:
             hidden = res["hidden"]
         report[name]["phase_s"] = time.perf_counter() - t
@@ -83,7 +93,8 @@ def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> 
         out(f"{name:<10} {r['phase']:<9} {r['phase_s']:>7.2f}s {r['load_s']:>7.1f}s {mem:>12}")
     out(f"batch {len(prompts)} prompts, {gen.get('response_tokens', 0)} response tokens; "
         f"mean score {sum(report['scores']) / max(1, len(report['scores'])):.3f}; peak RSS {peak:.0f} MB")
-    out("dry run OK: all four roles loaded and ran once (no backward, no update)")
+    out("dry run OK: all four roles loaded and ran once (no backward, no update)" if not in_actor else
+        "dry run OK: actor (also the reference), critic and reward loaded and ran once (no backward, no update)")
     report["peak_rss_mb"] = peak
     for r in roles.values():
         src = getattr(r, "source", None)

@@ -163,7 +163,10 @@ def role_need_gb(cfg, role: str) -> float:
     if role == "critic" and cfg.ppo.critic_trunk == "reference":
         return 0.1
     p = _param_count(resolve_role_model(cfg, role)) or 135e6
-    per = _BYTES.get(rc.dtype, 4) + (12 if role in ("actor", "critic") else 0)
+    # a trained role adds float32 gradients and AdamW's two moments per trained parameter; a
+    # LoRA role trains a small adapter (its state is neglected here)
+    trained = role in ("actor", "critic") and getattr(rc, "lora", None) is None
+    per = _BYTES.get(rc.dtype, 4) + (12 if trained else 0)
     if rc.world_size > 1 and rc.strategy == "fsdp":
         per /= rc.world_size
     return p * per / 1e9 + 0.5  # + activations and the CUDA context, roughly
@@ -183,17 +186,20 @@ def visible_gpu_memory_gb() -> list[float]:
 
 def role_requests(cfg, needs: Optional[Mapping[str, float]] = None) -> dict[str, RoleRequest]:
     from engine.config import role_device_request
+    from engine.runtime.driver import active_roles, reference_in_actor
 
     devs = cfg.runtime.devices
     out = {}
-    for r in ROLES:
+    for r in active_roles(cfg):  # a LoRA actor's reference is the actor itself: no device of its own
         rc = getattr(cfg, r)
         W = getattr(rc, "world_size", 1)
         dev: object = role_device_request(cfg, r)
         if isinstance(devs, dict) and r in devs and not isinstance(devs[r], str):
             dev = tuple(devs[r])
         need = needs[r] if needs is not None else role_need_gb(cfg, r)
-        follow = "reference" if r == "critic" and cfg.ppo.critic_trunk == "reference" else None
+        follow = None
+        if r == "critic" and cfg.ppo.critic_trunk == "reference":  # a head on those hidden states
+            follow = "actor" if reference_in_actor(cfg) else "reference"
         out[r] = RoleRequest(dev, W, need, follow)
     return out
 
@@ -205,7 +211,9 @@ def device_plan(cfg, gpu_memory_gb: Optional[Sequence[float]] = None) -> dict[st
     allowed = None
     if isinstance(devs, tuple):
         allowed = sorted({int(d.split(":")[1]) if ":" in d else 0 for d in devs if d.startswith("cuda")})
-    needs = {r: role_need_gb(cfg, r) for r in ROLES} if gpus else {r: 0.0 for r in ROLES}
+    from engine.runtime.driver import active_roles
+
+    needs = {r: (role_need_gb(cfg, r) if gpus else 0.0) for r in active_roles(cfg)}
     return plan_devices(role_requests(cfg, needs), gpus, allowed)
 
 

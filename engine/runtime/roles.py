@@ -294,6 +294,16 @@ class _PolicyBase(Role):
             trainable=self.trainable,
             progress=self.progress,
         )
+        self.lora = getattr(self.role_cfg, "lora", None) if self.trainable else None
+        if self.lora is not None:
+            from engine.models import apply_lora, count_parameters
+
+            lo = self.lora
+            self.model = apply_lora(self.model, r=lo.r, alpha=lo.alpha, dropout=lo.dropout,
+                                    target_modules=lo.target_modules, key=f"{self.name}.lora")
+            self.progress(f"{self.name}: LoRA r={lo.r} alpha={lo.alpha:g} on {', '.join(lo.target_modules)}: "
+                          f"{count_parameters(self.model, trainable_only=True):,} trainable of "
+                          f"{count_parameters(self.model):,} parameters")
         self.model = self.ranks.prepare(self.model)
 
     def _logprobs(self, tensors: Tensors, entropy: bool = False, hidden: bool = False):
@@ -320,6 +330,11 @@ class _PolicyBase(Role):
 
 class ReferenceRole(_PolicyBase):
     name = "reference"
+
+
+def _base_model(model: torch.nn.Module):
+    """The base model under a peft model's disabled adapters (a context manager)."""
+    return model.disable_adapter()
 
 
 class ActorRole(TwoPhaseUpdate, _PolicyBase):
@@ -368,6 +383,14 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
             out["old_logprobs"] = lp.cpu()
         ntok = int(resp_mask.sum())
         return out, {"response_tokens": ntok}
+
+    def op_ref_logprobs(self, tensors: Tensors, args: dict) -> Result:
+        """The reference's ``logprobs`` (and hidden states), answered by a LoRA actor whose
+        reference is its own base: the same forward pass with the adapters disabled."""
+        if self.lora is None:
+            raise ValueError("actor.ref_logprobs needs a LoRA actor (actor.lora)")
+        with _base_model(self.model):
+            return self.op_logprobs(tensors, args)
 
     def op_update(self, tensors: Tensors, args: dict) -> Result:
         return self._two_phase(lambda: self._update(tensors, args))
@@ -432,6 +455,17 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
         shards under fsdp, which every rank takes part in)."""
         d = Path(args["path"]) / self.name
         sd, osd = None, self.optimizer.state_dict
+        if self.lora is not None:
+            # peft's format: adapter_config.json + adapter_model.safetensors (the adapter alone;
+            # the base is the actor's model source, unchanged)
+            if not self.ranks.writes():
+                return {}, {}
+            d.mkdir(parents=True, exist_ok=True)
+            self.model.save_pretrained(d, safe_serialization=True)
+            self.tokenizer.save_pretrained(d)
+            torch.save({"optimizer": osd(), "scheduler": self.scheduler.state_dict(), "rng": capture_rng()},
+                       d / "trainer_state.pt")
+            return {}, {}
         if self.ranks.fsdp:
             sd = self.ranks.full_model_state(self.model)
             full = self.ranks.full_optimizer_state(self.model, self.optimizer)
@@ -452,6 +486,8 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
 
         self._pending = None
         d = Path(args["path"]) / self.name
+        if self.lora is not None:
+            return self._load_lora(d)
         sd = {}
         for f in sorted(d.glob("*.safetensors")):
             sd.update(load_file(f, device="cpu" if self.ranks.fsdp else str(self.device)))
@@ -467,6 +503,22 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
             raise RuntimeError(f"{self.name} checkpoint {d} does not match the model: missing {bad[:3]}, unexpected {list(unexpected)[:3]}")
         if getattr(self.model.config, "tie_word_embeddings", False):
             self.model.tie_weights()
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        restore_rng(st["rng"])
+        return {}, {}
+
+    def _load_lora(self, d: Path) -> Result:
+        from safetensors.torch import load_file
+
+        from engine.models import load_lora_state_dict
+
+        f = d / "adapter_model.safetensors"
+        if not f.is_file():
+            raise RuntimeError(f"{self.name} checkpoint {d} holds no LoRA adapter (adapter_model.safetensors): "
+                               f"was it saved without actor.lora?")
+        load_lora_state_dict(self.model, load_file(f, device=str(self.device)), str(d))
+        st = torch.load(d / "trainer_state.pt", weights_only=False)
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         restore_rng(st["rng"])
@@ -522,6 +574,19 @@ class CriticRole(TwoPhaseUpdate, Role):
                 attn_implementation=self.attn_implementation(),
                 gradient_checkpointing=self.role_cfg.gradient_checkpointing, progress=self.progress,
             )
+        self.lora = None if self.head_only else self.role_cfg.lora
+        if self.lora is not None:
+            # the trunk gets the adapter; the value head trains whole (peft's modules_to_save)
+            from engine.models import _token_head, apply_lora, count_parameters
+
+            lo, inner = self.lora, self.model.model
+            head = next(n for n in ("score", "classifier") if getattr(inner, n, None) is _token_head(inner))
+            self.model.model = apply_lora(inner, r=lo.r, alpha=lo.alpha, dropout=lo.dropout,
+                                          target_modules=lo.target_modules, task_type="TOKEN_CLS",
+                                          key="critic.lora", modules_to_save=[head])
+            self.progress(f"critic: LoRA r={lo.r} alpha={lo.alpha:g} on {', '.join(lo.target_modules)} "
+                          f"+ the value head: {count_parameters(self.model, trainable_only=True):,} trainable "
+                          f"of {count_parameters(self.model):,} parameters")
         self.model = self.ranks.prepare(self.model)
         p = cfg.ppo
         self.optimizer = torch.optim.AdamW(
@@ -600,6 +665,12 @@ class CriticRole(TwoPhaseUpdate, Role):
 
     def _save(self, args: dict) -> Result:
         d = Path(args["path"]) / self.name
+        if self.lora is not None:  # peft's format: the adapter and the value head alone
+            d.mkdir(parents=True, exist_ok=True)
+            self.model.model.save_pretrained(d, safe_serialization=True)
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "rng": capture_rng()}, d / "critic_state.pt")
+            return {}, {}
         if self.ranks.fsdp:
             sd = self.ranks.full_model_state(self.model)
             osd = self.ranks.full_optimizer_state(self.model, self.optimizer)
@@ -616,9 +687,21 @@ class CriticRole(TwoPhaseUpdate, Role):
 
     def op_load(self, tensors: Tensors, args: dict) -> Result:
         self._pending = None
-        st = torch.load(Path(args["path"]) / self.name / "critic_state.pt", weights_only=False,
+        d = Path(args["path"]) / self.name
+        st = torch.load(d / "critic_state.pt", weights_only=False,
                         map_location="cpu" if self.ranks.fsdp else self.device)
-        if self.ranks.fsdp:
+        if self.lora is not None:
+            from safetensors.torch import load_file
+
+            from engine.models import load_lora_state_dict
+
+            if not (d / "adapter_model.safetensors").is_file():
+                raise RuntimeError(f"critic checkpoint {d} holds no LoRA adapter (adapter_model.safetensors): "
+                                   f"was it saved without critic.lora?")
+            load_lora_state_dict(self.model.model, load_file(d / "adapter_model.safetensors",
+                                                             device=str(self.device)), str(d))
+            self.optimizer.load_state_dict(st["optimizer"])
+        elif self.ranks.fsdp:
             self.ranks.load_full_state(self.model, self.optimizer, st["model"], st["optimizer"])
         else:
             self.model.load_state_dict(st["model"])

@@ -35,6 +35,7 @@ from engine.runtime.driver import (
     PPODriver,
     ThreadPlan,
     UpdateConsistencyError,
+    active_roles,
     available_cores,
     format_step_line,
 )
@@ -45,12 +46,18 @@ from engine.runtime.worker import WorkerError, WorkerHandle
 
 
 def worker_groups(cfg: RunConfig) -> list[list[str]]:
+    """The roles of each worker process; a role that gets no worker (a LoRA actor's reference,
+    see ``active_roles``) is left out, and a group left empty by that is no process."""
     c = cfg.runtime.colocate
+    active = active_roles(cfg)
     if c is True:
-        return [list(ROLES)]
-    if not c:
-        return [[r] for r in ROLES]
-    return [list(g) for g in c]
+        groups = [list(ROLES)]
+    elif not c:
+        groups = [[r] for r in ROLES]
+    else:
+        groups = [list(g) for g in c]
+    groups = [[r for r in g if r in active] for g in groups]
+    return [g for g in groups if g]
 
 
 def world_size(cfg: RunConfig, role: str) -> int:
@@ -463,7 +470,9 @@ class Supervisor:
                 return 1
         specs = process_specs(cfg, devices) if devices else [(g, 0, cfg) for g in worker_groups(cfg)]
         self.log(f"run {self.rd.name}: starting {len(specs)} {what} for "
-                 f"{', '.join(ROLES)} ({available_cores()} cores)")
+                 f"{', '.join(active_roles(cfg))} ({available_cores()} cores)"
+                 + ("; the reference is the LoRA actor's base (adapters disabled)"
+                    if "reference" not in active_roles(cfg) else ""))
         if devices:
             self.log(format_plan(devices, cfg))
             self.rd.write_state(devices=devices)
@@ -492,7 +501,7 @@ class Supervisor:
                 self._finish("failed", failure=f"ray: {e}")
                 return 1
         else:
-            init = {r: f"tcp://127.0.0.1:{free_tcp_port()}" for r in ROLES if world_size(cfg, r) > 1}
+            init = {r: f"tcp://127.0.0.1:{free_tcp_port()}" for r in active_roles(cfg) if world_size(cfg, r) > 1}
             for group, rank, wcfg in specs:
                 W = group_world_size(cfg, group)
                 n = max(plan.generate.get(r, 1) for r in group) if group else 1
