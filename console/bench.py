@@ -18,105 +18,89 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import shutil
-import socketserver
 import statistics
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from engine.runtime.rundir import append_jsonl, atomic_write_json
+from engine.client import ControlServer, MetricsRow, RunDir, Sample, socket_path_for
 
 STEPS_PER_S = 10.0
 SAMPLES_PER_STEP = 8
 
 
 class SyntheticRun:
-    """A run directory written like the supervisor writes it, at ``rate`` steps a second."""
+    """A run directory written by the engine's own writer (``RunDir``: run.json, metrics and
+    sample lines, events.log) at ``rate`` steps a second, with the engine's control server
+    answering pause/resume the way the supervisor does (the state flips at the next step)."""
 
     def __init__(self, root: Path, rate: float = STEPS_PER_S):
         self.path = root / "bench-20260101-000000"
         self.path.mkdir(parents=True)
+        self.rd = RunDir(self.path)
         self.rate = rate
         self.step = 0
         self.state = "running"
         self._lock = threading.Lock()
         self._pause_req = False
         self._stop = threading.Event()
-        self.sock = root / "control.sock"
+        self.sock = socket_path_for(root)
+        self._server: ControlServer | None = None
         self._created = time.time() - 1.0
         here = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "recorded_run"
         cfgs = sorted(here.glob("*/config.yaml"))
-        (self.path / "config.yaml").write_text(cfgs[0].read_text() if cfgs else "run:\n  steps: 100000\n")
-        for f in ("metrics.jsonl", "samples.jsonl", "labels.jsonl", "events.log"):
-            (self.path / f).touch()
+        self.rd.config.write_text(cfgs[0].read_text() if cfgs else "run:\n  steps: 100000\n")
+        for f in (self.rd.metrics, self.rd.samples, self.rd.labels, self.rd.events):
+            f.touch()
         self._write_state()
 
     def write_history(self, steps: int, t0: float | None = None) -> None:
-        """``steps`` steps written at once, before anything attaches (one open file per stream),
-        two seconds apart from ``t0`` (default: ending now)."""
-        f_m = open(self.path / "metrics.jsonl", "a")
-        f_s = open(self.path / "samples.jsonl", "a")
-        f_e = open(self.path / "events.log", "a")
+        """``steps`` steps written at once, before anything attaches, two seconds apart from
+        ``t0`` (default: ending now)."""
         t0 = time.time() - steps * 2.0 if t0 is None else t0
-        try:
-            for _ in range(steps):
-                m, samples, event = self._step_rows(t0 + self.step * 2.0)
-                f_m.write(json.dumps(m, separators=(",", ":")) + "\n")
-                for x in samples:
-                    f_s.write(json.dumps(x, separators=(",", ":")) + "\n")
-                f_e.write(event)
-        finally:
-            f_m.close()
-            f_s.close()
-            f_e.close()
+        for _ in range(steps):
+            when = t0 + self.step * 2.0
+            m, samples, event = self._step_rows(when)
+            self.rd.record_step(m, samples)
+            self.rd.log_event(event, when=when)
         self._created = t0
         self._write_state()
 
     def _write_state(self) -> None:
-        atomic_write_json(self.path / "run.json", {
-            "name": self.path.name, "state": self.state, "step": self.step, "steps": 100000,
-            "created": self._created, "supervisor_pid": os.getpid(),
-            "socket": str(self.sock), "pids": {"actor": os.getpid()}, "reward_source": "lexicon:vader",
-            "updated": time.time(),
-        })
+        self.rd.write_state(
+            name=self.path.name, state=self.state, step=self.step, steps=100000, created=self._created,
+            supervisor_pid=os.getpid(), socket=str(self.sock), pids={"actor": os.getpid()},
+            reward_source="lexicon:vader")
 
     # ---- the writer -------------------------------------------------------------------------------
     def _one_step(self) -> None:
         m, samples, event = self._step_rows(time.time())
-        append_jsonl(self.path / "metrics.jsonl", m)
-        for x in samples:
-            append_jsonl(self.path / "samples.jsonl", x)
-        with open(self.path / "events.log", "a") as f:
-            f.write(event)
+        self.rd.record_step(m, samples)
+        self.rd.log_event(event)
 
-    def _step_rows(self, now: float) -> tuple[dict, list[dict], str]:
+    def _step_rows(self, now: float) -> tuple[MetricsRow, list[Sample], str]:
         self.step += 1
         s = self.step
         rnd = random.Random(s)
         t = {k: rnd.uniform(0.001, 0.03) for k in ("rollout", "actor_logprobs", "ref", "critic", "reward",
                                                     "scoring", "advantage", "actor_update", "critic_update", "update")}
         t["step"] = sum(t.values())
-        m = {
-            "step": s, "time": now, "timings": t, "score_mean": 0.5 + 0.1 * rnd.random(),
-            "score_std": 0.1, "kl": rnd.uniform(-0.01, 0.01), "kl_coef": 0.05, "response_len_mean": 8.0,
-            "policy_loss": rnd.uniform(-0.01, 0.01), "value_loss": rnd.uniform(0.0, 0.2), "clipfrac": 0.0,
-            "entropy": 10.0, "tokens_per_s": 100.0,
-            "memory": {"actor": {"rss_mb": 500.0, "peak_rss_mb": 520.0}},
-        }
-        samples = []
-        for i in range(SAMPLES_PER_STEP):
-            samples.append({
-                "id": f"{s}-{i}", "step": s, "index": i, "prompt": f"prompt {s}-{i} about a movie",
-                "response": " ".join(rnd.choice(("good", "bad", "plot", "actor", "scene", "long")) for _ in range(8)),
-                "score": rnd.random(), "kl": rnd.uniform(-0.01, 0.01), "return": 0.3, "length": 8, "eos": False,
-            })
-        event = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f" INFO    step {s}/100000 | synthetic\n"
-        return m, samples, event
+        m = MetricsRow(step=s, time=now, timings=t, memory={"actor": {"rss_mb": 500.0, "peak_rss_mb": 520.0}},
+                       values={"score_mean": 0.5 + 0.1 * rnd.random(), "score_std": 0.1,
+                               "kl": rnd.uniform(-0.01, 0.01), "kl_coef": 0.05, "response_len_mean": 8.0,
+                               "policy_loss": rnd.uniform(-0.01, 0.01), "value_loss": rnd.uniform(0.0, 0.2),
+                               "clipfrac": 0.0, "entropy": 10.0, "tokens_per_s": 100.0})
+        samples = [
+            Sample(id=f"{s}-{i}", step=s, index=i, prompt=f"prompt {s}-{i} about a movie",
+                   response=" ".join(rnd.choice(("good", "bad", "plot", "actor", "scene", "long")) for _ in range(8)),
+                   score=rnd.random(), kl=rnd.uniform(-0.01, 0.01), ret=0.3, length=8, eos=False)
+            for i in range(SAMPLES_PER_STEP)
+        ]
+        return m, samples, f"step {s}/100000 | synthetic"
 
     def _writer(self) -> None:
         period = 1.0 / self.rate
@@ -133,7 +117,7 @@ class SyntheticRun:
             nxt += period
             self._stop.wait(max(0.0, nxt - time.monotonic()))
 
-    # ---- the stand-in control socket ----------------------------------------------------------------
+    # ---- the control requests, served by the engine's ControlServer ------------------------------------
     def _handle(self, req: dict) -> dict:
         op = req.get("op")
         with self._lock:
@@ -148,27 +132,15 @@ class SyntheticRun:
         return {"ok": False, "error": f"the bench does not do {op!r}"}
 
     def start(self) -> None:
-        bench = self
-
-        class H(socketserver.StreamRequestHandler):
-            def handle(self):
-                for line in self.rfile:
-                    try:
-                        reply = bench._handle(json.loads(line))
-                    except ValueError as e:
-                        reply = {"ok": False, "error": str(e)}
-                    self.wfile.write((json.dumps(reply) + "\n").encode())
-                    self.wfile.flush()
-
-        self._server = socketserver.ThreadingUnixStreamServer(str(self.sock), H)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = ControlServer(self.sock, self._handle,
+                                     hello=lambda: {"state": self.state, "step": self.step})
+        self._server.start()
         threading.Thread(target=self._writer, daemon=True).start()
 
     def close(self) -> None:
         self._stop.set()
-        self._server.shutdown()
-        self._server.server_close()
+        if self._server is not None:
+            self._server.close()
 
 
 def _pct(xs: list[float], q: float) -> float:

@@ -113,7 +113,7 @@ class _TerminalOut:
 
 
 def cmd_train(args) -> int:
-    from engine.client import Run, RunError, create_run_dir, launch
+    from engine.client import Run, RunError, create_run_dir, dry_run, launch, run_here
 
     try:
         cfg = _load(args, check_access=True)
@@ -123,8 +123,6 @@ def cmd_train(args) -> int:
         print("rlhf-console: the config is invalid; nothing was started", file=sys.stderr)
         return 2
     if args.dry_run:
-        from engine.runtime.dryrun import dry_run
-
         dry_run(cfg)
         return 0
     if args.detach:
@@ -137,8 +135,6 @@ def cmd_train(args) -> int:
         return 0
     import signal
 
-    from engine.runtime.supervisor import Supervisor
-
     # a closed terminal (SIGHUP) never stops a foreground run; Ctrl-C still does
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
@@ -150,9 +146,9 @@ def cmd_train(args) -> int:
         return 2
     out = _TerminalOut(rd.supervisor_log)
     out.final(f"run {rd.name}: {rd.path}  (Ctrl-C stops at the end of the step, with a checkpoint)")
-    code = Supervisor(rd.path, printer=out).run()
-    st = Run(rd.path).info
-    out.final(f"run {rd.name}: {st.get('state')} at step {st.get('step')}" + (f" — {st.get('failure')}" if st.get("failure") else ""))
+    code = run_here(rd, printer=out)
+    st = Run(rd.path).dir.read_info()
+    out.final(f"run {rd.name}: {st.state} at step {st.step}" + (f" — {st.failure}" if st.failure else ""))
     return code
 
 
@@ -232,7 +228,6 @@ def cmd_swap_reward(args) -> int:
 
 def cmd_report(args) -> int:
     from engine.report import summarise, write_report
-    from engine.runtime.rundir import read_jsonl
 
     run = _attach(args)
     if run is None:
@@ -241,7 +236,7 @@ def cmd_report(args) -> int:
         md = write_report(run.path, args.out)
     except ValueError as e:
         return _err(str(e))
-    s = summarise(read_jsonl(run.dir.metrics))
+    s = summarise(list(run.metrics()))
     print(f"report: {md}  (plots beside it)")
     print(f"score {s['score_start']:.3f} -> {s['score_end']:.3f} (first/last {s['window']} steps), "
           f"KL {s['kl_start']:.3f} -> {s['kl_end']:.3f}, {s['steps']} steps in {s['minutes']:.1f} min")

@@ -3,13 +3,14 @@ run (tests/fixtures/recorded_run/) in a chosen state, a frozen clock, and a GPU 
 "no NVML" the same way on every machine."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Optional
 
 from console.gpu import GpuReport
+from engine.client import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDED = ROOT / "tests" / "fixtures" / "recorded_run"
@@ -34,27 +35,28 @@ def copy_recorded_run(runs_dir: Path, state: str = "paused", *, live: bool = Fal
     dst = Path(runs_dir) / (name or src.name)
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(src, dst)
-    st = json.loads((dst / "run.json").read_text())
-    st["state"] = state
+    rd = RunDir(dst)
+    info = rd.read_info()
+    fields: dict = {"state": state, "updated": info.updated}
     if live:
-        st["supervisor_pid"] = os.getpid()
+        fields["supervisor_pid"] = os.getpid()
     if failure is not None:
-        st["failure"] = failure
+        fields["failure"] = failure
     if created_delta:
-        st["created"] = st["created"] + created_delta
-        st["updated"] = st["updated"] + created_delta
+        fields["created"] = info.created + created_delta
+        fields["updated"] = info.updated + created_delta
     if state == "failed" and failure:
-        with open(dst / "events.log", "a") as f:
-            f.write(f"2026-11-25 02:17:40 ERROR   worker failure: {failure}; stopping the other workers\n")
+        rd.log_event(f"worker failure: {failure}; stopping the other workers", "ERROR",
+                     when=time.mktime((2026, 11, 25, 2, 17, 40, 0, 0, -1)))
     if state in ("finished", "stopped", "failed"):
-        st["updated"] = st.get("updated", 0) + 2.0
-    (dst / "run.json").write_text(json.dumps(st, indent=2, sort_keys=True) + "\n")
+        fields["updated"] = (fields["updated"] or 0) + 2.0
+    rd.write_state(**fields)
     return dst
 
 
 def frozen_clock(run_dir: Path, after_s: float = 754.0):
     """A clock stopped ``after_s`` seconds after the run was created."""
-    created = json.loads((Path(run_dir) / "run.json").read_text()).get("created", 0.0)
+    created = RunDir(Path(run_dir)).read_info().created or 0.0
     return lambda: created + after_s
 
 

@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 from engine.config import ConfigError, ConfigIssue, RunConfig, check_launchable, dump_config, load_config
-from engine.files import JsonlTail, LineTail, append_jsonl, atomic_write_text, human_size, read_jsonl
-from engine.runtime.control import ControlClient
+from engine.files import JsonlTail, LineTail, atomic_write_text, human_size, read_jsonl
+from engine.records import Label, MetricsRow, RunInfo, Sample
+from engine.runtime.control import ControlClient, ControlServer, socket_path_for
 from engine.runtime.rundir import ENDED_STATES, LIVE_STATES, RunDir, run_state
 from engine.runtime.rundir import list_runs as _list_runs
 
 __all__ = ["Run", "RunError", "launch", "attach", "list_runs", "create_run_dir", "runs_dir_for", "reap_stale",
-           "reap_stale_checkpoints", "human_size", "run_state", "LIVE_STATES", "ENDED_STATES"]
+           "reap_stale_checkpoints", "human_size", "run_state", "LIVE_STATES", "ENDED_STATES", "run_here",
+           "dry_run", "RunDir", "RunInfo", "MetricsRow", "Sample", "Label", "ControlServer", "socket_path_for"]
 
 
 class RunError(RuntimeError):
@@ -56,6 +58,22 @@ def create_run_dir(cfg: RunConfig) -> RunDir:
     for f in (rd.metrics, rd.samples, rd.labels, rd.events):
         f.touch()
     return rd
+
+
+def run_here(run_dir: Union[str, Path, RunDir], printer=None) -> int:
+    """Run the supervisor of a created run directory in this process until the run ends
+    (``printer(line)`` gets the step lines); returns its exit code."""
+    from engine.runtime.supervisor import Supervisor
+
+    path = run_dir.path if isinstance(run_dir, RunDir) else Path(run_dir)
+    return Supervisor(path, printer=printer).run()
+
+
+def dry_run(cfg: RunConfig, printer=None) -> dict:
+    """Load the four roles and run one rollout and its scoring, no update (``train --dry-run``)."""
+    from engine.runtime.dryrun import dry_run as _dry_run
+
+    return _dry_run(cfg, printer)
 
 
 def reap_stale() -> list[str]:
@@ -103,9 +121,7 @@ def launch(config: Union[str, Path, RunConfig], overrides: Sequence[str] = (), *
     rd = create_run_dir(cfg)
     run = Run(rd.path)
     if not detach:
-        from engine.runtime.supervisor import Supervisor
-
-        Supervisor(rd.path).run()
+        run_here(rd)
         return run
     _spawn_detached(rd)
     if wait_ready:
@@ -306,8 +322,5 @@ class Run:
 
     def label(self, sample_id: str, step: int, verdict: str, note: str = "") -> dict:
         """Append a spot-check judgement of a sample to labels.jsonl."""
-        if verdict not in ("good", "bad"):
-            raise ValueError("verdict must be 'good' or 'bad'")
-        row = {"sample_id": sample_id, "step": int(step), "label": verdict, "note": note, "time": time.time()}
-        append_jsonl(self.dir.labels, row)
-        return row
+        rec = Label(sample_id=sample_id, step=int(step), label=verdict, note=note, time=time.time()).check()
+        return self.dir.append_label(rec).to_dict()

@@ -22,6 +22,7 @@ import torch
 from engine import algorithms as A
 from engine import monitors as M
 from engine.config import RunConfig
+from engine.records import Sample, sample_id
 from engine.runtime.roles import NonFiniteError
 
 ROLES = ("actor", "reference", "critic", "reward")
@@ -336,22 +337,13 @@ class PPODriver:
         step_alerts = [a["monitor"] for a in alerts if a["samples"] is None]
         for i in sorted(set(range(n_log)) | {i for i, f in enumerate(flags) if f}):  # + every flagged one
             m = batch["response_mask"][i].bool()
-            samples.append({
-                "id": f"{step}-{i}",
-                "step": step,
-                "index": i,
-                "prompt": prompts_txt[i],
-                "response": self.tok.decode(batch["response_ids"][i][m], skip_special_tokens=True),
-                "score": float(scores[i]),
-                "kl": float(seq_kl[i]),
-                "return": float(ret[i][0]) if m.any() else 0.0,
-                "length": int(m.sum()),
-                "eos": bool(has_eos[i]),
-                "repetition": mon["repetition_each"][i],
-                **({"audit": audits[i]} if audits is not None else {}),
-                "flags": flags[i],
-                "step_alerts": step_alerts,
-            })
+            samples.append(Sample(
+                id=sample_id(step, i), step=step, index=i, prompt=prompts_txt[i],
+                response=self.tok.decode(batch["response_ids"][i][m], skip_special_tokens=True),
+                score=float(scores[i]), kl=float(seq_kl[i]), ret=float(ret[i][0]) if m.any() else 0.0,
+                length=int(m.sum()), eos=bool(has_eos[i]), repetition=mon["repetition_each"][i],
+                audit=audits[i] if audits is not None else None, flags=flags[i], step_alerts=step_alerts,
+            ).to_dict())
         metrics.pop("repetition_each")
         return metrics, samples
 

@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional, Union
 
 # the file primitives live in engine.files; the names below are re-exported for older importers
 from engine.files import (
@@ -35,6 +35,7 @@ from engine.files import (
     tree_size,
 )
 from engine.procs import pid_alive
+from engine.records import Label, MetricsRow, RunInfo, Sample
 
 __all__ = ["STATES", "LIVE_STATES", "ENDED_STATES", "START_GRACE_S", "run_state", "RunDir", "list_runs",
            "make_run_name", "write_error_cause", "reap_stale_checkpoint_tmp", "pid_alive",
@@ -48,16 +49,17 @@ ENDED_STATES = ("finished", "failed", "stopped", "dead")
 START_GRACE_S = 120.0
 
 
-def run_state(info: dict, now: Optional[float] = None) -> str:
+def run_state(info: Union[dict, RunInfo], now: Optional[float] = None) -> str:
     """The one rule for a run's state: run.json's ``state``, or ``"dead"`` when it claims to be
     live but its supervisor is gone without saying so. A run still ``starting`` with no
     supervisor pid yet is given ``START_GRACE_S`` seconds since run.json was last written."""
-    state = info.get("state") or "unknown"
+    rec = info if isinstance(info, RunInfo) else RunInfo.from_dict(info)
+    state = rec.state or "unknown"
     if state not in LIVE_STATES:
         return state
-    pid = info.get("supervisor_pid")
+    pid = rec.supervisor_pid
     if not pid:
-        updated = info.get("updated") or info.get("created") or 0
+        updated = rec.updated or rec.created or 0
         age = (time.time() if now is None else now) - float(updated)
         if state == "starting" and age < START_GRACE_S:
             return state
@@ -105,7 +107,7 @@ def reap_stale_checkpoint_tmp(run_dirs, keep_pid: Optional[int] = None) -> list[
             entries = list(rd.checkpoints.iterdir())
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             continue
-        live_sup = rd.read_state().get("supervisor_pid")
+        live_sup = rd.read_info().supervisor_pid
         for p in entries:
             m = _TMP_CKPT.fullmatch(p.name)
             if not m:
@@ -151,7 +153,7 @@ class RunDir:
     @property
     def checkpoints(self) -> Path:
         """<run dir>/checkpoints, or the folder run.json names (checkpoint.dir set)."""
-        other = self.read_state().get("checkpoint_dir")
+        other = self.read_info().checkpoint_dir
         return Path(other) if other else self.path / "checkpoints"
 
     @classmethod
@@ -180,10 +182,18 @@ class RunDir:
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
 
+    def read_info(self) -> RunInfo:
+        """run.json as a typed record (a missing or unreadable file: the defaults)."""
+        return RunInfo.from_dict(self.read_state())
+
     def write_state(self, **fields) -> dict:
+        """Update run.json atomically. Every name must be a :class:`RunInfo` field; ``updated``
+        is set to now unless given."""
+        RunInfo.check_names(fields)
         state = self.read_state()
         state.update(fields)
-        state["updated"] = time.time()
+        if "updated" not in fields:
+            state["updated"] = time.time()
         atomic_write_json(self.run_json, state)
         return state
 
@@ -192,11 +202,53 @@ class RunDir:
         return run_state(self.read_state())
 
     # ---- events -------------------------------------------------------------------------
-    def log_event(self, message: str, level: str = "INFO") -> str:
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {level:<7} {message}"
+    def log_event(self, message: str, level: str = "INFO", when: Optional[float] = None) -> str:
+        """Append one line to events.log: ``<date> <time> <LEVEL>  message`` (``when``: epoch
+        seconds, default now)."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+        line = f"{stamp} {level:<7} {message}"
         with open(self.events, "a") as f:
             f.write(line + "\n")
         return line
+
+    # ---- metrics, samples, labels -------------------------------------------------------
+    def record_step(self, metrics: Union[MetricsRow, dict], samples: Iterable[Union[Sample, dict]],
+                    **state) -> None:
+        """Append one step's metrics line and sample lines, then (``state`` given) update
+        run.json. If a write fails (full disk, permission), metrics.jsonl and samples.jsonl
+        are cut back to where they were and the OSError is raised: the step is not recorded."""
+        sizes = {}
+        for path in (self.metrics, self.samples):
+            try:
+                sizes[path] = path.stat().st_size
+            except FileNotFoundError:
+                sizes[path] = 0
+        try:
+            append_jsonl(self.metrics, metrics.to_dict() if isinstance(metrics, MetricsRow) else metrics)
+            for row in samples:
+                append_jsonl(self.samples, row.to_dict() if isinstance(row, Sample) else row)
+            if state:
+                self.write_state(**state)
+        except OSError:
+            for path, size in sizes.items():
+                try:
+                    os.truncate(path, size)
+                except OSError:
+                    pass
+            raise
+
+    def read_metrics(self) -> list[MetricsRow]:
+        return [MetricsRow.from_dict(r) for r in read_jsonl(self.metrics)]
+
+    def read_samples(self) -> list[Sample]:
+        return [Sample.from_dict(r) for r in read_jsonl(self.samples)]
+
+    def append_label(self, label: Label) -> Label:
+        append_jsonl(self.labels, label.to_dict())
+        return label
+
+    def read_labels(self) -> list[Label]:
+        return [Label.from_dict(r) for r in read_jsonl(self.labels)]
 
     # ---- checkpoints --------------------------------------------------------------------
     def checkpoint_dirs(self) -> list[Path]:
@@ -222,5 +274,5 @@ def list_runs(runs_dir: Path) -> list[RunDir]:
     if not runs_dir.is_dir():
         return []
     out = [RunDir(p) for p in runs_dir.iterdir() if p.is_dir() and (p / "run.json").exists()]
-    out.sort(key=lambda r: r.read_state().get("created", 0))
+    out.sort(key=lambda r: r.read_info().created or 0)
     return out

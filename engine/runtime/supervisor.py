@@ -28,7 +28,7 @@ import torch
 
 from engine import transport
 from engine.config import RunConfig, dump_config, resolve_role_model, validate_text
-from engine.files import append_jsonl, atomic_write_json, atomic_write_text, durable_rename, human_size, read_jsonl
+from engine.files import atomic_write_json, atomic_write_text, durable_rename, human_size, read_jsonl
 from engine.runtime.control import ControlServer, socket_path_for
 from engine.runtime.driver import (
     ROLES,
@@ -687,23 +687,10 @@ class Supervisor:
         """Append the step's metrics and samples and update run.json, then commit the roles'
         updates. If a write fails (full disk, permission), the files are cut back to where they
         were, the updates are rolled back and OSError is raised: the step is not applied."""
-        sizes = {}
-        for path in (self.rd.metrics, self.rd.samples):
-            try:
-                sizes[path] = path.stat().st_size
-            except FileNotFoundError:
-                sizes[path] = 0
         try:
-            append_jsonl(self.rd.metrics, metrics)
-            for row in samples:
-                append_jsonl(self.rd.samples, row)
-            self.rd.write_state(step=self.step + 1, last_score=metrics["score_mean"], last_kl=metrics["kl"])
+            self.rd.record_step(metrics, samples, step=self.step + 1, last_score=metrics["score_mean"],
+                                last_kl=metrics["kl"])
         except OSError:
-            for path, size in sizes.items():
-                try:
-                    os.truncate(path, size)
-                except OSError:
-                    pass
             driver.rollback()
             raise
         driver.commit()

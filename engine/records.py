@@ -1,0 +1,206 @@
+"""The run directory's records, typed: ``run.json`` (:class:`RunInfo`), one line of
+``metrics.jsonl`` (:class:`MetricsRow`), of ``samples.jsonl`` (:class:`Sample`) and of
+``labels.jsonl`` (:class:`Label`). The field names live here and nowhere else: the writer
+(engine/runtime/rundir.py, the supervisor, engine.client) and every reader (the console, the
+report, the bench) go through these classes.
+
+Reading is tolerant, so old files keep working and new fields are easy to add:
+
+- a key a record does not name is kept in ``extra`` and written back unchanged;
+- a missing key takes the field's default;
+- :class:`MetricsRow` holds every metric that is not ``step``/``time``/``timings``/``memory``
+  in ``values`` (any name: another metric is a new key in the dict, not a new field here).
+
+Writing is strict where it helps: :meth:`Record.check_names` refuses a name that is not a
+field (a typo in a ``write_state(...)`` call is an error, not a new key nobody reads).
+Adding a field: give it a default (old files do not have it) and write it in the writer.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable, Optional, TypeVar
+
+R = TypeVar("R", bound="Record")
+
+
+@dataclass
+class Record:
+    """Base of the run-directory records: ``from_dict`` / ``to_dict`` keep unknown keys."""
+
+    extra: dict = field(default_factory=dict, repr=False, compare=False)
+
+    _names: ClassVar[Optional[frozenset]] = None
+
+    @classmethod
+    def names(cls) -> frozenset:
+        """The file's keys this record names (not ``extra``)."""
+        if cls.__dict__.get("_names") is None:
+            cls._names = frozenset(f.name for f in dataclasses.fields(cls) if f.name != "extra")
+        return cls._names
+
+    @classmethod
+    def check_names(cls, keys: Iterable[str]) -> None:
+        unknown = sorted(set(keys) - cls.names())
+        if unknown:
+            raise KeyError(f"{', '.join(map(repr, unknown))} is not a field of {cls.__name__} "
+                           f"(engine/records.py); add it there first")
+
+    @classmethod
+    def from_dict(cls: type[R], d: Optional[dict]) -> R:
+        d = d or {}
+        names = cls.names()
+        rec = cls(**{k: v for k, v in d.items() if k in names})
+        rec.extra = {k: v for k, v in d.items() if k not in names}
+        return rec
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "extra" and not (f.metadata.get("omit_if_none") and getattr(self, f.name) is None)}
+        out.update(self.extra)
+        return out
+
+
+def optional(default=None):
+    """A field written only when it has a value (``None`` leaves the key out of the file)."""
+    return field(default=default, metadata={"omit_if_none": True})
+
+
+# ------------------------------------------------------------------------------------ run.json
+@dataclass
+class RunInfo(Record):
+    """``run.json``: what a run is and where it stands (the supervisor rewrites it atomically)."""
+
+    state: str = "unknown"                  # starting/running/paused/stopping/finished/failed/stopped
+    name: str = ""
+    created: Optional[float] = None         # epoch seconds
+    updated: Optional[float] = None         # epoch seconds of the last write
+    steps: Optional[int] = None             # the run's length (run.steps)
+    step: int = 0                           # steps done
+    supervisor_pid: Optional[int] = None
+    socket: Optional[str] = None            # the control socket while the supervisor lives
+    run_tag: Optional[str] = None           # names the run's shared-memory segments
+    backend: Optional[str] = None           # "local" or "ray"
+    reward_source: Optional[str] = None
+    pids: dict = field(default_factory=dict)   # worker label -> pid
+    devices: Optional[dict] = None          # role -> devices
+    ray: Optional[dict] = None
+    checkpoint_dir: Optional[str] = None    # checkpoints elsewhere (checkpoint.dir)
+    last_score: Optional[float] = None
+    last_kl: Optional[float] = None
+    last_checkpoint: Optional[str] = None
+    last_checkpoint_step: Optional[int] = None
+    message: Optional[str] = None           # why it paused / stopped
+    pause_info: Optional[dict] = None       # role / phase / error / step of a fault that paused it
+    failure: Optional[str] = None
+    failed_role: Optional[str] = None
+    failed_op: Optional[str] = None
+    checkpoint_error: Optional[str] = None
+    killed: Optional[list] = None           # workers killed on a stop that did not answer
+
+
+# ---------------------------------------------------------------------------------- metrics.jsonl
+@dataclass
+class MetricsRow(Record):
+    """One line of ``metrics.jsonl``: one PPO step. ``values`` holds every metric by name
+    (``score_mean``, ``kl``, ``policy_loss``, ... and whatever a new version adds)."""
+
+    step: int = 0
+    time: Optional[float] = None
+    timings: dict = field(default_factory=dict)   # phase -> seconds; "step" is the whole step
+    memory: dict = field(default_factory=dict)    # role -> {rss_mb, peak_rss_mb, ...}
+    values: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict]) -> "MetricsRow":
+        d = d or {}
+        return cls(step=int(d.get("step") or 0), time=d.get("time"), timings=d.get("timings") or {},
+                   memory=d.get("memory") or {},
+                   values={k: v for k, v in d.items() if k not in ("step", "time", "timings", "memory")})
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"step": self.step, "time": self.time, "timings": self.timings}
+        if self.memory:
+            out["memory"] = self.memory
+        out.update(self.values)
+        return out
+
+    def get(self, name: str, default=None):
+        """A metric by name (``step`` and ``time`` too)."""
+        if name in ("step", "time"):
+            return getattr(self, name)
+        return self.values.get(name, default)
+
+    def timing(self, phase: str) -> Optional[float]:
+        v = self.timings.get(phase)
+        return float(v) if isinstance(v, (int, float)) else None
+
+
+def metric_names(rows: Iterable[dict]) -> list[str]:
+    """Every metric name in ``rows`` (plain dicts of metrics.jsonl), first-seen order."""
+    seen: dict[str, None] = {}
+    for r in rows:
+        for k in r:
+            if k not in ("step", "time", "timings", "memory"):
+                seen.setdefault(k)
+    return list(seen)
+
+
+# ---------------------------------------------------------------------------------- samples.jsonl
+@dataclass
+class Sample(Record):
+    """One line of ``samples.jsonl``: one rollout of one step."""
+
+    id: str = ""                 # "<step>-<index>"
+    step: int = 0
+    index: int = 0
+    prompt: str = ""
+    response: str = ""
+    score: Optional[float] = None
+    kl: Optional[float] = None
+    # "return" is a Python keyword: the file's key is "return", the attribute is ``ret``
+    ret: Optional[float] = None
+    length: Optional[int] = None
+    eos: Optional[bool] = None
+    # reward-hacking monitors (engine/monitors.py)
+    repetition: Optional[float] = None     # share of repeated n-grams in the response
+    audit: Optional[float] = optional()    # the audit scorer's score (reward.audit set)
+    flags: list = field(default_factory=list)        # monitors this sample trips
+    step_alerts: list = field(default_factory=list)  # monitors its step tripped
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict]) -> "Sample":
+        d = dict(d or {})
+        if "return" in d:
+            d["ret"] = d.pop("return")
+        return super().from_dict(d)
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        out["return"] = out.pop("ret")
+        return out
+
+
+def sample_id(step: int, index: int) -> str:
+    return f"{int(step)}-{int(index)}"
+
+
+# ---------------------------------------------------------------------------------- labels.jsonl
+LABEL_VERDICTS = ("good", "bad")
+
+
+@dataclass
+class Label(Record):
+    """One line of ``labels.jsonl``: a person's judgement of a sample (``good``/``bad``).
+    Other kinds of label (pairs) add their fields here with defaults; old lines still read."""
+
+    sample_id: str = ""
+    step: int = 0
+    label: str = ""
+    note: str = ""
+    time: Optional[float] = None
+
+    def check(self) -> "Label":
+        if self.label not in LABEL_VERDICTS:
+            raise ValueError(f"verdict must be one of {', '.join(map(repr, LABEL_VERDICTS))}, got {self.label!r}")
+        return self
