@@ -73,30 +73,31 @@ class RunInfo(Record):
 
     state: str = "unknown"                  # starting/running/paused/stopping/finished/failed/stopped
     name: str = ""
-    created: Optional[float] = None         # epoch seconds
-    updated: Optional[float] = None         # epoch seconds of the last write
-    steps: Optional[int] = None             # the run's length (run.steps)
+    created: Optional[float] = optional()         # epoch seconds
+    updated: Optional[float] = optional()         # epoch seconds of the last write
+    steps: Optional[int] = optional()             # the run's length (run.steps)
     step: int = 0                           # steps done
-    supervisor_pid: Optional[int] = None
-    socket: Optional[str] = None            # the control socket while the supervisor lives
-    run_tag: Optional[str] = None           # names the run's shared-memory segments
-    backend: Optional[str] = None           # "local" or "ray"
-    reward_source: Optional[str] = None
+    supervisor_pid: Optional[int] = optional()
+    socket: Optional[str] = optional()            # the control socket while the supervisor lives
+    run_tag: Optional[str] = optional()           # names the run's shared-memory segments
+    backend: Optional[str] = optional()           # "local" or "ray"
+    reward_source: Optional[str] = optional()
     pids: dict = field(default_factory=dict)   # worker label -> pid
-    devices: Optional[dict] = None          # role -> devices
-    ray: Optional[dict] = None
-    checkpoint_dir: Optional[str] = None    # checkpoints elsewhere (checkpoint.dir)
-    last_score: Optional[float] = None
-    last_kl: Optional[float] = None
-    last_checkpoint: Optional[str] = None
-    last_checkpoint_step: Optional[int] = None
-    message: Optional[str] = None           # why it paused / stopped
-    pause_info: Optional[dict] = None       # role / phase / error / step of a fault that paused it
-    failure: Optional[str] = None
-    failed_role: Optional[str] = None
-    failed_op: Optional[str] = None
-    checkpoint_error: Optional[str] = None
-    killed: Optional[list] = None           # workers killed on a stop that did not answer
+    devices: Optional[dict] = optional()          # role -> devices
+    ray: Optional[dict] = optional()
+    checkpoint_dir: Optional[str] = optional()    # checkpoints elsewhere (checkpoint.dir)
+    last_score: Optional[float] = optional()
+    last_kl: Optional[float] = optional()
+    last_checkpoint: Optional[str] = optional()
+    last_checkpoint_step: Optional[int] = optional()
+    message: Optional[str] = optional()           # why it paused / stopped
+    pause_info: Optional[dict] = optional()       # role / phase / error / step of a fault that paused it
+    failure: Optional[str] = optional()
+    failed_role: Optional[str] = optional()
+    failed_op: Optional[str] = optional()
+    timeout_s: Optional[float] = optional()       # the worker timeout a failed run ran past
+    checkpoint_error: Optional[str] = optional()
+    killed: Optional[list] = optional()           # workers killed on a stop that did not answer
 
 
 # ---------------------------------------------------------------------------------- metrics.jsonl
