@@ -119,6 +119,7 @@ class SampleIndex:
         self.scores: list[Optional[float]] = []
         self.kls: list[Optional[float]] = []
         self.offsets: list[int] = []            # -1: kept in memory (self._whole)
+        self.flags: dict[int, tuple[str, ...]] = {}   # suspicious samples: their monitor flags
         self.ordinal: dict[str, int] = {}
         self._whole: dict[int, dict] = {}
         self._cache: OrderedDict[int, dict] = OrderedDict()
@@ -141,6 +142,9 @@ class SampleIndex:
             self.indexes.append(int(s.get("index") or 0))
             self.scores.append(_num(s.get("score")))
             self.kls.append(_num(s.get("kl")))
+            flags = tuple(s.get("flags") or ()) + tuple(s.get("step_alerts") or ())
+            if flags:  # a reward-hacking monitor flagged it, or tripped at its step
+                self.flags[n] = flags
             off = offsets[i] if offsets is not None and self.path is not None else -1
             self.offsets.append(off)
             if off < 0:

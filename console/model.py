@@ -160,6 +160,9 @@ class RunModel:
         self._mem: dict = {}
         self.new_samples: list[int] = []   # ordinals added by the last apply()
         self.caught_up = False             # the whole history on disk has been read once
+        self.alerts_now: list[dict] = []   # reward-hacking monitors over threshold at the newest step
+        self.alerts_step = 0
+        self.alerts_seen: dict[str, dict] = {}   # monitor -> {first, last, steps} over the run
 
     # ---- updates ----------------------------------------------------------------------------
     def apply(self, d: RunDelta) -> None:
@@ -182,6 +185,7 @@ class RunModel:
                     self._count[k] = self._count.get(k, 0) + 1
             if m.get("memory"):
                 self._mem = m["memory"]
+            self._alerts(m)
         self.new_samples = self.samples.add(d.samples, d.sample_offsets if d.sample_offsets else None)
         for row in d.labels:
             if row.get("sample_id") is not None:
@@ -191,6 +195,15 @@ class RunModel:
             self.caught_up = True
         if d:
             self.version += 1
+
+    def _alerts(self, m: dict) -> None:
+        alerts = [a for a in (m.get("alerts") or []) if isinstance(a, dict) and a.get("monitor")]
+        step = int(m.get("step") or 0)
+        self.alerts_now, self.alerts_step = alerts, step
+        for a in alerts:
+            s = self.alerts_seen.setdefault(str(a["monitor"]), {"first": step, "last": step, "steps": 0})
+            s["last"] = step
+            s["steps"] += 1
 
     # ---- derived ------------------------------------------------------------------------------
     @property

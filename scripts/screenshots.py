@@ -4,7 +4,10 @@
     python scripts/screenshots.py [--run RUN_DIR] [--out screenshots/]
 
 By default the screens show a copy of the recorded tiny run (tests/fixtures/recorded_run/);
-``--run`` shows another run directory instead (e.g. a run of the embedded default). PNGs need
+``--run`` shows another run directory instead (e.g. a run of the embedded default).
+``--hacked-run RUN_DIR`` adds the reward-hacking warning and the suspicious filter on a run whose
+monitors tripped (the one tests/test_reward_hacking.py makes, see the README); ``--only NAME,...``
+writes only those screenshots. PNGs need
 ``rsvg-convert`` (Debian: librsvg2-bin) and the Fira Code font (fonts-firacode); without them only
 the SVGs are written.
 """
@@ -121,6 +124,19 @@ async def main_async(args) -> list[Path]:
         ("dashboard-80x24", ConsoleApp("attach", run=run, **common), (80, 24), []),
         ("compare", ConsoleApp("home", **common), (120, 40), ["down", "space", "down", "space", "o"]),
     ]
+    if args.hacked_run:
+        src = Path(args.hacked_run_abs)
+        hacked = runs / src.name
+        shutil.copytree(src, hacked, ignore=shutil.ignore_patterns("checkpoints", "control.sock", "tensorboard"))
+        hclock = demo.frozen_clock(hacked)
+        hcommon = dict(common, clock=hclock)
+        shots += [
+            ("reward-hacking", ConsoleApp("attach", run=hacked, **hcommon), (120, 40), ["exclamation_mark"]),
+            ("reward-hacking-sample", ConsoleApp("attach", run=hacked, **hcommon), (120, 40),
+             ["exclamation_mark", "end", "enter"]),
+        ]
+    if args.only:
+        shots = [s for s in shots if s[0] in args.only.split(",")]
     written = []
     for name, app, size, keys in shots:
         svg = await shoot(app, size, keys, out / name, f"rlhf-console — {name}")
@@ -148,7 +164,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", help="a run directory to show instead of the recorded tiny run")
     ap.add_argument("--out", default=str(ROOT / "screenshots"))
+    ap.add_argument("--hacked-run", help="a run directory whose reward-hacking monitors tripped")
+    ap.add_argument("--only", help="comma-separated screenshot names to write (default: all)")
     args = ap.parse_args()
+    args.hacked_run_abs = str(Path(args.hacked_run).resolve()) if args.hacked_run else None
     args.out = str(Path(args.out).resolve())
     svgs = asyncio.run(main_async(args))
     to_png(svgs)

@@ -57,3 +57,53 @@ def test_repeated_word_reward_trips_the_repetition_monitor(hacked_run):
     # the reward pays for exactly what the monitor sees: flagged samples score higher
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     assert mean([s["score"] for s in flagged]) > mean([s["score"] for s in samples if not s["flags"]])
+
+
+def test_dashboard_warns_and_filters_the_suspicious_samples(hacked_run, tmp_path):
+    """The console on the real run directory: the warning names the monitors, ``!`` shows only
+    the flagged samples (each marked ⚠), ``!`` again shows all; the sample view lists the flags."""
+    import asyncio
+
+    from console.app import ConsoleApp
+    from console.widgets.hack_warning import HackWarning
+    from console.widgets.rollouts import FILTERS
+    from tests.test_console_live import wait_for
+
+    samples = read_jsonl(hacked_run.dir.samples)
+    suspicious = {s["id"] for s in samples if s["flags"] or s["step_alerts"]}
+    assert suspicious and len(suspicious) < len(samples)
+    last = read_jsonl(hacked_run.dir.metrics)[-1]
+
+    async def go():
+        app = ConsoleApp("attach", run=hacked_run.path, runs_dir=hacked_run.path.parent, blink=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = pilot.app.screen
+            table = screen.query_one("#rollouts")
+            await wait_for(pilot, lambda: screen.caught_up and table.row_count == len(samples), 60, "history")
+            await pilot.pause()
+            warning = screen.query_one(HackWarning)
+            text = str(warning.render())
+            assert warning.display and "reward hacking?" in text
+            if last["alerts"]:   # the newest step's alerts, with value and threshold
+                a = last["alerts"][0]
+                assert f"{a['monitor']} " in text and f"> {a['threshold']:g}" in text and f"at step {last['step']}" in text
+            assert f"{len(suspicious)} suspicious sample(s): press ! to show them" in text
+            await pilot.press("exclamation_mark")
+            assert FILTERS[table.filter] == "suspicious" and table.row_count == len(suspicious)
+            shown = {table.index.ids[table.ordinal_at(r)] for r in range(table.row_count)}
+            assert shown == suspicious
+            assert "⚠" in "".join(seg.text for seg in table.render_line(1))
+            assert "showing the" in str(warning.render())
+            await pilot.press("enter")                   # the sample view shows its flags
+            await pilot.pause()
+            opened = pilot.app.screen.sample
+            assert opened["id"] in suspicious
+            detail = pilot.app.export_screenshot()
+            assert "⚠&#160;flags" in detail or "⚠ flags" in detail
+            for f in opened["flags"] + opened["step_alerts"]:
+                assert f in detail
+            await pilot.press("escape")
+            await pilot.press("exclamation_mark")
+            assert FILTERS[table.filter] == "all" and table.row_count == len(samples)
+
+    asyncio.run(go())

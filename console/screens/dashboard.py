@@ -25,7 +25,8 @@ from console.sources import check_reward_source
 from console.widgets.curves import Curves
 from console.widgets.events_pane import EventsPane
 from console.widgets.gpu_pane import GpuPane
-from console.widgets.rollouts import RolloutsTable
+from console.widgets.hack_warning import HackWarning
+from console.widgets.rollouts import SUSPICIOUS, RolloutsTable
 from console.widgets.run_header import RunHeader
 from console.widgets.timings import TimingsPane
 
@@ -90,7 +91,9 @@ class DashboardScreen(Screen):
         Binding("s", "sort", "sort", id="dashboard.sort", show=False,
                 tooltip="Sort the rollouts: newest last, score ↓, score ↑, |KL| ↓, labelled first"),
         Binding("f", "filter", "filter", id="dashboard.filter", show=False,
-                tooltip="Filter the rollouts: all, good, bad, unlabelled, search matches"),
+                tooltip="Filter the rollouts: all, good, bad, unlabelled, search matches, suspicious"),
+        Binding("exclamation_mark", "suspicious", "suspicious", key_display="!", id="dashboard.suspicious", show=False,
+                tooltip="Rollouts: only the samples a reward-hacking monitor flagged (again: all)"),
     ]
 
     def __init__(self, path: Path):
@@ -121,6 +124,7 @@ class DashboardScreen(Screen):
                 yield c
                 with Vertical(id="rollouts-pane", classes="pane") as rp:
                     rp.border_title = "rollouts"
+                    yield HackWarning(id="hack-warning")
                     yield RolloutsTable(self.model.samples, self.model.labels, id="rollouts")
                     yield Input(placeholder="find in prompts and responses (enter: next, esc: close)", id="search")
                 e = EventsPane(id="events", classes="pane")
@@ -247,6 +251,8 @@ class DashboardScreen(Screen):
         if m.new_samples or d.labels:
             table = self.query_one(RolloutsTable)
             table.add(m.new_samples)
+            if any(n in m.samples.flags for n in m.new_samples):
+                self.refresh_bindings()           # "!" (suspicious) has something to show now
             for row in d.labels:
                 table.set_label(str(row.get("sample_id")), str(row.get("label")))
             self._rollouts_title()
@@ -332,6 +338,8 @@ class DashboardScreen(Screen):
 
     def _show_header(self) -> None:
         self.query_one(RunHeader).show(self.model, self.pending, self.answer, narrow=self.narrow)
+        table = self.query_one(RolloutsTable)
+        self.query_one(HackWarning).show(self.model, filtered=table.filter == SUSPICIOUS)
 
     def _tick(self) -> None:
         if self.model.version != self._drawn:
@@ -366,6 +374,8 @@ class DashboardScreen(Screen):
             return True if self.is_mounted and self.query_one(RolloutsTable).row_count else None
         if action in ("search", "sort", "filter"):     # also when the filter shows no row
             return True if len(m.samples) else None
+        if action == "suspicious":
+            return True if m.samples.flags else None
         if action == "search_next":
             return True if self._search else None
         return True
@@ -504,6 +514,16 @@ class DashboardScreen(Screen):
     def action_filter(self) -> None:
         table = self.query_one(RolloutsTable)
         self.answer = f"rollouts: {table.cycle_filter()} (f: next filter)"
+        self._rollouts_title()
+        self._show_header()
+
+    def action_suspicious(self) -> None:
+        table = self.query_one(RolloutsTable)
+        if table.show_suspicious():
+            self.answer = (f"rollouts: the {table.row_count:,} suspicious samples (⚠: flagged by a "
+                           f"reward-hacking monitor; ! again: all)")
+        else:
+            self.answer = "rollouts: all (! : only the suspicious ones)"
         self._rollouts_title()
         self._show_header()
 

@@ -56,6 +56,12 @@ class SampleScreen(ModalScreen[None]):
         t.add_row(Text("return", style="bold"), fmt_num(s.get("return"), 4), Text("length", style="bold"),
                   f"{s.get('length', '–')}" + (" (eos)" if s.get("eos") else " (no eos)"))
         t.add_row(Text("label", style="bold"), LABEL_MARK.get(self.label, Text("–")), "", "")
+        if "repetition" in s or "audit" in s:  # the reward-hacking monitors' view of it
+            t.add_row(Text("repetition", style="bold"), fmt_num(s.get("repetition"), 3),
+                      Text("audit", style="bold"), fmt_num(s.get("audit"), 4))
+        flags = list(s.get("flags") or []) + [f"{a} (step)" for a in s.get("step_alerts") or []]
+        if flags:
+            t.add_row(Text("⚠ flags", style="bold yellow"), Text(", ".join(flags), style="yellow"), "", "")
         self.query_one("#sample-meta", Static).update(t)
 
     def action_close(self) -> None:

@@ -6,7 +6,9 @@ sample, so whatever streams in, sorts or filters, the cursor, ``g``/``b`` and En
 sample the user picked. In file order the table follows new steps while the cursor is on the last
 row; once the user moves away it stays on that sample (End follows again). ``s`` cycles the sort
 (newest last, score ↓, score ↑, |KL| ↓, labelled first), ``f`` the filter (all, good, bad,
-unlabelled, search matches); search matches are highlighted in the text columns.
+unlabelled, search matches, suspicious); search matches are highlighted in the text columns.
+A sample a reward-hacking monitor flagged (or one of a step where a monitor tripped) carries a
+``⚠`` in the label column; the "suspicious" filter shows only those (``!`` on the dashboard).
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ FIXED = (("step", 7), ("score", 6), ("kl", 7), ("✓✗", 2))
 PAD = 1
 
 SORTS = ("newest last", "score ↓", "score ↑", "|KL| ↓", "labelled first")
-FILTERS = ("all", "good", "bad", "unlabelled", "matches")
+FILTERS = ("all", "good", "bad", "unlabelled", "matches", "suspicious")
+SUSPICIOUS = FILTERS.index("suspicious")
 
 
 def _one_line(s: str) -> str:
@@ -136,6 +139,9 @@ class RolloutsTable(ScrollView, can_focus=True):
             return lambda n: labels.get(ids[n]) == "bad"
         if f == "unlabelled":
             return lambda n: ids[n] not in labels
+        if f == "suspicious":
+            flags = self.index.flags
+            return lambda n: n in flags
         matches = self.matches
         return lambda n: n in matches
 
@@ -221,10 +227,18 @@ class RolloutsTable(ScrollView, can_focus=True):
 
     def cycle_filter(self) -> str:
         self.filter = (self.filter + 1) % len(FILTERS)
-        if FILTERS[self.filter] == "matches" and not self.search:
-            self.filter = 0
+        while (FILTERS[self.filter] == "matches" and not self.search) or \
+                (FILTERS[self.filter] == "suspicious" and not self.index.flags):
+            self.filter = (self.filter + 1) % len(FILTERS)  # nothing to match / flagged: skip it
         self.rebuild()
         return FILTERS[self.filter]
+
+    def show_suspicious(self) -> bool:
+        """Filter to the suspicious samples, or back to all when already there; whether the
+        filter is now "suspicious"."""
+        self.filter = 0 if self.filter == SUSPICIOUS else SUSPICIOUS
+        self.rebuild()
+        return self.filter == SUSPICIOUS
 
     def describe(self) -> str:
         n, total = self.row_count, len(self.index)
@@ -360,8 +374,11 @@ class RolloutsTable(ScrollView, can_focus=True):
         widths = self._cells(width)
         lab = self.labels.get(sid, "")
         mark, mstyle = LABEL_CELL.get(lab, ("", ""))
+        cell = Text(mark, style=mstyle)
+        if n in self.index.flags:
+            cell.append("⚠", style="bold yellow")
         cells = [Text(f"{s.get('step', '')}·{s.get('index', '')}"), Text(fmt_num(s.get("score"))),
-                 Text(fmt_num(s.get("kl"), 4)), Text(mark, style=mstyle),
+                 Text(fmt_num(s.get("kl"), 4)), cell,
                  Text(_one_line(s.get("response", "")))]
         if len(widths) > 5:
             cells.append(Text(_one_line(s.get("prompt", "")), style="dim"))
