@@ -1,0 +1,680 @@
+"""Checks that involve more than one key, or the machine: batch sizes that must divide, roles
+on devices that exist, dtypes a device can run, colocation groups, ranks, and at launch the
+hub, a python: reward module and the output folder.
+
+The machine probes (:func:`cuda_device_count`, ``_module_available``,
+:func:`bnb_cpu_unsupported_reason`) are read through the ``engine.config`` package, so a test
+may replace them there (``monkeypatch.setattr(engine.config, "cuda_device_count", ...)``).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import re
+from pathlib import Path
+from typing import Optional
+
+import engine.config as _probes
+from engine.config.issues import ConfigError, Ctx, Path_
+from engine.config.issues import show as _show
+from engine.config.issues import suggest as _suggest
+from engine.config.loading import file_lines
+from engine.config.schema import (
+    _DEVICE_RE,
+    DEFAULT_MODEL,
+    MODEL_ROLES,
+    ROLES,
+    TRAINED_ROLES,
+    RoleConfig,
+    RunConfig,
+    colocation_groups,
+    explicit_threads,
+    resolve_role_model,
+    role_device_request,
+    section_keys,
+)
+from engine.hub import hf_cache_has, hub_offline, hub_reachable
+
+# --------------------------------------------------------------------------------------------
+# Environment probes (cached; tests may monkeypatch them on the engine.config package).
+
+@functools.lru_cache(maxsize=None)
+def cuda_device_count() -> int:
+    """Number of visible CUDA devices (0 when torch or CUDA is absent). Imports torch lazily."""
+    try:
+        import torch
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - any failure means "no usable CUDA"
+        return 0
+
+
+def _module_available(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Source strings.
+
+BUNDLED_MODELS = ("smollm2-135m-instruct",)
+TINY_MODELS = ("llama", "qwen2-0.5b")
+BUNDLED_REWARDS = ("minilm-sentiment",)
+LEXICON_REWARDS = ("vader",)
+BUNDLED_PROMPTS = ("movie-reviews",)
+
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+_PY_FN_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+
+def _looks_local(s: str) -> bool:
+    return s.startswith(("/", "./", "../", "~", ".\\")) or s in (".", "..")
+
+
+def _classify(s: str) -> str:
+    """bundled | tiny | lexicon | python | local | hub | bad | scheme"""
+    if s.startswith("python:"):
+        return "python"
+    if ":" in s and not _looks_local(s):
+        scheme = s.split(":", 1)[0]
+        if scheme in ("bundled", "tiny", "lexicon"):
+            return scheme
+        if _PY_FN_RE.match(s):
+            return "python"
+        if len(scheme) == 1 and os.name == "nt":
+            return "local"
+        return "scheme"
+    if _looks_local(s) or os.path.exists(s):
+        return "local"
+    if _HUB_ID_RE.match(s):
+        return "hub"
+    return "bad"
+
+
+def _check_source(ctx: Ctx, path: Path_, s: str, kind: str):
+    """kind: model | reward | data."""
+    s = s.strip()
+    c = _classify(s)
+    forms = {
+        "model": "bundled:smollm2-135m-instruct, tiny:llama, a local folder or a hub id",
+        "reward": "bundled:minilm-sentiment, lexicon:vader, python:pkg.mod:function, "
+                  "a local folder or a hub id",
+        "data": "bundled:movie-reviews, a hub dataset name or a local .jsonl/.csv/.txt file",
+    }[kind]
+    allowed = {"model": {"bundled": BUNDLED_MODELS, "tiny": TINY_MODELS},
+               "reward": {"bundled": BUNDLED_REWARDS, "lexicon": LEXICON_REWARDS},
+               "data": {"bundled": BUNDLED_PROMPTS}}[kind]
+    if c in ("bundled", "tiny", "lexicon"):
+        scheme, name = s.split(":", 1)
+        if scheme not in allowed:
+            ctx.error(path, f"'{scheme}:' sources are not valid here; expected {forms}")
+            return
+        if name not in allowed[scheme]:
+            known = ", ".join(f"{scheme}:{n}" for n in allowed[scheme])
+            sug = _suggest(name, allowed[scheme])
+            hint = f"; did you mean '{scheme}:{sug}'?" if sug else ""
+            ctx.error(path, f"unknown {scheme} source '{s}'{hint} (known: {known})")
+        return
+    if c == "python":
+        if kind != "reward":
+            ctx.error(path, f"python: functions are reward sources only; expected {forms}")
+        elif not _PY_FN_RE.match(s[len("python:"):] if s.startswith("python:") else s):
+            ctx.error(path, f"expected python:package.module:function; got {_show(s)}")
+        return
+    if c == "scheme":
+        ctx.error(path, f"unknown source scheme '{s.split(':', 1)[0]}:'; expected {forms}")
+        return
+    if c == "bad":
+        ctx.error(path, f"not a recognised source {_show(s)}; expected {forms}")
+        return
+    if c == "local":
+        if ctx.check_hardware and not os.path.exists(os.path.expanduser(s)):
+            ctx.error(path, f"local path {_show(s)} does not exist")
+        elif kind == "data" and os.path.isfile(os.path.expanduser(s)) \
+                and not s.lower().endswith((".jsonl", ".json", ".csv", ".txt")):
+            ctx.error(path, f"local prompt files must be .jsonl, .csv or .txt; got {_show(s)}")
+        return
+    # hub id
+    repo_kind = "datasets" if kind == "data" else "models"
+    if hf_cache_has(repo_kind, s):
+        return
+    if kind == "data":
+        alt = ("use 'bundled:movie-reviews' (the IMDB reviews, bundled)" if s.lower().endswith("imdb")
+               else "use a local .jsonl/.csv/.txt file or 'bundled:movie-reviews'")
+    elif kind == "reward":
+        alt = "point it at a local folder or use 'bundled:minilm-sentiment'"
+    else:
+        alt = f"point it at a local folder or use the bundled default '{DEFAULT_MODEL}'"
+    what = "dataset" if kind == "data" else "model"
+    if ctx.check_access and (hub_offline() or not hub_reachable()):
+        why = ("hub access is switched off (HF_HUB_OFFLINE)" if hub_offline()
+               else "the hub (huggingface.co) cannot be reached from this machine")
+        ctx.error(path, f"'{s}' is a Hugging Face hub {what} id, it is not in the local HF cache "
+                        f"and {why}, so it cannot be loaded; {alt}")
+        return
+    if hub_offline():
+        ctx.notice(path, f"'{s}' is a Hugging Face hub {what} id but hub access is switched off "
+                         f"(HF_HUB_OFFLINE) and it is not in the local HF cache; {alt}")
+    else:
+        ctx.notice(path, f"'{s}' is a Hugging Face hub {what} id: it needs network access to "
+                         f"huggingface.co on first use (it is not in the local HF cache); "
+                         f"offline, {alt}")
+
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-field and machine checks.
+
+def _on_cpu(cfg: RunConfig, device: str, ctx: Ctx) -> Optional[bool]:
+    """True/False when known where ``device`` lands; None when it depends on the machine and
+    hardware checks are off."""
+    if device == "cpu":
+        return True
+    if device.startswith("cuda"):
+        return False
+    devs = cfg.runtime.devices
+    if devs and not isinstance(devs, dict):
+        if all(d == "cpu" for d in devs):
+            return True
+        if any(d.startswith("cuda") for d in devs):
+            return False
+    if not ctx.check_hardware:
+        return None
+    return _probes.cuda_device_count() == 0
+
+
+def _why_cpu(device: str, path: str) -> str:
+    if device == "cpu":
+        return f"{path} is 'cpu'"
+    return f"{path} is '{device}' and no CUDA device is visible"
+
+
+def _check_device(ctx: Ctx, path: Path_, device: str):
+    if not ctx.check_hardware or not device.startswith("cuda"):
+        return
+    n = _probes.cuda_device_count()
+    if n == 0:
+        ctx.error(path, f"'{device}' requested but no CUDA device is visible on this machine "
+                        f"(torch.cuda.is_available() is False); use 'auto' or 'cpu'")
+    elif ":" in device and int(device.split(":")[1]) >= n:
+        ctx.error(path, f"'{device}' requested but only {n} CUDA device{'s' if n != 1 else ''} "
+                        f"{'are' if n != 1 else 'is'} visible (cuda:0..cuda:{n - 1})")
+
+
+def cross_checks(cfg: RunConfig, ctx: Ctx):
+    ppo, ro = cfg.ppo, cfg.rollout
+
+    # Batch sizes.
+    if ctx.ok(("ppo", "mini_batch_size"), ("rollout", "batch_size")) \
+            and ro.batch_size % ppo.mini_batch_size:
+        ctx.error(("ppo", "mini_batch_size"),
+                  f"must divide rollout.batch_size ({ro.batch_size}); got {ppo.mini_batch_size}",
+                  at=[("rollout", "batch_size"), ("ppo",)])
+    if ctx.ok(("ppo", "micro_batch_size"), ("ppo", "mini_batch_size")) \
+            and ppo.mini_batch_size % ppo.micro_batch_size:
+        ctx.error(("ppo", "micro_batch_size"),
+                  f"must divide ppo.mini_batch_size ({ppo.mini_batch_size}); got {ppo.micro_batch_size}",
+                  at=[("ppo", "mini_batch_size"), ("ppo",)])
+    if ctx.ok(("rollout", "min_new_tokens"), ("rollout", "max_new_tokens")) \
+            and ro.min_new_tokens > ro.max_new_tokens:
+        ctx.error(("rollout", "min_new_tokens"),
+                  f"must be <= rollout.max_new_tokens ({ro.max_new_tokens}); got {ro.min_new_tokens}",
+                  at=[("rollout", "max_new_tokens")])
+    if ctx.ok(("data", "num_prompts"), ("rollout", "batch_size")) \
+            and cfg.data.num_prompts is not None and cfg.data.num_prompts < ro.batch_size:
+        ctx.error(("data", "num_prompts"),
+                  f"must be at least rollout.batch_size ({ro.batch_size}); got {cfg.data.num_prompts}",
+                  at=[("rollout", "batch_size")])
+
+    # KL controller.
+    if ctx.ok(("ppo", "kl_controller"), ("ppo", "target_kl")) \
+            and ppo.kl_controller == "adaptive" and ppo.target_kl <= 0:
+        ctx.error(("ppo", "target_kl"),
+                  f"must be > 0 with the adaptive KL controller; got {_show(ppo.target_kl)}",
+                  at=[("ppo", "kl_controller")])
+    if ctx.ok(("ppo", "warmup_steps"), ("run", "steps")) and ppo.warmup_steps > cfg.run.steps:
+        ctx.notice(("ppo", "warmup_steps"),
+                   f"warmup ({ppo.warmup_steps} steps) is longer than the run ({cfg.run.steps} steps)")
+
+    # Sources.
+    if ctx.ok(("actor", "model")):
+        if cfg.actor.model is None:
+            ctx.error(("actor", "model"), "the actor needs a model source, got null; "
+                                          f"e.g. '{DEFAULT_MODEL}'", at=[("actor",)])
+        else:
+            _check_source(ctx, ("actor", "model"), cfg.actor.model, "model")
+    for role in ("reference", "critic"):
+        m = getattr(cfg, role).model
+        if m is not None and ctx.ok((role, "model")):
+            _check_source(ctx, (role, "model"), m, "model")
+    if ctx.ok(("reward", "source")):
+        _check_source(ctx, ("reward", "source"), cfg.reward.source, "reward")
+    if ctx.ok(("data", "source")):
+        _check_source(ctx, ("data", "source"), cfg.data.source, "data")
+    if cfg.reward.audit is not None and ctx.ok(("reward", "audit")):
+        if _classify(cfg.reward.audit.strip()) not in ("lexicon", "python"):
+            ctx.error(("reward", "audit"), f"the audit scorer runs in the driver and loads no model: "
+                                           f"expected lexicon:vader or python:pkg.mod:function; got "
+                                           f"{_show(cfg.reward.audit)}")
+        else:
+            _check_source(ctx, ("reward", "audit"), cfg.reward.audit, "reward")
+    rclass = _classify(cfg.reward.source.strip())
+    if rclass in ("lexicon", "python") and cfg.reward.quantization != "none" \
+            and ctx.ok(("reward", "quantization")):
+        ctx.notice(("reward", "quantization"), f"has no effect for the reward function "
+                                               f"'{cfg.reward.source}'")
+    if isinstance(cfg.reward.score_label, int) and cfg.reward.score_label < 0 \
+            and ctx.ok(("reward", "score_label")):
+        ctx.error(("reward", "score_label"), f"must be >= 0 (an output index) or a label name; "
+                                             f"got {cfg.reward.score_label}")
+
+    # Devices and ranks.
+    for role in ROLES:
+        _check_device(ctx, (role, "device"), getattr(cfg, role).device)
+    _check_devices_key(cfg, ctx)
+    _check_ranks(cfg, ctx)
+    _check_lora(cfg, ctx)
+
+    # dtypes, attention and quantization against where each role runs.
+    for role in ROLES:
+        rc = getattr(cfg, role)
+        if not ctx.ok((role, "device"), (role, "dtype")):
+            continue
+        cpu = _on_cpu(cfg, role_device_request(cfg, role), ctx)
+        why = _why_cpu(role_device_request(cfg, role), f"{role}.device")
+        if cpu and rc.dtype == "float16":
+            if role in TRAINED_ROLES:
+                ctx.error((role, "dtype"), f"float16 training is not supported on CPU ({why}); "
+                                           f"use bfloat16 (or float32)")
+            else:
+                ctx.notice((role, "dtype"), f"float16 on CPU is slow and imprecise for inference "
+                                            f"({why}); use float32 (or bfloat16)")
+        if role in MODEL_ROLES and rc.attn_implementation == "flash_attention_2" \
+                and ctx.ok((role, "attn_implementation")):
+            if cpu:
+                ctx.notice((role, "attn_implementation"),
+                           f"flash_attention_2 needs a CUDA device ({why}); the model loader falls "
+                           f"back to sdpa")
+            elif rc.dtype == "float32":
+                ctx.notice((role, "attn_implementation"),
+                           "flash_attention_2 runs only in bfloat16/float16; with float32 the model "
+                           "loader falls back to sdpa")
+            elif cpu is False and ctx.check_hardware and not _probes._module_available("flash_attn"):
+                ctx.notice((role, "attn_implementation"),
+                           "the flash-attn package is not installed (pip install flash-attn); the "
+                           "model loader falls back to sdpa")
+    q = cfg.reward.quantization
+    if q != "none" and ctx.ok(("reward", "quantization"), ("reward", "device")) \
+            and rclass not in ("lexicon", "python"):
+        cpu = _on_cpu(cfg, role_device_request(cfg, "reward"), ctx)
+        reason = _probes.bnb_cpu_unsupported_reason(q) if cpu and ctx.check_hardware else None
+        if cpu and reason:
+            ctx.error(("reward", "quantization"),
+                      f"{q} quantization uses bitsandbytes k-bit kernels, which need a CUDA device "
+                      f"here ({_why_cpu(cfg.reward.device, 'reward.device')}; bitsandbytes on CPU: "
+                      f"{reason}); use quantization: none", at=[("reward", "device")])
+        elif cpu and ctx.check_hardware:
+            ctx.notice(("reward", "quantization"),
+                       f"{q} reward model on CPU through bitsandbytes' CPU kernels (works here; "
+                       f"slower and less tested than on CUDA)")
+        elif cpu is False and ctx.check_hardware and not _probes._module_available("bitsandbytes"):
+            ctx.error(("reward", "quantization"),
+                      f"{q} quantization needs the bitsandbytes package: pip install bitsandbytes")
+
+    # Runtime.
+    rt = cfg.runtime
+    if ctx.ok(("runtime", "backend")) and rt.backend == "ray" and ctx.check_hardware \
+            and not _probes._module_available("ray"):
+        ctx.error(("runtime", "backend"), "backend 'ray' needs Ray, which is not installed: "
+                                          "pip install -e \".[ray]\" in a checkout, or "
+                                          "pip install ray==2.60.0 (or use backend: local)")
+    if rt.backend != "ray" and ctx.ok(("runtime", "backend")):
+        for key in ("ray_address", "ray_resources"):
+            if ctx.ok(("runtime", key)) and getattr(rt, key) is not None:
+                ctx.notice(("runtime", key), "ignored: runtime.backend is not ray",
+                           at=[("runtime", "backend")])
+    if ctx.ok(("runtime", "ray_address")) and rt.ray_address is not None and not rt.ray_address.strip():
+        ctx.error(("runtime", "ray_address"), "must be null (start a local Ray instance), auto, or "
+                                              "the address of a running cluster (HOST:PORT)")
+    if ctx.ok(("runtime", "ray_resources")) and rt.ray_resources is not None:
+        for k, res in rt.ray_resources.items():
+            if not ctx.known_role(("runtime", "ray_resources", k), k):
+                continue
+            for name, amount in res.items():
+                if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                    ctx.error(("runtime", "ray_resources", k, name),
+                              f"'{name}' is set by the runtime; name a custom resource of your nodes")
+                elif amount <= 0:
+                    ctx.error(("runtime", "ray_resources", k, name), f"must be > 0; got {amount}")
+    if ctx.ok(("runtime", "colocate")) and not isinstance(rt.colocate, bool):
+        _check_groups(ctx, rt.colocate)
+    if ctx.ok(("runtime", "threads")) and rt.threads is not None:
+        for k, n in rt.threads.items():
+            if not ctx.known_role(("runtime", "threads", k), k):
+                continue
+            if n < 1:
+                ctx.error(("runtime", "threads", k), f"must be >= 1; got {n}")
+            elif getattr(cfg, k).threads is not None and ctx.ok((k, "threads")):
+                ctx.error(("runtime", "threads", k),
+                          f"conflicts with {k}.threads ({getattr(cfg, k).threads}); set only one",
+                          at=[(k, "threads")])
+    if ctx.check_hardware and ctx.ok(("runtime", "threads")):
+        total = sum(explicit_threads(cfg, r) or 0 for r in ROLES)
+        cores = os.cpu_count() or 1
+        if total > cores:
+            ctx.notice(("runtime", "threads"), f"{total} threads requested over the roles but this "
+                                               f"machine has {cores} cores; workers will contend",
+                       at=[(r, "threads") for r in ROLES])
+    if ctx.ok(("logging", "tensorboard"), ("logging", "tensorboard_dir")) \
+            and not cfg.logging.tensorboard and cfg.logging.tensorboard_dir is not None:
+        ctx.notice(("logging", "tensorboard_dir"), "ignored: logging.tensorboard is false")
+
+
+def _check_devices_key(cfg: RunConfig, ctx: Ctx):
+    """runtime.devices: a list of GPUs for the plan, or a mapping role -> device(s)."""
+    path = ("runtime", "devices")
+    devs = cfg.runtime.devices
+    if devs is None or not ctx.ok(path):
+        return
+    if not devs:
+        ctx.error(path, "must list at least one device (or map roles to devices), or be null")
+        return
+    if cfg.runtime.backend == "ray" and ctx.ok(("runtime", "backend")):
+        ctx.notice(path, "not used with runtime.backend ray: Ray gives each role actor its GPUs "
+                         "(the device plan is the local backend's)", at=[("runtime", "backend")])
+
+    def one(p, d):
+        if d == "auto" or not _DEVICE_RE.match(d):
+            ctx.error(p, f"must be cpu, cuda or cuda:N; got {_show(d)}")
+            return False
+        _check_device(ctx, p, d)
+        return True
+
+    if not isinstance(devs, dict):
+        for i, d in enumerate(devs):
+            one(path + (i,), d)
+        return
+    for role, d in devs.items():
+        rpath = path + (role,)
+        if role not in ROLES:
+            sug = _suggest(role, ROLES)
+            ctx.error(rpath, f"unknown role '{role}'" + (f"; did you mean '{sug}'?" if sug else "")
+                      + f" (roles: {', '.join(ROLES)})")
+            continue
+        rc = getattr(cfg, role)
+        if rc.device != "auto" and ctx.ok((role, "device")):
+            ctx.error(rpath, f"conflicts with {role}.device ({rc.device}); set only one",
+                      at=[(role, "device")])
+            continue
+        ws = getattr(rc, "world_size", 1)
+        items = (d,) if isinstance(d, str) else tuple(d)
+        if not all(one(rpath + ((i,) if not isinstance(d, str) else ()), x) for i, x in enumerate(items)):
+            continue
+        if not isinstance(d, str) and len(items) != ws:
+            ctx.error(rpath, f"lists {len(items)} device{'s' if len(items) != 1 else ''} but "
+                             f"{role}.world_size is {ws}; give one device per rank (or one device "
+                             f"for all ranks on CPU)", at=[(role, "world_size")])
+        elif ws > 1 and any(x.startswith("cuda") for x in items):
+            idx = [x if ":" in x else None for x in items]
+            if len(items) < ws or None in idx or len(set(idx)) < len(idx):
+                ctx.error(rpath, f"{role}.world_size is {ws}: each rank needs its own GPU; list "
+                                 f"{ws} different cuda:N devices", at=[(role, "world_size")])
+
+
+def _check_ranks(cfg: RunConfig, ctx: Ctx):
+    """<role>.world_size / strategy against colocation, batch sizes and the GPUs at hand."""
+    groups = colocation_groups(cfg) if ctx.ok(("runtime", "colocate")) else [(r,) for r in ROLES]
+    ppo, ro = cfg.ppo, cfg.rollout
+    for role in MODEL_ROLES:
+        rc = getattr(cfg, role)
+        path = (role, "world_size")
+        if not ctx.ok(path, (role, "strategy")):
+            continue
+        if rc.world_size == 1:
+            if rc.strategy == "fsdp" and ctx.has((role, "strategy")):
+                ctx.notice((role, "strategy"), f"fsdp over one process shards nothing; set "
+                                               f"{role}.world_size to the number of ranks (one "
+                                               f"GPU each)", at=[path])
+            continue
+        W = rc.world_size
+        grp = next((g for g in groups if role in g), (role,))
+        if len(grp) > 1:
+            ctx.error(path, f"a role with world_size {W} runs in its own processes; it cannot be "
+                            f"colocated with {', '.join(r for r in grp if r != role)} "
+                            f"(runtime.colocate)", at=[("runtime", "colocate")])
+        if ro.batch_size % W and ctx.ok(("rollout", "batch_size")):
+            ctx.error(path, f"must divide rollout.batch_size ({ro.batch_size}): each rank scores an "
+                            f"equal share of the batch; got {W}", at=[("rollout", "batch_size")])
+        if role in TRAINED_ROLES and ctx.ok(("ppo", "mini_batch_size"), ("ppo", "micro_batch_size")) \
+                and ppo.micro_batch_size and ppo.mini_batch_size % ppo.micro_batch_size == 0 \
+                and (ppo.mini_batch_size // ppo.micro_batch_size) % W and ppo.micro_batch_size % W:
+            n = ppo.mini_batch_size // ppo.micro_batch_size
+            ctx.error(path, f"must divide the micro-batches per mini-batch (ppo.mini_batch_size "
+                            f"{ppo.mini_batch_size} / ppo.micro_batch_size {ppo.micro_batch_size} "
+                            f"= {n}) or ppo.micro_batch_size: the ranks share each mini-batch "
+                            f"evenly so that the update equals the one-process update; got {W}",
+                      at=[("ppo", "mini_batch_size"), ("ppo", "micro_batch_size")])
+        if rc.strategy == "fsdp" and role == "actor" and ro.reuse_logprobs \
+                and ctx.ok(("rollout", "reuse_logprobs")):
+            ctx.error((role, "strategy"), "fsdp cannot take the old log-probs from generation "
+                                          "(rollout.reuse_logprobs reads the sharded LM head "
+                                          "outside a forward); set rollout.reuse_logprobs: false or "
+                                          "strategy: ddp", at=[("rollout", "reuse_logprobs")])
+        req = role_device_request(cfg, role)
+        if ctx.check_hardware and req != "cpu" and not isinstance(cfg.runtime.devices, dict):
+            n = _probes.cuda_device_count()
+            allowed = n
+            if isinstance(cfg.runtime.devices, tuple):
+                allowed = len({d for d in cfg.runtime.devices if d.startswith("cuda")})
+            if ":" in req:
+                ctx.error((role, "device"), f"pins all {W} ranks of the {role} to {req}; each rank "
+                                            f"needs its own GPU: use 'cuda' (planned) or map "
+                                            f"runtime.devices.{role} to {W} devices", at=[path])
+            elif n and W > allowed and not (isinstance(cfg.runtime.devices, tuple) and allowed == 0):
+                ctx.error(path, f"{W} ranks need {W} GPUs (one per rank) but only {allowed} "
+                                f"{'are' if allowed != 1 else 'is'} available", at=[(role, "device")])
+
+
+def _check_lora(cfg: RunConfig, ctx: Ctx):
+    """actor.lora / critic.lora against the rest of the config (the layer names against the
+    model are checked at launch: _check_lora_targets)."""
+    if cfg.reference.lora is not None and ctx.ok(("reference", "lora")):
+        ctx.error(("reference", "lora"), "the reference is frozen and trains no adapter; set actor.lora "
+                                         "(with reference.model null the reference is then the "
+                                         "actor's base, adapters disabled) and leave reference.lora null")
+    for role in TRAINED_ROLES:
+        lo = getattr(cfg, role).lora
+        path = (role, "lora")
+        if lo is None or not ctx.ok(path):
+            continue
+        if not lo.target_modules and ctx.ok(path + ("target_modules",)):
+            ctx.error(path + ("target_modules",), "must name at least one layer, e.g. [q_proj, v_proj]")
+        rc = getattr(cfg, role)
+        if rc.world_size > 1 and ctx.ok((role, "world_size")):
+            ctx.error(path, f"a LoRA {role} runs in one process: {role}.world_size must be 1 with "
+                            f"{role}.lora set; got {rc.world_size}", at=[(role, "world_size")])
+    if cfg.critic.lora is not None and cfg.ppo.critic_trunk == "reference" \
+            and ctx.ok(("critic", "lora"), ("ppo", "critic_trunk")):
+        ctx.error(("critic", "lora"), "ppo.critic_trunk is reference: the critic is a value head on the "
+                                      "reference's hidden states and has no trunk to adapt; set "
+                                      "critic.lora: null or ppo.critic_trunk: own",
+                  at=[("ppo", "critic_trunk")])
+    if cfg.actor.lora is not None and cfg.reference.model is None and ctx.ok(("actor", "lora")):
+        plain = RoleConfig()
+        unused = [f.name for f in section_keys(RoleConfig)
+                  if f.name not in ("model", "lora") and ctx.has(("reference", f.name))
+                  and getattr(cfg.reference, f.name) not in (getattr(plain, f.name), getattr(cfg.actor, f.name))]
+        for key in unused:
+            ctx.notice(("reference", key), "unused: with actor.lora and reference.model null the "
+                                           "reference is the actor's base model (adapters "
+                                           f"disabled), computed in the actor's process with "
+                                           f"actor.{key} ({_show(getattr(cfg.actor, key))})",
+                       at=[("actor", "lora")])
+
+
+def _check_lora_targets(ctx: Ctx, cfg: RunConfig):
+    """Launch time: each name in <role>.lora.target_modules is a layer of the role's model,
+    when that model is already on this machine (nothing is built or downloaded to check; the
+    role refuses the same names when it loads)."""
+    for role in TRAINED_ROLES:
+        lo = getattr(cfg, role).lora
+        path = (role, "lora", "target_modules")
+        if lo is None or not lo.target_modules or not ctx.ok(path, (role, "model")):
+            continue
+        from engine.models import cached_model_path, lora_target_candidates_of
+
+        folder = cached_model_path(resolve_role_model(cfg, role))
+        if folder is None:
+            continue
+        try:
+            have = lora_target_candidates_of(folder)
+        except Exception:  # noqa: BLE001 - an unreadable config: the role's load reports it
+            continue
+        if role == "critic":
+            have = [h for h in have if h != "lm_head"]  # the critic has a value head instead
+        missing = [t for t in lo.target_modules if t not in have]
+        if missing:
+            ctx.error(path, f"{', '.join(repr(t) for t in missing)} {'is' if len(missing) == 1 else 'are'} "
+                            f"not a layer of {resolve_role_model(cfg, role)}; its layers that take "
+                            f"an adapter: {', '.join(have)}")
+
+
+def _check_groups(ctx: Ctx, groups):
+    path = ("runtime", "colocate")
+    if not groups:
+        ctx.error(path, "expected true, false or a non-empty list of role groups")
+        return
+    seen: dict[str, int] = {}
+    for gi, group in enumerate(groups):
+        if not group:
+            ctx.error(path + (gi,), "a colocation group must name at least one role")
+        for ri, role in enumerate(group):
+            if role not in ROLES:
+                sug = _suggest(role, ROLES)
+                ctx.error(path + (gi, ri), f"unknown role '{role}'"
+                          + (f"; did you mean '{sug}'?" if sug else "")
+                          + f" (roles: {', '.join(ROLES)})", at=[path + (gi,)])
+            elif role in seen:
+                ctx.error(path + (gi, ri), f"role '{role}' appears twice (already in group "
+                                           f"{seen[role]}); each role belongs to exactly one group",
+                          at=[path + (gi,)])
+            else:
+                seen[role] = gi
+    missing = [r for r in ROLES if r not in seen]
+    if missing:
+        ctx.error(path, f"roles missing from the groups: {', '.join(missing)}; every role must be in "
+                        f"exactly one group (a role may be alone, e.g. [{missing[0]}])")
+
+
+# --------------------------------------------------------------------------------------------
+# Launch-time checks: what must hold on this machine before a run directory is created (the
+# hub reachable for hub ids, a python: reward module on the path, run.output_dir writable, a
+# safe place for the control socket). Run by ``load_config(check_access=True)`` (the CLI) and
+# by ``check_launchable`` (engine.client before it creates anything).
+
+def _find_module(name: str) -> bool:
+    """Whether module ``name`` can be found where the run's processes will look for it, without
+    importing or running anything."""
+    import importlib.machinery
+    import sys
+
+    if name in sys.modules:
+        return True
+    parts = name.split(".")
+    # the run's processes see this process's path, PYTHONPATH (a detached supervisor is a new
+    # interpreter) and the current folder
+    search = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p] + list(sys.path)
+    search.append(os.getcwd())
+    spec = None
+    for i in range(len(parts)):
+        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:i + 1]), search)
+        if spec is None:
+            if i == 0 and importlib.util.find_spec(parts[0]) is not None:  # built-in / frozen
+                return len(parts) == 1
+            return False
+        search = list(spec.submodule_search_locations or [])
+        if i < len(parts) - 1 and not search:
+            return False  # a plain module has no submodules
+    return spec is not None
+
+
+def _check_output_dir(ctx: Ctx, path: Path_, value: str, run_name: str):
+    d = Path(os.path.expanduser(value))
+    probe = d
+    while not probe.exists():
+        if probe.is_symlink():  # a dangling link
+            ctx.error(path, f"{_show(value)} cannot be created: {probe} is a broken symbolic link")
+            return
+        parent = probe.parent
+        if parent == probe:
+            break
+        probe = parent
+    if not probe.is_dir():
+        ctx.error(path, f"{_show(value)} cannot be created: {probe} is not a folder")
+        return
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "is not writable" if probe == d else f"cannot be created: {probe} is not writable"
+        ctx.error(path, f"{_show(value)} {what} (by uid {os.getuid()})")
+        return
+    # where the path is too long for an AF_UNIX socket in the run directory, the run falls back
+    # to a private folder under /tmp: check that it is safe now rather than after creating a run
+    from engine.runtime.control import ControlSocketError, short_socket_dir, socket_fits
+    from engine.runtime.rundir import make_run_name
+
+    sample = d.resolve() / (make_run_name(run_name) + "-99")  # the longest name a run may get
+    if not socket_fits(sample):
+        try:
+            short_socket_dir()
+        except ControlSocketError as e:
+            ctx.error(path, f"the run directory's path is too long for its control socket, and {e}")
+
+
+def access_checks(cfg: RunConfig, ctx: Ctx):
+    _check_lora_targets(ctx, cfg)
+    if ctx.ok(("run", "output_dir")):
+        _check_output_dir(ctx, ("run", "output_dir"), cfg.run.output_dir, cfg.run.name)
+    for key in ("source", "audit"):  # reward.audit: the driver's audit scorer
+        src = (getattr(cfg.reward, key) or "").strip()
+        if not (ctx.ok(("reward", key)) and _classify(src) == "python"):
+            continue
+        spec = src[len("python:"):] if src.startswith("python:") else src
+        if _PY_FN_RE.match(spec):
+            module = spec.split(":", 1)[0]
+            if not _find_module(module):
+                ctx.error(("reward", key),
+                          f"python reward module '{module}' was not found on the Python path (the "
+                          f"current folder, PYTHONPATH and installed packages); put {module.replace('.', '/')}.py "
+                          f"in the folder you start from or add its folder to PYTHONPATH")
+
+
+def check_launchable(cfg: RunConfig) -> None:
+    """Raise :class:`ConfigError` when ``cfg`` cannot be started on this machine now (hub ids
+    without hub access, a python: reward module that is not there, an output folder that cannot
+    be written, an unsafe control-socket folder). Lines come from ``cfg.source_file`` when it is
+    a config in this project's own shape."""
+    src = cfg.source_file
+    ctx = Ctx(src or "<config>", file_lines(src), True)
+    ctx.check_access = True
+    for role in MODEL_ROLES:
+        m = getattr(cfg, role).model
+        if m is not None:
+            _check_source(ctx, (role, "model"), m, "model")
+    _check_source(ctx, ("reward", "source"), cfg.reward.source, "reward")
+    _check_source(ctx, ("data", "source"), cfg.data.source, "data")
+    access_checks(cfg, ctx)
+    if ctx.errors:
+        raise ConfigError(ctx.errors, ctx.notices)
+
+
+@functools.lru_cache(maxsize=None)
+def bnb_cpu_unsupported_reason(quantization: str) -> Optional[str]:
+    """None if bitsandbytes runs ``quantization`` on this CPU (tried for real, once), else why not."""
+    if not _probes._module_available("bitsandbytes"):
+        return "the bitsandbytes package is not installed"
+    import torch
+
+    from engine.models import _bnb_unsupported_reason
+
+    return _bnb_unsupported_reason(quantization, torch.device("cpu"))
