@@ -162,13 +162,13 @@ def cmd_runs(args) -> int:
         return 0
     print(f"{'run':<40} {'state':<9} {'step':>9} {'score':>7}  started")
     for r in runs:
-        st = r.info
-        score = st.get("last_score")
-        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(st.get("created", 0)))
-        print(f"{r.name:<40} {r.state:<9} {str(st.get('step', 0)) + '/' + str(st.get('steps', '?')):>9} "
+        st = r.dir.read_info()
+        score = st.last_score
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(st.created or 0))
+        print(f"{r.name:<40} {r.state:<9} {str(st.step) + '/' + str(st.steps if st.steps is not None else '?'):>9} "
               f"{(f'{score:.3f}' if isinstance(score, (int, float)) else '-'):>7}  {started}")
-        why = {"failed": st.get("failure"), "paused": st.get("pause_info") and st.get("message"),
-               "stopped": st.get("checkpoint_error") and st.get("message")}.get(r.state)
+        why = {"failed": st.failure, "paused": st.pause_info and st.message,
+               "stopped": st.checkpoint_error and st.message}.get(r.state)
         if why:  # what went wrong, when something did
             print(f"    {why}")
     return 0
@@ -194,7 +194,7 @@ def cmd_control(args) -> int:
     try:
         if args.command == "resume" and not run.alive:
             run.restart()
-            print(f"run {run.name}: resumed from its latest checkpoint in a new supervisor (step {run.info.get('step')})")
+            print(f"run {run.name}: resumed from its latest checkpoint in a new supervisor (step {run.dir.read_info().step})")
             if run.resume_note:
                 print(f"run {run.name}: note: {run.resume_note}")
             return 0

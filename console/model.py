@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from console.history import ChunkTail, SampleIndex, parse_jsonl
-from engine.client import ENDED_STATES, LIVE_STATES, Run, run_state
+from engine.client import ENDED_STATES, LIVE_STATES, MetricsRow, Run, RunInfo, run_state
 
 # (key in metrics["timings"], role, phase, concurrent-wall?)
 PHASES = (
@@ -49,9 +49,9 @@ class Stage:
 
 @dataclass
 class RunDelta:
-    info: Optional[dict] = None          # run.json when it changed
+    info: Optional[RunInfo] = None       # run.json when it changed
     state: Optional[str] = None          # effective state when it changed
-    metrics: list = field(default_factory=list)
+    metrics: list = field(default_factory=list)         # MetricsRow
     samples: list = field(default_factory=list)
     sample_offsets: list = field(default_factory=list)   # byte offset of each sample in samples.jsonl
     labels: list = field(default_factory=list)
@@ -83,7 +83,7 @@ class RunFollower:
         self._samples = ChunkTail(d.samples)
         self._labels = ChunkTail(d.labels)
         self._events = ChunkTail.from_tail(d.events, self.EVENTS_TAIL)
-        self._info: Optional[dict] = None
+        self._info: Optional[dict] = None    # run.json as last read
         self._state: Optional[str] = None
         self._first = True
 
@@ -94,16 +94,17 @@ class RunFollower:
 
     def poll(self) -> RunDelta:
         delta = RunDelta()
-        info = self.run.dir.read_state()
-        if info and info != self._info:
-            self._info = info
-            delta.info = info
+        raw = self.run.dir.read_state()
+        if raw and raw != self._info:
+            self._info = raw
+            delta.info = RunInfo.from_dict(raw)
         st = run_state(self._info or {})
         if st != self._state:
             self._state = st
             delta.state = st
         chunk = self.chunk if not self._first or self.chunk is None else min(self.chunk, self.FIRST_CHUNK)
-        delta.metrics, _ = parse_jsonl(self._metrics.read(chunk))
+        rows, _ = parse_jsonl(self._metrics.read(chunk))
+        delta.metrics = [MetricsRow.from_dict(r) for r in rows]
         delta.samples, delta.sample_offsets = parse_jsonl(self._samples.read(chunk))
         delta.labels, _ = parse_jsonl(self._labels.read(self.chunk))
         delta.events = [ln.decode("utf-8", "replace") for _, ln in self._events.read(self.chunk)]
@@ -146,9 +147,9 @@ class RunModel:
         self.path = Path(path)
         self.name = self.path.name
         self.clock = clock
-        self.info: dict = {}
+        self.info = RunInfo()
         self.state: str = "unknown"
-        self.metrics: list[dict] = []
+        self.metrics: list[MetricsRow] = []
         self.samples = SampleIndex(self.path / "samples.jsonl")
         self.labels: dict[str, str] = {}
         self.events: deque[str] = deque(maxlen=self.MAX_EVENTS)
@@ -179,12 +180,12 @@ class RunModel:
             self.state = d.state
         for m in d.metrics:
             self.metrics.append(m)
-            for k, v in (m.get("timings") or {}).items():
+            for k, v in m.timings.items():
                 if isinstance(v, (int, float)):
                     self._sum[k] = self._sum.get(k, 0.0) + float(v)
                     self._count[k] = self._count.get(k, 0) + 1
-            if m.get("memory"):
-                self._mem = m["memory"]
+            if m.memory:
+                self._mem = m.memory
             self._alerts(m)
         self.new_samples = self.samples.add(d.samples, d.sample_offsets if d.sample_offsets else None)
         for row in d.labels:
@@ -196,9 +197,9 @@ class RunModel:
         if d:
             self.version += 1
 
-    def _alerts(self, m: dict) -> None:
+    def _alerts(self, m: MetricsRow) -> None:
         alerts = [a for a in (m.get("alerts") or []) if isinstance(a, dict) and a.get("monitor")]
-        step = int(m.get("step") or 0)
+        step = m.step
         self.alerts_now, self.alerts_step = alerts, step
         for a in alerts:
             s = self.alerts_seen.setdefault(str(a["monitor"]), {"first": step, "last": step, "steps": 0})
@@ -208,14 +209,14 @@ class RunModel:
     # ---- derived ------------------------------------------------------------------------------
     @property
     def step(self) -> int:
-        s = self.info.get("step")
-        if s is None and self.metrics:
-            s = self.metrics[-1].get("step")
+        s = self.info.step
+        if not s and self.metrics:
+            s = self.metrics[-1].step
         return int(s or 0)
 
     @property
     def steps(self) -> Optional[int]:
-        s = self.info.get("steps")
+        s = self.info.steps
         if s is None:
             s = (self.config.get("run") or {}).get("steps")
         return int(s) if s is not None else None
@@ -227,12 +228,12 @@ class RunModel:
     @property
     def failure(self) -> str:
         if self.state == "dead":
-            return self.info.get("failure") or "the supervisor is gone (killed?) and the control socket with it"
-        return self.info.get("failure") or ""
+            return self.info.failure or "the supervisor is gone (killed?) and the control socket with it"
+        return self.info.failure or ""
 
     @property
     def created(self) -> Optional[float]:
-        c = self.info.get("created")
+        c = self.info.created
         return float(c) if isinstance(c, (int, float)) else None
 
     def elapsed(self) -> Optional[float]:
@@ -241,18 +242,18 @@ class RunModel:
         if self.alive:
             end = self.clock()
         else:  # ended: when run.json was last written (the final state), else the last step
-            end = self.info.get("updated")
+            end = self.info.updated
             if not isinstance(end, (int, float)):
-                end = self.metrics[-1].get("time") if self.metrics else self.created
+                end = self.metrics[-1].time if self.metrics else self.created
             end = end if isinstance(end, (int, float)) else self.created
         return max(0.0, end - self.created)
 
     def steps_per_minute(self, window: int = 20) -> Optional[float]:
-        ts = [m.get("time") for m in self.metrics[-window:] if isinstance(m.get("time"), (int, float))]
+        ts = [m.time for m in self.metrics[-window:] if isinstance(m.time, (int, float))]
         if len(ts) >= 2 and ts[-1] > ts[0]:
             return 60.0 * (len(ts) - 1) / (ts[-1] - ts[0])
         if self.metrics:
-            st = (self.metrics[-1].get("timings") or {}).get("step")
+            st = self.metrics[-1].timing("step")
             if st:
                 return 60.0 / st
         return None
@@ -267,7 +268,7 @@ class RunModel:
 
     def timing_rows(self) -> list[tuple[str, str, Optional[float], Optional[float], Optional[float], bool]]:
         """(role, phase, last, mean, share of the step (mean/mean), concurrent-wall)."""
-        last = (self.metrics[-1].get("timings") or {}) if self.metrics else {}
+        last = self.metrics[-1].timings if self.metrics else {}
         mean_step = self.mean("step")
         rows = []
         for key, role, phase, wall in PHASES:
@@ -289,15 +290,15 @@ class RunModel:
         for m in self.metrics[upto:] if upto < len(self.metrics) else ():
             v = m.get(key)
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                xs.append(int(m.get("step", len(xs) + 1)))
-                t = m.get("time")
+                xs.append(int(m.step if m.step else len(xs) + 1))
+                t = m.time
                 ts.append(float(t) if isinstance(t, (int, float)) else float("nan"))
                 ys.append(float(v))
         self._series[key] = (xs, ts, ys, len(self.metrics))
         return (xs, ts, ys) if with_time else (xs, ys)
 
     def step_times(self) -> list[float]:
-        return [float((m.get("timings") or {}).get("step") or 0.0) for m in self.metrics]
+        return [m.timing("step") or 0.0 for m in self.metrics]
 
     @property
     def kl_target(self) -> Optional[float]:
@@ -345,7 +346,7 @@ class RunModel:
 
     @property
     def pids(self) -> dict[str, int]:
-        return {k: v for k, v in (self.info.get("pids") or {}).items() if v}
+        return {k: v for k, v in (self.info.pids or {}).items() if v}
 
 
 def _message(line: str) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Optional, TypeVar
 
 R = TypeVar("R", bound="Record")
+_MISSING = object()
 
 
 @dataclass
@@ -127,10 +128,17 @@ class MetricsRow(Record):
         return out
 
     def get(self, name: str, default=None):
-        """A metric by name (``step`` and ``time`` too)."""
-        if name in ("step", "time"):
+        """A metric by name (``step``, ``time``, ``timings`` and ``memory`` too), like the line's dict."""
+        if name in ("step", "time", "timings", "memory"):
             return getattr(self, name)
         return self.values.get(name, default)
+
+    def __getitem__(self, name: str):
+        """``row["kl"]``, like the line's dict (KeyError when the line has no such key)."""
+        v = self.get(name, _MISSING)
+        if v is _MISSING:
+            raise KeyError(name)
+        return v
 
     def timing(self, phase: str) -> Optional[float]:
         v = self.timings.get(phase)

@@ -59,7 +59,7 @@ async def _test_attach_rebuilds_history_then_follows(live_run):
         screen = await _attached(pilot)
         table = screen.query_one("#rollouts")
         assert table.row_count >= len(on_disk) > 0          # the whole history, not just what is new
-        assert [m["step"] for m in screen.model.metrics][:1] == [1]
+        assert [m.step for m in screen.model.metrics][:1] == [1]
         first = screen.model.step
         await wait_for(pilot, lambda: screen.model.step > first, 120, "a new step")
         assert table.row_count > len(on_disk)               # and then it follows

@@ -40,7 +40,7 @@ def test_model_figures_from_the_recorded_run(tmp_path):
     rows = {(r[0], r[1]): r for r in m.timing_rows()}
     assert ("actor", "generate") in rows and ("reference", "logprobs") in rows
     role, phase, last, mean, share, wall = rows[("actor", "generate")]
-    assert last == m.metrics[-1]["timings"]["rollout"] and 0 < share < 1 and not wall
+    assert last == m.metrics[-1].timings["rollout"] and 0 < share < 1 and not wall
     assert m.kl_target is None                                # fixed KL controller: no target line
     m.config["ppo"]["kl_controller"] = "adaptive"
     assert m.kl_target == m.config["ppo"]["target_kl"]
@@ -129,7 +129,7 @@ def test_probe_reads_devices_and_labels_processes_by_role(monkeypatch, tmp_path)
     run_dir = demo.copy_recorded_run(tmp_path / "runs", "finished")
     m = RunModel(run_dir)
     m.apply(RunFollower(run_dir).poll())
-    m.info["pids"] = {"actor": 111, "critic": 112}
+    m.info.pids = {"actor": 111, "critic": 112}
     pane = GpuPane()
     shown = {}
     pane.update = lambda r: shown.setdefault("r", r)

@@ -399,7 +399,7 @@ class DashboardScreen(Screen):
     def action_swap_reward(self) -> None:
         from console.screens.prompt import PromptScreen
 
-        current = self.model.info.get("reward_source") or ""
+        current = self.model.info.reward_source or ""
 
         def done(source: Optional[str]) -> None:
             if source:

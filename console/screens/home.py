@@ -87,7 +87,7 @@ class HomeScreen(Screen):
         while not worker.is_cancelled:
             out = []
             for run in list_runs(runs_dir):
-                info = run.info
+                info = run.dir.read_info()
                 out.append((run.path, info, run_state(info)))
             self.post_message(RunsListed(out))
             deadline = time.monotonic() + 2.0

@@ -39,7 +39,6 @@ PLOTS = (
 )
 
 SPARK = "▁▂▃▄▅▆▇█"
-SKIP = {"step", "time", "timings", "memory"}
 
 
 def _rs(rgb) -> str:
@@ -228,8 +227,8 @@ class Curves(Vertical):
     def _metrics_page(self, model: RunModel, out: Static) -> None:
         keys: list[str] = []
         for m in model.metrics[-50:]:
-            for k, v in m.items():
-                if k not in SKIP and k not in keys and isinstance(v, (int, float)) and not isinstance(v, bool):
+            for k, v in m.values.items():
+                if k not in keys and isinstance(v, (int, float)) and not isinstance(v, bool):
                     keys.append(k)
         t = Table(box=None, expand=True, padding=(0, 1), show_edge=False, header_style="bold")
         t.add_column("metric", no_wrap=True)

@@ -66,7 +66,7 @@ class GpuPane(Static):
             out.append(report.reason or "NVML unavailable", style="yellow")
             out.append("\n")
         # host memory per role (always useful on CPU; also shown under the GPUs when there is room)
-        mem = host_memory(pids, report.live_rss, model.role_memory(), model.metrics[-1]["step"] if model.metrics else None)
+        mem = host_memory(pids, report.live_rss, model.role_memory(), model.metrics[-1].step if model.metrics else None)
         if mem:
             t = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold", expand=False)
             t.add_column("role", no_wrap=True, min_width=9)

@@ -81,7 +81,7 @@ class RunHeader(Static):
             if narrow:
                 line2.append(" · tab: next pane", style="dim")
         else:
-            src = model.info.get("reward_source")
+            src = model.info.reward_source
             line2.append(f"reward {src}" if src else "", style="dim")
             if narrow:
                 line2.append(" · tab: next pane", style="dim")

@@ -11,6 +11,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable
 
 from console.widgets.run_header import STATE_STYLE
+from engine.client import RunInfo
 
 
 class RunsTable(DataTable):
@@ -33,11 +34,11 @@ class RunsTable(DataTable):
         self._runs = runs
         self.infos = {str(path): (info, state) for path, info, state in runs}
         for path, info, state in reversed(runs):
-            score = info.get("last_score")
-            created = info.get("created")
+            score = info.last_score
+            created = info.created
             started = time.strftime("%Y-%m-%d %H:%M", time.localtime(created)) if isinstance(created, (int, float)) else "–"
             mark = "◆ " if str(path) in self.marked else ""
-            rows.append((str(path), (mark + path.name, state, f"{info.get('step', 0)}/{info.get('steps', '?')}",
+            rows.append((str(path), (mark + path.name, state, f"{info.step}/{info.steps if info.steps is not None else '?'}",
                                      f"{score:.3f}" if isinstance(score, (int, float)) else "–", started)))
         if rows == self._shown:
             return
@@ -69,15 +70,15 @@ class RunsTable(DataTable):
         path = self.current_path()
         if path is None:
             return Text("")
-        info, state = self.infos.get(str(path), ({}, ""))
+        info, state = self.infos.get(str(path), (RunInfo(), ""))
         t = Text(no_wrap=True, overflow="ellipsis")
         shown = os.path.relpath(path)
         t.append(shown if not shown.startswith("..") else str(path), style="dim")
-        if info.get("reward_source"):
-            t.append(f"  reward {info['reward_source']}", style="dim")
-        if info.get("failure") or state == "dead":
+        if info.reward_source:
+            t.append(f"  reward {info.reward_source}", style="dim")
+        if info.failure or state == "dead":
             t.append(f"  {state}: ", style="bold red")
-            t.append(str(info.get("failure") or "the supervisor is gone"), style="red")
+            t.append(str(info.failure or "the supervisor is gone"), style="red")
         return t
 
     def current_path(self) -> Optional[Path]:

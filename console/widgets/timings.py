@@ -112,7 +112,7 @@ class TimingsPane(VerticalScroll):
         self.query_one("#timings-table", Static).update(table)
         self.query_one("#timings-note", Static).update(Text(
             "∥ rows: the phase's wall time with its roles in parallel (role shares overlap)", style="dim"))
-        last_t = (model.metrics[-1].get("timings") or {}) if model.metrics else {}
+        last_t = model.metrics[-1].timings if model.metrics else {}
         tl = Text.assemble(("last step, by role\n", "bold"), timeline(last_t, max(20, self.size.width - 2))) \
             if last_t else Text("no step yet", style="dim")
         self.query_one("#step-timeline", Static).update(tl)
