@@ -794,3 +794,11 @@ def test_every_field_has_a_typed_hint():
         hints = S.hints(cls)
         for f in fields(cls):
             assert f.name in hints
+
+
+def test_an_error_inside_a_list_or_mapping_points_at_the_item():
+    text = "runtime:\n  devices: {actor: [cuda:0, 3]}\n  colocate: [[actor, 5]]\nactor:\n  lora: {target_modules: [q_proj, 7]}\n"
+    got = {i.path: (i.line, i.message) for i in _errors(text)}
+    assert got == {"runtime.devices.actor[1]": (2, "expected a string, got 3 (int)"),
+                   "runtime.colocate[0][1]": (3, "expected a string, got 5 (int)"),
+                   "actor.lora.target_modules[1]": (5, "expected a string, got 7 (int)")}

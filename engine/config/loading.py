@@ -258,7 +258,7 @@ def _report_key(ctx: Ctx, fpath: tuple, spec: KeySpec, errs: list[tuple]) -> Non
     deep = [(w, e) for w, e in walked if w[0]]
     ctx.bad.add(fpath)
     if deep:
-        branch = deep[0][0][2]
+        branch = max(deep, key=lambda d: len(d[0][0]))[0][2]   # the member that got furthest
         done = set()
         for (real, expected, br), e in deep:
             if br == branch and real not in done:

@@ -2,20 +2,26 @@
 
 Each section is a frozen pydantic dataclass; pydantic checks types, ranges and choices, and
 :mod:`engine.config.loading` turns its errors into this project's messages (key path, file
-line, what was expected). The reference (docs/configuration.md) is generated from here.
+line, what was expected, did-you-mean). The reference (docs/configuration.md) is generated
+from here, and so are config_to_dict/dump_config.
 
-Adding a key is one line in its section, e.g.::
+Adding a key is one line in its section class, e.g.::
 
     estimator: Annotated[Literal["gae", "grpo"], Lower] = key("gae", "Advantage estimator.")
     n: Int = key(1, "Responses sampled per prompt.", ge=1, le=64)
+    audit: Optional[Str] = key(None, "A second scorer; null = none.")
 
-Types: ``Int``, ``Float`` (finite; integers accepted), ``Str``, ``Bool`` (no coercion: ``"5"``
-is not an integer), ``Optional[...]`` for null, ``tuple[Str, ...]`` for lists,
-``dict[Str, Int]`` for mappings; ``Literal[...]`` for choices (wrap in
-``Annotated[..., Lower]`` to accept any case); ``ge``/``gt``/``le``/``lt`` for ranges; a
-:class:`Check` in ``Annotated[...]`` for a rule of its own. Then regenerate the reference:
-``python -m engine.config --reference > docs/configuration.md``. Rules that involve more than
-one key go in :mod:`engine.config.checks`.
+Types: ``Int``, ``Float`` (finite; an integer is accepted), ``Str``, ``Bool`` (YAML values are
+taken as written: ``"5"`` is not an integer, ``yes`` is not true); ``Optional[...]`` allows
+null; ``tuple[Str, ...]`` is a list; ``dict[Str, Int]`` a mapping; ``Literal[...]`` gives the
+choices (``Annotated[Literal[...], Lower]`` also accepts any case). ``ge``/``gt``/``le``/``lt``
+give the range. A rule of its own for one value is a :class:`Check` subclass used as
+``Annotated[Str, AfterValidator(MyCheck())]`` (its ``doc`` goes in the reference). A nested
+mapping (``actor.lora``) is a ``@section`` class used as ``Optional[ThatClass]``; a new
+top-level section is a ``@section`` class plus one line in :class:`RunConfig`
+(``name: Cls = key(help="...", factory=Cls)``; the presets in configs/ list every section).
+Rules that involve more than one key go in :func:`engine.config.checks.cross_checks`. Then
+regenerate the reference: ``python -m engine.config --reference > docs/configuration.md``.
 """
 from __future__ import annotations
 
