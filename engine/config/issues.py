@@ -188,7 +188,7 @@ class Ctx:
             elsewhere = [sec.name for sec in sections()
                          if isinstance(key, str) and key in {k.name for k in section_keys(sec.type)}
                          and sec.name != (path[0] if path else None)]
-            if elsewhere and path and path[0] in names:
+            if elsewhere and len(path) == 1 and path[0] in names:
                 msg += f"; '{key}' belongs in section {' or '.join(elsewhere)}"
             else:
                 msg += f"; valid {what}s: {', '.join(valid)}"
