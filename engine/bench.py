@@ -224,7 +224,7 @@ def _run_multiprocess(cfg, steps: int, backend: str | None = None, label: str = 
 
 def _run_single_process(cfg, steps: int):
     from engine.config import resolve_role_model
-    from engine.data import PromptStream, load_prompts
+    from engine.data import prompt_stream
     from engine.models import count_parameters, load_tokenizer
     from engine.runtime.driver import (
         InlineEndpoint,
@@ -245,10 +245,7 @@ def _run_single_process(cfg, steps: int):
     all_cores = {r: cores for r in roles}
     plan = ThreadPlan(generate=dict(all_cores), score=dict(all_cores), update=dict(all_cores))
     tok = load_tokenizer(resolve_role_model(cfg, "actor"))
-    d = cfg.data
-    prompts = load_prompts(d.source, split=d.split, column=d.column, prompt_words=d.prompt_words,
-                           num_prompts=d.num_prompts, seed=cfg.run.seed)
-    stream = PromptStream(prompts, cfg.rollout.batch_size, seed=cfg.run.seed, shuffle=d.shuffle)
+    stream = prompt_stream(cfg, tok)
     driver = PPODriver(cfg, {r: ep for r in roles}, tok, make_kl_controller(cfg), plan, concurrent=False)
     rows = []
     for s in range(1, steps + 1):
@@ -261,7 +258,7 @@ def _run_single_process(cfg, steps: int):
     if isinstance(model, torch.nn.Module):
         n_reward = count_parameters(model)
     counts = {"policy": count_parameters(roles["actor"].model), "critic": count_parameters(roles["critic"].model),
-              "reward": n_reward, "prompt_len": float(tok(prompts[: cfg.rollout.batch_size], return_tensors="pt",
+              "reward": n_reward, "prompt_len": float(tok(stream.prompts[: cfg.rollout.batch_size], return_tensors="pt",
                                                             padding=True)["input_ids"].shape[1])}
     for r in roles.values():
         if hasattr(r, "source"):

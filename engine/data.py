@@ -407,3 +407,20 @@ class PromptStream:
         if epoch < 0 or not 0 <= position < len(self.prompts):
             raise DataError(f"bad PromptStream state {state!r} for {len(self.prompts)} prompts")
         self.epoch, self.position = epoch, position
+
+
+def run_prompts(cfg: Any, tokenizer: Any) -> list[str]:
+    """The run's prompts from its config, as the actor sees them: ``data.*`` loaded and
+    (``data.chat_template``) wrapped in the actor tokenizer's chat template."""
+    d = cfg.data
+    prompts = load_prompts(d.source, split=d.split, column=d.column, prompt_words=d.prompt_words,
+                           num_prompts=d.num_prompts, seed=cfg.run.seed)
+    return format_prompts(prompts, tokenizer, d.chat_template)
+
+
+def prompt_stream(cfg: Any, tokenizer: Any) -> PromptStream:
+    """The one prompt stream of a run (the supervisor, the dry run and the bench all use it):
+    :func:`run_prompts` in batches of ``rollout.batch_size``, ordered by ``run.seed`` and
+    ``data.shuffle``."""
+    return PromptStream(run_prompts(cfg, tokenizer), cfg.rollout.batch_size, seed=cfg.run.seed,
+                        shuffle=cfg.data.shuffle)

@@ -21,7 +21,8 @@ def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> 
     quiet_hf_logging()
     import dataclasses
 
-    from engine.data import load_prompts
+    from engine.data import prompt_stream
+    from engine.models import load_tokenizer
     from engine.runtime.placement import device_plan, format_plan
 
     plan = device_plan(cfg)
@@ -58,9 +59,9 @@ def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> 
         if "gpu_alloc_mb" in after:
             report[name]["gpu_alloc_mb"] = after["gpu_alloc_mb"]
         out(f"loaded {name:<9} {report[name]['model']} on {report[name]['device']} in {report[name]['load_s']:.1f}s")
-    d = cfg.data
-    prompts = load_prompts(d.source, split=d.split, column=d.column, prompt_words=d.prompt_words,
-                           num_prompts=d.num_prompts, seed=cfg.run.seed)[: cfg.rollout.batch_size]
+    # the first batch the run itself would generate from (data.chat_template applied the same way)
+    prompts = prompt_stream(cfg, load_tokenizer(resolve_role_model(cfg, "actor"))).next_batch()
+    report["prompts"] = prompts
     t = time.perf_counter()
     batch, gen = roles["actor"].call("generate", {}, {"prompts": prompts})
     report["actor"]["phase_s"] = time.perf_counter() - t

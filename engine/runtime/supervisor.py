@@ -541,18 +541,11 @@ class Supervisor:
             self.log("ray: " + ", ".join(f"{h.label} on node {(h.node_id or '?')[:12]} (pid {h.pid})"
                                          for h in self.workers))
 
-        from engine.data import PromptStream, load_prompts
+        from engine.data import prompt_stream
         from engine.models import load_tokenizer
 
-        d = cfg.data
-        prompts = load_prompts(d.source, split=d.split, column=d.column, prompt_words=d.prompt_words,
-                               num_prompts=d.num_prompts, seed=cfg.run.seed)
         tokenizer = load_tokenizer(resolve_role_model(cfg, "actor"))
-        if d.chat_template:
-            from engine.data import format_prompts
-
-            prompts = format_prompts(prompts, tokenizer, True)
-        stream = PromptStream(prompts, cfg.rollout.batch_size, seed=cfg.run.seed, shuffle=d.shuffle)
+        stream = prompt_stream(cfg, tokenizer)
         kl_ctl = make_kl_controller(cfg)
         driver = PPODriver(cfg, self.endpoints, tokenizer, kl_ctl, plan)
 
