@@ -199,6 +199,12 @@ def test_stop_and_resume_equals_uninterrupted(runs_dir, cleanup_runs):
     for s in range(k + 1, min(k + 3, steps) + 1):
         for key in ("score_mean", "kl", "policy_loss", "value_loss", "entropy", "response_len_mean", "kl_coef"):
             assert mb[s][key] == pytest.approx(ma[s][key], rel=1e-4, abs=1e-5), (s, key)
+        # the reward-hacking monitors' history (trends, baselines) is rebuilt from metrics.jsonl
+        for key in ("kl_growth", "entropy_trend", "entropy_drop", "length_drift", "repetition"):
+            assert (mb[s][key] is None) == (ma[s][key] is None), (s, key)
+            if ma[s][key] is not None:
+                assert mb[s][key] == pytest.approx(ma[s][key], rel=1e-3, abs=1e-4), (s, key)
+        assert [x["monitor"] for x in mb[s]["alerts"]] == [x["monitor"] for x in ma[s]["alerts"]], s
     sa = [x["response"] for x in a.samples() if x["step"] > k]
     sb = [x["response"] for x in b.samples() if x["step"] > k]
     assert sa == sb
