@@ -124,7 +124,7 @@ class MonitorTracker:
     threshold or None.
     """
     thresholds: dict
-    window: int = 10
+    window: int = 20
     baseline_steps: int = 5
     ngram: int = 3
     history: list[StepSummary] = field(default_factory=list)

@@ -289,12 +289,13 @@ class MonitorsConfig:
     """Reward-hacking monitors, computed every step (engine/monitors.py). A monitor over its
     threshold is logged in events.log, recorded in metrics.jsonl ('alerts') and shown on the
     dashboard with its samples; null turns that monitor's warning off."""
-    window: Int = key(10, "Steps over which the KL growth rate and the entropy trend are fitted.", ge=2)
+    window: Int = key(20, "Steps over which the KL growth rate and the entropy trend are fitted.", ge=2)
     baseline_steps: Int = key(5, "The run's first N steps are the baseline for entropy drop, "
                                  "length drift and divergence.", ge=1)
     ngram: Int = key(3, "Token n-gram size of the repetition monitor.", ge=1)
-    kl_growth: Optional[Float] = key(0.25, "Warn when the KL grows faster than this (nats per step, "
-                                           "the slope over the window).", gt=0)
+    kl_growth: Optional[Float] = key(0.3, "Warn when the KL grows faster than this (nats per step, "
+                                          "the slope over the window; the healthy 300-step default "
+                                          "run peaks at 0.24).", gt=0)
     entropy_drop: Optional[Float] = key(0.5, "Warn when the policy's entropy has fallen by more than "
                                              "this share of its baseline.", gt=0, le=1)
     length_drift: Optional[Float] = key(0.5, "Warn when the mean response length moves by more than "
