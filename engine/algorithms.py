@@ -31,6 +31,12 @@ __all__ = [
     "masked_var",
     "whiten",
     "compute_gae",
+    "grpo_advantages",
+    "rloo_advantages",
+    "reinforce_pp_baseline_advantages",
+    "reinforce_pp_advantages",
+    "agg_loss",
+    "LOSS_AGG_MODES",
     "policy_loss",
     "value_loss",
     "kl_penalty",
@@ -51,6 +57,13 @@ K3_CLAMP = 10.0
 """``kl_penalty(kind="k3")`` clamps the per-token estimate to ``[-10, 10]``."""
 
 WHITEN_EPS = 1e-8
+
+LOSS_AGG_MODES: tuple[str, ...] = (
+    "token-mean",
+    "seq-mean-token-sum",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum-norm",
+)
 
 _KL_ALIASES = {
     "k1": "k1",
@@ -240,8 +253,170 @@ def compute_gae(
 
 
 # --------------------------------------------------------------------------------------------
+# critic-free (outcome) advantages
+# --------------------------------------------------------------------------------------------
+
+
+def _group_stats(scores: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row ``(n, mean, unbiased std)`` of the row's group (rows sharing an ``index``).
+
+    ``scores``: ``[B]`` float; ``index``: ``[B]`` integer group ids (any values, any order).
+    ``n`` is the group size; ``std`` is 0 for a group of one (the caller decides what a group of
+    one means).  Everything is in ``scores``' dtype.
+    """
+    if scores.dim() != 1 or index.shape != scores.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and index {tuple(index.shape)} must both be [B]")
+    if index.dtype.is_floating_point or index.dtype == torch.bool:
+        raise ValueError(f"index must hold integer group ids, got {index.dtype}")
+    _, inv = torch.unique(index, return_inverse=True)
+    G = int(inv.max()) + 1 if inv.numel() else 0
+    z = torch.zeros(G, dtype=scores.dtype, device=scores.device)
+    n_g = z.index_add(0, inv, torch.ones_like(scores))
+    mean_g = z.index_add(0, inv, scores) / n_g.clamp(min=1.0)
+    dev = scores - mean_g[inv]
+    ss_g = z.index_add(0, inv, dev * dev)
+    var_g = torch.where(n_g > 1, ss_g / (n_g - 1.0).clamp(min=1.0), torch.zeros_like(ss_g))
+    return n_g[inv], mean_g[inv], var_g.sqrt()[inv]
+
+
+def _outcome_inputs(scores: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if mask.dim() != 2 or mask.shape[0] != scores.shape[0]:
+        raise ValueError(f"mask {tuple(mask.shape)} must be [B, T] with B = {scores.shape[0]}")
+    return scores.detach().to(_compute_dtype(scores)), _as_bool(mask)
+
+
+def _broadcast_over_response(per_row: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    return _select(m, per_row.unsqueeze(-1).expand(m.shape))
+
+
+@torch.no_grad()
+def grpo_advantages(
+    scores: torch.Tensor,
+    index: torch.Tensor,
+    mask: torch.Tensor,
+    eps: float = 1e-6,
+    norm_by_std: bool = True,
+) -> torch.Tensor:
+    """GRPO outcome advantages: one score per response, normalised within its group.
+
+    ``scores``: ``[B]``; ``index``: ``[B]`` integer group ids (the responses to one prompt share
+    one); ``mask``: ``[B, T]``.  Per group of ``n`` responses::
+
+        A = (s - mean_group) / (std_group + eps)      std unbiased (n - 1)
+        A = s - mean_group                            norm_by_std=False (Dr.GRPO)
+
+    A group of one has mean 0 and std 1 (its advantage is ``s / (1 + eps)``, or ``s``); equal
+    scores in a group give 0.  The advantage is broadcast over the response's valid tokens and
+    is 0 elsewhere.  Returns ``[B, T]``, detached.
+    """
+    s, m = _outcome_inputs(scores, mask)
+    n, mean, std = _group_stats(s, index.to(s.device))
+    single = n <= 1
+    mean = torch.where(single, torch.zeros_like(mean), mean)
+    adv = s - mean
+    if norm_by_std:
+        std = torch.where(single, torch.ones_like(std), std)
+        denom = std + eps
+        # equal scores: std 0 means every deviation is exactly 0 (0 even with eps = 0)
+        adv = torch.where(denom > 0, adv / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(adv))
+    return _broadcast_over_response(adv, m)
+
+
+@torch.no_grad()
+def rloo_advantages(scores: torch.Tensor, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """RLOO: each response's baseline is the mean score of the *other* responses to its prompt.
+
+    For a group of ``n > 1``: ``A = s - mean(others) = (s - mean_group) * n / (n - 1)``; a group
+    of one keeps its score.  Shapes as in :func:`grpo_advantages`; returns ``[B, T]``, detached,
+    broadcast over the valid tokens, 0 elsewhere.
+    """
+    s, m = _outcome_inputs(scores, mask)
+    n, mean, _ = _group_stats(s, index.to(s.device))
+    multi = n > 1
+    adv = torch.where(multi, (s - mean) * n / torch.where(multi, n - 1.0, torch.ones_like(n)), s)
+    return _broadcast_over_response(adv, m)
+
+
+@torch.no_grad()
+def reinforce_pp_baseline_advantages(scores: torch.Tensor, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """REINFORCE++ with a group baseline: subtract the group's mean score (a group of one: mean 0),
+    broadcast over the response's valid tokens, then :func:`whiten` over all valid tokens of the
+    batch.  Shapes as in :func:`grpo_advantages`; returns ``[B, T]``, detached, 0 at invalid
+    positions.
+    """
+    s, m = _outcome_inputs(scores, mask)
+    n, mean, _ = _group_stats(s, index.to(s.device))
+    adv = s - torch.where(n > 1, mean, torch.zeros_like(mean))
+    return whiten(_broadcast_over_response(adv, m), m)
+
+
+@torch.no_grad()
+def reinforce_pp_advantages(
+    rewards: torch.Tensor, mask: torch.Tensor, gamma: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++: discounted returns of token-level rewards, whitened over the batch.
+
+    ``rewards``: ``[B, T]`` (typically the score on the last valid token plus a per-token KL
+    penalty, as :func:`shape_rewards` makes them); ``mask``: ``[B, T]``.  Over the valid tokens
+    ``t_1 < ... < t_n`` of a row (invalid positions skipped, never read)::
+
+        G_{t_i} = r_{t_i} + gamma * G_{t_{i+1}}        (G_{t_{n+1}} := 0)
+
+    Returns ``(advantages, returns)``, both ``[B, T]``, detached, 0 at invalid positions;
+    ``advantages = whiten(returns, mask)``.
+    """
+    if rewards.shape != mask.shape or rewards.dim() != 2:
+        raise ValueError(f"rewards {tuple(rewards.shape)} and mask {tuple(mask.shape)} must both be [B, T]")
+    dtype = _compute_dtype(rewards)
+    m = _as_bool(mask)
+    r = _select(m, rewards.detach().to(dtype))
+    T = r.shape[-1]
+    running = torch.zeros(r.shape[0], dtype=dtype, device=r.device)
+    ret = torch.zeros_like(r)
+    for t in range(T - 1, -1, -1):
+        g = r[:, t] + gamma * running
+        running = torch.where(m[:, t], g, running)
+        ret[:, t] = _select(m[:, t], g)
+    return whiten(ret, m), ret
+
+
+# --------------------------------------------------------------------------------------------
 # losses
 # --------------------------------------------------------------------------------------------
+
+
+def agg_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean") -> torch.Tensor:
+    """Aggregate a per-token loss ``[B, T]`` to a scalar over the valid tokens of ``mask``.
+
+    * ``token-mean``: ``sum(l * mask) / sum(mask)`` (every token weighs the same);
+    * ``seq-mean-token-sum``: each sequence's token sum, averaged over the sequences;
+    * ``seq-mean-token-mean``: each sequence's token mean, averaged over the sequences;
+    * ``seq-mean-token-sum-norm``: each sequence's token sum divided by the padded length ``T``
+      (a constant, so long and short answers are not reweighted; Dr.GRPO), averaged over the
+      sequences.  verl divides the batch's total by ``T`` alone; this is that divided by ``B``.
+
+    Sequence means run over the rows with at least one valid token (a row without one adds
+    nothing); an all-invalid mask gives 0.  Differentiable through ``loss_mat``.
+    """
+    m = _as_bool(mask)
+    x = loss_mat.to(_compute_dtype(loss_mat))
+    x, m = _broadcast(x, m)
+    if mode == "token-mean":
+        return masked_mean(x, m)
+    if mode not in LOSS_AGG_MODES:
+        raise ValueError(f"unknown loss aggregation {mode!r}; allowed: {', '.join(LOSS_AGG_MODES)}")
+    if x.dim() < 2:
+        x, m = x.unsqueeze(0), m.unsqueeze(0)
+    tok_sum = masked_sum(x, m, dim=-1)
+    n_tok = _count(m, x.dtype, dim=-1)
+    if mode == "seq-mean-token-sum":
+        per_seq = tok_sum
+    elif mode == "seq-mean-token-mean":
+        per_seq = tok_sum / n_tok.clamp(min=1.0)
+    else:
+        per_seq = tok_sum / float(max(x.shape[-1], 1))
+    return masked_mean(per_seq, n_tok > 0)
+
 
 
 def policy_loss(
@@ -252,8 +427,10 @@ def policy_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     clip_c: float | None = None,
+    loss_agg: str = "token-mean",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO clipped surrogate (optionally dual-clip), token-mean over ``mask``.
+    """PPO clipped surrogate (optionally dual-clip), aggregated by :func:`agg_loss` over ``mask``
+    (``loss_agg``, token-mean by default).
 
     ::
 
@@ -262,7 +439,7 @@ def policy_loss(
         pg2   = -A * clamp(ratio, 1 - clip_low, 1 + clip_high)
         l     = max(pg1, pg2)
         l     = min(l, -A * clip_c)   where A < 0          (dual clip, only if clip_c given)
-        loss  = sum(l * mask) / sum(mask)
+        loss  = agg_loss(l, mask, loss_agg)      (token-mean: sum(l * mask) / sum(mask))
 
     ``logprobs``, ``old_logprobs``, ``advantages``, ``mask``: ``[B, T]``.  Gradient flows
     through ``logprobs`` only (``old_logprobs``/``advantages`` are detached).  The log-ratio
@@ -302,7 +479,7 @@ def policy_loss(
         is_dual = torch.zeros_like(is_clipped)
         per_token = clipped
 
-    loss = masked_mean(per_token, m)
+    loss = agg_loss(per_token, m, loss_agg)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean(is_clipped.to(dtype), m),

@@ -300,9 +300,14 @@ def load_prompts(
             if num_prompts is not None and len(out) >= num_prompts:
                 break
         return out
+    if source == "bundled:arithmetic":  # generated problems with answers (engine.tasks)
+        from engine.tasks import task_rows
+
+        out = [r["prompt"] for r in task_rows(source, "train")]
+        return out[:num_prompts] if num_prompts else out
     if source.startswith("bundled:"):
-        raise DataError(f"unknown bundled prompt source {source!r}; the bundled one is "
-                        f"{BUNDLED_MOVIE_REVIEWS!r}")
+        raise DataError(f"unknown bundled prompt source {source!r}; the bundled ones are "
+                        f"{BUNDLED_MOVIE_REVIEWS!r} and 'bundled:arithmetic'")
 
     path = Path(source).expanduser()
     suffix = path.suffix.lower()

@@ -176,6 +176,11 @@ class Sample(Record):
     audit: Optional[float] = optional()    # the audit scorer's score (reward.audit set)
     flags: list = field(default_factory=list)        # monitors this sample trips
     step_alerts: list = field(default_factory=list)  # monitors its step tripped
+    # estimators (ppo.estimator) and verifiable tasks
+    advantage: Optional[float] = optional()  # the response's mean advantage over its tokens
+    group: Optional[int] = optional()        # rollout.n > 1: the prompt's group within the step
+    answer: Optional[str] = optional()       # the prompt's reference answer (bundled:arithmetic)
+    correct: Optional[bool] = optional()     # a rule reward: the response's answer is right
 
     @classmethod
     def from_dict(cls, d: Optional[dict]) -> "Sample":

@@ -65,6 +65,18 @@ def summarise(metrics: list[dict], window: int = 10) -> dict:
     }
 
 
+def heldout_points(metrics: list[dict], key: str = "heldout_accuracy") -> list[tuple[int, float]]:
+    """``(step, value)`` of the held-out evaluations (eval.every): the starting policy's at step
+    0 (``<key>_initial``), then the policy after each evaluated step."""
+    pts = []
+    for m in metrics:
+        if isinstance(m.get(f"{key}_initial"), (int, float)):
+            pts.append((m["step"] - 1, float(m[f"{key}_initial"])))
+        if isinstance(m.get(key), (int, float)):
+            pts.append((m["step"], float(m[key])))
+    return pts
+
+
 def plot(metrics: list[dict], out: Path) -> Path:
     import matplotlib
 
@@ -84,7 +96,16 @@ def plot(metrics: list[dict], out: Path) -> Path:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
-    axes.flat[-1].axis("off")
+    held = heldout_points(metrics)
+    if held:
+        ax = axes.flat[-1]
+        ax.plot([p[0] for p in held], [p[1] for p in held], marker="o", lw=1.5)
+        ax.set_title("held-out accuracy (greedy)", fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    else:
+        axes.flat[-1].axis("off")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
@@ -131,6 +152,20 @@ def write_report(run_dir: Path, out_dir: Optional[Path] = None, *, samples_per_s
         "",
         f"![curves]({png.name})",
         "",
+    ]
+    held = heldout_points(metrics)
+    if held:
+        scores = dict(heldout_points(metrics, "heldout_score"))
+        n = next((m["heldout_n"] for m in metrics if "heldout_n" in m), "?")
+        lines += ["## Held-out accuracy", "",
+                  f"Greedy answers to {n} held-out problems (never trained on), evaluated every "
+                  f"eval.every steps; step 0 is the starting model. Held-out accuracy went from "
+                  f"{held[0][1]:.3f} (step {held[0][0]}) to {held[-1][1]:.3f} (step {held[-1][0]}); "
+                  f"best {max(p[1] for p in held):.3f}.", "",
+                  "| step | held-out accuracy | held-out score |", "|---:|---:|---:|"]
+        lines += [f"| {st} | {acc:.3f} | {scores.get(st, float('nan')):.3f} |" for st, acc in held]
+        lines.append("")
+    lines += [
         "## Per step",
         "",
         "| step | score | KL | KL coef | length | policy loss | value loss | step s |",

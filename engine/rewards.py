@@ -8,7 +8,11 @@ returns one finite float per response (``RewardSource.__call__`` = ``score`` + t
   [-1, 1] to [0, 1] as ``(compound + 1) / 2``. Fast, needs no model; for tests and as a
   no-training baseline (about 0.69 accuracy on IMDB, weaker than a trained classifier).
 * ``python:pkg.mod:function`` or plain ``pkg.mod:function`` -- imported and called as
-  ``function(prompts, responses)``, which must return a sequence of numbers, one per response.
+  ``function(prompts, responses)``, which must return a sequence of numbers, one per response;
+  a function with a third parameter is called as ``function(prompts, responses, answers)``
+  with each row's reference answer (None where the prompt source has none).
+* ``rule:arithmetic``, ``rule:exact`` -- rule-based (verifiable) rewards that check each
+  response against its row's reference answer (``engine.tasks``).
 * ``bundled:minilm-sentiment`` -- the MiniLM sentiment classifier trained on the bundled
   movie reviews by ``engine.reward_training.ensure_default_sentiment_rm`` (trained once on
   first use, a few minutes on 2 CPU cores, then loaded from the cache).
@@ -41,6 +45,7 @@ Progress = Callable[[str], None]
 ACCEPTED_FORMS = (
     "lexicon:vader",
     "python:pkg.module:function (or plain pkg.module:function)",
+    "rule:arithmetic, rule:exact",
     "bundled:minilm-sentiment",
     "a local folder of a sequence-classification model",
     "a hub id of a sequence-classification model (owner/name)",
@@ -174,14 +179,56 @@ class VaderReward(RewardSource):
 
 
 class FunctionReward(RewardSource):
-    """A Python function ``fn(prompts, responses) -> sequence of floats``."""
+    """A Python function ``fn(prompts, responses) -> sequence of floats``, or
+    ``fn(prompts, responses, answers)`` when it takes a third parameter."""
 
     def __init__(self, name: str, fn: Callable):
         self.name = name
         self.fn = fn
+        self.uses_answers = _takes_answers(fn)
 
-    def score(self, prompts, responses):
+    def score(self, prompts, responses, answers=None):
+        if self.uses_answers:
+            n = len(responses)
+            return self.fn(list(prompts), list(responses), list(answers) if answers is not None else [None] * n)
         return self.fn(list(prompts), list(responses))
+
+
+def _takes_answers(fn: Callable) -> bool:
+    import inspect
+
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.name == "answers" for p in params)
+
+
+class RuleReward(RewardSource):
+    """``rule:<name>``: a rule that checks each response against its reference answer."""
+
+    uses_answers = True
+
+    def __init__(self, source: str):
+        from engine.tasks import RULES
+
+        rule = source.split(":", 1)[1]
+        if rule not in RULES:
+            raise RewardError(f"unknown rule reward {source!r}; rules: "
+                              + ", ".join(f"rule:{r}" for r in RULES))
+        self.name, self.rule = source, rule
+
+    def judge(self, responses, answers=None) -> tuple[list[float], list[bool]]:
+        """Scores and whether each response's answer is right."""
+        from engine.tasks import judge
+
+        return judge(self.rule, list(responses), answers)
+
+    def score(self, prompts, responses, answers=None):
+        return self.judge(responses, answers)[0]
 
 
 def _load_function(source: str, spec: str) -> FunctionReward:
@@ -372,6 +419,8 @@ def build_reward(
         raise RewardError(f"unknown lexicon reward {source!r}; {_accepted()}")
     if source.startswith("python:"):
         return _load_function(source, source[len("python:"):])
+    if source.startswith("rule:"):
+        return RuleReward(source)
     if source.startswith("bundled:"):
         if source == "bundled:minilm-sentiment":
             from .reward_training import ensure_default_sentiment_rm

@@ -9,7 +9,8 @@ Forms (``kind`` is ``"model"``, ``"reward"`` or ``"data"``)::
     bundled:NAME        built or shipped by this project (names per kind in SCHEMES)
     tiny:NAME           a seeded random test model                       (model)
     lexicon:NAME        a lexicon reward function                         (reward)
-    python:pkg.mod:fn   a Python function fn(prompts, responses)          (reward)
+    python:pkg.mod:fn   a Python function fn(prompts, responses[, answers]) (reward)
+    rule:NAME           a rule checking each row's reference answer       (reward)
                         (plain pkg.mod:fn too; fn may be dotted: pkg.mod:Cls.method)
     hub:NAME            a Hugging Face hub dataset, said explicitly       (data)
     /path ./path ~/path a local folder (model, reward) or .jsonl/.csv/.txt file (data;
@@ -36,9 +37,10 @@ Names = Union[tuple[str, ...], Callable[[], tuple[str, ...]]]
 # scheme -> {kind: the names it accepts}; see the module docstring.
 SCHEMES: dict[str, dict[str, Names]] = {
     "bundled": {"model": ("smollm2-135m-instruct",), "reward": ("minilm-sentiment",),
-                "data": ("movie-reviews",)},
+                "data": ("movie-reviews", "arithmetic")},
     "tiny": {"model": ("llama", "qwen2-0.5b")},
     "lexicon": {"reward": ("vader",)},
+    "rule": {"reward": ("arithmetic", "exact")},   # engine.tasks.RULES: check the row's answer
 }
 # internal models a user does not name in a config (the reward classifier's backbone)
 INTERNAL_MODELS = ("bundled:minilm-l6",)
@@ -46,9 +48,10 @@ INTERNAL_MODELS = ("bundled:minilm-l6",)
 KINDS = ("model", "reward", "data")
 FORMS = {
     "model": "bundled:smollm2-135m-instruct, tiny:llama, a local folder or a hub id",
-    "reward": "bundled:minilm-sentiment, lexicon:vader, python:pkg.mod:function, "
-              "a local folder or a hub id",
-    "data": "bundled:movie-reviews, a hub dataset name or a local .jsonl/.csv/.txt file",
+    "reward": "bundled:minilm-sentiment, lexicon:vader, rule:arithmetic, rule:exact, "
+              "python:pkg.mod:function, a local folder or a hub id",
+    "data": "bundled:movie-reviews, bundled:arithmetic, a hub dataset name or a local "
+            ".jsonl/.csv/.txt file",
 }
 PROMPT_FILE_SUFFIXES = (".jsonl", ".csv", ".txt")   # what engine.data reads
 

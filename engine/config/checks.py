@@ -137,15 +137,37 @@ def _check_device(ctx: Ctx, path: Path_, device: str):
                         f"{'are' if n != 1 else 'is'} visible (cuda:0..cuda:{n - 1})")
 
 
+def _estimator_checks(cfg: RunConfig, ctx: Ctx) -> None:
+    """Combinations of ppo.estimator, rollout.n, rule rewards and the evaluation that cannot work."""
+    from engine.config.schema import GROUP_ESTIMATORS
+
+    ppo, ro = cfg.ppo, cfg.rollout
+    if ctx.ok(("ppo", "estimator"), ("rollout", "n")) and ppo.estimator in GROUP_ESTIMATORS and ro.n < 2:
+        ctx.error(("rollout", "n"), f"must be at least 2 with ppo.estimator: {ppo.estimator} (it compares "
+                                    f"the responses to one prompt); got {ro.n}", at=[("ppo", "estimator")])
+    if ctx.ok(("reward", "source"), ("data", "source")) and cfg.reward.source.strip().startswith("rule:") \
+            and cfg.data.source.strip() != "bundled:arithmetic":
+        ctx.error(("reward", "source"), f"a rule reward checks each prompt's reference answer, which only "
+                                        f"bundled:arithmetic provides; data.source is {_show(cfg.data.source)}",
+                  at=[("data", "source")])
+    if ctx.ok(("eval", "every"), ("data", "source")) and cfg.eval.every > 0 \
+            and cfg.data.source.strip() != "bundled:arithmetic":
+        ctx.error(("eval", "every"), f"held-out evaluation needs a prompt source with a held-out split "
+                                     f"(bundled:arithmetic); data.source is {_show(cfg.data.source)}",
+                  at=[("data", "source")])
+
+
 def cross_checks(cfg: RunConfig, ctx: Ctx):
     ppo, ro = cfg.ppo, cfg.rollout
 
     # Batch sizes.
-    if ctx.ok(("ppo", "mini_batch_size"), ("rollout", "batch_size")) \
-            and ro.batch_size % ppo.mini_batch_size:
-        ctx.error(("ppo", "mini_batch_size"),
-                  f"must divide rollout.batch_size ({ro.batch_size}); got {ppo.mini_batch_size}",
+    if ctx.ok(("ppo", "mini_batch_size"), ("rollout", "batch_size"), ("rollout", "n")) \
+            and (ro.batch_size * ro.n) % ppo.mini_batch_size:
+        per = f"rollout.batch_size * rollout.n ({ro.batch_size} * {ro.n})" if ro.n > 1 \
+            else f"rollout.batch_size ({ro.batch_size})"
+        ctx.error(("ppo", "mini_batch_size"), f"must divide {per}; got {ppo.mini_batch_size}",
                   at=[("rollout", "batch_size"), ("ppo",)])
+    _estimator_checks(cfg, ctx)
     if ctx.ok(("ppo", "micro_batch_size"), ("ppo", "mini_batch_size")) \
             and ppo.mini_batch_size % ppo.micro_batch_size:
         ctx.error(("ppo", "micro_batch_size"),
@@ -283,7 +305,7 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
                 elif amount <= 0:
                     ctx.error(("runtime", "ray_resources", k, name), f"must be > 0; got {amount}")
     if ctx.ok(("runtime", "colocate")) and not isinstance(rt.colocate, bool):
-        _check_groups(ctx, rt.colocate)
+        _check_groups(ctx, rt.colocate, cfg)
     if ctx.ok(("runtime", "threads")) and rt.threads is not None:
         for k, n in rt.threads.items():
             if not ctx.known_role(("runtime", "threads", k), k):
@@ -475,7 +497,7 @@ def _check_lora_targets(ctx: Ctx, cfg: RunConfig):
                             f"an adapter: {', '.join(have)}")
 
 
-def _check_groups(ctx: Ctx, groups):
+def _check_groups(ctx: Ctx, groups, cfg: Optional[RunConfig] = None):
     path = ("runtime", "colocate")
     if not groups:
         ctx.error(path, "expected true, false or a non-empty list of role groups")
@@ -496,8 +518,15 @@ def _check_groups(ctx: Ctx, groups):
                           at=[path + (gi,)])
             else:
                 seen[role] = gi
-    missing = [r for r in ROLES if r not in seen]
-    if missing:
+    from engine.config.schema import critic_free
+
+    no_critic = cfg is not None and ctx.ok(("ppo", "estimator")) and critic_free(cfg)
+    missing = [r for r in ROLES if r not in seen and not (r == "critic" and no_critic)]
+    if missing == ["critic"] and cfg is not None:
+        ctx.error(path, f"the critic is missing from the groups but ppo.estimator: {cfg.ppo.estimator} "
+                        f"needs one; add [critic] or use a critic-free estimator (grpo, rloo, ...)",
+                  at=[("ppo", "estimator")])
+    elif missing:
         ctx.error(path, f"roles missing from the groups: {', '.join(missing)}; every role must be in "
                         f"exactly one group (a role may be alone, e.g. [{missing[0]}])")
 

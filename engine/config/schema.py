@@ -335,6 +335,9 @@ class RolloutConfig:
     top_k: Int = key(0, "Top-k sampling; 0 = off.", ge=0, le=10_000_000)
     top_p: Float = key(1.0, "Nucleus sampling; 1.0 = off.", gt=0, le=1)
     do_sample: Bool = key(True, "Sample (true) or decode greedily (false).")
+    n: Int = key(1, "Responses sampled per prompt (in one generate call); the responses to one prompt "
+                    "form a group for grpo, dr_grpo, rloo and reinforce_pp_baseline. A step trains on "
+                    "rollout.batch_size * rollout.n responses.", ge=1, le=256)
     samples_to_log: Int = key(8, "Rollouts per step written to samples.jsonl.", ge=0, le=MAX_BATCH)
     reuse_logprobs: Bool = key(False, "Take the actor's old log-probs from the generation pass (each "
                                       "sampled token's final hidden state through a float32 LM head) "
@@ -346,8 +349,21 @@ class RolloutConfig:
 @section
 class PPOConfig:
     """The PPO update, KL penalty and optimisers."""
+    estimator: Annotated[Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"], Lower] = key(
+        "gae", "Advantage estimator: gae (PPO with a critic), grpo, dr_grpo (GRPO without the std "
+               "division), rloo, reinforce_pp, reinforce_pp_baseline; all but gae start no critic.")
+    kl_in: Annotated[Literal["reward", "loss"], Lower] = key(
+        "reward", "Where the KL to the reference goes: reward = a per-token penalty in the reward "
+                  "(kl_coef, kl_estimator); loss = a k3 term in the actor loss (kl_loss_coef), as "
+                  "GRPO does.")
+    kl_loss_coef: Float = key(0.001, "Coefficient of the k3 KL term in the actor loss (ppo.kl_in: loss).", **_COEF)
+    loss_agg: Annotated[Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
+                                "seq-mean-token-sum-norm"], Lower] = key(
+        "token-mean", "How the policy loss is averaged: token-mean, seq-mean-token-sum, "
+                      "seq-mean-token-mean or seq-mean-token-sum-norm (Dr.GRPO).")
     epochs: Int = key(1, "Passes over each rollout batch.", ge=1, le=1000)
-    mini_batch_size: Int = key(8, "Samples per optimizer step; must divide rollout.batch_size.", **_BATCH)
+    mini_batch_size: Int = key(8, "Samples per optimizer step; must divide rollout.batch_size * "
+                                  "rollout.n.", **_BATCH)
     micro_batch_size: Int = key(8, "Samples per forward/backward (gradient accumulation); must divide "
                                    "mini_batch_size.", **_BATCH)
     clip_low: Float = key(0.2, "Policy ratio clip below: ratio >= 1 - clip_low.", **_UNIT)
@@ -446,6 +462,15 @@ class CheckpointConfig:
 
 
 @section
+class EvalConfig:
+    """Held-out evaluation (prompt sources with a held-out split, e.g. bundled:arithmetic)."""
+    every: Int = key(0, "Evaluate on the held-out split every N steps (and before the first and "
+                        "after the last), greedy; 0 = off. Logged to metrics.jsonl as "
+                        "heldout_accuracy / heldout_score.", ge=0)
+    num_prompts: Int = key(64, "Held-out prompts per evaluation.", ge=1, le=100_000)
+
+
+@section
 class RunConfig:
     """A whole run. ``notices`` and ``source_file`` are set by the loader and ignored by ==."""
     run: RunSection = key(help="Run name, length, seed, output folder.", factory=RunSection)
@@ -458,6 +483,7 @@ class RunConfig:
     data: DataConfig = key(help="Prompts.", factory=DataConfig)
     rollout: RolloutConfig = key(help="Generation.", factory=RolloutConfig)
     ppo: PPOConfig = key(help="PPO update and KL penalty.", factory=PPOConfig)
+    eval: EvalConfig = key(help="Held-out evaluation.", factory=EvalConfig)
     runtime: RuntimeConfig = key(help="Processes and devices.", factory=RuntimeConfig)
     logging: LoggingConfig = key(help="Logs and TensorBoard.", factory=LoggingConfig)
     checkpoint: CheckpointConfig = key(help="Checkpoints.", factory=CheckpointConfig)
@@ -596,6 +622,15 @@ def resolve_role_model(cfg: RunConfig, role: str) -> str:
     if role == "reward":
         return cfg.reward.source
     return rc.model if rc.model is not None else cfg.actor.model
+
+
+CRITIC_FREE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")  # compare the responses to one prompt: rollout.n >= 2
+
+
+def critic_free(cfg: RunConfig) -> bool:
+    """True when ppo.estimator needs no critic: no critic process is started."""
+    return cfg.ppo.estimator in CRITIC_FREE_ESTIMATORS
 
 
 def colocation_groups(cfg: RunConfig) -> list[tuple[str, ...]]:

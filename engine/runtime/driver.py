@@ -37,8 +37,14 @@ def reference_in_actor(cfg: RunConfig) -> bool:
 
 
 def active_roles(cfg: RunConfig) -> tuple[str, ...]:
-    """The roles that get a worker (process, rank or Ray actor) in this run, in ROLES order."""
+    """The roles that get a worker (process, rank or Ray actor) in this run, in ROLES order: no
+    reference worker for a LoRA actor that is its own reference, no critic for a critic-free
+    estimator (``ppo.estimator`` other than gae)."""
+    from engine.config import critic_free
+
     skip = {"reference"} if reference_in_actor(cfg) else set()
+    if critic_free(cfg):
+        skip.add("critic")
     return tuple(r for r in ROLES if r not in skip)
 
 
@@ -95,11 +101,14 @@ class ThreadPlan:
             score={r: share4 for r in ROLES},
             update={"actor": max(1, cores - share2) if cores > 1 else 1, "critic": share2},
         )
-        shared = cfg.ppo.critic_trunk == "reference"
+        from engine.config import critic_free
+
+        no_critic = critic_free(cfg)
+        shared = cfg.ppo.critic_trunk == "reference" and not no_critic
         in_actor = reference_in_actor(cfg)
         heavy = ([] if in_actor else ["reference"]) + \
             ([] if cfg.rollout.reuse_logprobs and not in_actor else ["actor"]) + \
-            ([] if shared else ["critic"])
+            ([] if shared or no_critic else ["critic"])
         if in_actor:
             # the actor's process takes both its own and the reference's pass (one after the
             # other): it gets the reference's share as well; no reference worker to plan for
@@ -109,7 +118,7 @@ class ThreadPlan:
             # a critic that is a linear head, or old log-probs taken from generation: fewer
             # trunk passes share the scoring phase; the light roles keep one thread
             plan.score = {r: (max(1, cores // len(heavy)) if r in heavy else 1) for r in ROLES}
-        if shared:  # the critic's update is a linear head's: the actor's gets every core
+        if shared or no_critic:  # a head's update, or none: the actor's gets every core
             plan.update = {"actor": cores, "critic": 1}
         for r in ROLES:
             n = explicit_threads(cfg, r)
@@ -136,6 +145,12 @@ class PPODriver:
         self.concurrent = concurrent
         self._pending: Optional[tuple[float, int]] = None
         self.monitors, self.audit = make_monitors(cfg)
+        from engine.config import critic_free
+
+        self.critic_free = critic_free(cfg)
+        self.trainable = [r for r in TRAINABLE if not (r == "critic" and self.critic_free)]
+        self.answers: dict[str, str] = {}  # formatted prompt -> reference answer (verifiable tasks)
+        self.heldout: Optional[tuple[list[str], list[str]]] = None  # held-out prompts and answers
 
     def _call(self, role, op, tensors=None, args=None, phase="score"):
         n = getattr(self.threads, phase).get(role)
@@ -202,7 +217,7 @@ class PPODriver:
         if self._pending is None:
             return
         mean_kl, n = self._pending
-        self._send_all(list(TRAINABLE), "commit")
+        self._send_all(list(self.trainable), "commit")
         self._pending = None
         self.kl_ctl.update(mean_kl, n)
         self.monitors.commit()
@@ -211,16 +226,77 @@ class PPODriver:
         """Undo the pending update of the last step in every trainable role."""
         if self._pending is None:
             return
-        self._send_all(list(TRAINABLE), "rollback")
+        self._send_all(list(self.trainable), "rollback")
         self._pending = None
         self.monitors.rollback()
 
+    def _answers_for(self, prompts: list[str]) -> Optional[list[Optional[str]]]:
+        if not self.answers:
+            return None
+        return [self.answers.get(p) for p in prompts]
+
+    def evaluate(self) -> dict:
+        """Greedy responses to the held-out prompts, scored by the reward: ``heldout_score``
+        (mean score) and, for a rule reward, ``heldout_accuracy`` (fraction answered right)."""
+        if not self.heldout:
+            return {}
+        prompts, answers = self.heldout
+        t = time.perf_counter()
+        (batch, _, _), = self._run_phase({"gen": ("actor", "generate", None, {"prompts": prompts, "greedy": True}, "generate")}).values()
+        batch = {k: v for k, v in batch.items() if k != "old_logprobs"}
+        (out, info, _), = self._run_phase({"rew": ("reward", "score", batch, {"answers": answers}, "score")}).values()
+        res = {"heldout_score": float(out["scores"].float().mean()),
+               "heldout_n": len(prompts), "heldout_s": round(time.perf_counter() - t, 3)}
+        if "correct" in info:
+            res["heldout_accuracy"] = sum(bool(c) for c in info["correct"]) / max(1, len(prompts))
+        return res
+
+    def _advantages(self, scores, index, old_lp, ref_lp, mask, values, has_eos):
+        """Token rewards, advantages and returns for ``ppo.estimator`` (engine.algorithms)."""
+        p = self.cfg.ppo
+        adj_scores = scores.clone()
+        if p.missing_eos_penalty is not None:
+            adj_scores = torch.where(has_eos, adj_scores, adj_scores - float(p.missing_eos_penalty))
+        # ppo.kl_in: loss -> the KL is a term of the actor's loss, not of the reward
+        kl_coef = float(self.kl_ctl.value) if p.kl_in == "reward" else 0.0
+        rewards, kl_tok = A.shape_rewards(adj_scores, old_lp, ref_lp, mask, kl_coef, kind=p.kl_estimator)
+        est = p.estimator
+        if est == "gae":
+            if p.whiten_rewards:
+                rewards = A.whiten(rewards, mask, shift_mean=False) * mask
+            adv, ret = A.compute_gae(rewards, values, mask, p.gamma, p.lam)
+            if p.whiten_advantages:
+                adv = A.whiten(adv, mask) * mask
+        elif est == "reinforce_pp":
+            adv, ret = A.reinforce_pp_advantages(rewards, mask, p.gamma)
+        else:
+            # outcome estimators: one score per response, the KL penalty (kl_in: reward) summed in
+            outcome = rewards.sum(dim=1)
+            if est in ("grpo", "dr_grpo"):
+                adv = A.grpo_advantages(outcome, index, mask, norm_by_std=est == "grpo")
+            elif est == "rloo":
+                adv = A.rloo_advantages(outcome, index, mask)
+            else:
+                adv = A.reinforce_pp_baseline_advantages(outcome, index, mask)
+            ret = adv.clone()
+        return rewards, kl_tok, adv.float(), ret.float(), kl_coef
+
     def step(self, step: int, prompts: list[str], commit: bool = True) -> tuple[dict, list[dict]]:
-        """One PPO step. With ``commit=False`` the actor and critic updates stay pending until
-        ``commit()`` (or ``rollback()``): the caller records the step first."""
+        """One PPO step. With ``commit=False`` the actor (and critic) updates stay pending until
+        ``commit()`` (or ``rollback()``): the caller records the step first. With ``rollout.n``
+        > 1 each prompt is sampled n times in the one generate call; its responses share a
+        group id (``index``)."""
         cfg, p = self.cfg, self.cfg.ppo
         t_step = time.perf_counter()
         timings: dict[str, float] = {}
+        eval_before = {}
+        if step == 1 and self.heldout and cfg.eval.every:  # the starting policy, once
+            eval_before = self.evaluate()
+        n_per = int(cfg.rollout.n)
+        base_answers = self._answers_for(prompts)
+        prompts = [q for q in prompts for _ in range(n_per)]
+        index = torch.arange(len(prompts) // n_per).repeat_interleave(n_per)
+        answers = [a for a in base_answers for _ in range(n_per)] if base_answers is not None else None
 
         # 1. rollout ------------------------------------------------------------------------
         t = time.perf_counter()
@@ -231,7 +307,7 @@ class PPODriver:
 
         # 2. scoring, concurrently ---------------------------------------------------------
         t = time.perf_counter()
-        shared = p.critic_trunk == "reference"
+        shared = p.critic_trunk == "reference" and not self.critic_free
         # a LoRA actor with reference.model null answers for the reference: its base model
         # with the adapters disabled (no reference worker exists)
         ref_call = ("actor", "ref_logprobs") if reference_in_actor(cfg) else ("reference", "logprobs")
@@ -239,9 +315,9 @@ class PPODriver:
             "old": ("actor", "logprobs", batch, {}, "score"),
             "ref": (*ref_call, batch, {"hidden": shared}, "score"),
             "val": ("critic", "values", batch, {}, "score"),
-            "rew": ("reward", "score", batch, {}, "score"),
+            "rew": ("reward", "score", batch, {"answers": answers} if answers is not None else {}, "score"),
         }
-        if shared:  # the critic's head reads the reference's hidden states: after that pass
+        if shared or self.critic_free:  # the head reads the reference's hidden states; or no critic
             del calls["val"]
         if gen_lp is not None:
             del calls["old"]
@@ -252,6 +328,8 @@ class PPODriver:
         if shared:
             critic_in = {"response_mask": batch["response_mask"], "hidden": res["ref"][0]["hidden"]}
             res["val"] = self._gather({"val": self._call("critic", "values", critic_in, {}, "score")})["val"]
+        if self.critic_free:
+            res["val"] = ({"values": torch.zeros_like(batch["response_mask"], dtype=torch.float32)}, {}, 0.0)
         timings["scoring"] = time.perf_counter() - t
         timings["actor_logprobs"] = res["old"][2]
         timings["ref"] = res["ref"][2]
@@ -265,18 +343,10 @@ class PPODriver:
         ref_lp = res["ref"][0]["logprobs"]
         values = res["val"][0]["values"] * mask
         scores = res["rew"][0]["scores"].float()
+        correct = res["rew"][1].get("correct")
         eos = self.tok.eos_token_id
         has_eos = ((batch["response_ids"] == eos) & batch["response_mask"].bool()).any(dim=1)
-        adj_scores = scores.clone()
-        if p.missing_eos_penalty is not None:
-            adj_scores = torch.where(has_eos, adj_scores, adj_scores - float(p.missing_eos_penalty))
-        kl_coef = float(self.kl_ctl.value)
-        rewards, kl_tok = A.shape_rewards(adj_scores, old_lp, ref_lp, mask, kl_coef, kind=p.kl_estimator)
-        if p.whiten_rewards:
-            rewards = A.whiten(rewards, mask, shift_mean=False) * mask
-        adv, ret = A.compute_gae(rewards, values, mask, p.gamma, p.lam)
-        if p.whiten_advantages:
-            adv = A.whiten(adv, mask) * mask
+        rewards, kl_tok, adv, ret, kl_coef = self._advantages(scores, index, old_lp, ref_lp, mask, values, has_eos)
         for name, tns in (("rewards", rewards), ("advantages", adv), ("returns", ret)):
             if not torch.isfinite(tns[mask.bool()]).all():
                 raise NonFiniteError("driver", "advantage", f"{name} contain NaN/inf")
@@ -287,13 +357,16 @@ class PPODriver:
 
         # 4. updates, concurrently, as one two-phase commit ----------------------------------
         t = time.perf_counter()
-        upd = self._update_phase({
-            "actor": ("actor", "update", {**batch, "old_logprobs": old_lp, "advantages": adv}, {"step": step}, "update"),
-            "critic": ("critic", "update", {**critic_in, "values": values, "returns": ret}, {"step": step}, "update"),
-        })
+        actor_in = {**batch, "old_logprobs": old_lp, "advantages": adv}
+        if p.kl_in == "loss":
+            actor_in["ref_logprobs"] = ref_lp
+        calls = {"actor": ("actor", "update", actor_in, {"step": step}, "update")}
+        if not self.critic_free:
+            calls["critic"] = ("critic", "update", {**critic_in, "values": values, "returns": ret}, {"step": step}, "update")
+        upd = self._update_phase(calls)
         timings["update"] = time.perf_counter() - t
         timings["actor_update"] = upd["actor"][2]
-        timings["critic_update"] = upd["critic"][2]
+        timings["critic_update"] = upd["critic"][2] if "critic" in upd else 0.0
         t = time.perf_counter()
         mon, alerts, flags, audits, prompts_txt = self._monitor_step(batch, scores, mean_kl, upd["actor"][1])
         timings["monitors"] = time.perf_counter() - t
@@ -307,33 +380,52 @@ class PPODriver:
         # 5. metrics and samples --------------------------------------------------------------
         lengths = mask.sum(dim=1)
         n_tokens = int(mask.sum())
+        seq_adv = (adv * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # the response's mean advantage
         metrics: dict[str, Any] = {
             "step": step,
             "time": time.time(),
             "timings": {k: round(v, 4) for k, v in timings.items()},
+            "estimator": p.estimator,
+            "rollout_n": n_per,
             "score_mean": float(scores.mean()),
             "score_std": float(scores.std()) if scores.numel() > 1 else 0.0,
             "kl": mean_kl,
             "kl_coef": kl_coef,
-            "kl_coef_next": float(kl_next.value),
+            "kl_coef_next": float(kl_next.value) if p.kl_in == "reward" else 0.0,
             "kl_penalty_mean": float(kl_tok.sum(1).mean()),  # the configured estimator, as shaped
             "response_len_mean": float(lengths.mean()),
             "response_len_max": int(lengths.max()) if lengths.numel() else 0,
             "eos_frac": float(has_eos.float().mean()),
             "advantage_mean": float(A.masked_mean(adv, mask)),
             "return_mean": float(A.masked_mean(ret, mask)),
-            "value_mean": float(A.masked_mean(values, mask)),
             "tokens": n_tokens,
             "tokens_per_s": n_tokens / timings["step"] if timings["step"] > 0 else 0.0,
             "gen_tokens_per_s": n_tokens / timings["rollout"] if timings["rollout"] > 0 else 0.0,
         }
+        if not self.critic_free:
+            metrics["value_mean"] = float(A.masked_mean(values, mask))
+        if n_per > 1:  # spread of the scores within a prompt's group (0: nothing to learn from it)
+            g = scores.view(-1, n_per)
+            metrics["group_score_std"] = float(g.std(dim=1).mean())
+            metrics["group_all_equal_frac"] = float((g.max(1).values == g.min(1).values).float().mean())
+        if correct is not None:
+            metrics["accuracy"] = sum(bool(c) for c in correct) / max(1, len(correct))
         metrics.update({k: v for k, v in upd["actor"][1].items()})
-        metrics.update({k: v for k, v in upd["critic"][1].items()})
+        if "critic" in upd:
+            metrics.update({k: v for k, v in upd["critic"][1].items()})
         metrics.update(mon)
         metrics["alerts"] = alerts
+        if eval_before:
+            metrics.update({f"{k}_initial": v for k, v in eval_before.items() if k in ("heldout_accuracy", "heldout_score")})
+        if self.heldout and cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.run.steps):
+            ev = self.evaluate()  # the policy after this step's update
+            metrics.update(ev)
+            metrics["timings"]["eval"] = round(ev.get("heldout_s", 0.0), 4)
 
         samples = []
         n_log = min(cfg.rollout.samples_to_log, len(prompts_txt))
+        if n_per > 1 and n_log:  # whole groups: the n responses to a prompt side by side
+            n_log = min(len(prompts_txt), -(-n_log // n_per) * n_per)
         step_alerts = [a["monitor"] for a in alerts if a["samples"] is None]
         for i in sorted(set(range(n_log)) | {i for i, f in enumerate(flags) if f}):  # + every flagged one
             m = batch["response_mask"][i].bool()
@@ -343,6 +435,9 @@ class PPODriver:
                 score=float(scores[i]), kl=float(seq_kl[i]), ret=float(ret[i][0]) if m.any() else 0.0,
                 length=int(m.sum()), eos=bool(has_eos[i]), repetition=mon["repetition_each"][i],
                 audit=audits[i] if audits is not None else None, flags=flags[i], step_alerts=step_alerts,
+                advantage=float(seq_adv[i]), group=int(index[i]) if n_per > 1 else None,
+                answer=answers[i] if answers is not None else None,
+                correct=bool(correct[i]) if correct is not None else None,
             ).to_dict())
         metrics.pop("repetition_each")
         return metrics, samples

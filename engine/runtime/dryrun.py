@@ -68,7 +68,10 @@ def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> 
     report["actor"]["phase"] = "rollout"
     shared = cfg.ppo.critic_trunk == "reference"
     hidden = None
+    live = active_roles(cfg)
     for name, op in (("reference", "logprobs"), ("reward", "score"), ("critic", "values")):
+        if name == "critic" and "critic" not in live:  # a critic-free estimator
+            continue
         t = time.perf_counter()
         args = {"hidden": True} if name == "reference" and shared else {}
         inputs = {**batch, "hidden": hidden} if name == "critic" and shared else batch
@@ -89,13 +92,19 @@ def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> 
     out("")
     out(f"{'role':<10} {'phase':<9} {'time':>8} {'load':>8} {'memory':>12}")
     for name in ("actor", "reference", "reward", "critic"):
+        if name == "critic" and "critic" not in live:
+            continue
         r = report[name]
         mem = f"{r['gpu_alloc_mb']:.0f} MB gpu" if "gpu_alloc_mb" in r else f"{r['rss_added_mb']:.0f} MB rss"
         out(f"{name:<10} {r['phase']:<9} {r['phase_s']:>7.2f}s {r['load_s']:>7.1f}s {mem:>12}")
     out(f"batch {len(prompts)} prompts, {gen.get('response_tokens', 0)} response tokens; "
         f"mean score {sum(report['scores']) / max(1, len(report['scores'])):.3f}; peak RSS {peak:.0f} MB")
-    out("dry run OK: all four roles loaded and ran once (no backward, no update)" if not in_actor else
-        "dry run OK: actor (also the reference), critic and reward loaded and ran once (no backward, no update)")
+    if "critic" not in live:
+        out(f"dry run OK: {', '.join(live)} loaded and ran once (no backward, no update); "
+            f"ppo.estimator {cfg.ppo.estimator} starts no critic")
+    else:
+        out("dry run OK: all four roles loaded and ran once (no backward, no update)" if not in_actor else
+            "dry run OK: actor (also the reference), critic and reward loaded and ran once (no backward, no update)")
     report["peak_rss_mb"] = peak
     for r in roles.values():
         src = getattr(r, "source", None)

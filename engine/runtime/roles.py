@@ -361,12 +361,15 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
         )
         q_ids, q_mask = enc["input_ids"], enc["attention_mask"]
         self.model.eval()
+        greedy = bool(args.get("greedy"))  # held-out evaluation: greedy, no log-probs
+        reuse = r.reuse_logprobs and not greedy
         with torch.no_grad(), self.amp():
             gen = generate(
                 self.model, self.tokenizer, self._to(q_ids), self._to(q_mask),
-                max_new_tokens=r.max_new_tokens, min_new_tokens=r.min_new_tokens,
-                temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, do_sample=r.do_sample,
-                return_hidden=r.reuse_logprobs,
+                max_new_tokens=r.max_new_tokens, min_new_tokens=0 if greedy else r.min_new_tokens,
+                temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
+                do_sample=False if greedy else r.do_sample,
+                return_hidden=reuse,
             )
         resp, resp_mask = gen[0], gen[1]
         out = {
@@ -375,7 +378,7 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
             "response_ids": resp.cpu(),
             "response_mask": resp_mask.cpu(),
         }
-        if r.reuse_logprobs:
+        if reuse:
             from engine.models import head_logprobs
 
             with torch.no_grad():
@@ -407,8 +410,11 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
         P = tensors["query_ids"].shape[1]
         old_lp, adv = tensors["old_logprobs"].float(), tensors["advantages"].float()
         _check_finite(self.name, "update", advantages=adv[mask.bool()], old_logprobs=old_lp[mask.bool()])
+        ref_lp = tensors["ref_logprobs"].float() if p.kl_in == "loss" else None  # k3 KL in the loss
         self.model.train()
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "clipfrac", "dual_clipfrac", "approx_kl", "entropy", "grad_norm")}
+        if ref_lp is not None:
+            stats["kl_loss"] = []
         for epoch in range(p.epochs):
             perm = torch.randperm(B, generator=step_generator(self.cfg.run.seed, step, 1 + epoch))
             for mb in _batches(B, p.mini_batch_size):
@@ -426,9 +432,14 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
                     loss, st = A.policy_loss(
                         lp.float(), self._to(old_lp[idx]), self._to(adv[idx]), m,
                         clip_low=p.clip_low, clip_high=p.clip_high, clip_c=p.dual_clip_c,
+                        loss_agg=p.loss_agg,
                     )
                     ent_mean = A.masked_mean(ent.float(), m)
                     total = loss - p.entropy_coef * ent_mean
+                    if ref_lp is not None:
+                        kl_loss = A.agg_loss(A.kl_penalty(lp.float(), self._to(ref_lp[idx]), "k3"), m, p.loss_agg)
+                        total = total + p.kl_loss_coef * kl_loss
+                        stats["kl_loss"].append(float(kl_loss.detach()) * scale)
                     self._check_loss(policy_loss=total)
                     (total * weight).backward()
                     stats["policy_loss"].append(float(loss.detach()) * scale)
@@ -737,14 +748,22 @@ class RewardRole(Role):
         from engine.rewards import RewardError
 
         prompts, responses = self.decode(tensors)
-        raw = self.source.score(prompts, responses)
+        answers = args.get("answers")  # each row's reference answer (verifiable tasks)
+        info: dict[str, Any] = {}
+        if hasattr(self.source, "judge"):
+            raw, correct = self.source.judge(responses, answers)
+            info["correct"] = [bool(c) for c in correct]
+        elif getattr(self.source, "uses_answers", False):
+            raw = self.source.score(prompts, responses, answers)
+        else:
+            raw = self.source.score(prompts, responses)
         if len(raw) != len(prompts):
             raise RewardError(f"reward source '{self.source_spec}' returned {len(raw)} scores for {len(prompts)} samples")
         scores = torch.tensor([float(x) for x in raw], dtype=torch.float32)
         bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
         if bad:
             raise NonFiniteError("reward", "score", f"source '{self.source_spec}' returned {scores[bad[0]].item()} for sample {bad[0]}")
-        return {"scores": scores}, {}
+        return {"scores": scores}, info
 
     def op_swap(self, tensors: Tensors, args: dict) -> Result:
         spec = str(args["source"])

@@ -472,7 +472,8 @@ class Supervisor:
         self.log(f"run {self.rd.name}: starting {len(specs)} {what} for "
                  f"{', '.join(active_roles(cfg))} ({available_cores()} cores)"
                  + ("; the reference is the LoRA actor's base (adapters disabled)"
-                    if "reference" not in active_roles(cfg) else ""))
+                    if "reference" not in active_roles(cfg) else "")
+                 + (f"; ppo.estimator {cfg.ppo.estimator}: no critic" if "critic" not in active_roles(cfg) else ""))
         if devices:
             self.log(format_plan(devices, cfg))
             self.rd.write_state(devices=devices)
@@ -548,6 +549,7 @@ class Supervisor:
         stream = prompt_stream(cfg, tokenizer)
         kl_ctl = make_kl_controller(cfg)
         driver = PPODriver(cfg, self.endpoints, tokenizer, kl_ctl, plan)
+        self._task_answers(driver, tokenizer)
 
         if self.resume:
             ck = self.rd.latest_checkpoint()
@@ -665,6 +667,25 @@ class Supervisor:
         self.log(f"finished {self.step}/{total} steps")
         self._finish("finished")
         return 0
+
+    def _task_answers(self, driver: PPODriver, tokenizer) -> None:
+        """A verifiable task (bundled:arithmetic): each prompt's reference answer for the reward,
+        and the held-out prompts that eval.every evaluates."""
+        from engine.tasks import task_rows
+
+        cfg, d = self.cfg, self.cfg.data
+        rows = task_rows(d.source, "train")
+        if rows is None:
+            return
+        from engine.data import format_prompts
+
+        def fmt(texts):
+            return format_prompts(texts, tokenizer, True) if d.chat_template else list(texts)
+
+        driver.answers = dict(zip(fmt([r["prompt"] for r in rows]), [r["answer"] for r in rows]))
+        if cfg.eval.every:
+            held = task_rows(d.source, "heldout")[: cfg.eval.num_prompts]
+            driver.heldout = (fmt([r["prompt"] for r in held]), [r["answer"] for r in held])
 
     def log_quiet(self, line: str, show: bool = True) -> None:
         """A step line: events.log and (``show``: logging.print_every) the terminal, not the
@@ -819,7 +840,8 @@ class Supervisor:
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            futs = [self.endpoints[r].submit(r, "save", None, {"path": str(tmp)}) for r in ("actor", "critic")]
+            futs = [self.endpoints[r].submit(r, "save", None, {"path": str(tmp)}) for r in ("actor", "critic")
+                    if r in self.endpoints]
             errs = []
             for f in futs:  # wait for both before the folder may be removed
                 try:
@@ -859,7 +881,8 @@ class Supervisor:
 
     def _load_checkpoint(self, ck: Path, stream, kl_ctl) -> None:
         st = json.loads((ck / "state.json").read_text())
-        futs = [self.endpoints[r].submit(r, "load", None, {"path": str(ck)}) for r in ("actor", "critic")]
+        futs = [self.endpoints[r].submit(r, "load", None, {"path": str(ck)}) for r in ("actor", "critic")
+                if r in self.endpoints]
         for f in futs:
             f.result()
         stream.load_state_dict(st["data"])
