@@ -55,6 +55,12 @@ class SampleScreen(ModalScreen[None]):
         t.add_row(Text("score", style="bold"), fmt_num(s.get("score"), 4), Text("kl", style="bold"), fmt_num(s.get("kl"), 4))
         t.add_row(Text("return", style="bold"), fmt_num(s.get("return"), 4), Text("length", style="bold"),
                   f"{s.get('length', '–')}" + (" (eos)" if s.get("eos") else " (no eos)"))
+        if "group" in s or "advantage" in s:  # rollout.n > 1: the response's group and advantage
+            t.add_row(Text("group", style="bold"), str(s.get("group", "–")), Text("advantage", style="bold"),
+                      fmt_num(s.get("advantage"), 4))
+        if "answer" in s:  # a verifiable task: the reference answer and whether it was hit
+            t.add_row(Text("answer", style="bold"), str(s.get("answer")), Text("correct", style="bold"),
+                      {True: Text("yes", style="green"), False: Text("no", style="red")}.get(s.get("correct"), Text("–")))
         t.add_row(Text("label", style="bold"), LABEL_MARK.get(self.label, Text("–")), "", "")
         if "repetition" in s or "audit" in s:  # the reward-hacking monitors' view of it
             t.add_row(Text("repetition", style="bold"), fmt_num(s.get("repetition"), 3),

@@ -29,6 +29,8 @@ MIN_DATA_ROWS = 6
 # (title, [(metrics key, legend, theme colour)])
 PLOTS = (
     ("score", (("score_mean", "score", "success"),)),
+    # verifiable tasks (eval.every): greedy accuracy on the held-out split, sampled on the train batch
+    ("held-out accuracy", (("heldout_accuracy", "held-out (greedy)", "success"), ("accuracy", "train (sampled)", "accent"))),
     ("KL", (("kl", "KL", "accent"),)),
     ("response length", (("response_len_mean", "tokens", "warning"),)),
     ("loss", (("policy_loss", "policy", "secondary"), ("value_loss", "value", "primary"))),

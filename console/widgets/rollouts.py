@@ -377,9 +377,15 @@ class RolloutsTable(ScrollView, can_focus=True):
         cell = Text(mark, style=mstyle)
         if n in self.index.flags:
             cell.append("⚠", style="bold yellow")
+        response = Text(_one_line(s.get("response", "")))
+        if "group" in s:  # rollout.n > 1: the prompt's group and this response's advantage first
+            adv = s.get("advantage")
+            head = Text(f"g{s['group']} ", style="bold")
+            if isinstance(adv, (int, float)):
+                head.append(f"A{adv:+.2f} ", style="green" if adv > 0 else "red" if adv < 0 else "dim")
+            response = Text.assemble(head, "│ ", response)
         cells = [Text(f"{s.get('step', '')}·{s.get('index', '')}"), Text(fmt_num(s.get("score"))),
-                 Text(fmt_num(s.get("kl"), 4)), cell,
-                 Text(_one_line(s.get("response", "")))]
+                 Text(fmt_num(s.get("kl"), 4)), cell, response]
         if len(widths) > 5:
             cells.append(Text(_one_line(s.get("prompt", "")), style="dim"))
         if self.search and n in self.matches:
@@ -419,11 +425,20 @@ class RolloutsTable(ScrollView, can_focus=True):
         n = self.ordinal_at(row)
         if n == self.selected:
             style = base + self.get_component_rich_style("rollouts--cursor")
-        elif row % 2:
+        elif self._shade(row, n):
             style = base + self.get_component_rich_style("rollouts--even")
         else:
             style = base
         return self._strip(self._row_text(n, width), width, style)
+
+    def _shade(self, row: int, n: int) -> bool:
+        """Alternate shading by row, or (samples with a group: rollout.n > 1, in file order) by
+        group, so the n responses to one prompt read as one block."""
+        if self.view is None:
+            g = self.index.get(n).get("group")
+            if g is not None:
+                return bool((self.index.steps[n] * 7919 + int(g)) % 2)
+        return bool(row % 2)
 
     def watch_scroll_y(self, old, new) -> None:
         super().watch_scroll_y(old, new)

@@ -333,7 +333,8 @@ class PPODriver:
         timings["scoring"] = time.perf_counter() - t
         timings["actor_logprobs"] = res["old"][2]
         timings["ref"] = res["ref"][2]
-        timings["critic"] = res["val"][2]
+        if not self.critic_free:  # no critic: no critic phase in the timings (nor a row in the console)
+            timings["critic"] = res["val"][2]
         timings["reward"] = res["rew"][2]
 
         # 3. advantages (the driver's own math) ---------------------------------------------
@@ -366,7 +367,8 @@ class PPODriver:
         upd = self._update_phase(calls)
         timings["update"] = time.perf_counter() - t
         timings["actor_update"] = upd["actor"][2]
-        timings["critic_update"] = upd["critic"][2] if "critic" in upd else 0.0
+        if "critic" in upd:
+            timings["critic_update"] = upd["critic"][2]
         t = time.perf_counter()
         mon, alerts, flags, audits, prompts_txt = self._monitor_step(batch, scores, mean_kl, upd["actor"][1])
         timings["monitors"] = time.perf_counter() - t
