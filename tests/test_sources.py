@@ -83,13 +83,13 @@ def test_kinds_accept_their_own_schemes(tmp_path):
 
 
 def test_a_new_scheme_is_one_entry(monkeypatch):
-    """What another source kind (e.g. rule:NAME rewards) needs: one entry in SCHEMES."""
-    monkeypatch.setitem(sources.SCHEMES, "rule", {"reward": lambda: ("digits", "length")})
-    assert sources.problem("rule:digits", "reward") is None
-    assert "did you mean 'rule:length'" in sources.problem("rule:lenght", "reward")
-    assert "not valid here" in sources.problem("rule:digits", "model")
-    assert check_reward_source("rule:digits") is None and _config_verdict("rule:digits")
-    assert not _config_verdict("rule:nope") and check_reward_source("rule:nope")
+    """What another source kind (e.g. a made-up check:NAME reward) needs: one entry in SCHEMES."""
+    monkeypatch.setitem(sources.SCHEMES, "check", {"reward": lambda: ("digits", "length")})
+    assert sources.problem("check:digits", "reward") is None
+    assert "did you mean 'check:length'" in sources.problem("check:lenght", "reward")
+    assert "not valid here" in sources.problem("check:digits", "model")
+    assert check_reward_source("check:digits") is None and _config_verdict("check:digits")
+    assert not _config_verdict("check:nope") and check_reward_source("check:nope")
 
 
 def test_the_loaders_know_every_name_the_grammar_accepts():
@@ -103,6 +103,8 @@ def test_the_loaders_know_every_name_the_grammar_accepts():
         assert len(data.load_prompts(f"bundled:{n}", num_prompts=2)) == 2
     for n in sources.names("lexicon", "reward"):
         assert build_reward(f"lexicon:{n}")(["a"], ["good"])
+    for n in sources.names("rule", "reward"):
+        assert build_reward(f"rule:{n}").judge(["4", "5"], ["4", "4"])[1] == [True, False]
     for bad in ("lexicon:nope", "bundled:nope", "python:pkg..mod:f", "just words"):
         assert sources.problem(bad, "reward")
         with pytest.raises(RewardError):
