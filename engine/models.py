@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from engine import hub, sources
+from engine.algorithms import entropy_from_logits
 from engine.assets import AssetError, cache_dir, fetch_wheel_asset
 from engine.files import file_lock, publish_folder
 
@@ -769,7 +770,8 @@ def load_reward_model(source: str, *, dtype="float32", device="cpu", quantizatio
 def _logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, temperature: float,
                           return_entropy: bool, dtype: torch.dtype, max_elems: int = 1 << 25):
     """log_softmax-gather in ``dtype``, chunked over the batch so the float32 copy of the
-    logits stays under ``max_elems`` elements per chunk."""
+    logits stays under ``max_elems`` elements per chunk; the entropy is
+    :func:`engine.algorithms.entropy_from_logits` of the same (temperature-scaled) logits."""
     B, R, V = logits.shape
     rows = max(1, max_elems // max(1, R * V))
     lps, ents = [], []
@@ -780,8 +782,7 @@ def _logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, temperatu
         lse = torch.logsumexp(lg, dim=-1)
         lps.append(lg.gather(-1, targets[s:s + rows].unsqueeze(-1)).squeeze(-1) - lse)
         if return_entropy:
-            p = torch.softmax(lg, dim=-1)
-            ents.append(lse - (p * lg).sum(-1))
+            ents.append(entropy_from_logits(lg))
     lp = torch.cat(lps, 0)
     return (lp, torch.cat(ents, 0)) if return_entropy else lp
 

@@ -5,6 +5,7 @@ into the default cache). The slow test converts/loads the real bundled SmolLM2.
 """
 from __future__ import annotations
 
+import math
 import re
 import time
 
@@ -481,3 +482,17 @@ def test_bundled_smollm2_generates_and_critic_loads():
     values = critic(ids, am)
     assert values.shape == ids.shape and torch.count_nonzero(values) == 0
     assert type(critic.model).__name__ == "LlamaForTokenClassification"
+
+
+def test_sequence_entropy_is_the_algorithms_one_even_for_huge_logits():
+    # one entropy: models computes it with algorithms.entropy_from_logits (max shift), so
+    # logits around 1e4 give the uniform entropy log(V), not a cancellation artefact
+    from engine.algorithms import entropy_from_logits
+
+    V = 7
+    logits = torch.full((2, 3, V), 1e4) + torch.linspace(0, 1e-3, V)
+    targets = torch.zeros(2, 3, dtype=torch.long)
+    _, ent = M._logprobs_from_logits(logits, targets, 1.0, True, torch.float32)
+    assert torch.isfinite(ent).all()
+    assert torch.allclose(ent, entropy_from_logits(logits), atol=0, rtol=0)
+    assert torch.allclose(ent, torch.full((2, 3), math.log(V)), atol=1e-5)
