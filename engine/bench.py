@@ -226,12 +226,12 @@ def _run_single_process(cfg, steps: int):
     from engine.config import resolve_role_model
     from engine.data import prompt_stream
     from engine.models import count_parameters, load_tokenizer
+    from engine.procs import available_cores
     from engine.runtime.driver import (
         InlineEndpoint,
         PPODriver,
         ThreadPlan,
         active_roles,
-        available_cores,
         format_step_line,
     )
     from engine.runtime.roles import ROLE_CLASSES, role_seed
@@ -270,7 +270,7 @@ def _run_single_process(cfg, steps: int):
 def bench_step(args) -> int:
     from engine.config import load_config
     from engine.models import torch_dtype
-    from engine.runtime.driver import available_cores
+    from engine.procs import available_cores
 
     overrides = list(args.set or [])
     from engine.runtime.worker import quiet_hf_logging

@@ -1,10 +1,12 @@
-"""Is a process alive, and when did it start: the one place that asks (through psutil).
+"""Processes and cores: is a process alive and when did it start (through psutil), and how
+many CPU cores this process may use. The one place that asks.
 
 A zombie counts as dead (its exit status is waiting for a parent that may never read it); a
 process owned by another user counts as alive.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import psutil
@@ -39,3 +41,11 @@ def process_info(pid: Optional[int]) -> tuple[bool, Optional[float]]:
 def pid_alive(pid: Optional[int]) -> bool:
     """True when a process with this pid exists and is not a zombie."""
     return process_info(pid)[0]
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; the CPU count where there is none)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - no sched_getaffinity (macOS)
+        return max(1, os.cpu_count() or 1)

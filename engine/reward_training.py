@@ -605,7 +605,7 @@ def ensure_default_sentiment_rm(progress: Optional[Progress] = None) -> Path:
         # scoring phase; nothing else computes while the roles load, so use every core
         import torch
 
-        from engine.runtime.driver import available_cores
+        from engine.procs import available_cores
 
         before = torch.get_num_threads()
         torch.set_num_threads(max(before, available_cores()))

@@ -69,3 +69,73 @@ def test_the_scan_sees_every_form_of_import(tmp_path):
         assert _offenders("console", _runtime, tmp_path), src
     probe.write_text("from engine.client import RunDir\nfrom ..model import RunModel\n")
     assert _offenders("console", _runtime, tmp_path) == []
+
+
+# modules above the runtime: they start or read runs, so they may reach into engine.runtime
+_ABOVE_RUNTIME = {"engine/client.py", "engine/bench.py", "engine/report.py", "engine/config/checks.py"}
+
+
+def test_engine_libraries_never_import_the_runtime():
+    """The libraries the runtime is built from (models, rewards, reward_training, data, ...)
+    import nothing from engine.runtime, lazily or not: no circle such as reward_training ->
+    runtime.driver -> runtime.roles -> rewards -> reward_training."""
+    hits = []
+    for p in sorted((ROOT / "engine").rglob("*.py")):
+        rel = str(p.relative_to(ROOT))
+        if rel.startswith("engine/runtime/") or rel in _ABOVE_RUNTIME:
+            continue
+        hits += [f"{rel}:{line}: imports {mod}" for line, mod in _imports(p) if _runtime(mod)]
+    assert not hits, "\n".join(hits)
+
+
+def test_no_import_cycle_at_module_level():
+    """Module-level imports between engine/console modules form no cycle."""
+    mods = {}
+    for folder in ("engine", "console"):
+        for p in (ROOT / folder).rglob("*.py"):
+            name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
+            mods[name.removesuffix(".__init__")] = p
+    graph: dict[str, set] = {}
+    for name, p in mods.items():
+        tree = ast.parse(p.read_text())
+        deps = set()
+        for node in tree.body:     # module level only; lazy imports inside functions are allowed
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for _line, mod in _imports_of(node, p):
+                    while mod and mod not in mods:
+                        mod = mod.rpartition(".")[0]
+                    # a submodule naming its own package is Python's package import, not a cycle
+                    if mod and mod != name and not name.startswith(mod + "."):
+                        deps.add(mod)
+        graph[name] = deps
+    seen, stack, on = set(), [], set()
+    cycles = []
+
+    def visit(n):
+        seen.add(n)
+        stack.append(n)
+        on.add(n)
+        for d in graph[n]:
+            if d in on:
+                cycles.append(stack[stack.index(d):] + [d])
+            elif d not in seen:
+                visit(d)
+        stack.pop()
+        on.discard(n)
+
+    for n in sorted(graph):
+        if n not in seen:
+            visit(n)
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def _imports_of(node, path: Path) -> list[tuple[int, str]]:
+    pkg = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    if isinstance(node, ast.Import):
+        return [(node.lineno, a.name) for a in node.names]
+    if node.level:
+        base = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+        mod = ".".join(base + ([node.module] if node.module else []))
+    else:
+        mod = node.module or ""
+    return [(node.lineno, f"{mod}.{a.name}") for a in node.names]

@@ -11,7 +11,6 @@ the benchmark's single-process baseline uses ``InlineEndpoint`` and runs phase a
 from __future__ import annotations
 
 import copy
-import os
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import torch
 from engine import algorithms as A
 from engine import monitors as M
 from engine.config import RunConfig
+from engine.procs import available_cores
 from engine.records import Sample, sample_id
 from engine.runtime.roles import NonFiniteError
 
@@ -50,13 +50,6 @@ def active_roles(cfg: RunConfig) -> tuple[str, ...]:
 
 class UpdateConsistencyError(RuntimeError):
     """A role could not commit or roll back its update: the roles' states may disagree."""
-
-
-def available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover
-        return max(1, os.cpu_count() or 1)
 
 
 class InlineEndpoint:

@@ -399,7 +399,7 @@ class RayBackend:
     def start(self) -> None:
         import ray
 
-        from engine.runtime.driver import available_cores
+        from engine.procs import available_cores
 
         if ray.is_initialized():
             raise RayBackendError("this process is already connected to Ray; a run needs its own "

@@ -29,6 +29,7 @@ import torch
 from engine import transport
 from engine.config import RunConfig, dump_config, resolve_role_model, validate_text
 from engine.files import atomic_write_json, atomic_write_text, durable_rename, human_size, read_jsonl
+from engine.procs import available_cores
 from engine.runtime.control import ControlServer, socket_path_for
 from engine.runtime.driver import (
     ROLES,
@@ -36,7 +37,6 @@ from engine.runtime.driver import (
     ThreadPlan,
     UpdateConsistencyError,
     active_roles,
-    available_cores,
     format_step_line,
 )
 from engine.runtime.ranks import group_world_size
