@@ -11,7 +11,8 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
-from engine.files import atomic_write_text, read_jsonl
+from engine.files import atomic_write_text
+from engine.records import MetricsRow
 from engine.runtime.rundir import RunDir
 
 SERIES = (
@@ -34,14 +35,20 @@ def trailing_means(values: list, window: int) -> list[float]:
     return [_mean(values[max(0, i - window + 1): i + 1]) for i in range(len(values))]
 
 
-def _minutes_at(metrics: list[dict], i: int) -> float:
+def _minutes_at(metrics: list[MetricsRow], i: int) -> float:
     """Minutes of training from the first step's start to the end of step ``i``."""
-    if "time" not in metrics[0]:
+    if metrics[0].time is None:
         return float("nan")
-    return (metrics[i]["time"] - metrics[0]["time"] + metrics[0]["timings"]["step"]) / 60
+    return (metrics[i].time - metrics[0].time + (metrics[0].timing("step") or 0.0)) / 60
 
 
-def summarise(metrics: list[dict], window: int = 10) -> dict:
+def _rows(metrics) -> list[MetricsRow]:
+    return [m if isinstance(m, MetricsRow) else MetricsRow.from_dict(m) for m in metrics]
+
+
+def summarise(metrics, window: int = 10) -> dict:
+    """Start/end figures of a run from its metrics rows (:class:`MetricsRow`, or the lines' dicts)."""
+    metrics = _rows(metrics)
     if not metrics:
         return {}
     first, last = metrics[:window], metrics[-window:]
@@ -49,45 +56,46 @@ def summarise(metrics: list[dict], window: int = 10) -> dict:
     start = _mean(m.get("score_mean") for m in first)
     reached = next((i for i in range(window - 1, len(rolling)) if rolling[i] >= start + 0.2), None)
     return {
-        "steps": metrics[-1]["step"],
+        "steps": metrics[-1].step,
         "window": window,
         # the first step whose trailing window mean is at least 0.2 above the first window's
-        "step_plus_0_2": metrics[reached]["step"] if reached is not None else None,
-        "minute_plus_0_2": _minutes_at(metrics, reached) if reached is not None and "time" in metrics[0] else None,
+        "step_plus_0_2": metrics[reached].step if reached is not None else None,
+        "minute_plus_0_2": _minutes_at(metrics, reached) if reached is not None and metrics[0].time is not None else None,
         "score_second_half": _mean(rolling[max(window - 1, len(rolling) // 2):]),
         "kl_max_window": max(trailing_means([m.get("kl") for m in metrics], window)),
         "score_start": start,
         "score_end": _mean(m.get("score_mean") for m in last),
         "kl_start": _mean(m.get("kl") for m in first),
         "kl_end": _mean(m.get("kl") for m in last),
-        "step_s": _mean(m["timings"].get("step") for m in metrics[1:] or metrics),
+        "step_s": _mean(m.timing("step") for m in metrics[1:] or metrics),
         "minutes": _minutes_at(metrics, len(metrics) - 1),
     }
 
 
-def heldout_points(metrics: list[dict], key: str = "heldout_accuracy") -> list[tuple[int, float]]:
+def heldout_points(metrics, key: str = "heldout_accuracy") -> list[tuple[int, float]]:
     """``(step, value)`` of the held-out evaluations (eval.every): the starting policy's at step
     0 (``<key>_initial``), then the policy after each evaluated step."""
     pts = []
-    for m in metrics:
+    for m in _rows(metrics):
         if isinstance(m.get(f"{key}_initial"), (int, float)):
-            pts.append((m["step"] - 1, float(m[f"{key}_initial"])))
+            pts.append((m.step - 1, float(m.get(f"{key}_initial"))))
         if isinstance(m.get(key), (int, float)):
-            pts.append((m["step"], float(m[key])))
+            pts.append((m.step, float(m.get(key))))
     return pts
 
 
-def plot(metrics: list[dict], out: Path) -> Path:
+def plot(metrics, out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [m["step"] for m in metrics]
+    metrics = _rows(metrics)
+    steps = [m.step for m in metrics]
     fig, axes = plt.subplots(2, 4, figsize=(16, 6.5))
     series = list(SERIES) + [("__step_time", "step time (s)")]
     for ax, (key, title) in zip(axes.flat, series):
-        ys = [m["timings"]["step"] if key == "__step_time" else m.get(key) for m in metrics]
+        ys = [m.timing("step") if key == "__step_time" else m.get(key) for m in metrics]
         ax.plot(steps, ys, lw=0.8, alpha=0.6 if key == "score_mean" else 1.0)
         if key == "score_mean" and len(ys) >= 5:
             k = min(10, len(ys))
@@ -120,22 +128,22 @@ def _cell(text: str, n: int = 160) -> str:
 
 def write_report(run_dir: Path, out_dir: Optional[Path] = None, *, samples_per_side: int = 4) -> Path:
     rd = RunDir(run_dir)
-    metrics = read_jsonl(rd.metrics)
+    metrics = rd.read_metrics()
     if not metrics:
         raise ValueError(f"{rd.path} has no metrics yet (metrics.jsonl is empty)")
-    samples = read_jsonl(rd.samples)
+    samples = rd.read_samples()
     out_dir = Path(out_dir) if out_dir else rd.path / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     png = plot(metrics, out_dir / f"{rd.name}.png")
     s = summarise(metrics)
-    st = rd.read_state()
+    st = rd.read_info()
     wall = ""
-    if isinstance(st.get("created"), (int, float)) and "time" in metrics[-1]:
-        wall = f" ({(metrics[-1]['time'] - st['created']) / 60:.1f} minutes from the run's start, model loading included)"
+    if isinstance(st.created, (int, float)) and metrics[-1].time is not None:
+        wall = f" ({(metrics[-1].time - st.created) / 60:.1f} minutes from the run's start, model loading included)"
     lines = [
         f"# Run report: {rd.name}",
         "",
-        f"State **{st.get('state', '?')}** at step {s['steps']}; {s['minutes']:.1f} minutes of training{wall}; "
+        f"State **{st.state}** at step {s['steps']}; {s['minutes']:.1f} minutes of training{wall}; "
         f"mean step {s['step_s']:.2f} s.",
         "",
         f"| | first {s['window']} steps | last {s['window']} steps |",
@@ -156,7 +164,7 @@ def write_report(run_dir: Path, out_dir: Optional[Path] = None, *, samples_per_s
     held = heldout_points(metrics)
     if held:
         scores = dict(heldout_points(metrics, "heldout_score"))
-        n = next((m["heldout_n"] for m in metrics if "heldout_n" in m), "?")
+        n = next((m.get("heldout_n") for m in metrics if m.get("heldout_n") is not None), "?")
         lines += ["## Held-out accuracy", "",
                   f"Greedy answers to {n} held-out problems (never trained on), evaluated every "
                   f"eval.every steps; step 0 is the starting model. Held-out accuracy went from "
@@ -173,17 +181,17 @@ def write_report(run_dir: Path, out_dir: Optional[Path] = None, *, samples_per_s
     ]
     for m in metrics:
         lines.append(
-            f"| {m['step']} | {m.get('score_mean', 0):.3f} | {m.get('kl', 0):.4f} | {m.get('kl_coef', 0):.4f} | "
+            f"| {m.step} | {m.get('score_mean', 0):.3f} | {m.get('kl', 0):.4f} | {m.get('kl_coef', 0):.4f} | "
             f"{m.get('response_len_mean', 0):.1f} | {m.get('policy_loss', 0):.4f} | {m.get('value_loss', 0):.4f} | "
-            f"{m['timings'].get('step', 0):.2f} |")
+            f"{m.timing('step') or 0:.2f} |")
     if samples:
-        first_step, last_step = samples[0]["step"], samples[-1]["step"]
-        a = [x for x in samples if x["step"] == first_step][:samples_per_side]
-        b = [x for x in samples if x["step"] == last_step][:samples_per_side]
+        first_step, last_step = samples[0].step, samples[-1].step
+        a = [x for x in samples if x.step == first_step][:samples_per_side]
+        b = [x for x in samples if x.step == last_step][:samples_per_side]
         lines += ["", f"## Samples: step {first_step} and step {last_step}", "",
                   f"| step {first_step} | score | step {last_step} | score |", "|---|---:|---|---:|"]
         def side(x) -> str:
-            return f"{_cell(x['prompt'] + ' ⟶ ' + x['response'])} | {x['score']:.3f}" if x else " | "
+            return f"{_cell(x.prompt + ' ⟶ ' + x.response)} | {x.score:.3f}" if x else " | "
 
         for i in range(max(len(a), len(b))):
             lines.append(f"| {side(a[i] if i < len(a) else None)} | {side(b[i] if i < len(b) else None)} |")
