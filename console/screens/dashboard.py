@@ -253,8 +253,8 @@ class DashboardScreen(Screen):
             table.add(m.new_samples)
             if any(n in m.samples.flags for n in m.new_samples):
                 self.refresh_bindings()           # "!" (suspicious) has something to show now
-            for row in d.labels:
-                table.set_label(str(row.get("sample_id")), str(row.get("label")))
+            for lab in d.labels:
+                table.set_label(str(lab.sample_id), str(lab.label))
             self._rollouts_title()
         if d.events:
             self.query_one(EventsPane).add_lines(d.events)
