@@ -230,3 +230,32 @@ def describe_alert(alert: dict, step: int) -> str:
     tail = f"; {alert['samples']} sample(s) flagged" if alert.get("samples") is not None else ""
     return (f"reward-hacking monitor '{alert['monitor']}' tripped at step {step}: {what} "
             f"{cmp}{tail} (suspicious filter in the rollouts pane)")
+
+
+def step_ranges(steps: Sequence[int]) -> str:
+    """``[5, 7, 11, 12, 13]`` -> ``"5, 7, 11–13"``."""
+    runs: list[list[int]] = []
+    for st in sorted(set(steps)):
+        if runs and st == runs[-1][1] + 1:
+            runs[-1][1] = st
+        else:
+            runs.append([st, st])
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs)
+
+
+def summarise_alerts(rows: Sequence[dict]) -> dict[str, dict]:
+    """Per monitor over metrics rows: the steps it was over its threshold, its peak value there,
+    the threshold, and how many samples it flagged (None for monitors of the whole step)."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        for a in r.get("alerts") or []:
+            s = out.setdefault(a["monitor"], {"steps": [], "peak": None, "threshold": a.get("threshold"),
+                                              "samples": None})
+            s["steps"].append(int(r.get("step") or 0))
+            v = a.get("value")
+            if isinstance(v, (int, float)):
+                mag = abs(v) if a["monitor"] == "length_drift" else v
+                s["peak"] = mag if s["peak"] is None else max(s["peak"], mag)
+            if a.get("samples") is not None:
+                s["samples"] = (s["samples"] or 0) + int(a["samples"])
+    return out

@@ -126,6 +126,24 @@ def _cell(text: str, n: int = 160) -> str:
     return t if len(t) <= n else t[: n - 1] + "…"
 
 
+def _monitor_lines(metrics: list[dict]) -> list[str]:
+    """The reward-hacking monitors over the run (none for a run recorded before they existed)."""
+    from engine.monitors import step_ranges, summarise_alerts
+
+    if not any(m.get("alerts") is not None for m in metrics):
+        return []
+    seen = summarise_alerts(metrics)
+    if not seen:
+        return ["## Reward-hacking monitors", "", f"No monitor passed its threshold in {len(metrics)} steps.", ""]
+    lines = ["## Reward-hacking monitors", "", "| monitor | steps over the threshold | peak | threshold | samples flagged |",
+             "|---|---|---:|---:|---:|"]
+    for name, s in seen.items():
+        peak = f"{s['peak']:.3f}" if s["peak"] is not None else "–"
+        flagged = "–" if s["samples"] is None else str(s["samples"])
+        lines.append(f"| {name} | {step_ranges(s['steps'])} | {peak} | {s['threshold']} | {flagged} |")
+    return lines + [""]
+
+
 def write_report(run_dir: Path, out_dir: Optional[Path] = None, *, samples_per_side: int = 4) -> Path:
     rd = RunDir(run_dir)
     metrics = rd.read_metrics()
@@ -174,6 +192,7 @@ def write_report(run_dir: Path, out_dir: Optional[Path] = None, *, samples_per_s
         lines += [f"| {st} | {acc:.3f} | {scores.get(st, float('nan')):.3f} |" for st, acc in held]
         lines.append("")
     lines += [
+        *_monitor_lines(metrics),
         "## Per step",
         "",
         "| step | score | KL | KL coef | length | policy loss | value loss | step s |",

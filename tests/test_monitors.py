@@ -113,3 +113,15 @@ def test_tracker_threshold_none_and_no_audit_and_restore():
     v, alerts, _ = _step(r, 4.0, 2.0, [4], [0.1], [[1, 2]], [0.5])
     assert v["kl_growth"] == pytest.approx(2.0) and v["entropy_drop"] == pytest.approx(0.75)
     assert r.started == [a for a in alerts if a["monitor"] == "entropy_drop"]   # kl_growth was on already
+
+
+def test_step_ranges_and_alert_summary():
+    assert M.step_ranges([5, 7, 11, 12, 13]) == "5, 7, 11–13"
+    assert M.step_ranges([]) == "" and M.step_ranges([3, 3]) == "3"
+    rows = [{"step": 1, "alerts": []},
+            {"step": 2, "alerts": [{"monitor": "repetition", "value": 0.4, "threshold": 0.3, "samples": 2},
+                                   {"monitor": "length_drift", "value": -0.7, "threshold": 0.5, "samples": None}]},
+            {"step": 3, "alerts": [{"monitor": "repetition", "value": 0.35, "threshold": 0.3, "samples": 1}]}]
+    assert M.summarise_alerts(rows) == {
+        "repetition": {"steps": [2, 3], "peak": 0.4, "threshold": 0.3, "samples": 3},
+        "length_drift": {"steps": [2], "peak": 0.7, "threshold": 0.5, "samples": None}}

@@ -59,6 +59,17 @@ def test_repeated_word_reward_trips_the_repetition_monitor(hacked_run):
     assert mean([s["score"] for s in flagged]) > mean([s["score"] for s in samples if not s["flags"]])
 
 
+def test_report_lists_the_monitors_that_tripped(hacked_run, tmp_path):
+    from engine.monitors import step_ranges
+    from engine.report import write_report
+
+    rows = read_jsonl(hacked_run.dir.metrics)
+    steps = [r["step"] for r in rows if any(a["monitor"] == "repetition" for a in r["alerts"])]
+    md = write_report(hacked_run.path, tmp_path).read_text()
+    assert "## Reward-hacking monitors" in md
+    assert f"| repetition | {step_ranges(steps)} |" in md
+
+
 def test_dashboard_warns_and_filters_the_suspicious_samples(hacked_run, tmp_path):
     """The console on the real run directory: the warning names the monitors, ``!`` shows only
     the flagged samples (each marked ⚠), ``!`` again shows all; the sample view lists the flags."""
