@@ -37,20 +37,15 @@ def copy_recorded_run(runs_dir: Path, state: str = "paused", *, live: bool = Fal
     shutil.copytree(src, dst)
     rd = RunDir(dst)
     info = rd.read_info()
-    fields: dict = {"state": state, "updated": info.updated}
-    if live:
-        fields["supervisor_pid"] = os.getpid()
-    if failure is not None:
-        fields["failure"] = failure
-    if created_delta:
-        fields["created"] = info.created + created_delta
-        fields["updated"] = info.updated + created_delta
+    created, updated = info.created + created_delta, info.updated + created_delta
     if state == "failed" and failure:
         rd.log_event(f"worker failure: {failure}; stopping the other workers", "ERROR",
                      when=time.mktime((2026, 11, 25, 2, 17, 40, 0, 0, -1)))
     if state in ("finished", "stopped", "failed"):
-        fields["updated"] = (fields["updated"] or 0) + 2.0
-    rd.write_state(**fields)
+        updated += 2.0
+    rd.write_state(state=state, created=created, updated=updated,
+                   supervisor_pid=os.getpid() if live else info.supervisor_pid,
+                   failure=failure if failure is not None else info.failure)
     return dst
 
 

@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from engine.records import MetricsRow
+
 MB = 1 << 20
 
 
@@ -165,49 +167,47 @@ def step_flops(n_policy: int, n_critic: int, n_reward: int, batch: int, prompt_l
     return f
 
 
-def _phase_means(rows: list[dict], skip: int) -> dict:
+def _phase_means(rows: list[MetricsRow], skip: int) -> dict:
     use = rows[skip:] or rows
-    return {k: statistics.mean(r["timings"].get(k, 0.0) for r in use) for k in STEP_PHASES}
+    return {k: statistics.mean(r.timings.get(k, 0.0) for r in use) for k in STEP_PHASES}
 
 
-def peak_rss_by_worker(rows: list[dict]) -> dict[str, float]:
+def peak_rss_by_worker(rows: list[MetricsRow]) -> dict[str, float]:
     """Each worker process's peak resident memory (MB) over the run, from the metrics' memory
     reports (``peak_rss_mb`` is the process's high-water mark, so the largest report is it)."""
     out: dict[str, float] = {}
     for r in rows:
-        for label, st in (r.get("memory") or {}).items():
+        for label, st in r.memory.items():
             if "peak_rss_mb" in st:
                 out[label] = max(out.get(label, 0.0), float(st["peak_rss_mb"]))
     return out
 
 
-def peak_rss_sum(rows: list[dict]) -> float:
+def peak_rss_sum(rows: list[MetricsRow]) -> float:
     """The run's peak resident memory summed over its worker processes (MB)."""
     return sum(peak_rss_by_worker(rows).values())
 
 
-def _dispatch_overhead(rows: list[dict], skip: int) -> float:
+def _dispatch_overhead(rows: list[MetricsRow], skip: int) -> float:
     """Per step, the wall time of the scoring and update phases beyond the slowest role's own
     compute time in them: what moving tensors and dispatching calls cost (mean over steps)."""
     use = rows[skip:] or rows
     out = []
     for r in use:
-        t = r["timings"]
+        t = r.timings
         score_roles = max(t.get(k, 0.0) for k in ("actor_logprobs", "ref", "critic", "reward"))
         upd_roles = max(t.get("actor_update", 0.0), t.get("critic_update", 0.0))
         out.append(max(0.0, t.get("scoring", 0.0) - score_roles) + max(0.0, t.get("update", 0.0) - upd_roles))
     return statistics.mean(out) if out else 0.0
 
 
-def _run_multiprocess(cfg, steps: int, backend: str | None = None, label: str = "multi") -> list[dict]:
+def _run_multiprocess(cfg, steps: int, backend: str | None = None, label: str = "multi") -> list[MetricsRow]:
     """The real runtime (supervisor + role workers) for ``steps`` steps; ``backend`` overrides
     ``runtime.backend`` (local worker processes or Ray actors)."""
     import tempfile
     from dataclasses import replace
 
-    from engine.client import create_run_dir
-    from engine.files import read_jsonl
-    from engine.runtime.supervisor import Supervisor
+    from engine.client import create_run_dir, run_here
 
     with tempfile.TemporaryDirectory(prefix="rlhfc-bench-") as tmp:
         cfg = replace(cfg, run=replace(cfg.run, steps=steps, output_dir=tmp, name="bench"),
@@ -215,11 +215,11 @@ def _run_multiprocess(cfg, steps: int, backend: str | None = None, label: str = 
                       logging=replace(cfg.logging, tensorboard=False, log_dir=None),
                       runtime=replace(cfg.runtime, backend=backend or cfg.runtime.backend))
         rd = create_run_dir(cfg)
-        Supervisor(rd.path, printer=lambda line: print(f"  [{label}]", line, flush=True)).run()
-        info = rd.read_state()
-        if info.get("state") != "finished":
-            raise RuntimeError(f"the {label} run ended {info.get('state')}: {info.get('failure')}")
-        return read_jsonl(rd.metrics)
+        run_here(rd, printer=lambda line: print(f"  [{label}]", line, flush=True))
+        info = rd.read_info()
+        if info.state != "finished":
+            raise RuntimeError(f"the {label} run ended {info.state}: {info.failure}")
+        return rd.read_metrics()
 
 
 def _run_single_process(cfg, steps: int):
@@ -250,7 +250,7 @@ def _run_single_process(cfg, steps: int):
     rows = []
     for s in range(1, steps + 1):
         m, _ = driver.step(s, stream.next_batch())
-        rows.append(m)
+        rows.append(MetricsRow.from_dict(m))
         print("  [single]", format_step_line(m, steps), flush=True)
     n_reward = 0
     src = getattr(roles["reward"], "source", None)

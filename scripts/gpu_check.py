@@ -100,20 +100,20 @@ def run_shape(name: str, overrides: list[str], out: Path, runs: Path) -> dict:
     with NvmlPeaks() as nvml:
         run = launch(PRESET, base + overrides)
         state = run.wait(timeout=900)
-    info = run.info
-    metrics = list(run.metrics())
-    res = {"shape": name, "overrides": overrides, "state": state, "failure": info.get("failure"),
-           "wall_s": round(time.time() - t0, 1), "devices": info.get("devices"), "pids": info.get("pids")}
-    later = [m for m in metrics if m["step"] > 1]
+    info = run.dir.read_info()
+    metrics = run.dir.read_metrics()
+    res = {"shape": name, "overrides": overrides, "state": state, "failure": info.failure,
+           "wall_s": round(time.time() - t0, 1), "devices": info.devices, "pids": info.pids}
+    later = [m for m in metrics if m.step > 1]
     if later:
-        res["s_per_step"] = round(sum(m["timings"]["step"] for m in later) / len(later), 3)
-        res["phases"] = {k: round(sum(m["timings"].get(k, 0.0) for m in later) / len(later), 3)
+        res["s_per_step"] = round(sum(m.timing("step") or 0.0 for m in later) / len(later), 3)
+        res["phases"] = {k: round(sum(m.timings.get(k, 0.0) for m in later) / len(later), 3)
                          for k in ("rollout", "scoring", "update")}
     if metrics:
-        res["torch_peak_mb"] = {lbl: v.get("gpu_peak_mb") for lbl, v in metrics[-1].get("memory", {}).items()}
-    pid_label = {p: lbl for lbl, p in (info.get("pids") or {}).items()}
+        res["torch_peak_mb"] = {lbl: v.get("gpu_peak_mb") for lbl, v in metrics[-1].memory.items()}
+    pid_label = {p: lbl for lbl, p in (info.pids or {}).items()}
     res["nvml_peak_mb"] = {f"{pid_label.get(pid, pid)}@cuda:{i}": round(mb) for (pid, i), mb in nvml.peaks.items()
-                           if pid in pid_label or pid == info.get("supervisor_pid")} if nvml.nv else nvml.why
+                           if pid in pid_label or pid == info.supervisor_pid} if nvml.nv else nvml.why
     return res
 
 

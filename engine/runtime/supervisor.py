@@ -30,6 +30,7 @@ from engine import transport
 from engine.config import RunConfig, dump_config, resolve_role_model, validate_text
 from engine.files import atomic_write_json, atomic_write_text, durable_rename, human_size, read_jsonl
 from engine.procs import available_cores
+from engine.records import MetricsRow, Sample
 from engine.runtime.control import ControlServer, socket_path_for
 from engine.runtime.driver import (
     ROLES,
@@ -916,14 +917,16 @@ class Supervisor:
         return SummaryWriter(log_dir=str(path))
 
     def _tb_write(self, tb, m: dict, samples: list[dict]) -> None:
-        s = m["step"]
-        for k, v in m.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "time"):
+        row = MetricsRow.from_dict(m)
+        s = row.step
+        for k, v in row.values.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
                 tb.add_scalar(f"ppo/{k}", v, s)
-        for k, v in m.get("timings", {}).items():
+        for k, v in row.timings.items():
             tb.add_scalar(f"time/{k}", v, s)
         if samples:
-            text = "\n\n".join(f"**{x['score']:.3f}** {x['prompt']} ⟶ {x['response']}" for x in samples[:4])
+            shown = [Sample.from_dict(x) for x in samples[:4]]
+            text = "\n\n".join(f"**{x.score:.3f}** {x.prompt} ⟶ {x.response}" for x in shown)
             tb.add_text("samples", text, s)
         tb.flush()
 
