@@ -133,6 +133,9 @@ class MetricsRow(Record):
             return getattr(self, name)
         return self.values.get(name, default)
 
+    def __contains__(self, name: str) -> bool:
+        return name in ("step", "time", "timings", "memory") or name in self.values
+
     def __getitem__(self, name: str):
         """``row["kl"]``, like the line's dict (KeyError when the line has no such key)."""
         v = self.get(name, _MISSING)
