@@ -16,6 +16,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Optional
 
+from engine.files import json_object
+
 
 class ChunkTail:
     """Complete new lines of an append-only file, with their byte offsets, a chunk at a time."""
@@ -77,11 +79,8 @@ class ChunkTail:
 def parse_jsonl(lines: Iterable[tuple[int, bytes]]) -> tuple[list[dict], list[int]]:
     objs, offsets = [], []
     for off, ln in lines:
-        try:
-            o = json.loads(ln)
-        except ValueError:
-            continue
-        if isinstance(o, dict):
+        o = json_object(ln)
+        if o is not None:
             objs.append(o)
             offsets.append(off)
     return objs, offsets

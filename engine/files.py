@@ -131,6 +131,16 @@ def append_jsonl(path: Path, obj: Any) -> None:
         os.close(fd)
 
 
+def json_object(line) -> Optional[dict]:
+    """One line of a run-directory JSONL file as an object, or None when it is not one (the
+    tolerant rule every reader of those files follows)."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 class JsonlError(ValueError):
     """A line of a JSONL file that strict reading refuses (names the file, line and column)."""
 
@@ -167,15 +177,16 @@ def iter_jsonl(path, *, strict: bool = False,
                 break  # a line still being written
             if not line.strip():
                 continue
+            if not strict:
+                obj = json_object(line)
+                if obj is not None:
+                    yield lineno, obj
+                continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                if not strict:
-                    continue
                 raise error(f"{path}: line {lineno} col {e.colno}: invalid JSON: {e.msg}") from None
             if not isinstance(obj, dict):
-                if not strict:
-                    continue
                 raise error(f"{path}: line {lineno}: expected a JSON object per line, got "
                             f"{type(obj).__name__}")
             seen = True
@@ -216,13 +227,7 @@ class JsonlTail(LineTail):
     """Incremental reader of an append-only JSONL file (history first, then new lines)."""
 
     def read_new(self) -> list[dict]:
-        out = []
-        for ln in self.read_lines():
-            try:
-                out.append(json.loads(ln))
-            except json.JSONDecodeError:
-                continue
-        return out
+        return [o for o in map(json_object, self.read_lines()) if o is not None]
 
 
 @contextlib.contextmanager
