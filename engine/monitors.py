@@ -23,7 +23,9 @@ What is measured every step (keys of the metrics row):
   started", the second opinion says "worse". Those samples are flagged ``divergence``.
 
 The baseline is the mean over the run's first ``baseline_steps`` steps (the policy before it
-has learned much). Monitors that need it, or a trend, are ``None`` (not measured) until enough
+has learned much); for the reward score in ``divergence`` it is the first ``baseline_steps``
+steps scored by the current reward (``reward_changed`` after a swap; ``reward_version`` in the
+rows on resume). Monitors that need it, or a trend, are ``None`` (not measured) until enough
 steps exist. A monitor *trips* when its value passes its threshold (``kl_growth``,
 ``entropy_drop``, ``repetition``, ``divergence``: above; ``length_drift``: above in absolute
 value); a threshold of ``None`` turns that monitor's alerts off (the value is still recorded).
@@ -131,6 +133,7 @@ class MonitorTracker:
     tripped: set = field(default_factory=set)  # monitors over their threshold at the last step
     started: list = field(default_factory=list)  # alerts of the last commit that were not on before
     cleared: list = field(default_factory=list)  # monitors the last commit brought back under
+    reward_from: int = 0  # history index where the current reward began (its own score baseline)
     _pending: Optional[tuple[StepSummary, list]] = None
 
     def observe(self, *, kl: float, entropy: Optional[float], lengths: Sequence[float],
@@ -177,8 +180,10 @@ class MonitorTracker:
             values["audit_corr"] = pearson(list(scores), list(audits))
             values["divergence"] = None
             b_audit = _mean(s.audit for s in base) if base else None
-            if b_audit is not None:
-                div = diverging(scores, audits, _mean(s.score for s in base), b_audit)
+            # the reward's baseline is its own first steps: a swapped-in reward has another scale
+            r_base = past[self.reward_from:self.reward_from + self.baseline_steps]
+            if b_audit is not None and len(r_base) == self.baseline_steps:
+                div = diverging(scores, audits, _mean(s.score for s in r_base), b_audit)
                 values["divergence"] = sum(div) / n if n else 0.0
                 for i, d in enumerate(div):
                     if d:
@@ -209,6 +214,11 @@ class MonitorTracker:
     def rollback(self) -> None:
         self._pending = None
 
+    def reward_changed(self) -> None:
+        """The reward was swapped: its score baseline restarts after the steps scored so far
+        (divergence is not measured until ``baseline_steps`` steps of the new reward exist)."""
+        self.reward_from = len(self.history) + (1 if self._pending is not None else 0)
+
     def restore(self, rows: Sequence[dict]) -> None:
         """Rebuild the history from metrics.jsonl rows (a resumed run)."""
         self.history = [StepSummary(kl=float(r.get("kl", 0.0)), entropy=r.get("entropy"),
@@ -216,6 +226,9 @@ class MonitorTracker:
                                     score=float(r.get("score_mean", 0.0)), audit=r.get("audit_mean"))
                         for r in rows]
         self.tripped = {a.get("monitor") for a in (rows[-1].get("alerts") or [])} if rows else set()
+        versions = [r.get("reward_version") for r in rows]   # rows of a run whose reward was swapped
+        self.reward_from = next((i for i in range(len(versions) - 1, 0, -1)
+                                 if versions[i] != versions[i - 1]), 0)
         self.started, self.cleared, self._pending = [], [], None
 
 

@@ -125,3 +125,26 @@ def test_step_ranges_and_alert_summary():
     assert M.summarise_alerts(rows) == {
         "repetition": {"steps": [2, 3], "peak": 0.4, "threshold": 0.3, "samples": 3},
         "length_drift": {"steps": [2], "peak": 0.7, "threshold": 0.5, "samples": None}}
+
+
+def test_divergence_baseline_restarts_after_a_reward_swap():
+    t = _tracker()
+    clean = [[1, 2, 3], [4, 5, 6]]
+    for _ in range(2):   # reward scores ~0.5, audit 0.5
+        _step(t, 0.0, 10.0, [3, 3], [0.4, 0.6], clean, [0.5, 0.5])
+    t.reward_changed()   # the new reward scores around 5 (another scale)
+    v, _, flags = _step(t, 0.0, 10.0, [3, 3], [5.0, 6.0], clean, [0.4, 0.4])
+    assert v["divergence"] is None and flags == [[], []]   # no baseline of the new reward yet
+    _step(t, 0.0, 10.0, [3, 3], [5.0, 6.0], clean, [0.5, 0.5])
+    # new reward's baseline: mean of its first 2 steps = 5.5; audit baseline (run start) 0.5
+    v, _, flags = _step(t, 0.0, 10.0, [3, 3], [5.9, 5.1], clean, [0.4, 0.4])
+    assert v["divergence"] == 0.5 and flags == [["divergence"], []]
+    # a swap while a step is observed but not committed: that step belongs to the old reward
+    t.observe(kl=0.0, entropy=10.0, lengths=[3], scores=[1.0], responses=[[1]], audits=[0.5])
+    t.reward_changed()
+    t.commit()
+    assert t.reward_from == len(t.history)
+    r = _tracker()
+    r.restore([{"kl": 0, "score_mean": 0.5, "reward_version": 1}] * 3 +
+              [{"kl": 0, "score_mean": 5.0, "reward_version": 2}] * 2)
+    assert r.reward_from == 3

@@ -131,6 +131,7 @@ class Supervisor:
         self.paused_reason: Optional[str] = None
         self.last_metrics: dict = {}
         self._audit_warned = False
+        self.driver: Optional[PPODriver] = None
         self.reward_source = ""
         self._cv = threading.Condition()
         self._pause_req = False
@@ -374,6 +375,8 @@ class Supervisor:
             return {"ok": False, "error": f"could not load '{source}': {e}; the previous reward "
                                           f"'{self.reward_source}' stays in place"}
         old, self.reward_source = self.reward_source, source
+        if self.driver is not None:  # its scores have another scale: divergence gets a new baseline
+            self.driver.monitors.reward_changed()
         self.write_state(reward_source=source)
         self.log(f"reward swapped from '{old}' to '{source}' in {secs:.1f}s")
         return {"ok": True, "source": source, "previous": old, "seconds": secs}
@@ -549,7 +552,7 @@ class Supervisor:
         tokenizer = load_tokenizer(resolve_role_model(cfg, "actor"))
         stream = prompt_stream(cfg, tokenizer)
         kl_ctl = make_kl_controller(cfg)
-        driver = PPODriver(cfg, self.endpoints, tokenizer, kl_ctl, plan)
+        driver = self.driver = PPODriver(cfg, self.endpoints, tokenizer, kl_ctl, plan)
         self._task_answers(driver, tokenizer)
 
         if self.resume:
