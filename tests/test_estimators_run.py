@@ -83,3 +83,25 @@ def test_estimator_end_to_end(estimator, n, extra, runs_dir):
             for v in groups.values():  # (s - mean) * n / (n - 1) sums to 0 within a group
                 assert sum(x["advantage"] for x in v) == pytest.approx(0.0, abs=1e-4)
     assert run_processes_gone(type("R", (), {"info": info})()) == []
+
+
+def test_critic_free_run_stops_and_resumes(runs_dir, cleanup_runs):
+    """A grpo run has no critic in its checkpoints, and resumes from them."""
+    from engine.client import launch
+
+    run = launch(TINY, [f"run.output_dir={runs_dir}", "run.steps=3", "ppo.estimator=grpo", "rollout.n=2",
+                        "rollout.batch_size=2", "ppo.mini_batch_size=2", "ppo.micro_batch_size=2",
+                        "runtime.colocate=true", "checkpoint.every=0"])
+    cleanup_runs.append(run)
+    run.wait_step(1, timeout=300)
+    run.stop()
+    assert run.wait(timeout=120) == "stopped"
+    k = run.info["step"]
+    ck = run.dir.latest_checkpoint()
+    assert ck is not None and ck.name == f"step_{k}"
+    assert (ck / "actor").is_dir() and not (ck / "critic").exists()
+    run.restart()
+    assert run.wait(timeout=300) == "finished", run.info.get("failure")
+    steps = [m["step"] for m in read_jsonl(run.dir.metrics)]
+    assert steps == [1, 2, 3] and run.dir.latest_checkpoint().name == "step_3"
+    assert not (run.dir.latest_checkpoint() / "critic").exists()
