@@ -36,6 +36,7 @@ CONTROL_STATES = ("running", "paused", "starting")
 _RM_STEP = re.compile(r"train-rm: step (\d+)/(\d+)(?:.*?~(\d+) s left)?")
 _LOADED = re.compile(r"^(\w+): loaded in ")
 N_ROLES = 4
+_STARTING = re.compile(r": starting \d+ .*? for ([a-z, ]+) \(")
 
 
 @dataclass
@@ -321,6 +322,10 @@ class RunModel:
         start = max((i for i, ln in enumerate(lines) if ": starting " in ln and " for " in ln), default=0)
         lines = lines[start:]
         loaded = {m.group(1) for ln in lines for m in [_LOADED.match(_message(ln))] if m}
+        # the roles the run starts ("... for actor, reference, reward (2 cores)": a critic-free
+        # estimator has no critic, a LoRA actor no reference worker)
+        m = _STARTING.search(_message(lines[0])) if lines else None
+        n_roles = len(m.group(1).split(", ")) if m else N_ROLES
         for ln in reversed(lines):
             msg = _message(ln)
             m = _RM_STEP.search(msg)
@@ -328,7 +333,7 @@ class RunModel:
                 return Stage("training the reward model", int(m.group(1)), int(m.group(2)),
                              float(m.group(3)) if m.group(3) else None)
             if "held-out " in msg or ": saved to " in msg:
-                return Stage("reward model trained; loading the roles", len(loaded), N_ROLES)
+                return Stage("reward model trained; loading the roles", len(loaded), n_roles)
             if "is not trained yet" in msg or re.search(r"(^|: )training a \w+ reward model", msg):
                 return Stage("training the reward model", 0, None)
             if "waiting for another process that is training" in msg:
@@ -343,7 +348,7 @@ class RunModel:
                 return Stage("converting SmolLM2 (once)")
             if _LOADED.match(msg) or (": starting " in msg and " for " in msg):
                 break
-        return Stage("loading the models", len(loaded), N_ROLES)
+        return Stage("loading the models", len(loaded), n_roles)
 
     @property
     def pids(self) -> dict[str, int]:

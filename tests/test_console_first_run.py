@@ -136,7 +136,8 @@ def test_stage_of_every_first_run_step_from_the_engine_messages(tmp_path):
 
     def at(*msgs):
         m.events.clear()
-        m.events.append("2026-11-29 10:00:00 INFO    run x: starting 4 worker process(es) for actor, reference (2 cores)")
+        m.events.append("2026-11-29 10:00:00 INFO    run x: starting 4 worker process(es) for actor, reference, "
+                        "critic, reward (2 cores)")
         for msg in msgs:
             m.events.append(f"2026-11-29 10:00:01 INFO    {msg}")
         return m.stage()
@@ -152,5 +153,12 @@ def test_stage_of_every_first_run_step_from_the_engine_messages(tmp_path):
     assert (s.done, s.total, s.left_s) == (75, 250, 70.0)
     s = at("actor: loaded in 2.0s", "critic: loaded in 2.0s")
     assert (s.label, s.done) == ("loading the models", 2)
+    # a critic-free estimator starts three roles: the count is of those
+    m.events.clear()
+    m.events.append("2026-11-29 10:00:00 INFO    run x: starting 3 worker process(es) for actor, reference, "
+                    "reward (2 cores); ppo.estimator grpo: no critic")
+    m.events.append("2026-11-29 10:00:01 INFO    actor: loaded in 2.0s")
+    s = m.stage()
+    assert (s.label, s.done, s.total) == ("loading the models", 1, 3)
     m.state = "running"
     assert m.stage() is None

@@ -156,3 +156,22 @@ def test_host_memory_prefers_live_processes():
     by = {r.role: r for r in rows}
     assert by["actor"].rss_mb == 900.0 and by["actor"].source == "live"
     assert by["critic"].rss_mb == 400 and by["critic"].source == "step 12"
+
+
+def test_rollouts_show_a_prompts_group_with_scores_and_advantages():
+    """rollout.n > 1: each response shows its group and advantage, and a group shades as one block."""
+    from console.history import SampleIndex
+    from console.widgets.rollouts import RolloutsTable
+
+    idx = SampleIndex()
+    rows = [{"id": f"1-{i}", "step": 1, "index": i, "prompt": "What is 2 + 2?", "response": r, "score": s,
+             "kl": 0.0, "group": i // 2, "advantage": a}
+            for i, (r, s, a) in enumerate([("Answer: 4", 1.1, 0.7), ("5", 0.0, -0.7), ("4", 1.0, 0.0), ("4", 1.0, 0.0)])]
+    idx.add(rows)
+    table = RolloutsTable(idx)
+    texts = [table._row_text(n, 140).plain for n in range(4)]
+    assert "g0 A+0.70 │ Answer: 4" in texts[0] and "g0 A-0.70 │ 5" in texts[1] and "g1 A+0.00 │ 4" in texts[2]
+    shades = [table._shade(n, n) for n in range(4)]
+    assert shades[0] == shades[1] and shades[2] == shades[3] and shades[0] != shades[2]
+    idx.add([{"id": "2-0", "step": 2, "index": 0, "prompt": "p", "response": "r", "score": 0.5, "kl": 0.0}])
+    assert "│" not in table._row_text(4, 140).plain  # no group: the plain row
