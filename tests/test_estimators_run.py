@@ -70,6 +70,11 @@ def test_estimator_end_to_end(estimator, n, extra, runs_dir):
         assert 0.0 <= metrics[0]["heldout_accuracy_initial"] <= 1.0
         assert all(0.0 <= m["heldout_accuracy"] <= 1.0 and m["heldout_n"] == 3 for m in metrics)
         assert all(0.0 <= m["accuracy"] <= 1.0 for m in metrics)
+        from engine.report import write_report
+
+        text = write_report(path, runs_dir.parent / "report").read_text()
+        assert "## Held-out accuracy" in text  # the starting model's point and one per step
+        assert text.count("\n| 0 | ") == 1 and "\n| 2 | " in text
     samples = [x for x in read_jsonl(rd.samples) if x["step"] == 1]
     assert len(samples) == min(4, 2 * n)
     if "eval.every=1" in extra:
