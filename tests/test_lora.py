@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -215,3 +216,23 @@ def test_lora_reference_and_critic_head_share_the_actor_process():
     # a reference with a model of its own is still its own worker
     own = load_config(TINY, [LORA, "reference.model=tiny:llama"], check_hardware=False)
     assert active_roles(own) == ("actor", "reference", "critic", "reward")
+
+
+def test_lora_on_the_ray_backend_has_no_reference_actor(runs_dir, cleanup_runs):
+    """The same on Ray: three role actors, the reference answered by the actor's base."""
+    pytest.importorskip("ray")
+    from engine.runtime.ray_backend import ray_processes
+
+    before = {pid for pid, _ in ray_processes()}
+    run = _start(runs_dir, cleanup_runs, "run.steps=2", LORA, "ppo.actor_lr=1e-3", "runtime.backend=ray")
+    assert run.wait(timeout=400) == "finished", run.info.get("failure")
+    assert set(run.info["ray"]["nodes"]) == {"actor", "critic", "reward"}
+    ms = list(run.metrics())
+    assert [m["step"] for m in ms] == [1, 2]
+    assert ms[0]["kl"] == 0.0 and ms[1]["kl"] != 0.0
+    assert (run.dir.latest_checkpoint() / "actor" / "adapter_model.safetensors").is_file()
+    assert run_processes_gone(run) == []
+    t0 = time.time()
+    while {pid for pid, _ in ray_processes()} - before and time.time() - t0 < 30:
+        time.sleep(0.3)
+    assert not {pid for pid, _ in ray_processes()} - before, "Ray processes of the run are left"
