@@ -236,3 +236,16 @@ def test_lora_on_the_ray_backend_has_no_reference_actor(runs_dir, cleanup_runs):
     while {pid for pid, _ in ray_processes()} - before and time.time() - t0 < 30:
         time.sleep(0.3)
     assert not {pid for pid, _ in ray_processes()} - before, "Ray processes of the run are left"
+
+
+def test_console_counts_the_roles_a_lora_run_loads(tmp_path):
+    """While a LoRA run starts, the console's header counts the three roles that load."""
+    from console.model import RunModel
+
+    m = RunModel(tmp_path)
+    m.state = "starting"
+    m.events.append("2026-11-29 10:00:00 INFO    run x: starting 3 worker process(es) for actor, critic, reward "
+                    "(2 cores); the reference is the LoRA actor's base (adapters disabled)")
+    m.events.append("2026-11-29 10:00:01 INFO    actor: loaded in 2.0s")
+    s = m.stage()
+    assert (s.label, s.done, s.total) == ("loading the models", 1, 3)
