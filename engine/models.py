@@ -529,7 +529,8 @@ class LoraTargetError(ValueError):
 
 def apply_lora(model: nn.Module, *, r: int, alpha: float, dropout: float,
                target_modules: Sequence[str], task_type: str = "CAUSAL_LM",
-               key: str = "actor.lora", modules_to_save: Optional[Sequence[str]] = None):
+               key: str = "actor.lora", modules_to_save: Optional[Sequence[str]] = None,
+               seed: int = 0):
     """Freeze ``model`` and wrap it in a peft model with one LoRA adapter (``default``) on
     the layers whose last name component is in ``target_modules``: only the adapter (and
     ``modules_to_save``) trains. A name the model does not have is refused, naming ``key``
@@ -549,8 +550,12 @@ def apply_lora(model: nn.Module, *, r: int, alpha: float, dropout: float,
     conf = LoraConfig(r=int(r), lora_alpha=float(alpha), lora_dropout=float(dropout),
                       target_modules=list(target_modules), bias="none", task_type=task_type,
                       modules_to_save=list(modules_to_save) if modules_to_save else None)
-    with warnings.catch_warnings():
+    # the adapter's random init (lora_A) comes from its own seed, in a forked RNG: the caller's
+    # random stream (the rollouts' sampling) is the same as without LoRA
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=cuda):
         warnings.simplefilter("ignore")  # peft's notes on tied embeddings and fan-in
+        torch.manual_seed(int(seed))
         return get_peft_model(model, conf)
 
 

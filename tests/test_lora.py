@@ -47,8 +47,18 @@ def test_lora_roles_train_the_adapter_alone_and_the_reference_is_the_base(tmp_pa
     from engine.config import load_config
     from engine.runtime.roles import ActorRole, CriticRole, ReferenceRole
 
+    # the adapter's init does not touch the process's random stream: a worker seeded as usual
+    # samples the same rollouts as a full fine-tuning actor
+    torch.manual_seed(5)
+    full = ActorRole(load_config(TINY))
+    full_ids = _batch(full)["response_ids"]
+    del full
     cfg = load_config(TINY, [LORA, "critic.lora={r: 2}", "ppo.actor_lr=1e-3"])
-    actor, ref, critic = ActorRole(cfg), ReferenceRole(cfg), CriticRole(cfg)
+    torch.manual_seed(5)
+    actor = ActorRole(cfg)
+    batch = _batch(actor)
+    assert torch.equal(batch["response_ids"], full_ids)
+    ref, critic = ReferenceRole(cfg), CriticRole(cfg)
     trainable = [n for n, p in actor.model.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
     assert {n.split(".")[-4] for n in trainable} == {"q_proj", "v_proj", "up_proj", "down_proj"}
@@ -61,7 +71,6 @@ def test_lora_roles_train_the_adapter_alone_and_the_reference_is_the_base(tmp_pa
     assert all(".lora_" in n or ".modules_to_save." in n for n in c_trainable)
     assert any(".modules_to_save." in n for n in c_trainable)  # the value head trains whole
 
-    batch = _batch(actor)
     lp0 = actor.call("logprobs", batch, {})[0]["logprobs"]
     assert torch.equal(lp0, ref.call("logprobs", batch, {})[0]["logprobs"])  # B = 0: identity at start
     mask = batch["response_mask"].float()

@@ -300,7 +300,8 @@ class _PolicyBase(Role):
 
             lo = self.lora
             self.model = apply_lora(self.model, r=lo.r, alpha=lo.alpha, dropout=lo.dropout,
-                                    target_modules=lo.target_modules, key=f"{self.name}.lora")
+                                    target_modules=lo.target_modules, key=f"{self.name}.lora",
+                                    seed=role_seed(cfg.run.seed, f"{self.name}.lora"))
             self.progress(f"{self.name}: LoRA r={lo.r} alpha={lo.alpha:g} on {', '.join(lo.target_modules)}: "
                           f"{count_parameters(self.model, trainable_only=True):,} trainable of "
                           f"{count_parameters(self.model):,} parameters")
@@ -594,7 +595,8 @@ class CriticRole(TwoPhaseUpdate, Role):
             head = next(n for n in ("score", "classifier") if getattr(inner, n, None) is _token_head(inner))
             self.model.model = apply_lora(inner, r=lo.r, alpha=lo.alpha, dropout=lo.dropout,
                                           target_modules=lo.target_modules, task_type="TOKEN_CLS",
-                                          key="critic.lora", modules_to_save=[head])
+                                          key="critic.lora", modules_to_save=[head],
+                                          seed=role_seed(cfg.run.seed, "critic.lora"))
             self.progress(f"critic: LoRA r={lo.r} alpha={lo.alpha:g} on {', '.join(lo.target_modules)} "
                           f"+ the value head: {count_parameters(self.model, trainable_only=True):,} trainable "
                           f"of {count_parameters(self.model):,} parameters")
