@@ -224,9 +224,11 @@ class RunDir:
             except FileNotFoundError:
                 sizes[path] = 0
         try:
-            append_jsonl(self.metrics, metrics.to_dict() if isinstance(metrics, MetricsRow) else metrics)
-            for row in samples:
-                append_jsonl(self.samples, row.to_dict() if isinstance(row, Sample) else row)
+            # every line goes through its record: the file's shape is the record's
+            row = metrics if isinstance(metrics, MetricsRow) else MetricsRow.from_dict(metrics)
+            append_jsonl(self.metrics, row.to_dict())
+            for x in samples:
+                append_jsonl(self.samples, (x if isinstance(x, Sample) else Sample.from_dict(x)).to_dict())
             if state:
                 self.write_state(**state)
         except OSError:
