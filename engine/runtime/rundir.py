@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Iterable, Optional, Union
 
 # the file primitives live in engine.files; the names below are re-exported for older importers
 from engine.files import (
@@ -266,9 +266,6 @@ class RunDir:
     def latest_checkpoint(self) -> Optional[Path]:
         c = self.checkpoint_dirs()
         return c[-1] if c else None
-
-    def iter_metrics(self) -> Iterator[dict]:
-        yield from read_jsonl(self.metrics)
 
 
 def list_runs(runs_dir: Path) -> list[RunDir]:
