@@ -491,11 +491,38 @@ def load_policy(source: str, *, dtype="float32", device="cpu", attn_implementati
 _LORA_LAYER_TYPES = ("Linear", "Conv1D", "Embedding", "Conv2d")
 
 
+def _head_modules(model: nn.Module) -> list[nn.Module]:
+    """The output heads of a causal LM (``lm_head``) or a value model (``score``)."""
+    heads = []
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(out, nn.Module):
+        heads.append(out)
+    for name in ("score", "classifier"):
+        h = getattr(model, name, None)
+        if isinstance(h, nn.Module):
+            heads.append(h)
+    return heads
+
+
 def lora_target_candidates(model: nn.Module) -> list[str]:
     """The last name components of the layers of ``model`` a LoRA adapter can wrap (e.g.
-    ``q_proj``, ``down_proj``, ``lm_head``), sorted: what ``target_modules`` may name."""
+    ``q_proj``, ``down_proj``), sorted: what ``target_modules`` may name. The output head is
+    not one: the log-probs go through ``lm_head``'s weight in float32 outside the forward
+    (``head_logprobs``), where an adapter would be skipped, and a value head trains whole."""
+    heads = {id(h) for h in _head_modules(model)}
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
-                   if name and type(m).__name__ in _LORA_LAYER_TYPES})
+                   if name and type(m).__name__ in _LORA_LAYER_TYPES and id(m) not in heads})
+
+
+def lora_target_message(key: str, missing: Sequence[str], model_name: str, have: Sequence[str]) -> str:
+    """The error for ``target_modules`` names that are not adaptable layers of the model."""
+    msg = (f"{key}.target_modules: {', '.join(repr(t) for t in missing)} "
+           f"{'is' if len(missing) == 1 else 'are'} not a layer of {model_name} that takes an adapter; "
+           f"those that do: {', '.join(have)}")
+    if any(t in ("lm_head", "score", "classifier") for t in missing):
+        msg += (" (the output head takes none: log-probs go through lm_head in float32 outside the "
+                "model's forward, where an adapter would be skipped; a critic's value head trains whole)")
+    return msg
 
 
 def lora_target_candidates_of(source_path: str) -> list[str]:
@@ -542,10 +569,7 @@ def apply_lora(model: nn.Module, *, r: int, alpha: float, dropout: float,
     have = lora_target_candidates(model)
     missing = [t for t in target_modules if t not in have]
     if missing:
-        raise LoraTargetError(
-            f"{key}.target_modules: {', '.join(repr(t) for t in missing)} "
-            f"{'is' if len(missing) == 1 else 'are'} not a layer of {type(model).__name__}; "
-            f"its layers that take an adapter: {', '.join(have)}")
+        raise LoraTargetError(lora_target_message(key, missing, type(model).__name__, have))
     model.requires_grad_(False)
     conf = LoraConfig(r=int(r), lora_alpha=float(alpha), lora_dropout=float(dropout),
                       target_modules=list(target_modules), bias="none", task_type=task_type,
@@ -957,5 +981,5 @@ __all__ = [
     "head_logprobs",
     "generate", "count_parameters", "model_memory_bytes", "position_ids_from_mask", "is_checkpointing",
     "response_mask_from_ids", "apply_lora", "lora_target_candidates", "lora_target_candidates_of",
-    "cached_model_path", "lora_state_dict", "load_lora_state_dict", "LoraTargetError",
+    "cached_model_path", "lora_state_dict", "lora_target_message", "load_lora_state_dict", "LoraTargetError",
 ]

@@ -178,6 +178,7 @@ def test_lora_stop_and_resume_equals_uninterrupted(runs_dir, cleanup_runs):
     ("actor.lora=8", "actor.lora", "expected null or a mapping"),
     ("reference.lora.r=8", "reference.lora", "the reference is frozen"),
     ("critic.lora.target_modules=[lm_head]", "critic.lora.target_modules", "'lm_head' is not a layer"),
+    ("actor.lora.target_modules=[lm_head]", "actor.lora.target_modules", "the output head takes none"),
 ])
 def test_bad_lora_keys_are_refused_naming_the_key(override, path, words):
     from engine.config import ConfigError, load_config
@@ -189,7 +190,13 @@ def test_bad_lora_keys_are_refused_naming_the_key(override, path, words):
 
 
 def test_lora_combinations_that_cannot_work_are_refused(runs_dir):
-    from engine.config import validate_text
+    from engine.config import load_config, validate_text
+    from engine.models import LoraTargetError
+    from engine.runtime.roles import ActorRole
+
+    # the role refuses the same names when it loads (a model the launch check could not read)
+    with pytest.raises(LoraTargetError, match=r"actor\.lora\.target_modules: 'lm_head' .* those that do: .*q_proj"):
+        ActorRole(load_config(TINY, ["actor.lora.target_modules=[q_proj, lm_head]"]))
 
     text = TINY.read_text()
     for extra, path in ((["actor.world_size=2"], "actor.lora"),

@@ -479,7 +479,7 @@ def _check_lora_targets(ctx: Ctx, cfg: RunConfig):
         path = (role, "lora", "target_modules")
         if lo is None or not lo.target_modules or not ctx.ok(path, (role, "model")):
             continue
-        from engine.models import cached_model_path, lora_target_candidates_of
+        from engine.models import cached_model_path, lora_target_candidates_of, lora_target_message
 
         folder = cached_model_path(resolve_role_model(cfg, role))
         if folder is None:
@@ -488,13 +488,10 @@ def _check_lora_targets(ctx: Ctx, cfg: RunConfig):
             have = lora_target_candidates_of(folder)
         except Exception:  # noqa: BLE001 - an unreadable config: the role's load reports it
             continue
-        if role == "critic":
-            have = [h for h in have if h != "lm_head"]  # the critic has a value head instead
         missing = [t for t in lo.target_modules if t not in have]
-        if missing:
-            ctx.error(path, f"{', '.join(repr(t) for t in missing)} {'is' if len(missing) == 1 else 'are'} "
-                            f"not a layer of {resolve_role_model(cfg, role)}; its layers that take "
-                            f"an adapter: {', '.join(have)}")
+        if missing:  # the message names the key itself: drop that prefix, the issue shows the path
+            msg = lora_target_message(f"{role}.lora", missing, resolve_role_model(cfg, role), have)
+            ctx.error(path, msg.split(": ", 1)[1])
 
 
 def _check_groups(ctx: Ctx, groups, cfg: Optional[RunConfig] = None):
