@@ -105,7 +105,12 @@ def test_lora_roles_train_the_adapter_alone_and_the_reference_is_the_base(tmp_pa
         sx, sy = one.optimizer.state_dict()["state"], two.optimizer.state_dict()["state"]
         assert all(torch.equal(sx[i]["exp_avg"], sy[i]["exp_avg"]) for i in sx)
     assert torch.equal(a2.call("logprobs", batch, {})[0]["logprobs"], lp1)
-    # a full fine-tuning checkpoint is not a LoRA one
+    # a LoRA checkpoint is not a full fine-tuning one, and the other way round
+    plain = load_config(TINY)
+    with pytest.raises(RuntimeError, match="holds a LoRA adapter"):
+        CriticRole(plain).call("load", {}, {"path": str(tmp_path)})
+    with pytest.raises(RuntimeError, match="does not match the model"):
+        ActorRole(plain).call("load", {}, {"path": str(tmp_path)})
     (tmp_path / "actor" / "adapter_model.safetensors").unlink()
     with pytest.raises(RuntimeError, match="no LoRA adapter"):
         a2.call("load", {}, {"path": str(tmp_path)})

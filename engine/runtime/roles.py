@@ -714,6 +714,9 @@ class CriticRole(TwoPhaseUpdate, Role):
             load_lora_state_dict(self.model.model, load_file(d / "adapter_model.safetensors",
                                                              device=str(self.device)), str(d))
             self.optimizer.load_state_dict(st["optimizer"])
+        elif "model" not in st:
+            raise RuntimeError(f"critic checkpoint {d} holds a LoRA adapter, not the whole critic: "
+                               f"was it saved with critic.lora?")
         elif self.ranks.fsdp:
             self.ranks.load_full_state(self.model, self.optimizer, st["model"], st["optimizer"])
         else:
