@@ -204,7 +204,7 @@ def test_lora_combinations_that_cannot_work_are_refused(runs_dir):
         ActorRole(load_config(TINY, ["actor.lora.target_modules=[q_proj, lm_head]"]))
 
     text = TINY.read_text()
-    for extra, path in ((["actor.world_size=2"], "actor.lora"),
+    for extra, path in ((["actor.world_size=2", "actor.strategy=fsdp"], "actor.lora"),
                         (["ppo.critic_trunk=reference", "critic.lora.r=2"], "critic.lora")):
         res = validate_text(text, str(TINY), [LORA, *extra])
         assert not res.ok and any(i.path == path for i in res.issues), [str(i) for i in res.issues]
@@ -270,3 +270,25 @@ def test_console_counts_the_roles_a_lora_run_loads(tmp_path):
     m.events.append("2026-11-29 10:00:01 INFO    actor: loaded in 2.0s")
     s = m.stage()
     assert (s.label, s.done, s.total) == ("loading the models", 1, 3)
+
+
+def test_two_ddp_ranks_of_a_lora_actor_equal_one_process(runs_dir, cleanup_runs):
+    """actor.world_size=2 (ddp) with LoRA: the ranks split the reference pass over the actor's
+    base like any scoring pass and the update equals the one-process update."""
+    keys = ("score_mean", "kl", "policy_loss", "value_loss", "entropy", "approx_kl", "grad_norm",
+            "advantage_mean", "response_len_mean")
+    common = ("run.steps=2", LORA, "ppo.actor_lr=1e-3")
+    one = launch(TINY, tiny_overrides(runs_dir, *common, "run.name=w1"), wait_ready=False)
+    cleanup_runs.append(one)
+    two = launch(TINY, tiny_overrides(runs_dir, *common, "run.name=w2", "actor.world_size=2"), wait_ready=False)
+    cleanup_runs.append(two)
+    assert one.wait(timeout=400) == "finished", one.info.get("failure")
+    assert two.wait(timeout=400) == "finished", two.info.get("failure")
+    assert set(two.info["pids"]) == {"actor[0]", "actor[1]", "critic", "reward"}
+    m1 = {m["step"]: m for m in one.metrics()}
+    m2 = {m["step"]: m for m in two.metrics()}
+    assert sorted(m2) == [1, 2] and m2[2]["kl"] != 0.0
+    diffs = {k: max(abs(m1[s][k] - m2[s][k]) for s in (1, 2)) for k in keys}
+    assert all(v <= 1e-4 for v in diffs.values()), diffs
+    assert (two.dir.latest_checkpoint() / "actor" / "adapter_model.safetensors").is_file()
+    _assert_clean(two)

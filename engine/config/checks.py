@@ -448,9 +448,11 @@ def _check_lora(cfg: RunConfig, ctx: Ctx):
         if not lo.target_modules and ctx.ok(path + ("target_modules",)):
             ctx.error(path + ("target_modules",), "must name at least one layer, e.g. [q_proj, v_proj]")
         rc = getattr(cfg, role)
-        if rc.world_size > 1 and ctx.ok((role, "world_size")):
-            ctx.error(path, f"a LoRA {role} runs in one process: {role}.world_size must be 1 with "
-                            f"{role}.lora set; got {rc.world_size}", at=[(role, "world_size")])
+        if rc.world_size > 1 and rc.strategy == "fsdp" and ctx.ok((role, "world_size"), (role, "strategy")):
+            ctx.error(path, f"a LoRA {role} over several ranks needs strategy ddp (fsdp shards "
+                            f"the frozen base with the adapter; not supported): set "
+                            f"{role}.strategy: ddp or {role}.world_size: 1",
+                      at=[(role, "strategy"), (role, "world_size")])
     if cfg.critic.lora is not None and cfg.ppo.critic_trunk == "reference" \
             and ctx.ok(("critic", "lora"), ("ppo", "critic_trunk")):
         ctx.error(("critic", "lora"), "ppo.critic_trunk is reference: the critic is a value head on the "

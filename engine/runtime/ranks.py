@@ -13,7 +13,7 @@ Two halves:
 
 How an operation is spread (``SPLIT_OPS`` / ``MEAN_OPS`` / the rest):
 
-* ``logprobs``, ``values``, ``score``: the batch is cut into W equal contiguous shares, rank r
+* ``logprobs``, ``ref_logprobs`` (a LoRA actor's base), ``values``, ``score``: the batch is cut into W equal contiguous shares, rank r
   scores share r, the outputs are concatenated in rank order;
 * ``update``: every rank gets the whole batch and the same shuffle (seeded by step), and takes
   its share of each mini-batch (``RankContext.micro_parts``); gradients are summed over the
@@ -32,7 +32,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-SPLIT_OPS = frozenset({"logprobs", "values", "score"})
+SPLIT_OPS = frozenset({"logprobs", "ref_logprobs", "values", "score"})
 MEAN_OPS = frozenset({"update"})
 
 

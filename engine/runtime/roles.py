@@ -679,6 +679,8 @@ class CriticRole(TwoPhaseUpdate, Role):
     def _save(self, args: dict) -> Result:
         d = Path(args["path"]) / self.name
         if self.lora is not None:  # peft's format: the adapter and the value head alone
+            if not self.ranks.writes():
+                return {}, {}
             d.mkdir(parents=True, exist_ok=True)
             self.model.model.save_pretrained(d, safe_serialization=True)
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
