@@ -8,6 +8,9 @@
     rlhf-console runs                    list runs with state, step, last score
     rlhf-console pause|resume|stop|checkpoint RUN
     rlhf-console swap-reward RUN SOURCE
+    rlhf-console label RUN SAMPLE_ID good|bad
+    rlhf-console prefer RUN CHOSEN_ID REJECTED_ID
+    rlhf-console refit-reward RUN        refit the reward model from the run's judgements
     rlhf-console train-rm ...            train a reward model
 
 Every command reports the project's own errors (a bad config, a run that cannot start, a model
@@ -226,6 +229,80 @@ def cmd_swap_reward(args) -> int:
     return 0
 
 
+def cmd_label(args) -> int:
+    from engine.client import RunError
+
+    run = _attach(args)
+    if run is None:
+        return 2
+    try:
+        row = run.label(args.sample_id, args.verdict)
+    except RunError as e:
+        return _err(str(e))
+    print(f"run {run.name}: sample {row['sample_id']} (step {row['step']}) marked {row['label']}")
+    return 0
+
+
+def cmd_prefer(args) -> int:
+    from engine.client import RunError
+
+    run = _attach(args)
+    if run is None:
+        return 2
+    try:
+        row = run.prefer(args.chosen_id, args.rejected_id)
+    except RunError as e:
+        return _err(str(e))
+    print(f"run {run.name}: sample {row['chosen_id']} preferred over {row['rejected_id']}")
+    return 0
+
+
+def cmd_refit_reward(args) -> int:
+    from engine.client import RunError
+
+    run = _attach(args)
+    if run is None:
+        return 2
+    try:
+        r = run.refit_reward()
+        print(f"run {run.name}: {r['message']}")
+        if args.no_wait:
+            return 0
+        attempt = r["attempt"]
+        tag = f"refit {attempt}: "
+        from engine.files import LineTail
+
+        tail = LineTail(run.dir.events)
+        tail.read_lines()  # what came before the request
+        entry = None
+        while True:
+            for line in tail.read_lines():
+                if tag in line:
+                    print(line)
+            reg = run.reward_versions()
+            entry = next((x for x in reg["refits"] if x.get("attempt") == attempt), None)
+            decided = entry is not None and entry.get("state") != "running"
+            swapped = any(v.get("attempt") == attempt for v in reg["versions"])
+            if decided and (entry.get("state") != "accepted" or swapped or not run.alive):
+                break
+            if not run.alive and not decided:
+                return _err(f"{run.name}: the run ended ({run.state}) before refit {attempt} was decided")
+            time.sleep(0.5)
+        for line in tail.read_lines():
+            if tag in line or "reward v" in line:
+                print(line)
+    except RunError as e:
+        return _err(f"{run.name}: {e}")
+    if entry.get("state") == "accepted":
+        v = next(v for v in run.reward_versions()["versions"] if v.get("attempt") == attempt) \
+            if swapped else None
+        print(f"run {run.name}: refit {attempt} accepted" + (f": reward v{v['version']} from step {v['from_step']}"
+                                                              if v else "") + f" ({entry.get('reason')})")
+        return 0
+    print(f"run {run.name}: refit {attempt} {entry.get('state')}: {entry.get('reason')}")
+    return 3
+
+
 def cmd_report(args) -> int:
     from engine.report import summarise, write_report
 
@@ -301,6 +378,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument("source")
     s.set_defaults(func=cmd_swap_reward)
+
+    lb = sub.add_parser("label", help="mark a sample of a run good or bad (labels.jsonl)")
+    lb.add_argument("run", help="run name (or prefix) or run directory")
+    lb.add_argument("sample_id", help="the sample's id (STEP-INDEX, as the rollouts pane shows it)")
+    lb.add_argument("verdict", choices=("good", "bad"))
+    lb.set_defaults(func=cmd_label)
+
+    pf = sub.add_parser("prefer", help="prefer one sample of a run over another (a pair in labels.jsonl)")
+    pf.add_argument("run", help="run name (or prefix) or run directory")
+    pf.add_argument("chosen_id", help="the sample preferred")
+    pf.add_argument("rejected_id", help="the sample it is preferred over")
+    pf.set_defaults(func=cmd_prefer)
+
+    rf = sub.add_parser("refit-reward", help="refit the reward model of a live run from its judgements; "
+                                             "swapped in at a step boundary only if it is not worse")
+    rf.add_argument("run", help="run name (or prefix) or run directory")
+    rf.add_argument("--no-wait", action="store_true", help="start it and return (progress in the event log)")
+    rf.set_defaults(func=cmd_refit_reward)
 
     try:
         from console import train_rm_cmd

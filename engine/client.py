@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 from engine.config import ConfigError, ConfigIssue, RunConfig, check_launchable, dump_config, load_config
-from engine.files import JsonlTail, LineTail, atomic_write_text, human_size, read_jsonl
+from engine.files import JsonlTail, LineTail, append_jsonl, atomic_write_text, human_size, read_jsonl
 from engine.records import Label, MetricsRow, RunInfo, Sample
 from engine.runtime.control import ControlClient, ControlServer, socket_path_for
 from engine.runtime.rundir import ENDED_STATES, LIVE_STATES, RunDir, run_state
@@ -320,7 +320,80 @@ class Run:
         finally:
             c.close()
 
-    def label(self, sample_id: str, step: int, verdict: str, note: str = "") -> dict:
-        """Append a spot-check judgement of a sample to labels.jsonl."""
-        rec = Label(sample_id=sample_id, step=int(step), label=verdict, note=note, time=time.time()).check()
-        return self.dir.append_label(rec).to_dict()
+    def label(self, sample_id: str, verdict, step=None, note: str = "") -> dict:
+        """Mark sample ``sample_id`` good or bad: a row in labels.jsonl that names that sample
+        and its own step (the id is checked against samples.jsonl first). The older form
+        ``label(sample_id, step, verdict)`` is accepted too."""
+        from engine.judgements import JudgementError, mark_row
+
+        if isinstance(verdict, int) and isinstance(step, str):   # label(sample_id, step, verdict)
+            verdict, step = step, verdict
+        try:
+            row = mark_row(self.path, str(sample_id), str(verdict), note=note)
+        except JudgementError as e:
+            raise RunError(f"run {self.name}: {e}") from None
+        return self.dir.append_label(Label.from_dict(row).check()).to_dict()
+
+    def prefer(self, chosen_id: str, rejected_id: str) -> dict:
+        """Prefer sample ``chosen_id`` over ``rejected_id`` (two responses to one prompt): a pair
+        row ``{"prompt", "chosen", "rejected", "step", "source": "human", "chosen_id",
+        "rejected_id"}`` in labels.jsonl, its texts copied from samples.jsonl."""
+        from engine.judgements import JudgementError, pair_row
+
+        try:
+            row = pair_row(self.path, str(chosen_id), str(rejected_id))
+        except JudgementError as e:
+            raise RunError(f"run {self.name}: {e}") from None
+        append_jsonl(self.dir.labels, row)
+        return row
+
+    def judgements(self):
+        """Counts and rows of the run's judgements (:class:`engine.judgements.Judgements`)."""
+        from engine.judgements import read_judgements
+
+        return read_judgements(self.path, with_text=False)
+
+    def sample_pair(self, prompt: Optional[str] = None, timeout: float = 600.0) -> list[dict]:
+        """Two fresh responses of the live actor to one prompt (a random prompt of the run's data
+        unless given), generated at the next step boundary, scored and logged to samples.jsonl
+        (ids ``STEP-pairKa`` / ``STEP-pairKb``). Returns the two samples."""
+        fields = {"wait_timeout": timeout} if prompt is None else {"wait_timeout": timeout, "prompt": prompt}
+        return self._ok(self.request("sample_pair", timeout=timeout + 5, **fields))["samples"]
+
+    def refit_reward(self, wait: bool = False, timeout: float = 3600.0, poll: float = 0.5) -> dict:
+        """Start a refit of the reward model from the run's judgements (a separate low-priority
+        process; progress in events.log). ``wait``: return when it is decided (and, if accepted,
+        swapped in) with its entry of ``reward_versions()["refits"]``."""
+        r = self._ok(self.request("refit_reward"))
+        if not wait:
+            return r
+        attempt = r["attempt"]
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            reg = self.reward_versions()
+            entry = next((x for x in reg["refits"] if x.get("attempt") == attempt), None)
+            if entry and entry.get("state") != "running":
+                if entry.get("state") != "accepted":
+                    return entry
+                if any(v.get("attempt") == attempt for v in reg["versions"]):
+                    return entry
+                if not self.alive:
+                    return entry
+            elif not self.alive:
+                raise RunError(f"run {self.name} ended ({self.state}) before refit {attempt} was decided")
+            time.sleep(poll)
+        raise RunError(f"run {self.name}: refit {attempt} not decided within {timeout:.0f}s")
+
+    def reward_versions(self) -> dict:
+        """``rewards/versions.json``: ``versions`` (each reward that scored steps: version, source,
+        kind, from_step, and for a refit its evaluation) and ``refits`` (every attempt with its
+        figures, verdict and reason)."""
+        import json as _json
+
+        try:
+            reg = _json.loads((self.path / "rewards" / "versions.json").read_text())
+        except (OSError, ValueError):
+            reg = {}
+        reg.setdefault("versions", [])
+        reg.setdefault("refits", [])
+        return reg

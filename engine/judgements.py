@@ -14,11 +14,12 @@ exist, and the row records that sample's own step and text, never those of anoth
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+from engine.files import read_jsonl
 
 VERDICTS = ("good", "bad")
 
@@ -36,21 +37,7 @@ def is_mark(row: dict) -> bool:
 
 
 def _rows(path: Path) -> list[dict]:
-    out = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for ln in f:
-                if not ln.endswith("\n"):
-                    break  # a line being appended right now
-                try:
-                    obj = json.loads(ln)
-                except ValueError:
-                    continue
-                if isinstance(obj, dict):
-                    out.append(obj)
-    except FileNotFoundError:
-        pass
-    return out
+    return read_jsonl(path)
 
 
 def find_samples(run_dir: Path, ids) -> dict[str, dict]:

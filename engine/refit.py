@@ -25,10 +25,10 @@ The supervisor runs this as a separate, low-priority (nice'd) process while trai
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -40,6 +40,26 @@ DEFAULT_REFIT_BASE = "bundled:minilm-sentiment"
 
 class RefitError(RuntimeError):
     """A refit cannot run (too few judgements, no model to start from)."""
+
+
+@dataclass(frozen=True)
+class RefitSettings:
+    """Defaults of ``reward.refit`` (used until the config schema carries the section)."""
+    every_labels: Optional[int] = None
+    base: Optional[str] = None
+    holdout: float = 0.25
+    min_judgements: int = 4
+    mix_ratio: float = 2.0
+    original_eval_rows: int = 200
+    max_original_drop: float = 0.02
+    epochs: int = 2
+    lr: float = 3e-5
+    batch_size: int = 16
+    nice: int = 10
+
+
+def refit_settings(cfg) -> "RefitSettings":
+    return getattr(cfg.reward, "refit", None) or RefitSettings()
 
 
 def is_trainable_source(source: str) -> bool:
@@ -159,7 +179,7 @@ def run_refit(run_dir: Path, attempt: int, current: str, out: Path, *, progress:
     if res.config is None:
         raise RefitError("the run's config.yaml is invalid: " + "; ".join(str(i) for i in res.issues))
     cfg = res.config
-    rc = cfg.reward.refit
+    rc = refit_settings(cfg)
     j = read_judgements(run_dir)
     items = j.ordered()
     if len(items) < rc.min_judgements:
@@ -229,7 +249,7 @@ def main(argv=None) -> int:
     ap.add_argument("--result", required=True, help="JSON file for the figures and the verdict")
     a = ap.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from engine.runtime.rundir import atomic_write_json
+    from engine.files import atomic_write_json
 
     def progress(msg: str) -> None:
         print(msg, flush=True)

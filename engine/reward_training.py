@@ -676,7 +676,7 @@ def refit_reward_model(current: str | Path, judgements: list, *, out: str | Path
         t0 = time.time()
         try:
             conf = AutoConfig.from_pretrained(current)
-        except Exception as e:  # noqa: BLE001 - said in one line
+        except Exception as e:
             raise RewardTrainingError(f"could not read the reward model {current!r}: {e}") from e
         num_labels = int(getattr(conf, "num_labels", 1) or 1)
         names = [str(conf.id2label[i]) for i in range(num_labels)] if num_labels > 1 and \

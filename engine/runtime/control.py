@@ -1,6 +1,7 @@
 """The control socket: AF_UNIX, mode 0600, JSON lines in both directions.
 
-Requests  {"op": "status"|"pause"|"resume"|"stop"|"checkpoint"|"swap_reward"|"subscribe", ...}
+Requests  {"op": "status"|"pause"|"resume"|"stop"|"checkpoint"|"swap_reward"|"refit_reward"|"sample_pair"|
+          "subscribe", ...}
 Replies   {"ok": true, ...} or {"ok": false, "error": "..."}; ``subscribe`` then streams events
           {"event": "step"|"sample"|"state"|"log"|"checkpoint", ...} until the client leaves.
 
@@ -54,7 +55,8 @@ def short_socket_dir() -> Path:
             f"intercept the run's control socket there. Remove {d} (or, if it is yours, chmod 700 it), "
             f"or use a shorter run.output_dir so the socket fits in the run directory.")
     return d
-OPS = ("status", "pause", "resume", "stop", "checkpoint", "swap_reward", "subscribe", "ping")
+OPS = ("status", "pause", "resume", "stop", "checkpoint", "swap_reward", "refit_reward", "sample_pair", "subscribe",
+       "ping")
 
 
 def socket_path_for(run_dir: Path) -> Path:

@@ -155,6 +155,17 @@ class Supervisor:
         self._longest_s = 0.0               # longest step or checkpoint so far (stop grace)
         self._printer_broken = False
         self._print_lock = threading.Lock()  # workers' progress lines arrive on several threads
+        # human feedback: the reward version scoring each step, swaps and pair requests waiting for
+        # the step boundary, the refit process (one at a time)
+        self.reward_version = 0
+        self._boundary_q: list[dict] = []
+        self._refit: Optional[dict] = None
+        self._refit_lock = threading.Lock()
+        self._judgements_at_refit = 0
+        self._labels_seen: tuple = (-1, 0)   # (labels.jsonl size, judgement rows) for every_labels
+        self._prompts: list[str] = []
+        self._tokenizer = None
+        self._pairs_made = 0
 
     # ---- logging & state ----------------------------------------------------------------
     def log(self, message: str, level: str = "INFO") -> None:
@@ -222,6 +233,8 @@ class Supervisor:
             "pause_requested": self._pause_req, "stop_requested": self._stop_req,
             "paused_reason": self.paused_reason, "pause_info": self.pause_info or None,
             "reward_source": self.reward_source,
+            "reward_version": self.reward_version,
+            "refit": self._refit_status(),
             "last_metrics": self.last_metrics,
         }
 
@@ -273,6 +286,13 @@ class Supervisor:
             return res or {"ok": False, "error": "checkpoint did not complete in time"}
         if op == "swap_reward":
             return self._swap_reward(req)
+        if op == "refit_reward":
+            return self._start_refit("requested")
+        if op == "sample_pair":
+            prompt = req.get("prompt")
+            if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
+                return {"ok": False, "error": "sample_pair: 'prompt' must be a non-empty string when given"}
+            return self._at_boundary({"op": "sample_pair", "prompt": prompt}, float(req.get("wait_timeout", 600)))
         return {"ok": False, "error": f"unsupported op {op!r}"}
 
     # ---- watchdog: worker timeout and stop grace ------------------------------------------
@@ -368,18 +388,241 @@ class Supervisor:
             self.log(f"reward swap to '{source}' refused, keeping '{self.reward_source}': {why}", "WARNING")
             return {"ok": False, "error": f"could not load '{source}': {why}; the previous reward "
                                           f"'{self.reward_source}' stays in place"}
+        del w
+        # the live worker loads it at the step boundary, so every step is scored by one version
+        return self._at_boundary({"op": "swap", "source": source, "kind": "swap"},
+                                 float(self.cfg.runtime.worker_timeout_s) + 3600.0)
+
+    # ---- work done at the step boundary (reward swaps, fresh pairs) -----------------------
+    def _at_boundary(self, job: dict, timeout: float) -> dict:
+        job["event"] = threading.Event()
+        with self._cv:
+            if self.state in ("finished", "failed", "stopped"):
+                return {"ok": False, "error": f"the run is {self.state}"}
+            self._boundary_q.append(job)
+            self._cv.notify_all()
+        if not job["event"].wait(timeout):
+            return {"ok": False, "error": f"no step boundary within {timeout:.0f}s"}
+        return job["result"]
+
+    def _run_boundary_jobs(self) -> None:
+        with self._cv:
+            jobs, self._boundary_q = self._boundary_q, []
+        for job in jobs:
+            try:
+                if job["op"] == "swap":
+                    job["result"] = self._apply_swap(job["source"], job["kind"], job.get("extra") or {})
+                else:
+                    job["result"] = self._sample_pair(job.get("prompt"))
+            except WorkerError:
+                job["result"] = {"ok": False, "error": "a worker failed"}
+                job["event"].set()
+                raise
+            except Exception as e:  # noqa: BLE001 - answered, never a crash of the run
+                job["result"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            job["event"].set()
+
+    def _fail_boundary_jobs(self, why: str) -> None:
+        with self._cv:
+            jobs, self._boundary_q = self._boundary_q, []
+        for job in jobs:
+            job["result"] = {"ok": False, "error": why}
+            job["event"].set()
+
+    def _apply_swap(self, source: str, kind: str, extra: dict) -> dict:
+        """Load ``source`` into the live reward worker (between steps); a new reward version."""
+        w = self.by_role["reward"]
         try:
             _, res, secs = self._submit(w, "reward", "swap", None, {"source": source}).result()
         except WorkerError as e:
-            self.log(f"reward swap to '{source}' failed, keeping '{self.reward_source}': {e}", "WARNING")
+            if e.kind == "died":
+                raise
+            self.log(f"reward swap to '{source}' failed, keeping '{self.reward_source}' "
+                     f"(v{self.reward_version}): {e}", "WARNING")
             return {"ok": False, "error": f"could not load '{source}': {e}; the previous reward "
                                           f"'{self.reward_source}' stays in place"}
         old, self.reward_source = self.reward_source, source
         if self.driver is not None:  # its scores have another scale: divergence gets a new baseline
             self.driver.monitors.reward_changed()
-        self.write_state(reward_source=source)
-        self.log(f"reward swapped from '{old}' to '{source}' in {secs:.1f}s")
-        return {"ok": True, "source": source, "previous": old, "seconds": secs}
+        reg = self._registry()
+        version = max([v.get("version", 0) for v in reg["versions"]] + [self.reward_version]) + 1
+        self.reward_version = version
+        reg["versions"].append({"version": version, "source": source, "kind": kind, "from_step": self.step + 1,
+                                "previous": old, "time": time.time(), **extra})
+        self._save_registry(reg)
+        self.write_state(reward_source=source, reward_version=version)
+        self.log(f"reward v{version} in place from step {self.step + 1}: swapped from '{old}' to "
+                 f"'{source}' in {secs:.1f}s" + (f" (refit {extra['attempt']})" if "attempt" in extra else ""))
+        if self.server:
+            self.server.broadcast({"event": "reward", "version": version, "source": source, "step": self.step})
+        return {"ok": True, "source": source, "previous": old, "seconds": secs, "version": version,
+                "message": f"reward v{version} '{source}' in place from step {self.step + 1}"}
+
+    def _sample_pair(self, prompt: Optional[str]) -> dict:
+        """Two fresh responses of the actor to one prompt (a random prompt of the run's data
+        unless given), scored by the current reward and appended to samples.jsonl as a pair."""
+        if prompt is None:
+            if not self._prompts:
+                return {"ok": False, "error": "the run has no prompts loaded yet"}
+            prompt = random.Random(f"{self.cfg.run.seed}-pair-{self._pairs_made}").choice(self._prompts)
+        k = self._pairs_made
+        self._pairs_made += 1
+        batch, _, _ = self.endpoints["actor"].submit("actor", "generate", None,
+                                                     {"prompts": [prompt, prompt], "step": self.step}).result()
+        batch = dict(batch)
+        batch.pop("old_logprobs", None)
+        scores = self.endpoints["reward"].submit("reward", "score", batch, {}).result()[0]["scores"]
+        tok = self._tokenizer
+        prompts_txt = tok.batch_decode(batch["query_ids"], skip_special_tokens=True)
+        eos = tok.eos_token_id
+        out = []
+        for i, tag in enumerate("ab"):
+            m = batch["response_mask"][i].bool()
+            ids = batch["response_ids"][i]
+            out.append({"id": f"{self.step}-pair{k}{tag}", "step": self.step, "index": i, "kind": "pair",
+                        "pair": k, "reward_version": self.reward_version, "prompt": prompts_txt[i],
+                        "response": tok.decode(ids[m], skip_special_tokens=True), "score": float(scores[i]),
+                        "kl": None, "return": None, "length": int(m.sum()),
+                        "eos": bool(((ids == eos) & m).any())})
+        for row in out:
+            append_jsonl(self.rd.samples, row)
+        if self.server:
+            self.server.broadcast({"event": "samples", "step": self.step, "samples": out})
+        return {"ok": True, "samples": out, "message": f"pair {out[0]['id']} / {out[1]['id']}"}
+
+    # ---- reward versions and refits -------------------------------------------------------
+    @property
+    def _rewards_dir(self) -> Path:
+        return self.rd.path / "rewards"
+
+    def _registry(self) -> dict:
+        try:
+            reg = json.loads((self._rewards_dir / "versions.json").read_text())
+        except (OSError, ValueError):
+            reg = {}
+        reg.setdefault("versions", [])
+        reg.setdefault("refits", [])
+        return reg
+
+    def _save_registry(self, reg: dict) -> None:
+        self._rewards_dir.mkdir(exist_ok=True)
+        atomic_write_json(self._rewards_dir / "versions.json", reg)
+
+    def _refit_status(self) -> Optional[dict]:
+        r = self._refit
+        return None if r is None else {"state": "running", "attempt": r["attempt"], "started": r["started"]}
+
+    def _judgement_rows(self) -> int:
+        from engine.judgements import count_rows
+
+        try:
+            size = self.rd.labels.stat().st_size
+        except OSError:
+            return self._labels_seen[1]
+        if size != self._labels_seen[0]:
+            self._labels_seen = (size, count_rows(self.rd.path))
+        return self._labels_seen[1]
+
+    def _maybe_auto_refit(self) -> None:
+        from engine.refit import refit_settings
+
+        every = refit_settings(self.cfg).every_labels
+        if not every or self._refit is not None:
+            return
+        new = self._judgement_rows() - self._judgements_at_refit
+        if new >= every:
+            self._start_refit(f"{new} new judgement(s), reward.refit.every_labels = {every}")
+
+    def _start_refit(self, why: str) -> dict:
+        import subprocess
+
+        from engine.refit import refit_settings
+
+        with self._refit_lock:
+            if self._refit is not None:
+                return {"ok": False, "error": f"refit {self._refit['attempt']} is still running"}
+            if self.cfg is None or "reward" not in self.by_role:
+                return {"ok": False, "error": "the run has not started yet"}
+            rs = refit_settings(self.cfg)
+            reg = self._registry()
+            attempt = len(reg["refits"]) + 1
+            rows = self._judgement_rows()
+            self._rewards_dir.mkdir(exist_ok=True)
+            out = self._rewards_dir / f"refit-{attempt}"
+            result = self._rewards_dir / f"refit-{attempt}.json"
+            cmd = [sys.executable, "-m", "engine.refit", str(self.rd.path), "--attempt", str(attempt),
+                   "--current", self.reward_source, "--out", str(out), "--result", str(result)]
+            nice = int(rs.nice)
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, errors="replace",
+                                    preexec_fn=(lambda: os.nice(nice)) if nice else None)
+            self._refit = {"attempt": attempt, "proc": proc, "started": time.time(), "out": out}
+            self._judgements_at_refit = rows
+            reg["refits"].append({"attempt": attempt, "state": "running", "started": time.time(),
+                                  "from_step": self.step, "current_source": self.reward_source,
+                                  "current_version": self.reward_version, "judgement_rows": rows, "why": why})
+            self._save_registry(reg)
+            self.write_state(refit={"state": "running", "attempt": attempt, "judgement_rows": rows})
+        self.log(f"refit {attempt}: started ({why}) from reward v{self.reward_version} "
+                 f"'{self.reward_source}' with {rows} judgement(s), in a separate process (nice {nice}, "
+                 f"pid {proc.pid})")
+        threading.Thread(target=self._watch_refit, args=(attempt, proc, result), name="refit",
+                         daemon=True).start()
+        return {"ok": True, "pending": True, "attempt": attempt,
+                "message": f"refit {attempt} started on {rows} judgement(s); progress in the event log"}
+
+    def _watch_refit(self, attempt: int, proc, result_path: Path) -> None:
+        try:
+            for line in proc.stdout:
+                line = line.rstrip()
+                if line:
+                    self._log_safe(f"refit {attempt}: {line}")
+            proc.wait()
+            try:
+                res = json.loads(result_path.read_text())
+            except (OSError, ValueError):
+                res = {"accepted": False, "reason": f"the refit process ended (exit code {proc.returncode}) "
+                                                    f"without a result"}
+            reg = self._registry()
+            for r in reg["refits"]:
+                if r.get("attempt") == attempt:
+                    r.update({k: v for k, v in res.items() if k != "time"},
+                             state="accepted" if res.get("accepted") else ("failed" if res.get("error") else "refused"),
+                             finished=time.time())
+            self._save_registry(reg)
+            if res.get("accepted"):
+                self.log(f"refit {attempt}: accepted: {res['reason']}; swapping it in at the next step boundary")
+                with self._cv:
+                    self._boundary_q.append({"op": "swap", "source": res["source"], "kind": "refit",
+                                             "extra": {"attempt": attempt, "current": res.get("current"),
+                                                       "new": res.get("new")},
+                                             "event": threading.Event()})
+                    self._cv.notify_all()
+            else:
+                self.log(f"refit {attempt}: refused, keeping reward v{self.reward_version} "
+                         f"'{self.reward_source}': {res.get('reason')}", "WARNING")
+            self.write_state(refit={"state": "accepted" if res.get("accepted") else "refused",
+                                    "attempt": attempt, "reason": res.get("reason"),
+                                    "judgement_rows": self._judgements_at_refit})
+        except Exception as e:  # noqa: BLE001 - a refit never takes the run down
+            self._log_safe(f"refit {attempt}: error: {type(e).__name__}: {e}", "ERROR")
+        finally:
+            with self._refit_lock:
+                self._refit = None
+
+    def _stop_refit(self) -> None:
+        r = self._refit
+        if r is None:
+            return
+        proc = r["proc"]
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except Exception:  # noqa: BLE001
+                proc.kill()
+        for tmp in self._rewards_dir.glob(f".{r['out'].name}.tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
 
     # ---- lifecycle ----------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -551,6 +794,12 @@ class Supervisor:
 
         tokenizer = load_tokenizer(resolve_role_model(cfg, "actor"))
         stream = prompt_stream(cfg, tokenizer)
+        self._prompts, self._tokenizer = list(stream.prompts), tokenizer
+        reg = self._registry()
+        if not reg["versions"]:
+            reg["versions"].append({"version": 0, "source": cfg.reward.source, "kind": "config", "from_step": 1,
+                                    "time": time.time()})
+            self._save_registry(reg)
         kl_ctl = make_kl_controller(cfg)
         driver = self.driver = PPODriver(cfg, self.endpoints, tokenizer, kl_ctl, plan)
         self._task_answers(driver, tokenizer)
@@ -705,6 +954,7 @@ class Supervisor:
         """Append the step's metrics and samples and update run.json, then commit the roles'
         updates. If a write fails (full disk, permission), the files are cut back to where they
         were, the updates are rolled back and OSError is raised: the step is not applied."""
+        metrics["reward_version"] = self.reward_version
         try:
             self.rd.record_step(metrics, samples, step=self.step + 1, last_score=metrics["score_mean"],
                                 last_kl=metrics["kl"])
@@ -799,6 +1049,8 @@ class Supervisor:
                                     phase="checkpoint", error=res["error"])
             if self._unwritten_state:
                 self.write_state()
+            self._run_boundary_jobs()
+            self._maybe_auto_refit()
             with self._cv:
                 if self._stop_req:
                     return True
@@ -858,7 +1110,8 @@ class Supervisor:
             data = self._stream_state_before or stream.state_dict()  # a retried batch is not consumed
             atomic_write_json(tmp / "state.json", {
                 "step": self.step, "data": data, "kl_controller": kl_ctl.state_dict(),
-                "reward_source": self.reward_source, "time": time.time(), "run_tag": self.run_tag,
+                "reward_source": self.reward_source, "reward_version": self.reward_version,
+                "time": time.time(), "run_tag": self.run_tag,
             })
             durable_rename(tmp, final)  # fsync files and folder, rename, fsync checkpoints/
         except BaseException as e:
@@ -901,10 +1154,23 @@ class Supervisor:
         for path in (self.rd.metrics, self.rd.samples):
             rows = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= self.step]
             atomic_write_text(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
+        self.reward_version = int(st.get("reward_version") or 0)
         if st.get("reward_source") and st["reward_source"] != self.cfg.reward.source:
-            self.reward_source = self.cfg.reward.source
-            self.log(f"note: the checkpoint was taken with reward '{st['reward_source']}'; resuming with the config's '{self.cfg.reward.source}'", "WARNING")
-        self.log(f"resumed from {self._show(ck)} (step {self.step})")
+            # a swapped-in reward (a refit, swap-reward) survives the resume
+            try:
+                self._submit(self.by_role["reward"], "reward", "swap", None, {"source": st["reward_source"]}).result()
+                self.reward_source = st["reward_source"]
+            except WorkerError as e:
+                if e.kind == "died":
+                    raise
+                self.reward_source, self.reward_version = self.cfg.reward.source, 0
+                self.log(f"the checkpoint was taken with reward '{st['reward_source']}', which cannot be "
+                         f"loaded ({e}); resuming with the config's '{self.cfg.reward.source}'", "WARNING")
+        self.write_state(reward_source=self.reward_source, reward_version=self.reward_version)
+        refits = self._registry()["refits"]
+        self._judgements_at_refit = int(refits[-1].get("judgement_rows") or 0) if refits else 0
+        self.log(f"resumed from {self._show(ck)} (step {self.step}, reward v{self.reward_version} "
+                 f"'{self.reward_source}')")
 
     # ---- tensorboard ---------------------------------------------------------------------
     def _tensorboard(self):
@@ -936,6 +1202,11 @@ class Supervisor:
     # ---- teardown ------------------------------------------------------------------------
     def _teardown(self) -> None:
         self._watch_stop.set()
+        self._fail_boundary_jobs(f"the run ended ({self.state})")
+        try:
+            self._stop_refit()
+        except Exception:  # noqa: BLE001 - teardown goes on
+            pass
 
         def down(h) -> None:
             try:
