@@ -263,17 +263,17 @@ def cmd_refit_reward(args) -> int:
     run = _attach(args)
     if run is None:
         return 2
+    from engine.files import LineTail
+
+    tail = LineTail(run.dir.events)
     try:
+        tail.read_lines()  # what came before the request
         r = run.refit_reward()
         print(f"run {run.name}: {r['message']}")
         if args.no_wait:
             return 0
         attempt = r["attempt"]
         tag = f"refit {attempt}: "
-        from engine.files import LineTail
-
-        tail = LineTail(run.dir.events)
-        tail.read_lines()  # what came before the request
         entry = None
         while True:
             for line in tail.read_lines():

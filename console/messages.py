@@ -78,3 +78,30 @@ class LabelWritten(Message):
         super().__init__()
         self.row = row
         self.error = error
+
+
+class PairsLoaded(Message):
+    """Pairs of samples that answer one prompt, read from the run directory (newest first)."""
+
+    def __init__(self, pairs: list, error: str = "") -> None:
+        super().__init__()
+        self.pairs = pairs
+        self.error = error
+
+
+class PairWritten(Message):
+    """A pairwise judgement was appended to labels.jsonl (or could not be: ``error``)."""
+
+    def __init__(self, row: dict, error: str = "") -> None:
+        super().__init__()
+        self.row = row
+        self.error = error
+
+
+class RefitReplied(Message):
+    """The answer to a refit request (started, or refused with the reason)."""
+
+    def __init__(self, ok: bool, message: str) -> None:
+        super().__init__()
+        self.ok = ok
+        self.message = message

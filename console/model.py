@@ -154,6 +154,9 @@ class RunModel:
         self.metrics: list[MetricsRow] = []
         self.samples = SampleIndex(self.path / "samples.jsonl")
         self.labels: dict[str, str] = {}
+        self.pair_marks: dict[str, str] = {}   # sample id -> "preferred" / "rejected" (pairwise judgements)
+        self.n_pairs = 0
+        self.n_judgements = 0                 # judgement rows in labels.jsonl (marks and pairs)
         self.events: deque[str] = deque(maxlen=self.MAX_EVENTS)
         self.config: dict = {}
         self.version = 0                  # bumps on every change; panes redraw when it moves
@@ -190,9 +193,8 @@ class RunModel:
                 self._mem = m.memory
             self._alerts(m)
         self.new_samples = self.samples.add(d.samples, d.sample_offsets if d.sample_offsets else None)
-        for lab in d.labels:
-            if lab.sample_id:
-                self.labels[str(lab.sample_id)] = str(lab.label)
+        for row in d.labels:
+            self.add_label_row(row)
         self.events.extend(d.events)
         if d.caught_up:
             self.caught_up = True
@@ -207,6 +209,47 @@ class RunModel:
             s = self.alerts_seen.setdefault(str(a["monitor"]), {"first": step, "last": step, "steps": 0})
             s["last"] = step
             s["steps"] += 1
+
+    def add_label_row(self, row) -> None:
+        """One row of labels.jsonl (a Label record or its dict): a good/bad mark or a pair."""
+        if hasattr(row, "to_dict"):
+            row = row.to_dict()
+        if "chosen" in row and "rejected" in row:
+            self.n_pairs += 1
+            self.n_judgements += 1
+            for key, what in (("chosen_id", "preferred"), ("rejected_id", "rejected")):
+                if row.get(key) is not None:
+                    self.pair_marks[str(row[key])] = what
+        elif row.get("sample_id"):
+            self.labels[str(row["sample_id"])] = str(row.get("label", ""))
+            self.n_judgements += 1
+
+    def judgement_counts(self) -> dict:
+        """good, bad (newest mark of each sample), pairs, and judgements since the last refit."""
+        vals = list(self.labels.values())
+        refit = self.info.get("refit") or {}
+        return {"good": vals.count("good"), "bad": vals.count("bad"), "pairs": self.n_pairs,
+                "since_refit": max(0, self.n_judgements - int(refit.get("judgement_rows") or 0)),
+                "refit": refit}
+
+    @property
+    def reward_version(self) -> int:
+        v = self.info.get("reward_version")
+        if v is None and self.metrics:
+            v = self.metrics[-1].get("reward_version")
+        return int(v or 0)
+
+    def reward_swaps(self) -> list[tuple[int, float, int]]:
+        """(first step, its time, version) of each reward version after the first, from metrics."""
+        out, prev = [], None
+        for m in self.metrics:
+            v = m.get("reward_version")
+            if v is None:
+                continue
+            if prev is not None and v != prev:
+                out.append((int(m.get("step") or 0), float(m.get("time") or 0.0), int(v)))
+            prev = v
+        return out
 
     # ---- derived ------------------------------------------------------------------------------
     @property

@@ -353,11 +353,14 @@ class Run:
 
         return read_judgements(self.path, with_text=False)
 
-    def sample_pair(self, prompt: Optional[str] = None, timeout: float = 600.0) -> list[dict]:
-        """Two fresh responses of the live actor to one prompt (a random prompt of the run's data
-        unless given), generated at the next step boundary, scored and logged to samples.jsonl
-        (ids ``STEP-pairKa`` / ``STEP-pairKb``). Returns the two samples."""
-        fields = {"wait_timeout": timeout} if prompt is None else {"wait_timeout": timeout, "prompt": prompt}
+    def sample_pair(self, prompt: Optional[str] = None, n: int = 2, timeout: float = 600.0) -> list[dict]:
+        """Fresh responses of the live actor to one prompt (a random prompt of the run's data
+        unless given; ``n`` of them, 2 by default, for a pair), generated at the next step
+        boundary, scored by the current reward and logged to samples.jsonl (ids ``STEP-pairKa``,
+        ``STEP-pairKb``, ...). Returns the samples."""
+        fields = {"wait_timeout": timeout, "n": int(n)}
+        if prompt is not None:
+            fields["prompt"] = prompt
         return self._ok(self.request("sample_pair", timeout=timeout + 5, **fields))["samples"]
 
     def refit_reward(self, wait: bool = False, timeout: float = 3600.0, poll: float = 0.5) -> dict:

@@ -44,36 +44,38 @@ class RefitError(RuntimeError):
 
 @dataclass(frozen=True)
 class RefitSettings:
-    """Defaults of ``reward.refit`` (used until the config schema carries the section)."""
-    every_labels: Optional[int] = None
-    base: Optional[str] = None
-    holdout: float = 0.25
-    min_judgements: int = 4
-    mix_ratio: float = 2.0
-    original_eval_rows: int = 200
-    max_original_drop: float = 0.02
-    epochs: int = 2
-    lr: float = 3e-5
-    batch_size: int = 16
-    nice: int = 10
+    """``reward.refit`` with its defaults filled in (``engine.config.REFIT_KEYS`` documents them)."""
+    every_labels: Optional[int]
+    base: Optional[str]
+    holdout: float
+    min_judgements: int
+    mix_ratio: float
+    original_eval_rows: int
+    max_original_drop: float
+    epochs: int
+    lr: float
+    batch_size: int
+    nice: int
 
 
-def refit_settings(cfg) -> "RefitSettings":
-    return getattr(cfg.reward, "refit", None) or RefitSettings()
+def refit_settings(cfg) -> RefitSettings:
+    from engine.config.schema import REFIT_DEFAULTS
+
+    given = cfg.reward.refit or {}
+    return RefitSettings(**{k: given.get(k, d) for k, d in REFIT_DEFAULTS.items()})
 
 
 def is_trainable_source(source: str) -> bool:
-    """A reward source that is a model the refit can fine-tune (not a lexicon or a function)."""
-    from engine.rewards import _FUNC_RE
+    """A reward source that is a model the refit can fine-tune (a folder or hub id of a sequence
+    classifier, or bundled:minilm-sentiment), not a lexicon, a rule or a function."""
+    from engine import sources
 
-    s = (source or "").strip()
-    if s.startswith(("lexicon:", "python:")):
-        return False
-    if s.startswith("bundled:"):
-        return s == "bundled:minilm-sentiment"
-    if Path(s).expanduser().exists():
-        return (Path(s).expanduser() / "config.json").is_file()
-    return not _FUNC_RE.match(s)
+    src = sources.parse(source)
+    if src.scheme == "bundled":
+        return src.name == "minilm-sentiment"
+    if src.scheme == "local":
+        return (Path(src.name).expanduser() / "config.json").is_file()
+    return src.scheme == "hub"
 
 
 def model_folder(source: str, progress: Optional[Progress] = None) -> str:

@@ -101,6 +101,8 @@ def plot(metrics, out: Path) -> Path:
             k = min(10, len(ys))
             ax.plot(steps, trailing_means(ys, k), lw=2, label=f"mean of last {k}")
             ax.legend(loc="lower right", fontsize=8)
+        for x in swap_steps(metrics):           # a new reward version scores from this step on
+            ax.axvline(x - 0.5, color="tab:red", lw=0.8, ls="--", alpha=0.7)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
@@ -119,6 +121,55 @@ def plot(metrics, out: Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def swap_steps(metrics: list[dict]) -> list[int]:
+    """Steps from which a new reward version scored (``reward_version`` changed)."""
+    out, prev = [], None
+    for m in metrics:
+        v = m.get("reward_version")
+        if v is not None and prev is not None and v != prev:
+            out.append(m["step"])
+        prev = v if v is not None else prev
+    return out
+
+
+def _acc(d: Optional[dict], key: str) -> str:
+    v = (d or {}).get(key)
+    return f"{v:.3f}" if isinstance(v, (int, float)) else "–"
+
+
+def reward_versions_lines(run_dir: Path) -> list[str]:
+    """The report's section on reward versions and refits (rewards/versions.json)."""
+    import json
+
+    try:
+        reg = json.loads((Path(run_dir) / "rewards" / "versions.json").read_text())
+    except (OSError, ValueError):
+        return []
+    versions, refits = reg.get("versions") or [], reg.get("refits") or []
+    if len(versions) <= 1 and not refits:
+        return []
+    lines = ["## Reward versions", "",
+             "Each step is scored by one version (`reward_version` in metrics.jsonl); a refit's figures are "
+             "accuracies of the current and the new model on the held-out judgements and on the "
+             "original held-out set.", "",
+             "| version | from step | kind | source | held-out judgements (current → new) | original set (current → new) |",
+             "|---:|---:|---|---|---|---|"]
+    for v in versions:
+        cur, new = v.get("current"), v.get("new")
+        judg = f"{_acc(cur, 'judgement_accuracy')} → {_acc(new, 'judgement_accuracy')}" if new else "–"
+        orig = f"{_acc(cur, 'original_accuracy')} → {_acc(new, 'original_accuracy')}" if new else "–"
+        kind = v.get("kind", "?") + (f" {v['attempt']}" if v.get("attempt") else "")
+        lines.append(f"| v{v.get('version')} | {v.get('from_step')} | {kind} | `{_cell(v.get('source', ''), 80)}` | "
+                     f"{judg} | {orig} |")
+    if refits:
+        lines += ["", "| refit | at step | judgements (train / held out) | verdict | reason |", "|---:|---:|---|---|---|"]
+        for r in refits:
+            j = r.get("judgements") or {}
+            lines.append(f"| {r.get('attempt')} | {r.get('from_step')} | {j.get('train', '–')} / "
+                         f"{j.get('held_out', '–')} | {r.get('state')} | {_cell(r.get('reason') or '', 200)} |")
+    return lines + [""]
 
 
 def _cell(text: str, n: int = 160) -> str:
@@ -193,6 +244,7 @@ def write_report(run_dir: Path, out_dir: Optional[Path] = None, *, samples_per_s
         lines.append("")
     lines += [
         *_monitor_lines(metrics),
+        *reward_versions_lines(rd.path),
         "## Per step",
         "",
         "| step | score | KL | KL coef | length | policy loss | value loss | step s |",

@@ -19,13 +19,14 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input
 from textual.worker import get_current_worker
 
-from console.messages import ControlReplied, GpuSampled, LabelWritten, RunUpdated
+from console.messages import ControlReplied, GpuSampled, LabelWritten, RefitReplied, RunUpdated
 from console.model import CONTROL_STATES, ENDED_STATES, RunFollower, RunModel
 from console.sources import check_reward_source
 from console.widgets.curves import Curves
 from console.widgets.events_pane import EventsPane
 from console.widgets.gpu_pane import GpuPane
 from console.widgets.hack_warning import HackWarning
+from console.widgets.labels_bar import LabelsBar
 from console.widgets.rollouts import SUSPICIOUS, RolloutsTable
 from console.widgets.run_header import RunHeader
 from console.widgets.timings import TimingsPane
@@ -66,6 +67,11 @@ class DashboardScreen(Screen):
                 tooltip="Mark the selected sample good (appended to labels.jsonl)"),
         Binding("b", "label('bad')", "bad", id="dashboard.label_bad",
                 tooltip="Mark the selected sample bad (appended to labels.jsonl)"),
+        Binding("a", "pairwise", "pairs", id="dashboard.pairwise",
+                tooltip="Compare two responses to one prompt side by side and prefer one (labels.jsonl)"),
+        Binding("R", "refit", "refit", key_display="R", id="dashboard.refit",
+                tooltip="Refit the reward model from the judgements; swapped in at a step boundary only "
+                        "if it is not worse (progress in the events pane)"),
         Binding("enter", "open_sample", "open", id="dashboard.open_sample",
                 tooltip="Show the selected sample in full"),
         Binding("l,left_square_bracket", "jump('low')", "lowest", key_display="l/[", id="dashboard.lowest",
@@ -111,6 +117,7 @@ class DashboardScreen(Screen):
         self._search = ""
         self.pane = 1                # index in PANES: the pane shown (narrow) or focused (wide)
         self._gpu_pids: dict = {}
+        self._bar_drawn = False
 
     # ---- layout ---------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -125,6 +132,7 @@ class DashboardScreen(Screen):
                 with Vertical(id="rollouts-pane", classes="pane") as rp:
                     rp.border_title = "rollouts"
                     yield HackWarning(id="hack-warning")
+                    yield LabelsBar(id="labels-bar")
                     yield RolloutsTable(self.model.samples, self.model.labels, id="rollouts")
                     yield Input(placeholder="find in prompts and responses (enter: next, esc: close)", id="search")
                 e = EventsPane(id="events", classes="pane")
@@ -228,12 +236,30 @@ class DashboardScreen(Screen):
         except Exception as e:  # noqa: BLE001 - shown, never a crash
             self.post_message(ControlReplied(op, False, f"{type(e).__name__}: {e}", None, t0))
 
+    @work(thread=True, group="refit", exit_on_error=False)
+    def _send_refit(self) -> None:
+        from engine.client import Run
+
+        try:
+            r = Run(self.path).refit_reward()
+            self.post_message(RefitReplied(True, str(r.get("message"))))
+        except Exception as e:  # noqa: BLE001 - shown, never a crash
+            self.post_message(RefitReplied(False, str(e)))
+
+    def on_refit_replied(self, message: RefitReplied) -> None:
+        self.pending.pop("refit", None)
+        self.answer = ("✓ " if message.ok else "✗ refit: ") + message.message
+        if not message.ok:
+            self.notify(message.message, title="refit refused", severity="error")
+        self.refresh_bindings()
+        self._show_header()
+
     @work(thread=True, group="labels", exit_on_error=False)
     def _write_label(self, sample_id: str, step: int, verdict: str) -> None:
         from engine.client import Run
 
         try:
-            row = Run(self.path).label(sample_id, step, verdict)
+            row = Run(self.path).label(sample_id, verdict)
             self.post_message(LabelWritten(row))
         except Exception as e:  # noqa: BLE001
             self.post_message(LabelWritten({"sample_id": sample_id, "label": verdict}, f"{type(e).__name__}: {e}"))
@@ -258,6 +284,9 @@ class DashboardScreen(Screen):
             self._rollouts_title()
         if d.events:
             self.query_one(EventsPane).add_lines(d.events)
+        if d.labels or d.info is not None or not self._bar_drawn:
+            self._bar_drawn = True
+            self.query_one(LabelsBar).show(m)
         if d.state is not None and d.state != before:
             self._state_changed(before, d.state)
         self._show_header()
@@ -366,6 +395,11 @@ class DashboardScreen(Screen):
             if m.state != "paused" and "resume" not in self.pending:
                 return False
             return True if controllable and "resume" not in self.pending and "stop" not in self.pending else None
+        if action == "refit":
+            busy = (m.info.get("refit") or {}).get("state") == "running"
+            return True if controllable and not busy and "refit" not in self.pending else None
+        if action == "pairwise":
+            return True if len(m.samples) or m.alive else None
         if action in ("checkpoint", "swap_reward"):
             return True if controllable and action not in self.pending and "stop" not in self.pending else None
         if action == "stop":
@@ -410,6 +444,23 @@ class DashboardScreen(Screen):
             help="bundled:NAME · lexicon:vader · python:module:function · a folder · org/name",
             check=check_reward_source, blink=getattr(self.app, "blink", True)), done)
 
+    def action_refit(self) -> None:
+        self.pending["refit"] = "refit: starting… (progress in the events pane)"
+        self.answer = ""
+        self.refresh_bindings()
+        self._show_header()
+        self._send_refit()
+
+    def action_pairwise(self) -> None:
+        from console.screens.pairwise import PairwiseScreen
+
+        def done(n: Optional[int]) -> None:
+            if n:
+                self.answer = f"✓ {n} pair(s) judged (labels.jsonl)"
+                self._show_header()
+
+        self.app.push_screen(PairwiseScreen(self.path, alive=self.model.alive), done)
+
     def action_stop(self) -> None:
         from console.screens.confirm import ConfirmScreen
 
@@ -448,7 +499,9 @@ class DashboardScreen(Screen):
         s = self.query_one(RolloutsTable).current()
         if s is not None:
             table = self.query_one(RolloutsTable)
-            self.app.push_screen(SampleScreen(s, self.model.labels.get(str(s.get("id")), ""), search=table.search))
+            sid = str(s.get("id"))
+            self.app.push_screen(SampleScreen(s, self.model.labels.get(sid, ""), search=table.search,
+                                              pair=self.model.pair_marks.get(sid, "")))
 
     @on(RolloutsTable.Opened)
     def _row_opened(self, event: RolloutsTable.Opened) -> None:

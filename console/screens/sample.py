@@ -12,6 +12,8 @@ from textual.widgets import Footer, Static
 from console.model import fmt_num
 from console.widgets.rollouts import LABEL_MARK
 
+PAIR_MARK = {"preferred": Text("▲ preferred", style="bold green"), "rejected": Text("▼ rejected", style="bold red")}
+
 
 class SampleScreen(ModalScreen[None]):
     BINDINGS = [
@@ -20,10 +22,11 @@ class SampleScreen(ModalScreen[None]):
         Binding("b", "label('bad')", "bad", id="sample.bad", tooltip="Mark this sample bad (labels.jsonl)"),
     ]
 
-    def __init__(self, sample: dict, label: str = "", search: str = ""):
+    def __init__(self, sample: dict, label: str = "", search: str = "", pair: str = ""):
         super().__init__()
         self.sample = sample
         self.label = label
+        self.pair = pair
         self.search = search
 
     def _text(self, key: str) -> Text:
@@ -61,7 +64,8 @@ class SampleScreen(ModalScreen[None]):
         if "answer" in s:  # a verifiable task: the reference answer and whether it was hit
             t.add_row(Text("answer", style="bold"), str(s.get("answer")), Text("correct", style="bold"),
                       {True: Text("yes", style="green"), False: Text("no", style="red")}.get(s.get("correct"), Text("–")))
-        t.add_row(Text("label", style="bold"), LABEL_MARK.get(self.label, Text("–")), "", "")
+        t.add_row(Text("label", style="bold"), LABEL_MARK.get(self.label, Text("–")),
+                  Text("in a pair", style="bold"), PAIR_MARK.get(self.pair, Text("–")))
         if "repetition" in s or "audit" in s:  # the reward-hacking monitors' view of it
             t.add_row(Text("repetition", style="bold"), fmt_num(s.get("repetition"), 3),
                       Text("audit", style="bold"), fmt_num(s.get("audit"), 4))

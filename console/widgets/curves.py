@@ -215,6 +215,15 @@ class Curves(Vertical):
             lo_all, hi_all = min(lo_all, target), max(hi_all, target)
             legend.append("  ┄ target ", style=_rs(self._colour('error')))
             legend.append(f"{target:g}")
+        swaps = [(step, t, v) for step, t, v in model.reward_swaps()]
+        if swaps and x_all:
+            t0 = model.created or 0.0
+            shown = [((t - t0) / 60.0 if self.by_time else step, v) for step, t, v in swaps]
+            shown = [(x, v) for x, v in shown if x_all[0] <= x <= x_all[-1]]
+            for x, _v in shown:          # a reward swap: a vertical line where the new version starts
+                plt.vline(x, self._colour("warning"))
+            if shown:
+                legend.append(f"  ┊ reward v{shown[-1][1]}", style=_rs(self._colour("warning")))
         if x_all:
             if hi_all > lo_all:
                 pad = (hi_all - lo_all) * 0.05

@@ -255,6 +255,34 @@ class RoleConfig:
                                              "weights (the reference's other keys are then unused).")
 
 
+# reward.refit's keys: name -> (accepted Python types, help); defaults in REFIT_DEFAULTS, limits in
+# REFIT_RANGES (engine/refit.py reads them; engine/config/checks.py checks them)
+REFIT_KEYS: dict = {
+    "every_labels": ((int, type(None)), "refit automatically after every N new judgements; null = only on request"),
+    "base": ((str, type(None)), "the model a refit starts from when the current reward is a lexicon or a "
+                                "function (a folder or hub id of a sequence classifier); null = "
+                                "bundled:minilm-sentiment"),
+    "holdout": ((int, float), "share of the judgements, the newest, held out to evaluate the current and "
+                              "the new model"),
+    "min_judgements": ((int,), "a refit needs at least this many judgements"),
+    "mix_ratio": ((int, float), "rows of the model's original training data mixed in per judgement"),
+    "original_eval_rows": ((int,), "rows of the original held-out set both models are evaluated on"),
+    "max_original_drop": ((int, float), "the new model may be at most this much less accurate on the "
+                                        "original held-out set"),
+    "epochs": ((int,), "passes over the judgements and the mixed-in rows"),
+    "lr": ((int, float), "learning rate"),
+    "batch_size": ((int,), "rows per optimizer step"),
+    "nice": ((int,), "niceness of the refit process (0-19: higher = lower priority than training)"),
+}
+REFIT_DEFAULTS: dict = {"every_labels": None, "base": None, "holdout": 0.25, "min_judgements": 4,
+                        "mix_ratio": 2.0, "original_eval_rows": 200, "max_original_drop": 0.02,
+                        "epochs": 2, "lr": 3e-5, "batch_size": 16, "nice": 10}
+REFIT_RANGES: dict = {"every_labels": (1, 10**9), "holdout": (0.0, 0.9), "min_judgements": (2, 10**9),
+                      "mix_ratio": (0.0, 1000.0), "original_eval_rows": (0, 100_000),
+                      "max_original_drop": (0.0, 1.0), "epochs": (1, 1000), "lr": (1e-12, 1.0),
+                      "batch_size": (1, 100_000), "nice": (0, 19)}
+
+
 @section
 class RewardConfig:
     """The reward role: a sequence-classification model or a reward function."""
@@ -282,6 +310,11 @@ class RewardConfig:
                                      "(reward-hacking monitors): lexicon:vader or "
                                      "python:pkg.mod:function; scored in the driver every step "
                                      "and recorded as each sample's 'audit'; null = none.")
+    refit: Optional[dict[Str, Any]] = key(
+        None, "Refitting the reward model from the run's judgements (rlhf-console refit-reward, the "
+              "dashboard's R key): a mapping of " + ", ".join(
+                  f"{k} (default {REFIT_DEFAULTS[k]!r}: {h})" for k, (_, h) in REFIT_KEYS.items())
+        + "; null = all defaults. E.g. {every_labels: 20}.")
 
 
 @section

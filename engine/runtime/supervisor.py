@@ -28,7 +28,7 @@ import torch
 
 from engine import transport
 from engine.config import RunConfig, dump_config, resolve_role_model, validate_text
-from engine.files import atomic_write_json, atomic_write_text, durable_rename, human_size, read_jsonl
+from engine.files import append_jsonl, atomic_write_json, atomic_write_text, durable_rename, human_size, read_jsonl
 from engine.procs import available_cores
 from engine.records import MetricsRow, Sample
 from engine.runtime.control import ControlServer, socket_path_for
@@ -292,7 +292,10 @@ class Supervisor:
             prompt = req.get("prompt")
             if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
                 return {"ok": False, "error": "sample_pair: 'prompt' must be a non-empty string when given"}
-            return self._at_boundary({"op": "sample_pair", "prompt": prompt}, float(req.get("wait_timeout", 600)))
+            n = req.get("n", 2)
+            if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= 16:
+                return {"ok": False, "error": f"sample_pair: 'n' must be an integer from 2 to 16; got {n!r}"}
+            return self._at_boundary({"op": "sample_pair", "prompt": prompt, "n": n}, float(req.get("wait_timeout", 600)))
         return {"ok": False, "error": f"unsupported op {op!r}"}
 
     # ---- watchdog: worker timeout and stop grace ------------------------------------------
@@ -413,7 +416,7 @@ class Supervisor:
                 if job["op"] == "swap":
                     job["result"] = self._apply_swap(job["source"], job["kind"], job.get("extra") or {})
                 else:
-                    job["result"] = self._sample_pair(job.get("prompt"))
+                    job["result"] = self._sample_pair(job.get("prompt"), int(job.get("n", 2)))
             except WorkerError:
                 job["result"] = {"ok": False, "error": "a worker failed"}
                 job["event"].set()
@@ -458,9 +461,10 @@ class Supervisor:
         return {"ok": True, "source": source, "previous": old, "seconds": secs, "version": version,
                 "message": f"reward v{version} '{source}' in place from step {self.step + 1}"}
 
-    def _sample_pair(self, prompt: Optional[str]) -> dict:
-        """Two fresh responses of the actor to one prompt (a random prompt of the run's data
-        unless given), scored by the current reward and appended to samples.jsonl as a pair."""
+    def _sample_pair(self, prompt: Optional[str], n: int = 2) -> dict:
+        """``n`` (2 by default) fresh responses of the actor to one prompt (a random prompt of the
+        run's data unless given), scored by the current reward and appended to samples.jsonl,
+        to be judged against each other."""
         if prompt is None:
             if not self._prompts:
                 return {"ok": False, "error": "the run has no prompts loaded yet"}
@@ -468,7 +472,7 @@ class Supervisor:
         k = self._pairs_made
         self._pairs_made += 1
         batch, _, _ = self.endpoints["actor"].submit("actor", "generate", None,
-                                                     {"prompts": [prompt, prompt], "step": self.step}).result()
+                                                     {"prompts": [prompt] * n, "step": self.step}).result()
         batch = dict(batch)
         batch.pop("old_logprobs", None)
         scores = self.endpoints["reward"].submit("reward", "score", batch, {}).result()[0]["scores"]
@@ -476,7 +480,7 @@ class Supervisor:
         prompts_txt = tok.batch_decode(batch["query_ids"], skip_special_tokens=True)
         eos = tok.eos_token_id
         out = []
-        for i, tag in enumerate("ab"):
+        for i, tag in enumerate("abcdefghijklmnop"[:n]):
             m = batch["response_mask"][i].bool()
             ids = batch["response_ids"][i]
             out.append({"id": f"{self.step}-pair{k}{tag}", "step": self.step, "index": i, "kind": "pair",
@@ -488,7 +492,7 @@ class Supervisor:
             append_jsonl(self.rd.samples, row)
         if self.server:
             self.server.broadcast({"event": "samples", "step": self.step, "samples": out})
-        return {"ok": True, "samples": out, "message": f"pair {out[0]['id']} / {out[1]['id']}"}
+        return {"ok": True, "samples": out, "message": " / ".join(o["id"] for o in out)}
 
     # ---- reward versions and refits -------------------------------------------------------
     @property
@@ -553,9 +557,11 @@ class Supervisor:
             cmd = [sys.executable, "-m", "engine.refit", str(self.rd.path), "--attempt", str(attempt),
                    "--current", self.reward_source, "--out", str(out), "--result", str(result)]
             nice = int(rs.nice)
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, errors="replace",
-                                    preexec_fn=(lambda: os.nice(nice)) if nice else None)
+            # progress lines on stdout go to the event log; library warnings on stderr to supervisor.log
+            with open(self.rd.supervisor_log, "ab") as err:
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                                        text=True, errors="replace",
+                                        preexec_fn=(lambda: os.nice(nice)) if nice else None)
             self._refit = {"attempt": attempt, "proc": proc, "started": time.time(), "out": out}
             self._judgements_at_refit = rows
             reg["refits"].append({"attempt": attempt, "state": "running", "started": time.time(),
