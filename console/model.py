@@ -227,14 +227,14 @@ class RunModel:
     def judgement_counts(self) -> dict:
         """good, bad (newest mark of each sample), pairs, and judgements since the last refit."""
         vals = list(self.labels.values())
-        refit = self.info.get("refit") or {}
+        refit = self.info.refit or {}
         return {"good": vals.count("good"), "bad": vals.count("bad"), "pairs": self.n_pairs,
                 "since_refit": max(0, self.n_judgements - int(refit.get("judgement_rows") or 0)),
                 "refit": refit}
 
     @property
     def reward_version(self) -> int:
-        v = self.info.get("reward_version")
+        v = self.info.reward_version
         if v is None and self.metrics:
             v = self.metrics[-1].get("reward_version")
         return int(v or 0)

@@ -83,6 +83,8 @@ class RunInfo(Record):
     run_tag: Optional[str] = optional()           # names the run's shared-memory segments
     backend: Optional[str] = optional()           # "local" or "ray"
     reward_source: Optional[str] = optional()
+    reward_version: Optional[int] = optional()    # the reward version scoring now (0: the config's)
+    refit: Optional[dict] = optional()            # the last refit: state, attempt, reason, judgement_rows
     pids: dict = field(default_factory=dict)   # worker label -> pid
     devices: Optional[dict] = optional()          # role -> devices
     ray: Optional[dict] = optional()

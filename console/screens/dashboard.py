@@ -396,7 +396,7 @@ class DashboardScreen(Screen):
                 return False
             return True if controllable and "resume" not in self.pending and "stop" not in self.pending else None
         if action == "refit":
-            busy = (m.info.get("refit") or {}).get("state") == "running"
+            busy = (m.info.refit or {}).get("state") == "running"
             return True if controllable and not busy and "refit" not in self.pending else None
         if action == "pairwise":
             return True if len(m.samples) or m.alive else None
