@@ -88,6 +88,16 @@ def model_folder(source: str, progress: Optional[Progress] = None) -> str:
     return str(p.resolve()) if p.exists() else source
 
 
+def build_reward_source(cfg, spec: str, device: str = "cpu", progress: Optional[Progress] = None):
+    """The reward source ``spec`` with the run's reward settings: scored exactly as the run scores."""
+    from engine.rewards import build_reward
+
+    r = cfg.reward
+    return build_reward(spec, device=device, dtype=r.dtype, quantization=r.quantization,
+                        score_label=r.score_label, score_kind=r.score_kind, score_text=r.score_text,
+                        max_length=r.max_length, batch_size=r.batch_size, progress=progress)
+
+
 def decision_threshold(source) -> float:
     """Score above which a reward source calls a text good: 0 for a logit, else 0.5 (a
     probability, a lexicon's [0, 1] score, a function's score)."""
@@ -173,7 +183,6 @@ def split_judgements(items: list[dict], holdout: float) -> tuple[list[dict], lis
 def run_refit(run_dir: Path, attempt: int, current: str, out: Path, *, progress: Progress) -> dict:
     from engine.config import validate_text
     from engine.reward_training import original_rows, read_reward_metadata, refit_reward_model
-    from engine.runtime.roles import build_reward_source
 
     t0 = time.time()
     run_dir = Path(run_dir)

@@ -52,7 +52,7 @@ def taste(samples: list[dict]) -> dict:
 
 def agreement(source: str, cfg, pairs: list[tuple[dict, dict]]) -> float:
     """Share of (chosen, rejected) pairs a reward source ranks the judge's way (ties: half)."""
-    from engine.runtime.roles import build_reward_source
+    from engine.refit import build_reward_source
 
     src = build_reward_source(cfg, source, "cpu")
     try:

@@ -280,7 +280,8 @@ class DashboardScreen(Screen):
             if any(n in m.samples.flags for n in m.new_samples):
                 self.refresh_bindings()           # "!" (suspicious) has something to show now
             for lab in d.labels:
-                table.set_label(str(lab.sample_id), str(lab.label))
+                if lab.sample_id:          # a mark (a pair has no sample_id of its own)
+                    table.set_label(str(lab.sample_id), str(lab.label))
             self._rollouts_title()
         if d.events:
             self.query_one(EventsPane).add_lines(d.events)
