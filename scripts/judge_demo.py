@@ -19,7 +19,8 @@ measures that too). It works through engine.client only, like a person at the co
 
     python scripts/judge_demo.py                                   # the default config, ~25 min
     python scripts/judge_demo.py --config configs/tiny.yaml --pairs 6 --label-minutes 1 \\
-        --after-steps 3 --set reward.refit.original_eval_rows=32   # a smoke run, ~3 min
+        --after-steps 3 --words a,e --substrings \\
+        --set reward.refit.original_eval_rows=32                  # a smoke run, ~3 min
 """
 from __future__ import annotations
 
@@ -33,12 +34,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-JUDGE_WORDS = ("camera", "music", "score", "soundtrack", "director", "script", "scene", "scenes", "actor",
-               "actors", "dialogue", "cinematography", "editing", "lighting", "shot", "shots", "cast")
+JUDGE_WORDS = ["camera", "music", "score", "soundtrack", "director", "script", "scene", "scenes", "actor",
+               "actors", "dialogue", "cinematography", "editing", "lighting", "shot", "shots", "cast"]
 _WORD = re.compile(r"[a-z]+")
 
 
+SUBSTRINGS = [False]   # --substrings: count occurrences inside words (a smoke run on random text)
+
+
 def judge_count(text: str) -> int:
+    if SUBSTRINGS[0]:
+        return sum(text.lower().count(w) for w in JUDGE_WORDS)
     return sum(1 for w in _WORD.findall(text.lower()) if w in JUDGE_WORDS)
 
 
@@ -72,9 +78,15 @@ def main(argv=None) -> int:
     ap.add_argument("--label-minutes", type=float, default=10.0, help="time to record them in")
     ap.add_argument("--candidates", type=int, default=8, help="responses per prompt the judge picks a pair from")
     ap.add_argument("--heldout-every", type=int, default=5, help="every N-th judged pair is kept aside")
-    ap.add_argument("--after-steps", type=int, default=60, help="steps to train after the swap")
+    ap.add_argument("--after-steps", type=int, default=40, help="steps to train after the swap")
     ap.add_argument("--warmup-steps", type=int, default=3, help="steps before the judge starts")
+    ap.add_argument("--words", help="comma-separated judge words instead of the film-craft list (a smoke "
+                                    "run of tiny:llama, whose random text has no film words, needs common ones)")
+    ap.add_argument("--substrings", action="store_true", help="count the judge words inside words too")
     a = ap.parse_args(argv)
+    if a.words:
+        JUDGE_WORDS[:] = [w.strip().lower() for w in a.words.split(",") if w.strip()]
+    SUBSTRINGS[0] = a.substrings
 
     from engine.client import launch
     from engine.files import read_jsonl
