@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 from engine.config import ConfigError, ConfigIssue, RunConfig, check_launchable, dump_config, load_config
-from engine.files import JsonlTail, LineTail, append_jsonl, atomic_write_text, human_size, read_jsonl
+from engine.files import JsonlTail, LineTail, atomic_write_text, human_size, read_jsonl
 from engine.records import Label, MetricsRow, RunInfo, Sample
 from engine.runtime.control import ControlClient, ControlServer, socket_path_for
 from engine.runtime.rundir import ENDED_STATES, LIVE_STATES, RunDir, run_state
@@ -344,8 +344,7 @@ class Run:
             row = pair_row(self.path, str(chosen_id), str(rejected_id))
         except JudgementError as e:
             raise RunError(f"run {self.name}: {e}") from None
-        append_jsonl(self.dir.labels, row)
-        return row
+        return self.dir.append_label(Label.from_dict(row).check()).to_dict()
 
     def judgements(self):
         """Counts and rows of the run's judgements (:class:`engine.judgements.Judgements`)."""

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Optional
 
 from engine.files import read_jsonl
-
-VERDICTS = ("good", "bad")
+from engine.records import LABEL_VERDICTS as VERDICTS
+from engine.records import Label
 
 
 class JudgementError(ValueError):
@@ -29,11 +29,11 @@ class JudgementError(ValueError):
 
 
 def is_pair(row: dict) -> bool:
-    return isinstance(row, dict) and "chosen" in row and "rejected" in row
+    return isinstance(row, dict) and Label.from_dict(row).is_pair
 
 
 def is_mark(row: dict) -> bool:
-    return isinstance(row, dict) and row.get("sample_id") is not None and row.get("label") in VERDICTS
+    return isinstance(row, dict) and Label.from_dict(row).is_mark
 
 
 def _rows(path: Path) -> list[dict]:
@@ -65,8 +65,8 @@ def mark_row(run_dir: Path, sample_id: str, verdict: str, note: str = "", source
         raise JudgementError(f"a mark is 'good' or 'bad', got {verdict!r}")
     sid = str(sample_id)
     s = _sample(run_dir, sid, find_samples(run_dir, [sid]))
-    return {"sample_id": sid, "step": int(s.get("step") or 0), "label": verdict, "source": source,
-            "note": note, "time": time.time()}
+    return Label(sample_id=sid, step=int(s.get("step") or 0), label=verdict, source=source, note=note,
+                 time=time.time()).to_dict()
 
 
 def pair_row(run_dir: Path, chosen_id: str, rejected_id: str, source: str = "human") -> dict:
@@ -76,13 +76,11 @@ def pair_row(run_dir: Path, chosen_id: str, rejected_id: str, source: str = "hum
         raise JudgementError(f"a pair needs two different samples; got {c_id!r} twice")
     found = find_samples(run_dir, [c_id, r_id])
     c, r = _sample(run_dir, c_id, found), _sample(run_dir, r_id, found)
-    row = {"prompt": str(c.get("prompt", "")), "chosen": str(c.get("response", "")),
-           "rejected": str(r.get("response", "")),
-           "step": max(int(c.get("step") or 0), int(r.get("step") or 0)), "source": source,
-           "chosen_id": c_id, "rejected_id": r_id, "time": time.time()}
-    if str(r.get("prompt", "")) != row["prompt"]:
-        row["rejected_prompt"] = str(r.get("prompt", ""))
-    return row
+    prompt, other = str(c.get("prompt", "")), str(r.get("prompt", ""))
+    return Label(prompt=prompt, chosen=str(c.get("response", "")), rejected=str(r.get("response", "")),
+                 step=max(int(c.get("step") or 0), int(r.get("step") or 0)), source=source,
+                 chosen_id=c_id, rejected_id=r_id, time=time.time(),
+                 rejected_prompt=other if other != prompt else None).to_dict()
 
 
 # ---- reading ----------------------------------------------------------------------------------

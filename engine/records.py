@@ -210,16 +210,39 @@ LABEL_VERDICTS = ("good", "bad")
 
 @dataclass
 class Label(Record):
-    """One line of ``labels.jsonl``: a person's judgement of a sample (``good``/``bad``).
-    Other kinds of label (pairs) add their fields here with defaults; old lines still read."""
+    """One line of ``labels.jsonl``: a judgement (engine/judgements.py makes and reads them).
 
-    sample_id: str = ""
+    A mark: ``sample_id``, ``label`` (good/bad), ``step``, ``source``, ``note``. A pair: the
+    preferred and the other response to one prompt, texts copied in so that the line is a
+    training example on its own (``prompt``, ``chosen``, ``rejected``, ``chosen_id``,
+    ``rejected_id``; ``rejected_prompt`` only when the two answer different prompts). Another
+    kind of judgement adds its fields here with ``optional()``; old lines still read."""
+
+    sample_id: Optional[str] = optional()   # a mark: the sample judged
     step: int = 0
-    label: str = ""
-    note: str = ""
+    label: Optional[str] = optional()       # a mark: good / bad
+    source: Optional[str] = optional()      # who judged ("human")
+    note: Optional[str] = optional()
     time: Optional[float] = None
+    prompt: Optional[str] = optional()      # a pair: the prompt both responses answer
+    chosen: Optional[str] = optional()
+    rejected: Optional[str] = optional()
+    chosen_id: Optional[str] = optional()
+    rejected_id: Optional[str] = optional()
+    rejected_prompt: Optional[str] = optional()
+
+    @property
+    def is_pair(self) -> bool:
+        return self.chosen is not None and self.rejected is not None
+
+    @property
+    def is_mark(self) -> bool:
+        return self.sample_id is not None and self.label in LABEL_VERDICTS
 
     def check(self) -> "Label":
-        if self.label not in LABEL_VERDICTS:
+        if self.is_pair:
+            if self.chosen_id is not None and self.chosen_id == self.rejected_id:
+                raise ValueError(f"a pair needs two different samples; got {self.chosen_id!r} twice")
+        elif self.label not in LABEL_VERDICTS:
             raise ValueError(f"verdict must be one of {', '.join(map(repr, LABEL_VERDICTS))}, got {self.label!r}")
         return self

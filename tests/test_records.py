@@ -38,8 +38,15 @@ def test_unknown_keys_are_kept_and_new_metric_names_need_no_field():
     row = MetricsRow.from_dict({"step": 3, "time": 1.0, "timings": {"step": 0.5},
                                 "reward_version": 2, "heldout_accuracy": 0.8})
     assert row.get("reward_version") == 2 and row.to_dict()["heldout_accuracy"] == 0.8
-    lab = Label.from_dict({"sample_id": "3-1", "step": 3, "label": "good", "chosen": "a", "rejected": "b"})
-    assert lab.extra == {"chosen": "a", "rejected": "b"} and lab.to_dict()["chosen"] == "a"
+    old = {"sample_id": "3-1", "step": 3, "label": "good", "note": "", "time": 1.0}   # a line from before pairs
+    lab = Label.from_dict(old)
+    assert lab.is_mark and not lab.is_pair and lab.to_dict() == old
+    pair = Label.from_dict({"prompt": "p", "chosen": "a", "rejected": "b", "chosen_id": "1-0", "rejected_id": "1-1",
+                            "step": 1, "source": "human", "time": 2.0, "rater": "x"})
+    assert pair.is_pair and not pair.is_mark and pair.check() is pair
+    assert pair.extra == {"rater": "x"} and pair.to_dict()["rater"] == "x" and "sample_id" not in pair.to_dict()
+    with pytest.raises(ValueError, match="two different samples"):
+        Label(prompt="p", chosen="a", rejected="b", chosen_id="1-0", rejected_id="1-0").check()
     s = Sample.from_dict({"id": "1-0", "step": 1, "return": 0.5})
     assert s.ret == 0.5 and s.flags == [] and "audit" not in s.to_dict()
     with pytest.raises(ValueError, match="verdict"):
