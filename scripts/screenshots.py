@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Screenshots of every console screen: SVG from Textual, PNG through rsvg-convert.
 
-    python scripts/screenshots.py [--run RUN_DIR] [--out screenshots/] [--only NAME,...]
+    python scripts/screenshots.py [--run RUN_DIR] [--out screenshots/]
 
 By default the screens show a copy of the recorded tiny run (tests/fixtures/recorded_run/);
 ``--run`` shows another run directory instead (e.g. a run of the embedded default).
@@ -125,8 +125,6 @@ async def main_async(args) -> list[Path]:
         # two responses to one prompt (a run with a pair: rollout.n > 1, or `n` on this screen)
         ("pairwise", ConsoleApp("attach", run=run, **common), (120, 32), ["a"]),
     ]
-    if args.only:
-        shots = [s for s in shots if s[0] in args.only.split(",")]
     if args.hacked_run:
         src = Path(args.hacked_run_abs)
         hacked = runs / src.name
@@ -167,7 +165,6 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", help="a run directory to show instead of the recorded tiny run")
     ap.add_argument("--out", default=str(ROOT / "screenshots"))
-    ap.add_argument("--only", help="comma-separated scene names (e.g. pairwise); default: every scene")
     ap.add_argument("--hacked-run", help="a run directory whose reward-hacking monitors tripped")
     ap.add_argument("--only", help="comma-separated screenshot names to write (default: all)")
     args = ap.parse_args()

@@ -5,7 +5,7 @@ checks that the committed file matches.
 """
 from __future__ import annotations
 
-from typing import Union, get_args, get_origin
+from typing import Any, Union, get_args, get_origin
 
 from engine.config.schema import RunConfig, section_keys, sections, subsection_cls
 
@@ -14,6 +14,8 @@ def _type_doc(tp) -> str:
     origin = get_origin(tp)
     if tp is type(None):
         return "null"
+    if tp is Any:
+        return "any"
     if origin is Union:
         return " \\| ".join(_type_doc(a) for a in get_args(tp))
     if tp is bool:
