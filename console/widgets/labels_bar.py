@@ -12,16 +12,16 @@ class LabelsBar(Static):
     def show(self, model: RunModel) -> None:
         c = model.judgement_counts()
         t = Text(no_wrap=True, overflow="ellipsis")
-        t.append("judgements ", style="bold")
+        t.append(f"reward v{model.reward_version}", style="bold")
+        t.append(" · ")
         t.append(f"✓ {c['good']} good", style="green")
         t.append(" · ")
         t.append(f"✗ {c['bad']} bad", style="red")
         t.append(f" · ⇄ {c['pairs']} pairs · {c['since_refit']} since the last refit")
-        t.append(f" · reward v{model.reward_version}", style="bold")
         refit = c["refit"]
         if refit.get("state"):
             state = refit["state"]
             style = {"running": "yellow", "accepted": "green", "refused": "red"}.get(state, "")
             t.append(f" · refit {refit.get('attempt')} {state}", style=style)
-        t.append("  (a: compare a pair · R: refit)", style="dim")
+        t.append("  (a: pairs · R: refit)", style="dim")
         self.update(t)
