@@ -1,0 +1,88 @@
+"""Judgements and reward versions without a live run: rows land on the samples named (and an
+unknown id writes nothing), the newest mark of a sample wins, the held-out share is the newest
+judgements, the refit verdict, and the report's reward-version section and swap lines."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.client import Run, RunError
+from engine.files import read_jsonl
+from engine.judgements import candidate_pairs, read_judgements
+from engine.refit import split_judgements, training_rows, verdict
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "run.json").write_text(json.dumps({"state": "finished", "step": 3, "name": "run", "created": 1000.0}))
+    samples = [{"id": f"{s}-{i}", "step": s, "index": i, "prompt": f"prompt {i % 2}", "response": f"r{s}{i}",
+                "score": 0.1 * i} for s in (1, 2) for i in range(4)]
+    (d / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in samples))
+    (d / "labels.jsonl").write_text("")
+    return d
+
+
+def test_marks_and_pairs_land_on_the_samples_named(run_dir):
+    run = Run(run_dir)
+    with pytest.raises(RunError, match="no sample '9-9'"):
+        run.label("9-9", "good")
+    with pytest.raises(RunError, match="two different samples"):
+        run.prefer("1-0", "1-0")
+    assert (run_dir / "labels.jsonl").read_text() == ""
+    run.label("2-1", "good")
+    pair = run.prefer("2-3", "1-1")
+    assert (pair["chosen_id"], pair["rejected_id"], pair["chosen"], pair["rejected"]) == ("2-3", "1-1", "r23", "r11")
+    assert pair["prompt"] == "prompt 1" and pair["step"] == 2 and pair["source"] == "human"
+    assert "rejected_prompt" not in pair                        # both answer one prompt
+    run.label("2-1", "bad")                                     # the newest mark wins
+    run.label("1-2", "good")
+    j = read_judgements(run_dir)
+    assert (j.good, j.bad, len(j.pairs), j.rows) == (1, 1, 1, 4)
+    order = [x.get("sample_id") or "pair" for x in j.ordered()]
+    assert order == ["pair", "2-1", "1-2"]
+    train, held = split_judgements(j.ordered(), 0.25)
+    assert [x.get("sample_id") for x in held] == ["1-2"] and len(train) == 2
+    rows = training_rows(j.ordered(), "prompt+response")
+    assert rows[0].chosen == "prompt 1 r23" and rows[1].text == "prompt 1 r21" and rows[1].good is False
+    assert training_rows(j.ordered(), "response")[2].text == "r12"
+    # pairs still to judge: same prompt, not judged yet, newest first
+    pairs = candidate_pairs(read_jsonl(run_dir / "samples.jsonl"), {frozenset(("2-3", "1-1"))})
+    assert pairs and all(a["prompt"] == b["prompt"] for a, b in pairs)
+    assert frozenset(("2-3", "1-1")) not in {frozenset((a["id"], b["id"])) for a, b in pairs}
+
+
+def test_refit_verdict():
+    cur = {"judgement_accuracy": 0.5, "original_accuracy": 0.80}
+    assert verdict(cur, {"judgement_accuracy": 0.75, "original_accuracy": 0.79}, 0.02)[0]
+    ok, why = verdict(cur, {"judgement_accuracy": 0.25, "original_accuracy": 0.90}, 0.02)
+    assert not ok and "worse on the held-out judgements" in why
+    ok, why = verdict(cur, {"judgement_accuracy": 0.75, "original_accuracy": 0.70}, 0.02)
+    assert not ok and "worse on the original held-out set" in why
+    assert verdict({"judgement_accuracy": 0.5, "original_accuracy": None},
+                   {"judgement_accuracy": 0.5, "original_accuracy": None}, 0.02)[0]
+
+
+def test_report_lists_reward_versions_and_marks_the_swap(run_dir, tmp_path):
+    from engine.report import swap_steps, write_report
+
+    metrics = [{"step": s, "time": 1000.0 + s, "timings": {"step": 1.0}, "score_mean": 0.5, "kl": 0.1,
+                "kl_coef": 0.05, "reward_version": 0 if s < 4 else 1} for s in range(1, 7)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    (run_dir / "rewards").mkdir()
+    ev = {"current": {"judgement_accuracy": 0.5, "original_accuracy": 0.667},
+          "new": {"judgement_accuracy": 1.0, "original_accuracy": 0.75}}
+    (run_dir / "rewards" / "versions.json").write_text(json.dumps({
+        "versions": [{"version": 0, "source": "lexicon:vader", "kind": "config", "from_step": 1},
+                     {"version": 1, "source": "/x/rewards/refit-2", "kind": "refit", "attempt": 2, "from_step": 4, **ev}],
+        "refits": [{"attempt": 1, "from_step": 2, "state": "refused", "reason": "worse on the held-out judgements",
+                    "judgements": {"train": 9, "held_out": 3}},
+                   {"attempt": 2, "from_step": 3, "state": "accepted", "reason": "at least as good",
+                    "judgements": {"train": 12, "held_out": 4}, **ev}]}))
+    assert swap_steps(metrics) == [4]
+    md = write_report(run_dir, tmp_path / "report").read_text()
+    assert "## Reward versions" in md
+    assert "| v1 | 4 | refit 2 | `/x/rewards/refit-2` | 0.500 → 1.000 | 0.667 → 0.750 |" in md
+    assert "| 1 | 2 | 9 / 3 | refused | worse on the held-out judgements |" in md
