@@ -197,7 +197,7 @@ def _latest_step(run: Run) -> int:
 
 
 def _resume_line(step: int) -> str:
-    return f"resumed from checkpoints/step_{step} (step {step})"
+    return f"resumed from checkpoints/step_{step} (step {step}, "
 
 
 def _assert_resumes_from(run: Run, step: int, seen: int) -> None:
