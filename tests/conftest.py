@@ -51,6 +51,21 @@ def run_segments(run) -> list[str]:
     return transport.list_segments(owner_pid=int(pid)) if pid else []
 
 
+def assert_run_clean(run) -> None:
+    """Every process of the run is gone and none of its shared-memory segments is left."""
+    assert run_processes_gone(run) == [], "processes of the run are still alive"
+    assert run_segments(run) == [], "shared-memory segments of the run are left in /dev/shm"
+
+
+def start_tiny(runs_dir: Path, cleanup_runs: list, *extra: str):
+    """Launch configs/tiny.yaml under runs_dir (with extra --set overrides); killed after the test."""
+    from engine.client import launch
+
+    run = launch(TINY, tiny_overrides(runs_dir, *extra))
+    cleanup_runs.append(run)
+    return run
+
+
 def kill_run(run) -> None:
     """SIGKILL whatever is left of a run's supervisor and workers."""
     from engine.procs import pid_alive

@@ -21,7 +21,7 @@ import pytest
 
 from engine.runtime import control
 from engine.runtime.control import ControlClient, ControlServer, ControlSocketError
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, assert_run_clean
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -307,13 +307,6 @@ def hanging_reward(tmp_path, monkeypatch):
     return tmp_path / "hanging"
 
 
-def _assert_clean(run):
-    from tests.conftest import run_processes_gone, run_segments
-
-    assert run_processes_gone(run) == [], "processes of the run are still alive"
-    assert run_segments(run) == [], "shared-memory segments of the run are left in /dev/shm"
-
-
 def test_worker_timeout_fails_the_run_naming_role_op_and_timeout(runs_dir, cleanup_runs, hanging_reward, monkeypatch):
     from engine.client import launch
 
@@ -328,7 +321,7 @@ def test_worker_timeout_fails_the_run_naming_role_op_and_timeout(runs_dir, clean
     events = (run.path / "events.log").read_text()
     assert "reward.score did not finish within runtime.worker_timeout_s = 8s" in events
     assert hanging_reward.exists() and st["step"] == 0
-    _assert_clean(run)
+    assert_run_clean(run)
 
 
 def test_stop_kills_a_hung_worker_after_the_grace_period(runs_dir, cleanup_runs, hanging_reward, monkeypatch):
@@ -352,7 +345,7 @@ def test_stop_kills_a_hung_worker_after_the_grace_period(runs_dir, cleanup_runs,
     assert "killed worker 'reward'" in st["message"] and st["killed"] == ["reward"]
     assert st["step"] == 1 and run.dir.latest_checkpoint().name == "step_1"
     assert "killed worker 'reward'" in (run.path / "events.log").read_text()
-    _assert_clean(run)
+    assert_run_clean(run)
 
 
 # ---------------------------------------------------------------------------------- lost terminal
@@ -391,6 +384,6 @@ def test_foreground_train_survives_the_loss_of_its_terminal(runs_dir, cleanup_ru
         events = (run.path / "events.log").read_text()
         assert "printing to the terminal failed" in events
         assert "Traceback" not in (run.path / "supervisor.log").read_text() if (run.path / "supervisor.log").exists() else True
-        _assert_clean(run)
+        assert_run_clean(run)
     finally:
         subprocess.run(tmux + ["kill-server"], env=env, capture_output=True, timeout=30)

@@ -11,23 +11,13 @@ import time
 import pytest
 import torch
 
-from engine.client import Run, launch
-from tests.conftest import ROOT, TINY, run_processes_gone, run_segments, tiny_overrides
+from engine.client import launch
+from tests.conftest import ROOT, TINY, assert_run_clean, run_processes_gone, start_tiny, tiny_overrides
 
 pytestmark = pytest.mark.timeout(600)
 
 LORA = "actor.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj, up_proj, down_proj]}"
 
-
-def _assert_clean(run: Run) -> None:
-    assert run_processes_gone(run) == [], "processes of the run are still alive"
-    assert run_segments(run) == [], "shared-memory segments of the run are left in /dev/shm"
-
-
-def _start(runs_dir, cleanup_runs, *extra) -> Run:
-    run = launch(TINY, tiny_overrides(runs_dir, *extra))
-    cleanup_runs.append(run)
-    return run
 
 
 def _batch(actor):
@@ -121,8 +111,8 @@ def test_lora_run_has_no_reference_process(runs_dir, cleanup_runs):
     reference's hidden states): three workers (no reference), the reference log-probs and hidden
     states come from the actor's base (KL exactly 0 while the adapter is the identity, at step
     1), the checkpoint holds the adapter in peft's format."""
-    run = _start(runs_dir, cleanup_runs, "run.steps=2", LORA, "ppo.actor_lr=1e-3",
-                 "ppo.critic_trunk=reference", "ppo.critic_lr=1e-3")  # the default's critic: a head
+    run = start_tiny(runs_dir, cleanup_runs, "run.steps=2", LORA, "ppo.actor_lr=1e-3",
+                      "ppo.critic_trunk=reference", "ppo.critic_lr=1e-3")  # the default's critic: a head
     assert run.wait(timeout=300) == "finished", run.info.get("failure")
     info = run.info
     assert set(info["pids"]) == {"actor", "critic", "reward"}
@@ -137,7 +127,7 @@ def test_lora_run_has_no_reference_process(runs_dir, cleanup_runs):
     assert (ck / "adapter_model.safetensors").is_file() and (ck / "adapter_config.json").is_file()
     events = (run.path / "events.log").read_text()
     assert "reference is the LoRA actor's base" in events and "trainable of" in events
-    _assert_clean(run)
+    assert_run_clean(run)
 
 
 def test_lora_stop_and_resume_equals_uninterrupted(runs_dir, cleanup_runs):
@@ -148,9 +138,9 @@ def test_lora_stop_and_resume_equals_uninterrupted(runs_dir, cleanup_runs):
 
     steps = 5
     common = (f"run.steps={steps}", LORA, "ppo.actor_lr=1e-3", "checkpoint.every=0")
-    a = _start(runs_dir, cleanup_runs, *common, "run.name=straight")
+    a = start_tiny(runs_dir, cleanup_runs, *common, "run.name=straight")
     assert a.wait(timeout=400) == "finished", a.info.get("failure")
-    b = _start(runs_dir, cleanup_runs, *common, "run.name=interrupted")
+    b = start_tiny(runs_dir, cleanup_runs, *common, "run.name=interrupted")
     b.wait_step(1, timeout=300)
     b.stop()
     assert b.wait(timeout=120) == "stopped"
@@ -170,7 +160,7 @@ def test_lora_stop_and_resume_equals_uninterrupted(runs_dir, cleanup_runs):
     assert a.dir.latest_checkpoint().name == b.dir.latest_checkpoint().name == f"step_{steps}"
     assert wa.keys() == wb.keys() and all(torch.equal(wa[n], wb[n]) for n in wa)
     assert any(float(w.abs().max()) > 0 for n, w in wa.items() if "lora_B" in n)  # it trained
-    _assert_clean(b)
+    assert_run_clean(b)
 
 
 @pytest.mark.parametrize("override, path, words", [
@@ -245,7 +235,7 @@ def test_lora_on_the_ray_backend_has_no_reference_actor(runs_dir, cleanup_runs):
     from engine.runtime.ray_backend import ray_processes
 
     before = {pid for pid, _ in ray_processes()}
-    run = _start(runs_dir, cleanup_runs, "run.steps=2", LORA, "ppo.actor_lr=1e-3", "runtime.backend=ray")
+    run = start_tiny(runs_dir, cleanup_runs, "run.steps=2", LORA, "ppo.actor_lr=1e-3", "runtime.backend=ray")
     assert run.wait(timeout=400) == "finished", run.info.get("failure")
     assert set(run.info["ray"]["nodes"]) == {"actor", "critic", "reward"}
     ms = list(run.metrics())
@@ -291,4 +281,4 @@ def test_two_ddp_ranks_of_a_lora_actor_equal_one_process(runs_dir, cleanup_runs)
     diffs = {k: max(abs(m1[s][k] - m2[s][k]) for s in (1, 2)) for k in keys}
     assert all(v <= 1e-4 for v in diffs.values()), diffs
     assert (two.dir.latest_checkpoint() / "actor" / "adapter_model.safetensors").is_file()
-    _assert_clean(two)
+    assert_run_clean(two)

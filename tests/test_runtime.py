@@ -14,26 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from engine.client import Run, RunError, launch
+from engine.client import Run, RunError
 from engine.runtime.control import ControlClient
-from tests.conftest import ROOT, TINY, run_processes_gone, run_segments, tiny_overrides
+from tests.conftest import ROOT, TINY, assert_run_clean, run_processes_gone, run_segments, start_tiny
 
 pytestmark = pytest.mark.timeout(600)
 
 
-def _assert_clean(run: Run) -> None:
-    assert run_processes_gone(run) == [], "processes of the run are still alive"
-    assert run_segments(run) == [], "shared-memory segments of the run are left in /dev/shm"
-
-
-def _start(runs_dir, cleanup_runs, *extra) -> Run:
-    run = launch(TINY, tiny_overrides(runs_dir, *extra))
-    cleanup_runs.append(run)
-    return run
-
 
 def test_three_step_run_writes_the_run_directory(runs_dir, cleanup_runs):
-    run = _start(runs_dir, cleanup_runs, "run.steps=3", "logging.tensorboard=true")
+    run = start_tiny(runs_dir, cleanup_runs, "run.steps=3", "logging.tensorboard=true")
     assert run.wait(timeout=300) == "finished", run.info.get("failure")
     p = run.path
     assert stat.S_IMODE(p.stat().st_mode) == 0o700
@@ -57,11 +47,11 @@ def test_three_step_run_writes_the_run_directory(runs_dir, cleanup_runs):
     assert run.dir.latest_checkpoint().name == "step_3"
     assert list((p / "tensorboard").glob("events.out.tfevents.*"))
     assert "step 3/3 |" in (p / "events.log").read_text()
-    _assert_clean(run)
+    assert_run_clean(run)
 
 
 def test_pause_resume_and_the_control_socket(runs_dir, cleanup_runs):
-    run = _start(runs_dir, cleanup_runs, "run.steps=40")
+    run = start_tiny(runs_dir, cleanup_runs, "run.steps=40")
     run.wait_step(1, timeout=300)
     sock = Path(run.info["socket"])
     assert stat.S_IMODE(sock.stat().st_mode) == 0o600
@@ -88,7 +78,7 @@ def test_pause_resume_and_the_control_socket(runs_dir, cleanup_runs):
     run.stop()
     assert run.wait(timeout=120) == "stopped"
     assert run.dir.latest_checkpoint() is not None
-    _assert_clean(run)
+    assert_run_clean(run)
 
 
 def test_swap_reward_live(runs_dir, cleanup_runs, tmp_path, monkeypatch):
@@ -96,7 +86,7 @@ def test_swap_reward_live(runs_dir, cleanup_runs, tmp_path, monkeypatch):
     mod.mkdir()
     (mod / "constant_reward.py").write_text("def score(prompts, responses):\n    return [0.25] * len(responses)\n")
     monkeypatch.setenv("PYTHONPATH", f"{mod}{os.pathsep}{os.environ['PYTHONPATH']}")
-    run = _start(runs_dir, cleanup_runs, "run.steps=40")
+    run = start_tiny(runs_dir, cleanup_runs, "run.steps=40")
     run.wait_step(1, timeout=300)
     with pytest.raises(RunError, match="stays in place"):
         run.swap_reward("python:no_such_module_xyz:score")
@@ -108,7 +98,7 @@ def test_swap_reward_live(runs_dir, cleanup_runs, tmp_path, monkeypatch):
     assert scores and all(abs(s - 0.25) < 1e-6 for s in scores)
     run.stop()
     run.wait(timeout=120)
-    _assert_clean(run)
+    assert_run_clean(run)
 
 
 def test_nan_reward_pauses_and_names_role_and_phase(runs_dir, cleanup_runs, tmp_path, monkeypatch):
@@ -122,7 +112,7 @@ def test_nan_reward_pauses_and_names_role_and_phase(runs_dir, cleanup_runs, tmp_
             return [float('nan') if calls == 2 else 0.5 for _ in responses]
     """))
     monkeypatch.setenv("PYTHONPATH", f"{mod}{os.pathsep}{os.environ['PYTHONPATH']}")
-    run = _start(runs_dir, cleanup_runs, "run.steps=40", "reward.source=python:nan_reward:score")
+    run = start_tiny(runs_dir, cleanup_runs, "run.steps=40", "reward.source=python:nan_reward:score")
     assert run.wait(states=("paused",), timeout=300) == "paused"
     st = run.status()
     assert st["step"] == 1, "the NaN step must not count as done"
@@ -132,14 +122,14 @@ def test_nan_reward_pauses_and_names_role_and_phase(runs_dir, cleanup_runs, tmp_
     run.wait_step(2, timeout=120)
     run.stop()
     run.wait(timeout=120)
-    _assert_clean(run)
+    assert_run_clean(run)
 
 
 # kill -9 of each role (mid-step and mid-checkpoint, then resume): tests/test_faults.py
 
 
 def test_supervisor_sigkill_leaves_nothing_running_and_stale_segments_are_reaped(runs_dir, cleanup_runs):
-    run = _start(runs_dir, cleanup_runs, "run.steps=200")
+    run = start_tiny(runs_dir, cleanup_runs, "run.steps=200")
     run.wait_step(1, timeout=300)
     sup = run.info["supervisor_pid"]
     segs = run_segments(run)
@@ -174,7 +164,7 @@ def test_sighup_of_the_launching_session_does_not_stop_training(runs_dir, cleanu
     os.killpg(sh.pid, signal.SIGHUP)  # the terminal goes away
     assert sh.wait(timeout=30) == -signal.SIGHUP, "the launching shell must die of the hang-up"
     assert run.wait(timeout=300) == "finished"
-    _assert_clean(run)
+    assert_run_clean(run)
 
 
 def _metrics_by_step(run):
@@ -183,9 +173,9 @@ def _metrics_by_step(run):
 
 def test_stop_and_resume_equals_uninterrupted(runs_dir, cleanup_runs):
     steps = 7
-    a = _start(runs_dir, cleanup_runs, f"run.steps={steps}", "run.name=straight")
+    a = start_tiny(runs_dir, cleanup_runs, f"run.steps={steps}", "run.name=straight")
     assert a.wait(timeout=400) == "finished", a.info.get("failure")
-    b = _start(runs_dir, cleanup_runs, f"run.steps={steps}", "run.name=interrupted")
+    b = start_tiny(runs_dir, cleanup_runs, f"run.steps={steps}", "run.name=interrupted")
     b.wait_step(1, timeout=300)
     b.stop()
     assert b.wait(timeout=120) == "stopped"
@@ -208,7 +198,7 @@ def test_stop_and_resume_equals_uninterrupted(runs_dir, cleanup_runs):
     sa = [x["response"] for x in a.samples() if x["step"] > k]
     sb = [x["response"] for x in b.samples() if x["step"] > k]
     assert sa == sb
-    _assert_clean(b)
+    assert_run_clean(b)
 
 
 def test_invalid_config_starts_nothing(runs_dir, tmp_path):
@@ -252,25 +242,25 @@ def test_foreground_train_prints_steps_and_ctrl_c_checkpoints(runs_dir):
     run = Run(next(runs_dir.glob("*/run.json")).parent)
     assert run.info["state"] == "stopped"
     assert run.dir.latest_checkpoint() is not None
-    _assert_clean(run)
+    assert_run_clean(run)
 
 
 def test_colocated_roles_run_in_one_process_with_bf16_autocast(runs_dir, cleanup_runs):
-    run = _start(runs_dir, cleanup_runs, "run.steps=2", "runtime.colocate=true",
-                 "actor.autocast=bfloat16", "reference.autocast=bfloat16", "critic.autocast=bf16")
+    run = start_tiny(runs_dir, cleanup_runs, "run.steps=2", "runtime.colocate=true",
+                      "actor.autocast=bfloat16", "reference.autocast=bfloat16", "critic.autocast=bf16")
     assert run.wait(timeout=300) == "finished", run.info.get("failure")
     assert list(run.info["pids"]) == ["actor+reference+critic+reward"]
     ms = list(run.metrics())
     assert [m["step"] for m in ms] == [1, 2]
     assert all(math.isfinite(m[k]) for m in ms for k in ("policy_loss", "value_loss", "kl", "entropy"))
-    _assert_clean(run)
+    assert_run_clean(run)
 
 
 def test_old_logprobs_reused_from_generation(runs_dir, cleanup_runs):
     """rollout.reuse_logprobs: no second actor pass in scoring; the first mini-batch's ratio is
     1 up to float rounding, so nothing is clipped on a one-epoch, one-mini-batch step."""
-    run = _start(runs_dir, cleanup_runs, "run.steps=2", "rollout.reuse_logprobs=true",
-                 "ppo.mini_batch_size=4", "ppo.micro_batch_size=4")
+    run = start_tiny(runs_dir, cleanup_runs, "run.steps=2", "rollout.reuse_logprobs=true",
+                      "ppo.mini_batch_size=4", "ppo.micro_batch_size=4")
     assert run.wait(timeout=300) == "finished", run.info.get("failure")
     ms = list(run.metrics())
     assert [m["step"] for m in ms] == [1, 2]
@@ -278,7 +268,7 @@ def test_old_logprobs_reused_from_generation(runs_dir, cleanup_runs):
         assert m["timings"]["actor_logprobs"] == 0.0
         assert abs(m["approx_kl"]) < 1e-5 and m["clipfrac"] == 0.0
         assert math.isfinite(m["policy_loss"]) and math.isfinite(m["kl"])
-    _assert_clean(run)
+    assert_run_clean(run)
 
 
 def test_thread_plan_splits_cores_and_honours_the_config():
@@ -334,12 +324,12 @@ def test_critic_as_a_head_on_the_reference_trunk(runs_dir, cleanup_runs):
         assert critic.call("commit", {}, {})[1] == {"committed": True}
     assert losses[-1] < 0.5 * losses[0], losses
 
-    run = _start(runs_dir, cleanup_runs, "run.steps=4", "ppo.critic_trunk=reference", "ppo.critic_lr=1e-3",
-                 "checkpoint.every=2")
+    run = start_tiny(runs_dir, cleanup_runs, "run.steps=4", "ppo.critic_trunk=reference", "ppo.critic_lr=1e-3",
+                      "checkpoint.every=2")
     assert run.wait(timeout=300) == "finished", run.info.get("failure")
     ms = list(run.metrics())
     assert [m["step"] for m in ms] == [1, 2, 3, 4]
     assert all(math.isfinite(m["value_loss"]) for m in ms)
     assert any(m["value_mean"] != 0 for m in ms[1:])  # the head moved after the first update
     assert (run.dir.latest_checkpoint() / "critic" / "critic_state.pt").is_file()
-    _assert_clean(run)
+    assert_run_clean(run)
