@@ -153,7 +153,9 @@ def verdict(cur: dict, new: dict, max_drop: float) -> tuple[bool, str]:
         return False, f"worse on the held-out judgements ({figures})"
     if co is not None and no is not None and no < co - max_drop:
         return False, (f"more than {max_drop:.3f} worse on the original held-out set ({figures})")
-    return True, f"at least as good on the held-out judgements and on the original set ({figures})"
+    on_original = ("not worse on the original set" if co is None or no is None or no >= co
+                   else f"within {max_drop:.3f} of the current on the original set")
+    return True, f"at least as good on the held-out judgements and {on_original} ({figures})"
 
 
 def training_rows(items: list[dict], score_text: str) -> list:
