@@ -21,7 +21,8 @@ Conventions
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Optional
 
 import torch
 
@@ -44,6 +45,7 @@ __all__ = [
     "entropy_from_logits",
     "FixedKLController",
     "AdaptiveKLController",
+    "PIKLController",
     "shape_rewards",
 ]
 
@@ -625,6 +627,70 @@ class AdaptiveKLController:
             self.target_kl = float(d["target_kl"])
         if "horizon" in d:
             self.horizon = float(d["horizon"])
+
+
+class PIKLController:
+    """A proportional-integral controller on ``ln(kl_coef)`` that reads the KL of the batch it
+    shapes (``acts_on_current = True``): the driver calls ``update`` with the batch's mean summed
+    per-response KL *before* it shapes that batch's rewards, and uses the new ``value`` on it.
+
+    With ``lo, hi = coef_min, coef_max``::
+
+        e     = clip(ln(max(kl, 1e-8) / target_kl), -1, 1)      # log error, bounded step
+        if e > 0 or kl <= ema:                                  # integrate; below target only
+            z = clip(z + ki * e, ln lo, ln hi)                  #   while the KL is not rising
+        value = clip(exp(z + kp * e), lo, hi)                   # P term: acts on this batch
+        ema   = kl (first call), else 0.5 * ema + 0.5 * kl      # the recent KL level
+
+    ``z`` starts at ``ln(init_kl_coef)``.  Every step moves ``ln(value)`` by at most
+    ``ki + 2 * kp`` (the integral by at most ``ki``), so the coefficient can move by orders of
+    magnitude within tens of steps, whatever the score's scale, without jumping on one noisy
+    batch.  Anti-windup: while the KL is below target but still rising (above its recent
+    level, e.g. the first steps of a run, when the policy has not moved yet) the integral is
+    held, so the coefficient does not sink only to overshoot once the KL arrives.  ``n_steps``
+    is accepted for the common controller interface and unused (the step is the time unit).
+    """
+
+    acts_on_current = True
+
+    def __init__(self, init_kl_coef: float, target_kl: float, ki: float, kp: float,
+                 coef_min: float, coef_max: float):
+        if not target_kl > 0:
+            raise ValueError(f"target_kl must be > 0, got {target_kl}")
+        if not 0 < coef_min <= coef_max:
+            raise ValueError(f"need 0 < coef_min <= coef_max, got {coef_min}, {coef_max}")
+        if ki < 0 or kp < 0:
+            raise ValueError(f"gains must be >= 0, got ki={ki}, kp={kp}")
+        self.target_kl = float(target_kl)
+        self.ki, self.kp = float(ki), float(kp)
+        self.coef_min, self.coef_max = float(coef_min), float(coef_max)
+        self.z = math.log(min(max(float(init_kl_coef), self.coef_min), self.coef_max))
+        self.value = math.exp(self.z)
+        self.ema: Optional[float] = None
+
+    def update(self, current_kl: Any, n_steps: int = 0) -> float:
+        kl = float(current_kl)
+        if not math.isfinite(kl):
+            raise ValueError(f"KL must be finite, got {kl}")
+        e = min(max(math.log(max(kl, 1e-8) / self.target_kl), -1.0), 1.0)
+        if e > 0 or self.ema is None or kl <= self.ema:
+            self.z = min(max(self.z + self.ki * e, math.log(self.coef_min)), math.log(self.coef_max))
+        self.value = min(max(math.exp(self.z + self.kp * e), self.coef_min), self.coef_max)
+        self.ema = kl if self.ema is None else 0.5 * self.ema + 0.5 * kl
+        return self.value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "pi", "value": self.value, "z": self.z, "ema": self.ema,
+                "target_kl": self.target_kl, "ki": self.ki, "kp": self.kp,
+                "coef_min": self.coef_min, "coef_max": self.coef_max}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.value = float(d["value"])
+        self.z = float(d["z"]) if "z" in d else math.log(self.value)
+        self.ema = None if d.get("ema") is None else float(d["ema"])
+        for k in ("target_kl", "ki", "kp", "coef_min", "coef_max"):
+            if k in d:
+                setattr(self, k, float(d[k]))
 
 
 @torch.no_grad()

@@ -167,6 +167,50 @@ def step_flops(n_policy: int, n_critic: int, n_reward: int, batch: int, prompt_l
     return f
 
 
+# (label, the step_flops entries counted, the timing key the phase's seconds come from, what is counted)
+PHASE_FLOP_ROWS = (
+    ("rollout", ("rollout",), "rollout", "generation: 2·P·(prompt+response) forward"),
+    ("actor logprobs", ("actor_logprobs",), "actor_logprobs", "2·P·(prompt+response) forward"),
+    ("reference", ("ref",), "ref", "2·P·(prompt+response) forward"),
+    ("critic values", ("critic",), "critic", "2·Pc·(prompt+response) forward"),
+    ("reward", ("reward",), "reward", "2·Pr·(tokens read) forward"),
+    ("scoring (wall)", ("actor_logprobs", "ref", "critic", "reward"), "scoring",
+     "the four scoring passes over the phase's wall time"),
+    ("actor update", ("actor_update",), "actor_update", "6·P·(prompt+response)·epochs fwd+bwd"),
+    ("critic update", ("critic_update",), "critic_update", "6·Pc·(prompt+response)·epochs fwd+bwd"),
+    ("update (wall)", ("actor_update", "critic_update"), "update", "both updates over the phase's wall time"),
+    ("whole step", ("total",), "step", "everything above over the step's wall time"),
+)
+
+
+def phase_flop_rates(flops: dict, secs: dict, peak_tflops: float) -> list[dict]:
+    """Per phase of a step: its model FLOPs (from :func:`step_flops`), its mean seconds (a
+    ``STEP_PHASES`` timing), the achieved rate in TFLOP/s and its share of ``peak_tflops``.
+    A phase with no FLOPs or no time (absent on this config, e.g. no critic pass with a head
+    critic) gets ``tflops``/``share`` None."""
+    out = []
+    for label, keys, timing, what in PHASE_FLOP_ROWS:
+        f = float(sum(flops.get(k, 0) for k in keys))
+        t = float(secs.get(timing, 0.0) or 0.0)
+        rate = f / t / 1e12 if f > 0 and t > 0 else None
+        out.append({"phase": label, "flops": f, "seconds": t, "tflops": rate,
+                    "share": rate / peak_tflops if rate is not None and peak_tflops > 0 else None,
+                    "counted": what})
+    return out
+
+
+def format_phase_flop_rates(rows: list[dict], peak_tflops: float, compute: str) -> list[str]:
+    lines = [f"  {'phase':<16}{'GFLOP':>10}{'s':>9}{'TFLOP/s':>10}{'% of peak':>11}   counted",
+             "  " + "-" * 78]
+    for r in rows:
+        rate = f"{r['tflops']:>10.3f}" if r["tflops"] is not None else f"{'-':>10}"
+        share = f"{100 * r['share']:>10.1f}%" if r["share"] is not None else f"{'-':>11}"
+        lines.append(f"  {r['phase']:<16}{r['flops'] / 1e9:>10.1f}{r['seconds']:>9.3f}{rate}{share}   {r['counted']}")
+    lines.append(f"  (peak: the measured {compute} dense matmul rate, {peak_tflops:.3f} TFLOP/s; P, Pc, Pr = "
+                 "actor, critic, reward parameters; attention's sequence-length term left out)")
+    return lines
+
+
 def _phase_means(rows: list[MetricsRow], skip: int) -> dict:
     use = rows[skip:] or rows
     return {k: statistics.mean(r.timings.get(k, 0.0) for r in use) for k in STEP_PHASES}
@@ -346,12 +390,17 @@ def bench_step(args) -> int:
             secs = means[k]["step"]
             print(f"  {k:<7} {fl['total'] / secs / 1e12:.3f} TFLOP/s achieved = {100 * fl['total'] / secs / 1e12 / peak:.1f}% "
                   f"of the {peak:.3f} TFLOP/s {compute} matmul peak; floor at that peak {fl['total'] / 1e12 / peak:.2f}s")
+        for k in means:  # each phase's rate: the lowest share is the next bottleneck
+            print(f"\nFLOP rate per phase, {k} (mean phase seconds after warm-up):")
+            for line in format_phase_flop_rates(phase_flop_rates(fl, means[k], peak), peak, compute):
+                print(line)
     else:
         print(f"\npeak {compute} matmul rate on this machine: {peak:.3f} TFLOP/s")
     if args.json:
+        extra = {"phase_flop_rates": {k: phase_flop_rates(fl, means[k], peak) for k in means}} if counts else {}
         with open(args.json, "w") as f:
             json.dump({"means": means, "tokens_per_s": tok_rates, "peak_tflops": peak,
-                       "peak_rss_mb": peak_rss}, f, indent=2)
+                       "peak_rss_mb": peak_rss, **extra}, f, indent=2)
     return 0
 
 

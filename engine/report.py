@@ -2,7 +2,8 @@
 
 The report holds a per-step table (score, KL, KL coefficient, response length, losses, step time),
 a summary of the start and the end (means over the first and last ten steps), plots of the same
-series, and a few samples of the first and the last steps side by side. Everything comes from the
+series, the score-KL frontier (mean score, KL and KL coefficient per 20-step window, as a table
+and a plot), and a few samples of the first and the last steps side by side. Everything comes from the
 run directory, so any run — live, finished or failed — can be reported.
 """
 from __future__ import annotations
@@ -70,6 +71,63 @@ def summarise(metrics, window: int = 10) -> dict:
         "step_s": _mean(m.timing("step") for m in metrics[1:] or metrics),
         "minutes": _minutes_at(metrics, len(metrics) - 1),
     }
+
+
+FRONTIER_WINDOW = 20
+
+
+def frontier(metrics, window: int = FRONTIER_WINDOW) -> list[dict]:
+    """The score-KL frontier: consecutive ``window``-step windows of the run (the last one may be
+    shorter), each with its first and last step, its number of steps and the means of
+    ``score_mean``, ``kl`` and ``kl_coef`` over its steps (NaN where no step has the key)."""
+    metrics = _rows(metrics)
+    out = []
+    for i in range(0, len(metrics), window):
+        w = metrics[i:i + window]
+        out.append({"first": w[0].step, "last": w[-1].step, "steps": len(w),
+                    "score": _mean(m.get("score_mean") for m in w),
+                    "kl": _mean(m.get("kl") for m in w),
+                    "kl_coef": _mean(m.get("kl_coef") for m in w)})
+    return out
+
+
+def plot_frontier(windows: list[dict], out: Path) -> Path:
+    """Mean score against mean KL, one point per window, joined in order of the run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    xs, ys = [w["kl"] for w in windows], [w["score"] for w in windows]
+    ax.plot(xs, ys, marker="o", lw=1)
+    for w, x, y in zip(windows, xs, ys):
+        ax.annotate(f"{w['first']}-{w['last']}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("mean KL to reference (nats per response)", fontsize=9)
+    ax.set_ylabel("mean score", fontsize=9)
+    ax.set_title(f"score-KL frontier ({FRONTIER_WINDOW}-step windows)", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def frontier_lines(windows: list[dict], png: Optional[Path]) -> list[str]:
+    lines = ["## Score-KL frontier", "",
+             f"Means over each {FRONTIER_WINDOW}-step window (the last may be shorter): how much score "
+             "the policy bought with how much KL to the reference (metrics `score_mean`, `kl` and "
+             "`kl_coef`).", "",
+             "| steps | n | mean score | mean KL | mean KL coef | score per nat |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for w in windows:
+        per_nat = f"{w['score'] / w['kl']:.3f}" if w["kl"] > 0 else "–"
+        lines.append(f"| {w['first']}–{w['last']} | {w['steps']} | {w['score']:.3f} | {w['kl']:.3f} | "
+                     f"{w['kl_coef']:.4f} | {per_nat} |")
+    if png is not None:
+        lines += ["", f"![score-KL frontier]({png.name})"]
+    return lines + [""]
 
 
 def heldout_points(metrics, key: str = "heldout_accuracy") -> list[tuple[int, float]]:
@@ -242,6 +300,8 @@ def write_report(run_dir: Path, out_dir: Optional[Path] = None, *, samples_per_s
                   "| step | held-out accuracy | held-out score |", "|---:|---:|---:|"]
         lines += [f"| {st} | {acc:.3f} | {scores.get(st, float('nan')):.3f} |" for st, acc in held]
         lines.append("")
+    windows = frontier(metrics)
+    lines += frontier_lines(windows, plot_frontier(windows, out_dir / f"{rd.name}-frontier.png"))
     lines += [
         *_monitor_lines(metrics),
         *reward_versions_lines(rd.path),

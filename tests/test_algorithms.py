@@ -12,6 +12,7 @@ from torch.testing import assert_close
 from engine.algorithms import (
     AdaptiveKLController,
     FixedKLController,
+    PIKLController,
     compute_gae,
     entropy_from_logits,
     kl_penalty,
@@ -514,3 +515,81 @@ def test_shape_rewards_k3_and_float32():
     assert_close(kl, torch.tensor([[k3, 0.0]]))
     assert_close(rewards, torch.tensor([[-0.2 * k3, 0.5]]))
     assert rewards.dtype == torch.float32 and not rewards.requires_grad
+
+
+def test_pi_kl_controller_moves_towards_target():
+    # above target: e = ln(2), integral z = ln 0.1 + 0.5 ln 2, value = exp(z + 0.5 ln 2) = 0.2
+    c = PIKLController(0.1, target_kl=3.0, ki=0.5, kp=0.5, coef_min=1e-4, coef_max=100.0)
+    assert c.acts_on_current
+    assert c.update(6.0) == pytest.approx(0.2)
+    assert c.z == pytest.approx(math.log(0.1) + 0.5 * math.log(2))
+    # far above target: the log error is clipped to 1, so one step moves ln(value) by <= ki + 2 kp
+    c = PIKLController(0.1, target_kl=3.0, ki=0.5, kp=0.5, coef_min=1e-4, coef_max=100.0)
+    assert c.update(1e6) == pytest.approx(0.1 * math.exp(0.5 + 0.5))
+    # at target: unchanged
+    c = PIKLController(0.1, target_kl=3.0, ki=0.5, kp=0.5, coef_min=1e-4, coef_max=100.0)
+    assert c.update(3.0) == pytest.approx(0.1)
+    # below target, first call (no history): integral moves down, P term too
+    c = PIKLController(0.1, target_kl=3.0, ki=0.5, kp=0.5, coef_min=1e-4, coef_max=100.0)
+    assert c.update(1.5) == pytest.approx(0.1 * 0.5 ** 0.5 * 0.5 ** 0.5)
+    # KL of 0 (a fresh policy) or a negative k1 estimate: clipped to e = -1, no error
+    c = PIKLController(0.1, target_kl=3.0, ki=0.5, kp=0.5, coef_min=1e-4, coef_max=100.0)
+    assert c.update(-0.2) == pytest.approx(0.1 * math.exp(-1.0))
+
+
+def test_pi_kl_controller_anti_windup_and_bounds():
+    c = PIKLController(0.1, target_kl=3.0, ki=0.5, kp=0.0, coef_min=1e-3, coef_max=1.0)
+    c.update(0.5)  # below target, no history: z falls by 0.5 * 1 (log error clipped to -1)
+    z = c.z
+    assert z == pytest.approx(math.log(0.1) - 0.5)
+    c.update(2.0)  # below target but rising (2.0 > ema 0.5): integral held
+    assert c.z == z
+    c.update(1.2)  # below target and not rising (1.2 <= ema 1.25): integral moves again
+    assert c.z == pytest.approx(z + 0.5 * math.log(1.2 / 3.0))
+    for _ in range(50):  # far above target for long: bounded by coef_max
+        c.update(100.0)
+    assert c.value == 1.0 and c.z == pytest.approx(0.0)
+    for _ in range(50):  # far below target for long: bounded by coef_min
+        c.update(0.0)
+    assert c.value == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="finite"):
+        c.update(float("nan"))
+    with pytest.raises(ValueError, match="target_kl"):
+        PIKLController(0.1, target_kl=0.0, ki=0.5, kp=0.5, coef_min=1e-4, coef_max=1.0)
+    with pytest.raises(ValueError, match="coef_min"):
+        PIKLController(0.1, target_kl=1.0, ki=0.5, kp=0.5, coef_min=2.0, coef_max=1.0)
+
+
+def test_pi_kl_controller_holds_a_toy_plant_whatever_the_scale():
+    """A toy plant: each step the KL moves by 0.2 * (drive - kl_coef * KL), a score pull
+    ``drive`` against a penalty that pulls back in proportion to kl_coef * KL; the equilibrium
+    coefficient is drive / target. For drives 20x apart (a weak and a strong score) the
+    controller settles within +-50 % of the target, where the slow adaptive controller does not."""
+    for drive in (0.3, 1.0, 6.0):
+        c = PIKLController(0.05, target_kl=3.0, ki=0.5, kp=0.5, coef_min=1e-4, coef_max=100.0)
+        kl, seen = 0.0, []
+        for _ in range(80):
+            coef = c.update(kl)  # acts on the batch whose KL it reads
+            kl = max(0.0, kl + 0.2 * (drive - coef * kl))
+            seen.append(kl)
+        assert all(1.5 <= k <= 4.5 for k in seen[-40:]), (drive, seen[-40:])
+    a, kl = AdaptiveKLController(0.05, target_kl=3.0, horizon=500), 0.0
+    for _ in range(80):
+        coef = a.value
+        kl = max(0.0, kl + 0.2 * (6.0 - coef * kl))
+        a.update(kl, 8)
+    assert kl > 4.5  # the slow controller lets a strong score run away
+
+
+def test_pi_kl_controller_state_round_trip():
+    c = PIKLController(0.05, target_kl=3.0, ki=0.5, kp=0.5, coef_min=1e-4, coef_max=100.0)
+    for kl in (0.5, 2.0, 7.0):
+        c.update(kl)
+    sd = c.state_dict()
+    assert sd["kind"] == "pi"
+    assert all(isinstance(v, (str, float, int)) for v in sd.values())
+    c2 = PIKLController(1.0, target_kl=1.0, ki=0.1, kp=0.1, coef_min=0.5, coef_max=2.0)
+    c2.load_state_dict(sd)
+    assert (c2.value, c2.z, c2.ema, c2.target_kl, c2.ki, c2.kp, c2.coef_min, c2.coef_max) == \
+        (c.value, c.z, c.ema, 3.0, 0.5, 0.5, 1e-4, 100.0)
+    assert c2.update(4.0) == c.update(4.0)  # same state, same next step

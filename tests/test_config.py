@@ -296,6 +296,29 @@ def test_adaptive_kl_needs_positive_target():
     assert issue.line == 3 and "adaptive" in issue.message
 
 
+def test_pi_kl_controller_checks():
+    text = _yaml("""
+        ppo:
+          kl_controller: pi
+          target_kl: 0
+          kl_coef_min: 2.0
+          kl_coef_max: 1.0
+        """)
+    assert "pi" in _one(text, "ppo.target_kl").message
+    issue = _one(text, "ppo.kl_coef_min")
+    assert issue.line == 4 and issue.message == "must be <= ppo.kl_coef_max (1.0) with the pi KL controller; got 2.0"
+    text = _yaml("""
+        ppo:
+          kl_controller: pi
+          kl_in: loss
+        """)
+    assert "kl_in: loss" in _one(text, "ppo.kl_controller").message
+    assert validate_text(_yaml("""
+        ppo:
+          kl_controller: pi
+        """), filename="run.yaml").config.ppo.kl_controller == "pi"
+
+
 @pytest.mark.skipif(C.cuda_device_count() > 0, reason="a CUDA device is visible")
 def test_cuda_device_without_cuda_real_probe():
     text = _yaml("""

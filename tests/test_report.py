@@ -46,3 +46,25 @@ def test_summary_finds_when_the_score_rose_by_0_2():
     assert s["minute_plus_0_2"] == (rising[16]["time"] - rising[0]["time"] + 5.0) / 60
     assert abs(s["kl_max_window"] - sum(0.1 * i for i in range(31, 41)) / 10) < 1e-9
     assert abs(s["score_second_half"] - 0.8) < 1e-9
+
+
+def test_frontier_table_matches_metrics(tmp_path):
+    from engine.report import frontier
+
+    metrics = read_jsonl(RECORDED / "metrics.jsonl")
+    assert len(metrics) == 12
+    wins = frontier(metrics, window=5)  # windows of 5, 5 and the last 2 steps
+    assert [(w["first"], w["last"], w["steps"]) for w in wins] == [(1, 5, 5), (6, 10, 5), (11, 12, 2)]
+    for w, rows in zip(wins, (metrics[0:5], metrics[5:10], metrics[10:12])):
+        for key, col in (("score", "score_mean"), ("kl", "kl"), ("kl_coef", "kl_coef")):
+            assert abs(w[key] - sum(r[col] for r in rows) / len(rows)) < 1e-12
+    # the report's table: one 20-step window over the 12 recorded steps, figures from metrics.jsonl
+    text = write_report(RECORDED, tmp_path).read_text()
+    score = sum(r["score_mean"] for r in metrics) / 12
+    kl = sum(r["kl"] for r in metrics) / 12
+    coef = sum(r["kl_coef"] for r in metrics) / 12
+    assert "## Score-KL frontier" in text
+    assert f"| 1–12 | 12 | {score:.3f} | {kl:.3f} | {coef:.4f} |" in text
+    png = tmp_path / f"{RECORDED.name}-frontier.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"![score-KL frontier]({png.name})" in text

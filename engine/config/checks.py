@@ -186,10 +186,21 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
 
     # KL controller.
     if ctx.ok(("ppo", "kl_controller"), ("ppo", "target_kl")) \
-            and ppo.kl_controller == "adaptive" and ppo.target_kl <= 0:
+            and ppo.kl_controller in ("adaptive", "pi") and ppo.target_kl <= 0:
         ctx.error(("ppo", "target_kl"),
-                  f"must be > 0 with the adaptive KL controller; got {_show(ppo.target_kl)}",
+                  f"must be > 0 with the {ppo.kl_controller} KL controller; got {_show(ppo.target_kl)}",
                   at=[("ppo", "kl_controller")])
+    if ctx.ok(("ppo", "kl_controller"), ("ppo", "kl_coef_min"), ("ppo", "kl_coef_max")) \
+            and ppo.kl_controller == "pi" and ppo.kl_coef_min > ppo.kl_coef_max:
+        ctx.error(("ppo", "kl_coef_min"),
+                  f"must be <= ppo.kl_coef_max ({_show(ppo.kl_coef_max)}) with the pi KL controller; "
+                  f"got {_show(ppo.kl_coef_min)}", at=[("ppo", "kl_coef_max"), ("ppo", "kl_controller")])
+    if ctx.ok(("ppo", "kl_controller"), ("ppo", "kl_in")) \
+            and ppo.kl_controller == "pi" and ppo.kl_in == "loss":
+        ctx.error(("ppo", "kl_controller"),
+                  "pi moves the KL penalty of the reward (kl_coef), which ppo.kl_in: loss does not "
+                  "use; use ppo.kl_in: reward, or kl_controller: fixed with kl_loss_coef",
+                  at=[("ppo", "kl_in")])
     if ctx.ok(("ppo", "warmup_steps"), ("run", "steps")) and ppo.warmup_steps > cfg.run.steps:
         ctx.notice(("ppo", "warmup_steps"),
                    f"warmup ({ppo.warmup_steps} steps) is longer than the run ({cfg.run.steps} steps)")

@@ -408,12 +408,24 @@ class PPOConfig:
     lam: Float = key(0.95, "GAE lambda.", **_UNIT)
     kl_estimator: Annotated[Literal["k1", "k2", "k3", "abs"], Lower] = key(
         "k1", "KL estimator for the reward penalty.")
-    kl_controller: Annotated[Literal["fixed", "adaptive"], Lower] = key(
-        "fixed", "fixed = constant kl_coef; adaptive = adjust towards target_kl.")
-    kl_coef: Float = key(0.05, "KL penalty coefficient (initial value when adaptive).", **_COEF)
-    target_kl: Float = key(6.0, "Target KL per sequence for the adaptive controller (> 0 when adaptive).",
-                           le=1e6)
+    kl_controller: Annotated[Literal["fixed", "adaptive", "pi"], Lower] = key(
+        "fixed", "fixed = constant kl_coef; adaptive = adjust towards target_kl after each step "
+                 "(Ziegler et al., kl_horizon); pi = a proportional-integral controller on "
+                 "ln(kl_coef) driven by ln(KL / target_kl) of the batch being shaped (kl_pi_ki, "
+                 "kl_pi_kp, kl_coef_min, kl_coef_max): it holds the KL near target_kl whatever "
+                 "the score's scale.")
+    kl_coef: Float = key(0.05, "KL penalty coefficient (initial value when adaptive or pi).", **_COEF)
+    target_kl: Float = key(6.0, "Target KL per response (the mean over the batch of the summed "
+                                "per-token KL, the metric kl) for the adaptive and pi controllers "
+                                "(> 0 with either).", le=1e6)
     kl_horizon: Int = key(10000, "Adaptive controller horizon, in samples.", ge=1, le=10**12)
+    kl_pi_ki: Float = key(0.5, "pi controller: integral gain, the change of ln(kl_coef) per step per "
+                               "unit of ln(KL / target_kl) (clipped to [-1, 1]).", ge=0, le=10)
+    kl_pi_kp: Float = key(0.5, "pi controller: proportional gain, ln(kl_coef) of the batch moves by "
+                               "kp * ln(KL / target_kl) (clipped to [-1, 1]) on top of the integral.",
+                          ge=0, le=10)
+    kl_coef_min: Float = key(1e-4, "pi controller: lower bound of kl_coef.", gt=0, le=100)
+    kl_coef_max: Float = key(100.0, "pi controller: upper bound of kl_coef.", gt=0, le=1e6)
     entropy_coef: Float = key(0.0, "Entropy bonus coefficient in the actor loss.", **_COEF)
     vf_coef: Float = key(0.1, "Value loss coefficient.", **_COEF)
     critic_trunk: Annotated[Literal["own", "reference"], Lower] = key(

@@ -136,7 +136,7 @@ class PPODriver:
         self.kl_ctl = kl_controller
         self.threads = threads or ThreadPlan.make(cfg)
         self.concurrent = concurrent
-        self._pending: Optional[tuple[float, int]] = None
+        self._pending: Optional[Any] = None  # the KL controller's state after the pending step
         self.monitors, self.audit = make_monitors(cfg)
         from engine.config import critic_free
 
@@ -209,10 +209,10 @@ class PPODriver:
         """Make the pending update of the last step permanent in every trainable role."""
         if self._pending is None:
             return
-        mean_kl, n = self._pending
+        kl_next = self._pending
         self._send_all(list(self.trainable), "commit")
         self._pending = None
-        self.kl_ctl.update(mean_kl, n)
+        self.kl_ctl.load_state_dict(kl_next.state_dict())  # the controller moves on commit
         self.monitors.commit()
 
     def rollback(self) -> None:
@@ -244,14 +244,15 @@ class PPODriver:
             res["heldout_accuracy"] = sum(bool(c) for c in info["correct"]) / max(1, len(prompts))
         return res
 
-    def _advantages(self, scores, index, old_lp, ref_lp, mask, values, has_eos):
-        """Token rewards, advantages and returns for ``ppo.estimator`` (engine.algorithms)."""
+    def _advantages(self, scores, index, old_lp, ref_lp, mask, values, has_eos, kl_value: float):
+        """Token rewards, advantages and returns for ``ppo.estimator`` (engine.algorithms);
+        ``kl_value``: the KL controller's coefficient for this batch."""
         p = self.cfg.ppo
         adj_scores = scores.clone()
         if p.missing_eos_penalty is not None:
             adj_scores = torch.where(has_eos, adj_scores, adj_scores - float(p.missing_eos_penalty))
         # ppo.kl_in: loss -> the KL is a term of the actor's loss, not of the reward
-        kl_coef = float(self.kl_ctl.value) if p.kl_in == "reward" else 0.0
+        kl_coef = float(kl_value) if p.kl_in == "reward" else 0.0
         rewards, kl_tok = A.shape_rewards(adj_scores, old_lp, ref_lp, mask, kl_coef, kind=p.kl_estimator)
         est = p.estimator
         if est == "gae":
@@ -340,13 +341,23 @@ class PPODriver:
         correct = res["rew"][1].get("correct")
         eos = self.tok.eos_token_id
         has_eos = ((batch["response_ids"] == eos) & batch["response_mask"].bool()).any(dim=1)
-        rewards, kl_tok, adv, ret, kl_coef = self._advantages(scores, index, old_lp, ref_lp, mask, values, has_eos)
-        for name, tns in (("rewards", rewards), ("advantages", adv), ("returns", ret)):
-            if not torch.isfinite(tns[mask.bool()]).all():
-                raise NonFiniteError("driver", "advantage", f"{name} contain NaN/inf")
         k1 = A.kl_penalty(old_lp, ref_lp, "k1") * mask
         seq_kl = k1.sum(dim=1)
         mean_kl = float(seq_kl.mean())
+        # the KL controller: a copy moves now and replaces it on commit. One that acts on the
+        # current batch (pi) reads this batch's KL before its rewards are shaped; the others
+        # shape with their value and move after.
+        kl_next = copy.deepcopy(self.kl_ctl)
+        if getattr(kl_next, "acts_on_current", False):
+            kl_value = kl_next.update(mean_kl, mask.shape[0])
+        else:
+            kl_value = self.kl_ctl.value
+            kl_next.update(mean_kl, mask.shape[0])
+        rewards, kl_tok, adv, ret, kl_coef = self._advantages(scores, index, old_lp, ref_lp, mask, values,
+                                                              has_eos, kl_value)
+        for name, tns in (("rewards", rewards), ("advantages", adv), ("returns", ret)):
+            if not torch.isfinite(tns[mask.bool()]).all():
+                raise NonFiniteError("driver", "advantage", f"{name} contain NaN/inf")
         timings["advantage"] = time.perf_counter() - t
 
         # 4. updates, concurrently, as one two-phase commit ----------------------------------
@@ -365,9 +376,7 @@ class PPODriver:
         t = time.perf_counter()
         mon, alerts, flags, audits, prompts_txt = self._monitor_step(batch, scores, mean_kl, upd["actor"][1])
         timings["monitors"] = time.perf_counter() - t
-        kl_next = copy.deepcopy(self.kl_ctl)  # the controller itself moves on commit
-        kl_next.update(mean_kl, mask.shape[0])
-        self._pending = (mean_kl, int(mask.shape[0]))
+        self._pending = kl_next
         if commit:
             self.commit()
         timings["step"] = time.perf_counter() - t_step

@@ -92,11 +92,14 @@ def free_tcp_port() -> int:
 
 
 def make_kl_controller(cfg: RunConfig):
-    from engine.algorithms import AdaptiveKLController, FixedKLController
+    from engine.algorithms import AdaptiveKLController, FixedKLController, PIKLController
 
     p = cfg.ppo
     if p.kl_controller == "adaptive":
         return AdaptiveKLController(p.kl_coef, p.target_kl, p.kl_horizon)
+    if p.kl_controller == "pi":
+        return PIKLController(p.kl_coef, p.target_kl, ki=p.kl_pi_ki, kp=p.kl_pi_kp,
+                              coef_min=p.kl_coef_min, coef_max=p.kl_coef_max)
     return FixedKLController(p.kl_coef)
 
 

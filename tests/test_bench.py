@@ -1,0 +1,42 @@
+"""The bench's FLOP arithmetic (engine.bench): no timing is measured here, the seconds are given."""
+import pytest
+
+from engine.bench import STEP_PHASES, format_phase_flop_rates, phase_flop_rates, step_flops
+
+
+def test_step_flops_counts_forward_and_backward():
+    f = step_flops(n_policy=100, n_critic=10, n_reward=5, batch=2, prompt_len=3, resp_len=7, reward_len=7, epochs=2)
+    assert f["rollout"] == f["actor_logprobs"] == f["ref"] == 2 * 100 * 2 * 10
+    assert f["critic"] == 2 * 10 * 2 * 10
+    assert f["reward"] == 2 * 5 * 2 * 7
+    assert f["actor_update"] == 6 * 100 * 2 * 10 * 2  # forward + backward = 3x the forward, per epoch
+    assert f["critic_update"] == 6 * 10 * 2 * 10 * 2
+    assert f["total"] == sum(v for k, v in f.items() if k != "total")
+    assert step_flops(100, 10, 5, 2, 3, 7, 7, 2, reuse_logprobs=True)["actor_logprobs"] == 0
+
+
+def test_phase_flop_rates_arithmetic():
+    f = step_flops(n_policy=1e8, n_critic=0, n_reward=2e7, batch=8, prompt_len=10, resp_len=20, reward_len=20, epochs=1)
+    secs = {k: 0.0 for k in STEP_PHASES}
+    secs.update(rollout=2.0, actor_logprobs=0.5, ref=0.25, reward=0.1, scoring=0.6,
+                actor_update=1.5, update=1.6, step=4.5)  # no critic pass, no critic update
+    rows = {r["phase"]: r for r in phase_flop_rates(f, secs, peak_tflops=0.1)}
+    # rollout: 2 * 1e8 * 8 * 30 = 4.8e10 FLOPs in 2 s = 0.024 TFLOP/s = 24 % of 0.1
+    assert rows["rollout"]["flops"] == 4.8e10
+    assert rows["rollout"]["tflops"] == pytest.approx(0.024)
+    assert rows["rollout"]["share"] == pytest.approx(0.24)
+    assert rows["reference"]["tflops"] == pytest.approx(4.8e10 / 0.25 / 1e12)
+    # reward: 2 * 2e7 * 8 * 20 = 6.4e9 in 0.1 s
+    assert rows["reward"]["tflops"] == pytest.approx(0.064)
+    # the scoring phase's wall time carries the four passes' FLOPs together
+    assert rows["scoring (wall)"]["flops"] == 4.8e10 + 4.8e10 + 0 + 6.4e9
+    assert rows["scoring (wall)"]["tflops"] == pytest.approx((9.6e10 + 6.4e9) / 0.6 / 1e12)
+    # update: 6 * 1e8 * 8 * 30 = 1.44e11 in 1.5 s (actor), 1.6 s (wall)
+    assert rows["actor update"]["tflops"] == pytest.approx(0.096)
+    assert rows["update (wall)"]["tflops"] == pytest.approx(1.44e11 / 1.6 / 1e12)
+    assert rows["whole step"]["flops"] == f["total"]
+    assert rows["whole step"]["share"] == pytest.approx(f["total"] / 4.5 / 1e12 / 0.1)
+    # phases absent on this config: no rate rather than a division by zero
+    assert rows["critic values"]["tflops"] is None and rows["critic update"]["share"] is None
+    text = "\n".join(format_phase_flop_rates(list(rows.values()), 0.1, "bfloat16"))
+    assert "rollout" in text and "24.0%" in text and "bfloat16" in text and "fwd+bwd" in text
