@@ -638,7 +638,8 @@ class PIKLController:
 
         e     = clip(ln(max(kl, 1e-8) / target_kl), -1, 1)      # log error, bounded step
         if e > 0 or kl <= ema:                                  # integrate; below target only
-            z = clip(z + ki * e, ln lo, ln hi)                  #   while the KL is not rising
+            z = clip(z + ki * e, ln lo, ln hi)                  #   when the KL is not rising
+                                                                #   (never on the first call)
         value = clip(exp(z + kp * e), lo, hi)                   # P term: acts on this batch
         ema   = kl (first call), else 0.5 * ema + 0.5 * kl      # the recent KL level
 
@@ -647,7 +648,8 @@ class PIKLController:
     magnitude within tens of steps, whatever the score's scale, without jumping on one noisy
     batch.  Anti-windup: while the KL is below target but still rising (above its recent
     level, e.g. the first steps of a run, when the policy has not moved yet) the integral is
-    held, so the coefficient does not sink only to overshoot once the KL arrives.  ``n_steps``
+    held, so the coefficient does not sink only to overshoot once the KL arrives (a KL that stays
+    below target stops rising, and then the integral moves it down).  ``n_steps``
     is accepted for the common controller interface and unused (the step is the time unit).
     """
 
@@ -673,7 +675,7 @@ class PIKLController:
         if not math.isfinite(kl):
             raise ValueError(f"KL must be finite, got {kl}")
         e = min(max(math.log(max(kl, 1e-8) / self.target_kl), -1.0), 1.0)
-        if e > 0 or self.ema is None or kl <= self.ema:
+        if e > 0 or (self.ema is not None and kl <= self.ema):
             self.z = min(max(self.z + self.ki * e, math.log(self.coef_min)), math.log(self.coef_max))
         self.value = min(max(math.exp(self.z + self.kp * e), self.coef_min), self.coef_max)
         self.ema = kl if self.ema is None else 0.5 * self.ema + 0.5 * kl

@@ -529,17 +529,22 @@ def test_pi_kl_controller_moves_towards_target():
     # at target: unchanged
     c = PIKLController(0.1, target_kl=3.0, ki=0.5, kp=0.5, coef_min=1e-4, coef_max=100.0)
     assert c.update(3.0) == pytest.approx(0.1)
-    # below target, first call (no history): integral moves down, P term too
+    # below target, first call (no history, e.g. a fresh policy): integral held, the P term acts
     c = PIKLController(0.1, target_kl=3.0, ki=0.5, kp=0.5, coef_min=1e-4, coef_max=100.0)
+    assert c.update(1.5) == pytest.approx(0.1 * 0.5 ** 0.5)
+    assert c.z == pytest.approx(math.log(0.1))
+    # then below target and not rising: integral and P term both move down
     assert c.update(1.5) == pytest.approx(0.1 * 0.5 ** 0.5 * 0.5 ** 0.5)
     # KL of 0 (a fresh policy) or a negative k1 estimate: clipped to e = -1, no error
     c = PIKLController(0.1, target_kl=3.0, ki=0.5, kp=0.5, coef_min=1e-4, coef_max=100.0)
-    assert c.update(-0.2) == pytest.approx(0.1 * math.exp(-1.0))
+    assert c.update(-0.2) == pytest.approx(0.1 * math.exp(-0.5))
 
 
 def test_pi_kl_controller_anti_windup_and_bounds():
     c = PIKLController(0.1, target_kl=3.0, ki=0.5, kp=0.0, coef_min=1e-3, coef_max=1.0)
-    c.update(0.5)  # below target, no history: z falls by 0.5 * 1 (log error clipped to -1)
+    c.update(0.5)  # below target, no history: integral held
+    assert c.z == pytest.approx(math.log(0.1))
+    c.update(0.5)  # below target, not rising: z falls by 0.5 * 1 (log error clipped to -1)
     z = c.z
     assert z == pytest.approx(math.log(0.1) - 0.5)
     c.update(2.0)  # below target but rising (2.0 > ema 0.5): integral held

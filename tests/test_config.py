@@ -588,7 +588,7 @@ def test_schema_errors_each_name_their_key_and_line():
         "reward.score_label": (6, "expected an integer or a string, got 1.5 (float)"),
         "reward.score_kind": (7, "must be one of prob, logit; got 'logits'"),
         "ppo.target_kl": (9, "expected a finite number, got nan (float)"),
-        "ppo.kl_controller": (10, "must be one of fixed, adaptive; got 'adaptiv' (did you mean 'adaptive'?)"),
+        "ppo.kl_controller": (10, "must be one of fixed, adaptive, pi; got 'adaptiv' (did you mean 'adaptive'?)"),
         "runtime.colocate[1][1]": (12, "expected a string, got 5 (int)"),
         "runtime.threads.actor": (13, "expected an integer, got 'two' (str)"),
         "runtime.devices": (14, "expected a list of strings or a mapping of strings to strings or "
