@@ -120,6 +120,32 @@ def _batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def _is_sharded(t: torch.Tensor) -> bool:
+    return hasattr(t, "to_local")  # a DTensor (fsdp)
+
+
+class _AdamW(torch.optim.AdamW):
+    """AdamW with its implementation (fused, foreach, or one tensor at a time) fixed when it is
+    built: ``load_state_dict`` would otherwise take those flags from the saved param groups, so
+    resuming from a checkpoint written by another implementation would silently switch kernels."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        keep = [{k: g.get(k) for k in ("fused", "foreach")} for g in self.param_groups]
+        groups = [{**saved, **mine} for saved, mine in zip(state_dict["param_groups"], keep)]
+        super().load_state_dict({**state_dict, "param_groups": groups})
+
+
+def make_adamw(params: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """The roles' AdamW: the fused kernel (one pass over each parameter, its gradient and both
+    moments per step) where torch has it for these parameters, i.e. plain (unsharded) floating
+    point tensors on CPU or CUDA; otherwise torch's default implementation. Both compute the
+    same update; they differ only by float rounding."""
+    params = list(params)
+    fused = bool(params) and all(
+        not _is_sharded(q) and q.is_floating_point() and q.device.type in ("cpu", "cuda") for q in params)
+    return _AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 class TwoPhaseUpdate:
     """Makes a role's ``update`` one half of a two-phase commit across roles.
 
@@ -130,19 +156,65 @@ class TwoPhaseUpdate:
     it, because another role's update of the same step failed). So the actor and the critic
     updates of one step are applied together or not at all. The copy lives in host memory:
     the trainable parameters plus the optimizer's state (about 3x the parameters with AdamW).
+
+    The copy's host buffers are allocated once and reused by every update (one
+    ``torch._foreach_copy_`` into them, no fresh allocation to page in each step): after the
+    first update they stay resident, the same peak memory as a fresh copy per update. Sharded
+    (fsdp) parameters take a fresh copy each update.
     """
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
     _pending: Optional[dict] = None
+    _snap_buffers: Optional[list] = None
+
+    def _trained(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(k, v) for k, v in self.model.named_parameters() if v.requires_grad]
 
     def _snapshot(self) -> dict:
-        params = {k: v.detach().to("cpu", copy=True) for k, v in self.model.named_parameters() if v.requires_grad}
-        return {"params": params, "optimizer": _to_cpu(self.optimizer.state_dict()),
-                "scheduler": copy.deepcopy(self.scheduler.state_dict())}
+        named = self._trained()
+        if any(_is_sharded(v) for _, v in named):
+            params = {k: v.detach().to("cpu", copy=True) for k, v in named}
+            return {"params": params, "optimizer": _to_cpu(self.optimizer.state_dict()),
+                    "scheduler": copy.deepcopy(self.scheduler.state_dict())}
+        # the optimizer's state in state_dict()'s layout: tensors go to the reused buffers,
+        # anything else (and the param groups: lr ...) is copied as it is
+        tensors = [v.detach() for _, v in named]
+        layout: dict[int, dict[str, Any]] = {}
+        i = 0
+        for group in self.optimizer.param_groups:
+            for q in group["params"]:
+                st = self.optimizer.state.get(q)
+                if st:
+                    entry = {}
+                    for key in sorted(st):
+                        val = st[key]
+                        if isinstance(val, torch.Tensor):
+                            entry[key] = ("buffer", len(tensors))
+                            tensors.append(val.detach())
+                        else:
+                            entry[key] = ("value", copy.deepcopy(val))
+                    layout[i] = entry
+                i += 1
+        bufs = self._snap_buffers
+        if bufs is None or len(bufs) != len(tensors) or any(
+                b.shape != t.shape or b.dtype != t.dtype for b, t in zip(bufs, tensors)):
+            bufs = self._snap_buffers = [torch.empty(t.shape, dtype=t.dtype, device="cpu") for t in tensors]
+        with torch.no_grad():
+            if all(t.device.type == "cpu" for t in tensors):
+                torch._foreach_copy_(bufs, tensors)
+            else:
+                for b, t in zip(bufs, tensors):
+                    b.copy_(t)
+        groups = copy.deepcopy([{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups])
+        return {"fast": True, "names": [k for k, _ in named], "buffers": bufs, "layout": layout,
+                "groups": groups, "scheduler": copy.deepcopy(self.scheduler.state_dict())}
 
     def _restore(self, snap: dict) -> None:
+        if snap.get("fast"):
+            self._restore_fast(snap)
+            return
         with torch.no_grad():
             named = dict(self.model.named_parameters())
             for k, v in snap["params"].items():
@@ -151,10 +223,35 @@ class TwoPhaseUpdate:
         self.scheduler.load_state_dict(snap["scheduler"])
         self.optimizer.zero_grad(set_to_none=True)
 
+    def _restore_fast(self, snap: dict) -> None:
+        bufs = snap["buffers"]
+        with torch.no_grad():
+            named = dict(self.model.named_parameters())
+            for j, k in enumerate(snap["names"]):
+                named[k].copy_(bufs[j])
+        # load_state_dict may keep the given tensors as the live state: hand it clones, so the
+        # reused buffers never become the optimizer's state
+        state = {i: {key: bufs[v].clone() if kind == "buffer" else copy.deepcopy(v)
+                     for key, (kind, v) in entry.items()} for i, entry in snap["layout"].items()}
+        groups, n = [], 0
+        for g, saved in zip(self.optimizer.param_groups, snap["groups"]):
+            groups.append({**saved, "params": list(range(n, n + len(g["params"])))})
+            n += len(g["params"])
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        self.scheduler.load_state_dict(snap["scheduler"])
+        self.optimizer.zero_grad(set_to_none=True)
+
     def _check_params(self) -> None:
-        bad = next((k for k, v in self.model.named_parameters()
-                    if v.requires_grad and not torch.isfinite(_local(v.detach())).all()), None)
-        if self.ranks.any_true(bad is not None):  # fsdp: each rank checks its own shard
+        named = self._trained()
+        # one reduction per tensor (NaN and inf propagate through a sum) instead of an
+        # elementwise isfinite; the slow search for the name runs only when something is wrong
+        sums = [_local(v.detach()).sum() for _, v in named]
+        ok = not sums or bool(torch.isfinite(torch.stack([s.float().cpu() for s in sums])).all())
+        bad = None
+        if not ok:
+            bad = next((k for k, v in named if not torch.isfinite(_local(v.detach())).all()), None)
+            ok = bad is None  # a sum that overflowed on finite values
+        if self.ranks.any_true(not ok):  # fsdp: each rank checks its own shard
             raise NonFiniteError(self.name, "update", f"parameter {bad} is not finite after the optimizer step"
                                  if bad else "a parameter shard of another rank is not finite after the optimizer step")
 
@@ -346,7 +443,7 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
         super().__init__(cfg, progress)
         p = cfg.ppo
         params = [q for q in self.model.parameters() if q.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=p.actor_lr, weight_decay=p.weight_decay)
+        self.optimizer = make_adamw(params, lr=p.actor_lr, weight_decay=p.weight_decay)
         self.scheduler = _make_scheduler(self.optimizer, p.lr_schedule, p.warmup_steps, cfg.run.steps)
         self.tokenizer.padding_side = "left"
         self.tokenizer.truncation_side = "left"
@@ -602,7 +699,7 @@ class CriticRole(TwoPhaseUpdate, Role):
                           f"of {count_parameters(self.model):,} parameters")
         self.model = self.ranks.prepare(self.model)
         p = cfg.ppo
-        self.optimizer = torch.optim.AdamW(
+        self.optimizer = make_adamw(
             [q for q in self.model.parameters() if q.requires_grad], lr=p.critic_lr, weight_decay=p.weight_decay
         )
         self.scheduler = _make_scheduler(self.optimizer, p.lr_schedule, p.warmup_steps, cfg.run.steps)

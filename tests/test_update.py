@@ -1,0 +1,179 @@
+"""The actor's update path, fast and unchanged: the fused AdamW against torch's reference
+AdamW, optimizer checkpoints across implementations, and the two-phase commit's reused host
+copy (rollback restores parameters and optimizer state exactly; the copy never aliases the
+live state). Real roles on tiny:llama."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from engine.config import load_config
+from engine.runtime.roles import ActorRole, NonFiniteError, make_adamw
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _batch(seed: int = 0, B: int = 4, P: int = 5, R: int = 6) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(B, R, dtype=torch.long)
+    mask[1, 4:] = 0  # a response that ended early
+    qmask = torch.ones(B, P, dtype=torch.long)
+    qmask[2, :2] = 0  # a left-padded prompt
+    return {
+        "query_ids": torch.randint(0, 1000, (B, P), generator=g), "query_mask": qmask,
+        "response_ids": torch.randint(0, 1000, (B, R), generator=g), "response_mask": mask,
+        "old_logprobs": -torch.rand(B, R, generator=g) * 5, "advantages": torch.randn(B, R, generator=g),
+        "ref_logprobs": -torch.rand(B, R, generator=g) * 5,
+    }
+
+
+def _state(actor: ActorRole) -> dict:
+    params = {k: v.detach().clone() for k, v in actor.model.named_parameters()}
+    opt = actor.optimizer.state_dict()
+    state = {i: {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in st.items()}
+             for i, st in opt["state"].items()}
+    return {"params": params, "state": state, "lr": [g["lr"] for g in opt["param_groups"]],
+            "sched": actor.scheduler.state_dict()["last_epoch"]}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a["params"].keys() == b["params"].keys()
+    for k in a["params"]:
+        assert torch.equal(a["params"][k], b["params"][k]), k
+    assert a["state"].keys() == b["state"].keys()
+    for i in a["state"]:
+        assert a["state"][i].keys() == b["state"][i].keys()
+        for k in a["state"][i]:
+            assert torch.equal(torch.as_tensor(a["state"][i][k]), torch.as_tensor(b["state"][i][k])), (i, k)
+    assert a["lr"] == b["lr"] and a["sched"] == b["sched"]
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(TINY, ["ppo.lr_schedule=linear", "ppo.weight_decay=0.01", "run.steps=10"])
+
+
+def test_fused_adamw_equals_the_reference_adamw_and_loads_its_checkpoints():
+    torch.manual_seed(0)
+    shapes = [(64, 32), (32,), (1000, 16)]
+    ref = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    new = [torch.nn.Parameter(p.detach().clone()) for p in ref]
+    opt_ref = torch.optim.AdamW(ref, lr=1e-3, weight_decay=0.01)
+    opt_new = make_adamw(new, lr=1e-3, weight_decay=0.01)
+    assert opt_new.param_groups[0]["fused"] is True and not opt_ref.param_groups[0].get("fused")
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        for a, b in zip(ref, new):
+            a.grad = torch.randn(a.shape, generator=g)
+            b.grad = a.grad.clone()
+        opt_ref.step()
+        opt_new.step()
+    for a, b in zip(ref, new):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(a, a.new_zeros(a.shape))
+    # a checkpoint of the reference implementation (fused unset) resumes on the fused kernel
+    # and continues the same trajectory
+    opt_new.load_state_dict(copy.deepcopy(opt_ref.state_dict()))  # as through torch.save/load
+    assert opt_new.param_groups[0]["fused"] is True
+    with torch.no_grad():
+        for a, b in zip(ref, new):
+            b.copy_(a)
+    for a, b in zip(ref, new):
+        a.grad = torch.randn(a.shape, generator=g)
+        b.grad = a.grad.clone()
+    opt_ref.step()
+    opt_new.step()
+    for a, b in zip(ref, new):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_rollback_restores_parameters_and_optimizer_state_exactly(cfg):
+    torch.manual_seed(0)
+    actor = ActorRole(cfg)
+    assert actor.optimizer.param_groups[0]["fused"] is True
+    before = _state(actor)
+    actor.call("update", _batch(0), {"step": 1})
+    assert actor.call("rollback", {}, {})[1] == {"rolled_back": True}
+    _assert_same(_state(actor), before)  # the first update: the optimizer had no state yet
+    assert not actor.optimizer.state
+
+    # two committed updates, then one rolled back: back to the state after the second
+    for step in (1, 2):
+        actor.call("update", _batch(step), {"step": step})
+        assert actor.call("commit", {}, {})[1] == {"committed": True}
+    after_two = _state(actor)
+    assert actor.optimizer.state
+    actor.call("update", _batch(3), {"step": 3})
+    moved = _state(actor)
+    assert any(not torch.equal(moved["params"][k], after_two["params"][k]) for k in moved["params"])
+    actor.call("rollback", {}, {})
+    _assert_same(_state(actor), after_two)
+
+    # the restored state is the optimizer's own, not the reused host copy: the next update,
+    # committed, equals that of an actor that never saw the rolled back one
+    actor.call("update", _batch(3), {"step": 3})
+    actor.call("commit", {}, {})
+    torch.manual_seed(0)
+    twin = ActorRole(cfg)
+    for step in (1, 2, 3):
+        twin.call("update", _batch(step), {"step": step})
+        twin.call("commit", {}, {})
+    _assert_same(_state(actor), _state(twin))
+
+    # an uncommitted update is rolled back by the next update before it starts
+    actor.call("update", _batch(4), {"step": 4})
+    actor.call("update", _batch(4), {"step": 4})
+    actor.call("commit", {}, {})
+    twin.call("update", _batch(4), {"step": 4})
+    twin.call("commit", {}, {})
+    _assert_same(_state(actor), _state(twin))
+
+
+def test_a_non_finite_parameter_after_the_step_restores_the_copy(cfg, monkeypatch):
+    torch.manual_seed(0)
+    actor = ActorRole(cfg)
+    actor.call("update", _batch(1), {"step": 1})
+    actor.call("commit", {}, {})
+    before = _state(actor)
+    step = actor.optimizer.step
+    name = "model.layers.0.mlp.up_proj.weight"
+    target = dict(actor.model.named_parameters())[name]
+
+    calls = []
+
+    def poisoned(*a, **k):  # the update's last optimizer step (4 rows, mini-batches of 2)
+        out = step(*a, **k)
+        calls.append(1)
+        if len(calls) == 2:
+            with torch.no_grad():
+                target.view(-1)[7] = float("nan")
+        return out
+
+    monkeypatch.setattr(actor.optimizer, "step", poisoned)
+    with pytest.raises(NonFiniteError, match=f"parameter {name} is not finite"):
+        actor.call("update", _batch(2), {"step": 2})
+    assert len(calls) == 2
+    _assert_same(_state(actor), before)
+    assert actor.call("rollback", {}, {})[1] == {"rolled_back": False}
+
+
+def test_a_checkpoint_resumes_the_same_updates(cfg, tmp_path):
+    """save after one update, load into a fresh actor: the next updates equal the uninterrupted
+    actor's (the fused optimizer's state round-trips through trainer_state.pt)."""
+    torch.manual_seed(0)
+    a = ActorRole(cfg)
+    a.call("update", _batch(1), {"step": 1})
+    a.call("commit", {}, {})
+    a.call("save", {}, {"path": str(tmp_path)})
+    torch.manual_seed(1)  # other initial weights: everything must come from the checkpoint
+    b = ActorRole(cfg)
+    b.call("load", {}, {"path": str(tmp_path)})
+    assert b.optimizer.param_groups[0]["fused"] is True
+    for actor in (a, b):
+        for step in (2, 3):
+            actor.call("update", _batch(step), {"step": step})
+            actor.call("commit", {}, {})
+    _assert_same(_state(b), _state(a))
