@@ -816,15 +816,105 @@ def _logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, temperatu
     return (lp, torch.cat(ents, 0)) if return_entropy else lp
 
 
+# tokens per chunk of the LM head's logits in :class:`_HeadLogprobs`: chunk x vocabulary
+# float32 elements at most (2**24 = 64 MB; a 49k vocabulary gives chunks of 341 tokens)
+_HEAD_CHUNK_ELEMS = 1 << 24
+
+
+class _HeadLogprobs(torch.autograd.Function):
+    """Log-probs of the taken tokens (and the entropy) through a linear LM head, chunked over
+    tokens, with the logits recomputed chunk by chunk in backward: autograd keeps only the
+    hidden states, the head's weight, the targets and one log-sum-exp per token, never an
+    ``[N, V]`` tensor. The same values and gradients as ``log_softmax``-``gather`` and
+    :func:`engine.algorithms.entropy_from_logits` of ``(hidden @ weight.T + bias) / T``,
+    up to float rounding (finite logits, as a linear layer of finite inputs gives).
+
+    ``forward(hidden [N, H], weight [V, H], bias [V] | None, targets [N], temperature,
+    want_entropy, chunk) -> (logprobs [N], entropy [N] | None)``, all float32."""
+
+    @staticmethod
+    def _logits(hidden, weight, bias, temperature):
+        z = hidden @ weight.t() if bias is None else torch.addmm(bias, hidden, weight.t())
+        return z / temperature if temperature != 1.0 else z
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, want_entropy, chunk):
+        ctx.set_materialize_grads(False)
+        N = hidden.shape[0]
+        lp = hidden.new_empty(N)
+        lse = hidden.new_empty(N)
+        ent = hidden.new_empty(N) if want_entropy else None
+        for s in range(0, N, chunk):
+            z = _HeadLogprobs._logits(hidden[s:s + chunk], weight, bias, temperature)
+            zmax = z.amax(dim=-1, keepdim=True)
+            z = z - zmax  # shifted: exp cannot overflow and the entropy has no cancellation
+            lse_c = torch.logsumexp(z, dim=-1)
+            lp[s:s + chunk] = z.gather(-1, targets[s:s + chunk].unsqueeze(-1)).squeeze(-1) - lse_c
+            if want_entropy:
+                p = torch.exp(z - lse_c.unsqueeze(-1))
+                ent[s:s + chunk] = lse_c - (p * z).sum(dim=-1)
+            lse[s:s + chunk] = lse_c + zmax.squeeze(-1)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse, ent)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        return lp, ent
+
+    @staticmethod
+    def backward(ctx, g_lp, g_ent):
+        hidden, weight, bias, targets, lse, ent = ctx.saved_tensors
+        T, chunk = ctx.temperature, ctx.chunk
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        if g_ent is not None and not bool(g_ent.any()):
+            g_ent = None  # e.g. an entropy bonus of 0: its term vanishes
+        if g_lp is None and g_ent is None:
+            return None, None, None, None, None, None, None
+        gh = torch.empty_like(hidden) if need_h else None
+        gw = gb = None
+        for s in range(0, hidden.shape[0], chunk):
+            h = hidden[s:s + chunk]
+            logp = _HeadLogprobs._logits(h, weight, bias, T) - lse[s:s + chunk].unsqueeze(-1)
+            p = torch.exp(logp)
+            # d log p_t / dz = onehot(t) - p;  dH / dz_k = -p_k (log p_k + H)
+            gl = g_lp[s:s + chunk].unsqueeze(-1) if g_lp is not None else None
+            if g_ent is None:
+                dz = p * -gl
+            else:
+                coef = (logp + ent[s:s + chunk].unsqueeze(-1)) * -g_ent[s:s + chunk].unsqueeze(-1)
+                dz = p * (coef - gl if gl is not None else coef)
+            if gl is not None:
+                dz.scatter_add_(-1, targets[s:s + chunk].unsqueeze(-1), gl)
+            if T != 1.0:
+                dz = dz / T
+            if gh is not None:
+                gh[s:s + chunk] = dz @ weight
+            if need_w:
+                gw = dz.t() @ h if gw is None else gw.addmm_(dz.t(), h)
+            if need_b and bias is not None:
+                gb = dz.sum(0) if gb is None else gb + dz.sum(0)
+        return gh, gw, gb, None, None, None, None
+
+
 def head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, *, temperature: float = 1.0,
                   return_entropy: bool = False, logits_dtype: torch.dtype = torch.float32):
     """Log-probs of ``targets [B, R]`` from final hidden states ``[B, R, H]`` through the
-    model's LM head run in float32 (autocast off), whatever the weights' dtype."""
+    model's LM head run in float32 (autocast off), whatever the weights' dtype.
+
+    In float32 the logits are computed chunk by chunk and recomputed in backward
+    (:class:`_HeadLogprobs`): no ``[B*R, V]`` float32 logits, log-softmax or entropy
+    temporaries are kept for autograd."""
     head = model.get_output_embeddings()
+    weight, bias = head.weight, getattr(head, "bias", None)
     with torch.autocast(device_type=hidden.device.type, enabled=False):
+        if logits_dtype == torch.float32 and not hasattr(weight, "to_local"):
+            B, R, H = hidden.shape
+            V = weight.shape[0]
+            chunk = max(1, _HEAD_CHUNK_ELEMS // max(1, V))
+            lp, ent = _HeadLogprobs.apply(
+                hidden.float().reshape(B * R, H), weight.float(), None if bias is None else bias.float(),
+                targets.reshape(B * R), float(temperature), bool(return_entropy), chunk)
+            lp = lp.view(B, R)
+            return (lp, ent.view(B, R)) if return_entropy else lp
         logits = torch.nn.functional.linear(
-            hidden.float(), head.weight.float(),
-            None if getattr(head, "bias", None) is None else head.bias.float())
+            hidden.float(), weight.float(), None if bias is None else bias.float())
     return _logprobs_from_logits(logits, targets, float(temperature), return_entropy, logits_dtype)
 
 

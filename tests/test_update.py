@@ -1,5 +1,6 @@
-"""The actor's update path, fast and unchanged: the fused AdamW against torch's reference
-AdamW, optimizer checkpoints across implementations, and the two-phase commit's reused host
+"""The actor's update path, fast and unchanged: log-probs and entropy through the LM head in
+token chunks (logits recomputed in backward) against the full log-softmax, the fused AdamW
+against torch's reference AdamW, optimizer checkpoints across implementations, and the two-phase commit's reused host
 copy (rollback restores parameters and optimizer state exactly; the copy never aliases the
 live state). Real roles on tiny:llama."""
 from __future__ import annotations
@@ -9,6 +10,7 @@ import copy
 import pytest
 import torch
 
+from engine import models as M
 from engine.config import load_config
 from engine.runtime.roles import ActorRole, NonFiniteError, make_adamw
 from tests.conftest import TINY
@@ -49,6 +51,82 @@ def _assert_same(a: dict, b: dict) -> None:
         for k in a["state"][i]:
             assert torch.equal(torch.as_tensor(a["state"][i][k]), torch.as_tensor(b["state"][i][k])), (i, k)
     assert a["lr"] == b["lr"] and a["sched"] == b["sched"]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_head_logprobs_equal_the_full_log_softmax(temperature, monkeypatch):
+    """Values and gradients (hidden states, the tied head/embedding weight) of the chunked
+    head equal log_softmax-gather and entropy_from_logits of the full float32 logits, with an
+    entropy term in the loss and without one (a zero coefficient)."""
+    model = M.load_policy("tiny:llama")
+    head = model.get_output_embeddings()
+    V, H = head.weight.shape
+    monkeypatch.setattr(M, "_HEAD_CHUNK_ELEMS", 3 * V)  # chunks of 3 tokens: 4 chunks, one short
+    g = torch.Generator().manual_seed(0)
+    hidden0 = torch.randn(2, 5, H, generator=g) * 3
+    targets = torch.randint(0, V, (2, 5), generator=g)
+    a, b = torch.randn(2, 5, generator=g), torch.randn(2, 5, generator=g)
+
+    def run(chunked: bool, ent_coef: float):
+        model.zero_grad(set_to_none=True)
+        hidden = hidden0.clone().requires_grad_(True)
+        if chunked:
+            lp, ent = M.head_logprobs(model, hidden, targets, temperature=temperature, return_entropy=True)
+        else:
+            logits = torch.nn.functional.linear(hidden, head.weight)
+            lp, ent = M._logprobs_from_logits(logits, targets, temperature, True, torch.float32)
+        ((a * lp).sum() + ent_coef * (b * ent).sum()).backward()
+        return lp.detach(), ent.detach(), hidden.grad, head.weight.grad.clone()
+
+    for ent_coef in (0.5, 0.0):
+        new, ref = run(True, ent_coef), run(False, ent_coef)
+        for x, y, what in zip(new, ref, ("logprobs", "entropy", "hidden grad", "weight grad")):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5, msg=what)
+        assert new[3].abs().sum() > 0
+    # scoring without grad (rollout.reuse_logprobs, the old log-probs) gives the same values
+    with torch.no_grad():
+        lp = M.head_logprobs(model, hidden0, targets, temperature=temperature)
+    torch.testing.assert_close(lp, ref[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_sequence_logprobs_backward_as_before(autocast, monkeypatch):
+    """The split path (trunk, then the float32 head; the default's path under bf16 autocast)
+    gives the same parameter gradients through the chunked head as through the full float32
+    logits: to float rounding in float32; under bf16 autocast the trunk's backward rounds
+    those tiny differences to bf16, so there the whole gradient agrees to 1 %."""
+    model = M.load_policy("tiny:llama")
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 1000, (2, 9), generator=g)
+    am = torch.ones_like(ids)
+    am[0, :2] = 0
+    w = torch.randn(2, 4, generator=g)
+    grads, lps = [], []
+    for full in (False, True):
+        if full:
+            monkeypatch.setattr(M, "head_logprobs", _full_head)
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            lp, ent, _ = M.sequence_logprobs(model, ids, am, 5, return_entropy=True, return_hidden=True)
+        ((w * lp).sum() + 0.1 * ent.sum()).backward()
+        lps.append(lp.detach())
+        grads.append({k: v.grad.clone() for k, v in model.named_parameters()})
+    torch.testing.assert_close(lps[0], lps[1], rtol=1e-5, atol=1e-5)
+    if not autocast:
+        for k in grads[0]:
+            torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-4, atol=1e-6, msg=k)
+    else:
+        a = torch.cat([v.flatten() for v in grads[0].values()])
+        b = torch.cat([v.flatten() for v in grads[1].values()])
+        assert (a - b).norm() / b.norm() < 1e-2
+
+
+def _full_head(model, hidden, targets, *, temperature=1.0, return_entropy=False, logits_dtype=torch.float32):
+    """head_logprobs as it was: the full float32 logits, log-softmax and entropy."""
+    head = model.get_output_embeddings()
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        logits = torch.nn.functional.linear(hidden.float(), head.weight.float())
+    return M._logprobs_from_logits(logits, targets, float(temperature), return_entropy, logits_dtype)
 
 
 @pytest.fixture(scope="module")
