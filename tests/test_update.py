@@ -15,7 +15,7 @@ from engine.config import load_config
 from engine.runtime.roles import ActorRole, NonFiniteError, make_adamw
 from tests.conftest import TINY
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)
 
 
 def _batch(seed: int = 0, B: int = 4, P: int = 5, R: int = 6) -> dict:
