@@ -173,9 +173,19 @@ def _metrics_by_step(run):
 
 def test_stop_and_resume_equals_uninterrupted(runs_dir, cleanup_runs):
     steps = 7
-    a = start_tiny(runs_dir, cleanup_runs, f"run.steps={steps}", "run.name=straight")
+    # the pi KL controller, with a small target so its coefficient moves every step: its state
+    # goes through the checkpoint
+    pi = ("ppo.kl_controller=pi", "ppo.target_kl=0.5")
+    a = start_tiny(runs_dir, cleanup_runs, f"run.steps={steps}", "run.name=straight", *pi)
     assert a.wait(timeout=400) == "finished", a.info.get("failure")
-    b = start_tiny(runs_dir, cleanup_runs, f"run.steps={steps}", "run.name=interrupted")
+    # the coefficient of each step is the controller's after reading that step's own KL
+    from engine.algorithms import PIKLController
+
+    ctl = PIKLController(0.05, target_kl=0.5, ki=0.5, kp=0.5, coef_min=1e-4, coef_max=100.0)
+    rows = a.metrics()
+    assert [m["kl_coef"] for m in rows] == pytest.approx([ctl.update(m["kl"]) for m in rows], rel=1e-9)
+    assert len({round(m["kl_coef"], 9) for m in rows}) > 1
+    b = start_tiny(runs_dir, cleanup_runs, f"run.steps={steps}", "run.name=interrupted", *pi)
     b.wait_step(1, timeout=300)
     b.stop()
     assert b.wait(timeout=120) == "stopped"
