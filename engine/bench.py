@@ -200,10 +200,10 @@ def phase_flop_rates(flops: dict, secs: dict, peak_tflops: float) -> list[dict]:
 
 
 def format_phase_flop_rates(rows: list[dict], peak_tflops: float, compute: str) -> list[str]:
-    lines = [f"  {'phase':<16}{'GFLOP':>10}{'s':>9}{'TFLOP/s':>10}{'% of peak':>11}   counted",
+    lines = [f"  {'phase':<16}{'GFLOP':>10}{'s':>9}{'GFLOP/s':>10}{'% of peak':>11}   counted",
              "  " + "-" * 78]
     for r in rows:
-        rate = f"{r['tflops']:>10.3f}" if r["tflops"] is not None else f"{'-':>10}"
+        rate = f"{r['tflops'] * 1e3:>10.4g}" if r["tflops"] is not None else f"{'-':>10}"
         share = f"{100 * r['share']:>10.1f}%" if r["share"] is not None else f"{'-':>11}"
         lines.append(f"  {r['phase']:<16}{r['flops'] / 1e9:>10.1f}{r['seconds']:>9.3f}{rate}{share}   {r['counted']}")
     lines.append(f"  (peak: the measured {compute} dense matmul rate, {peak_tflops:.3f} TFLOP/s; P, Pc, Pr = "

@@ -40,3 +40,4 @@ def test_phase_flop_rates_arithmetic():
     assert rows["critic values"]["tflops"] is None and rows["critic update"]["share"] is None
     text = "\n".join(format_phase_flop_rates(list(rows.values()), 0.1, "bfloat16"))
     assert "rollout" in text and "24.0%" in text and "bfloat16" in text and "fwd+bwd" in text
+    assert "        24      24.0%" in text  # rollout at 24 GFLOP/s
