@@ -2,6 +2,7 @@
 
     python -m engine.bench transport [--sizes 1,16,256] [--repeats N]
     python -m engine.bench step --config FILE [--steps N] [--set k=v ...] [--modes multi,local,ray,single]
+    python -m engine.bench generate [--config FILE] [--batch N] [--tokens N] [--repeats N] [--compile]
 
 Each benchmark is a subcommand: a ``bench_<name>(args)`` function plus a ``_register_<name>``
 function that adds its subparser; ``build_parser`` lists them (see the place marked for ``step``).
@@ -418,7 +419,90 @@ def _register_step(sub) -> None:
     p.set_defaults(func=bench_step)
 
 
-REGISTRARS = [_register_transport, _register_step]
+# ----------------------------------------------------------------------------- generate
+
+
+def bench_generate(args) -> int:
+    """Rollout generation alone: transformers' ``model.generate`` (hf) against the project's
+    own loop (static), interleaved, on the config's actor, prompts and autocast."""
+    import contextlib
+
+    from engine.config import load_config, resolve_role_model
+    from engine.data import prompt_stream
+    from engine.models import generate, load_policy, load_tokenizer, resolve_device, torch_dtype
+    from engine.runtime.worker import quiet_hf_logging
+
+    quiet_hf_logging()
+    cfg = load_config(args.config, list(args.set or []))
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    src = resolve_role_model(cfg, "actor")
+    tok = load_tokenizer(src)
+    dev = resolve_device(cfg.actor.device)
+    model = load_policy(src, dtype=cfg.actor.dtype, device=str(dev),
+                        attn_implementation=cfg.actor.attn_implementation, trainable=True)
+    batch = int(args.batch or cfg.rollout.batch_size)
+    stream = prompt_stream(cfg, tok)
+    prompts = []
+    while len(prompts) < batch:
+        prompts += stream.next_batch()
+    enc = tok(prompts[:batch], return_tensors="pt", padding=True, truncation=True,
+              max_length=cfg.data.max_prompt_tokens, add_special_tokens=False)
+    ids, am = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
+    n = int(args.tokens or cfg.rollout.max_new_tokens)
+    r = cfg.rollout
+    ac = cfg.actor.autocast
+
+    def amp():
+        if ac == "none":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=dev.type, dtype=torch_dtype(ac))
+
+    def run(decoder: str, compile_: bool = False):
+        with torch.no_grad(), amp():
+            # min_new_tokens = n: every row runs all n steps, so both decode the same count
+            return generate(model, tok, ids, am, max_new_tokens=n, min_new_tokens=n,
+                            temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, do_sample=r.do_sample,
+                            generator_seed=0, decoder=decoder, compile=compile_)[0]
+
+    variants = {"hf": lambda: run("hf"), "static": lambda: run("static")}
+    if args.compile:
+        variants["static+compile"] = lambda: run("static", True)
+    print(f"generate benchmark: {src}, batch {batch}, {n} new tokens (prompt {ids.shape[1]} tokens), "
+          f"autocast {ac}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"{args.repeats} interleaved repeats after a warm-up", flush=True)
+    warm = {k: f() for k, f in variants.items()}
+    same = {k: bool(torch.equal(warm["hf"], v)) for k, v in warm.items() if k != "hf"}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(max(1, int(args.repeats))):
+        for k, f in variants.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    base = statistics.median(times["hf"])
+    print(f"{'decoder':<16}{'ms/step':>10}{'tokens/s':>10}{'vs hf':>8}  same tokens as hf")
+    for k, v in times.items():
+        med = statistics.median(v)
+        print(f"{k:<16}{1000 * med / n:>10.1f}{batch * n / med:>10.1f}{base / med:>7.2f}x  "
+              f"{'-' if k == 'hf' else ('yes' if same[k] else 'no')}")
+    print("(ms/step includes the prefill spread over the steps; median of the repeats)")
+    return 0
+
+
+def _register_generate(sub) -> None:
+    p = sub.add_parser("generate", help="rollout generation tokens/s: transformers' generate (hf) vs "
+                                        "the project's static-cache loop (static)")
+    p.add_argument("--config", default="configs/default.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--batch", type=int, help="prompts (default rollout.batch_size)")
+    p.add_argument("--tokens", type=int, help="new tokens per row (default rollout.max_new_tokens)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--compile", action="store_true", help="also time static with torch.compile")
+    p.set_defaults(func=bench_generate)
+
+
+REGISTRARS = [_register_transport, _register_step, _register_generate]
 
 
 def build_parser() -> argparse.ArgumentParser:

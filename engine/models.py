@@ -987,7 +987,8 @@ def _eos_ids(model, tokenizer) -> list[int]:
 def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
              max_new_tokens: int, min_new_tokens: int = 0, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, do_sample: bool = True,
-             generator_seed: Optional[int] = None, return_hidden: bool = False):
+             generator_seed: Optional[int] = None, return_hidden: bool = False,
+             decoder: str = "hf", compile: bool = False):
     """Sample responses for left-padded prompts: ``(response_ids [B, R], response_mask [B, R])``.
 
     Uses ``model.generate`` with the KV cache, stops when every row has produced EOS (or at
@@ -1003,6 +1004,12 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
     produced each response token, ``[B, R, H]`` float32 -- what :func:`head_logprobs` turns
     into the same log-probs :func:`sequence_logprobs` computes, without a second forward pass.
 
+    ``decoder="static"`` decodes with :func:`engine.decoding.decode` (a preallocated KV cache,
+    no ``model.generate``): the same tokens for the same seed, faster per step. A model it
+    cannot run (:func:`engine.decoding.unsupported_reason`: GPT-2, a peft model, sharded
+    weights) goes through ``model.generate``. ``compile`` (static only) compiles its
+    decoding step with ``torch.compile``, falling back to eager once if that fails.
+
     Randomness comes from torch's global RNG: the caller seeds torch (``torch.manual_seed``)
     for reproducible rollouts. With ``generator_seed`` the RNG is seeded with it inside a
     ``fork_rng`` block, so the global state is left untouched. Runs in eval mode without grad
@@ -1011,9 +1018,20 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
     from transformers import GenerationConfig
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
+    if decoder not in ("hf", "static"):
+        raise ValueError(f"decoder must be 'hf' or 'static', got {decoder!r}")
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     sample = bool(do_sample) and temperature > 0
+    if decoder == "static":
+        from engine.decoding import unsupported_reason
+
+        if unsupported_reason(model) is None:
+            return _generate_static(model, input_ids, attention_mask, eos=eos, pad=pad,
+                                    max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                    sample=sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                                    generator_seed=generator_seed, return_hidden=return_hidden,
+                                    compile=compile)
     kwargs = dict(max_new_tokens=int(max_new_tokens), min_new_tokens=int(min_new_tokens),
                   do_sample=sample, num_beams=1, use_cache=True, eos_token_id=eos,
                   pad_token_id=pad, return_dict_in_generate=True)
@@ -1062,6 +1080,34 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
     if len(steps) < R:
         raise RuntimeError(f"generation ran the trunk {len(steps)} times for {R} tokens")
     return response.contiguous(), mask, torch.stack(steps[:R], dim=1)
+
+
+def _generate_static(model, input_ids, attention_mask, *, eos, pad, max_new_tokens, min_new_tokens,
+                     sample, temperature, top_k, top_p, generator_seed, return_hidden, compile):
+    """:func:`generate` through :func:`engine.decoding.decode`: same RNG handling, same return."""
+    from engine.decoding import decode
+
+    devices = [input_ids.device.index or 0] if input_ids.device.type == "cuda" else []
+    rng = torch.random.fork_rng(devices=devices) if generator_seed is not None \
+        else contextlib.nullcontext()
+    was_training = model.training
+    try:
+        model.eval()
+        with rng:
+            if generator_seed is not None:
+                torch.manual_seed(int(generator_seed))
+            response, hidden = decode(
+                model, input_ids, attention_mask, eos_ids=eos, pad_id=pad,
+                max_new_tokens=int(max_new_tokens), min_new_tokens=int(min_new_tokens), sample=sample,
+                temperature=float(temperature), top_k=int(top_k or 0), top_p=float(top_p),
+                return_hidden=return_hidden, compile=compile)
+    finally:
+        model.train(was_training)
+    mask = response_mask_from_ids(response, eos)
+    response = torch.where(mask.bool(), response, torch.full_like(response, pad))
+    if not return_hidden:
+        return response.contiguous(), mask
+    return response.contiguous(), mask, hidden
 
 
 __all__ = [

@@ -377,6 +377,17 @@ class RolloutConfig:
                                       "instead of a second forward pass over prompt+response. Equal "
                                       "up to kernel rounding in float32; under 16-bit autocast the "
                                       "cached decoding pass rounds differently from a full pass.")
+    decoder: Annotated[Literal["static", "hf"], Lower] = key(
+        "static", "Decoding loop for the rollout: static = the project's own loop (engine/decoding.py: a "
+                  "preallocated KV cache, transformers' sampling order, the same tokens as hf for the "
+                  "same seed in float32, less overhead per step); hf = transformers' model.generate. "
+                  "A model static cannot run (not Llama-family, a LoRA actor, sharded weights) uses hf, "
+                  "with a note in the log.")
+    compile_decoder: Bool = key(False, "Run each decoding step of rollout.decoder static through "
+                                       "torch.compile (one graph over the whole preallocated cache; "
+                                       "equal to the eager step up to rounding). A compiler failure is "
+                                       "warned about once and decoding goes on eagerly. Off by default: "
+                                       "on CPU it did not pay for its compile time.")
 
 
 @section

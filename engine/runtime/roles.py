@@ -447,6 +447,16 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
         self.scheduler = _make_scheduler(self.optimizer, p.lr_schedule, p.warmup_steps, cfg.run.steps)
         self.tokenizer.padding_side = "left"
         self.tokenizer.truncation_side = "left"
+        # rollout.decoder static: our own decoding loop, when it can run this model
+        self.decoder = cfg.rollout.decoder
+        if self.decoder == "static":
+            from engine.decoding import unsupported_reason
+
+            why = unsupported_reason(self.model)
+            if why:
+                self.progress(f"{self.name}: rollout.decoder static cannot decode this model ({why}); "
+                              f"using transformers' generate")
+                self.decoder = "hf"
 
     def op_generate(self, tensors: Tensors, args: dict) -> Result:
         from engine.models import generate
@@ -467,7 +477,7 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
                 max_new_tokens=r.max_new_tokens, min_new_tokens=0 if greedy else r.min_new_tokens,
                 temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
                 do_sample=False if greedy else r.do_sample,
-                return_hidden=reuse,
+                return_hidden=reuse, decoder=self.decoder, compile=r.compile_decoder,
             )
         resp, resp_mask = gen[0], gen[1]
         out = {

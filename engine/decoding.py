@@ -1,0 +1,362 @@
+"""The rollout's own decoding loop: a preallocated (static) KV cache and sampling without the
+generic ``model.generate`` machinery.
+
+``model.generate`` spends most of a decoding step at small batch on CPU in per-step overhead
+(input preparation, mask building, cache bookkeeping, output capture, logits processors
+rebuilt as objects) rather than in arithmetic. :func:`decode` runs the prefill once through
+the model's own trunk, copies its keys and values into buffers sized for the whole response,
+and then runs each step directly on the model's weights: RMSNorm, the q/k/v projections,
+rotary embedding, attention over a view of the cache, the MLP, the final norm and the LM
+head, with the same operations in the same order as transformers' Llama code, so float32
+results are the same bits and sampled tokens are the same tokens for the same seed.
+
+Sampling follows transformers' order: EOS suppressed while fewer than ``min_new_tokens``
+tokens exist, then temperature, top-k, top-p, then ``torch.multinomial`` on the softmax
+(one draw per row per step, finished rows included, as transformers draws) or argmax.
+
+Models: Llama-family causal LMs (``LlamaForCausalLM``, ``Qwen2ForCausalLM`` without
+sliding-window layers) with a SiLU-gated MLP. :func:`unsupported_reason` says why another
+model (GPT-2, a peft-wrapped LoRA model, a sharded model) cannot be decoded here; the caller
+then uses ``model.generate``.
+
+``compile=True`` runs each step through ``torch.compile`` (full static length, a float mask,
+one graph for every step); a compiler failure is reported once and the step runs eagerly.
+The compiled step attends over the whole preallocated cache, so it is equal to the eager
+step only up to rounding.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+_SUPPORTED = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+
+
+def unsupported_reason(model) -> Optional[str]:
+    """``None`` when :func:`decode` can run ``model``; else why not (one sentence)."""
+    name = type(model).__name__
+    if name not in _SUPPORTED:
+        return f"{name} is not a Llama-family causal LM (supported: {', '.join(sorted(_SUPPORTED))})"
+    cfg = model.config
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"{name} uses hidden_act={cfg.hidden_act!r}, not silu"
+    kinds = set(getattr(cfg, "layer_types", None) or ["full_attention"])
+    if kinds != {"full_attention"} or getattr(cfg, "use_sliding_window", False):
+        return f"{name} has sliding-window attention layers"
+    impl = getattr(cfg, "_attn_implementation", "sdpa")
+    if impl not in ("sdpa", "eager"):
+        return f"{name} uses attn_implementation={impl!r} (sdpa or eager only)"
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None or not hasattr(inner, "rotary_emb") or not hasattr(model, "lm_head"):
+        return f"{name} does not have the layout model.layers / model.rotary_emb / lm_head"
+    for p in model.parameters():
+        if type(p) is not torch.nn.Parameter and type(p) is not torch.Tensor:
+            return f"{name} has {type(p).__name__} parameters (sharded or quantised)"
+        break
+    for layer in layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        for mod in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj,
+                    mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+            if type(mod) is not torch.nn.Linear:
+                return f"{name} has {type(mod).__name__} projections (LoRA or quantised layers)"
+        if mlp.forward.__func__ is not type(mlp).forward or \
+                type(mlp).__name__ not in ("LlamaMLP", "Qwen2MLP"):
+            return f"{name} has an MLP of type {type(mlp).__name__}"
+    if model._forward_hooks or model._forward_pre_hooks:
+        return f"{name} has forward hooks"
+    return None
+
+
+# ----------------------------------------------------------------------------------- sampling
+
+def process_scores(scores: torch.Tensor, *, step: int, min_new_tokens: int,
+                   eos_mask: torch.Tensor, sample: bool, temperature: float, top_k: int,
+                   top_p: float) -> torch.Tensor:
+    """Float32 next-token scores ``[B, V]`` after the processors transformers applies, in its
+    order: EOS to -inf while ``step < min_new_tokens``; when sampling, logits / temperature
+    (unless 1), top-k (unless 0), top-p (unless 1)."""
+    if step < min_new_tokens:
+        scores = torch.where(eos_mask, -math.inf, scores)
+    if not sample:
+        return scores
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_k:
+        k = min(int(top_k), scores.shape[-1])
+        kth = torch.topk(scores, k)[0][..., -1, None]
+        scores = scores.masked_fill(scores < kth, -math.inf)
+    if top_p < 1.0:
+        ordered, order = torch.sort(scores, descending=False)
+        cum = ordered.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cum <= (1 - top_p)
+        drop_sorted[..., -1:] = False  # the most likely token always stays
+        drop = drop_sorted.scatter(1, order, drop_sorted)
+        scores = scores.masked_fill(drop, -math.inf)
+    return scores
+
+
+def pick_tokens(scores: torch.Tensor, sample: bool) -> torch.Tensor:
+    """One token per row: a multinomial draw from softmax(scores), or the argmax."""
+    if sample:
+        return torch.multinomial(F.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+    return torch.argmax(scores, dim=-1)
+
+
+# ----------------------------------------------------------------------------------- weights
+
+@dataclass
+class _Layer:
+    ln1: torch.Tensor
+    ln1_eps: float
+    q: tuple
+    k: tuple
+    v: tuple
+    o: tuple
+    ln2: torch.Tensor
+    ln2_eps: float
+    gate: tuple
+    up: tuple
+    down: tuple
+
+
+def _layers(model, cast: Optional[torch.dtype] = None) -> list[_Layer]:
+    """The weights of each layer; with ``cast``, the projection weights as a copy in that dtype
+    (what autocast would make of them on every call, made once)."""
+    def _lin(mod: torch.nn.Linear) -> tuple:
+        w = mod.weight
+        if cast is not None and w.dtype != cast:
+            w = w.detach().to(cast)
+        return (w, mod.bias)
+
+    out = []
+    for layer in model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        out.append(_Layer(layer.input_layernorm.weight, float(layer.input_layernorm.variance_epsilon),
+                          _lin(a.q_proj), _lin(a.k_proj), _lin(a.v_proj), _lin(a.o_proj),
+                          layer.post_attention_layernorm.weight,
+                          float(layer.post_attention_layernorm.variance_epsilon),
+                          _lin(m.gate_proj), _lin(m.up_proj), _lin(m.down_proj)))
+    return out
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    x = x.to(torch.float32)
+    var = x.pow(2).mean(-1, keepdim=True)
+    x = x * torch.rsqrt(var + eps)
+    return weight * x.to(dtype)
+
+
+def _half_turn(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+class _Stepper:
+    """One decoding step of a Llama-family model on a static cache."""
+
+    def __init__(self, model, layers: list[_Layer], k_cache: list[torch.Tensor],
+                 v_cache: list[torch.Tensor]):
+        cfg = model.config
+        self.layers = layers
+        self.k_cache, self.v_cache = k_cache, v_cache
+        self.n_heads = int(cfg.num_attention_heads)
+        self.n_kv = int(cfg.num_key_value_heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        self.scale = self.head_dim ** -0.5
+        self.embed = model.model.embed_tokens.weight
+        self.norm = model.model.norm.weight
+        self.norm_eps = float(model.model.norm.variance_epsilon)
+        self.rotary = model.model.rotary_emb
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, length: int,
+                 mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """``tokens [B]`` at ``positions [B]`` written into cache slot ``length - 1``; returns
+        the post-norm hidden state ``[B, H]``. ``mask`` is ``[B, 1, 1, length]`` bool (True =
+        attend) or None when no row has padding (every slot is attended)."""
+        B = tokens.shape[0]
+        x = F.embedding(tokens[:, None], self.embed)                      # [B, 1, H]
+        cos, sin = self.rotary(x, positions[:, None])                      # [B, 1, D]
+        cos, sin = cos[:, None], sin[:, None]                              # [B, 1, 1, D]
+        slot = length - 1
+        n_rep = self.n_heads // self.n_kv
+        for i, L in enumerate(self.layers):
+            h = _rms(x, L.ln1, L.ln1_eps)
+            q = F.linear(h, *L.q).view(B, 1, -1, self.head_dim).transpose(1, 2)
+            k = F.linear(h, *L.k).view(B, 1, -1, self.head_dim).transpose(1, 2)
+            v = F.linear(h, *L.v).view(B, 1, -1, self.head_dim).transpose(1, 2)
+            q = q * cos + _half_turn(q) * sin
+            k = k * cos + _half_turn(k) * sin
+            kc, vc = self.k_cache[i], self.v_cache[i]
+            kc[:, :, slot:slot + 1] = k
+            vc[:, :, slot:slot + 1] = v
+            keys, values = kc[:, :, :length], vc[:, :, :length]
+            if n_rep == 1:
+                att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
+            elif mask is None:
+                att = F.scaled_dot_product_attention(q, keys, values, scale=self.scale, enable_gqa=True)
+            else:  # one query token: the heads sharing a kv head become that head's queries
+                att = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, n_rep, self.head_dim),
+                                                     keys, values, attn_mask=mask, scale=self.scale)
+            att = att.reshape(B, -1, 1, self.head_dim).transpose(1, 2).contiguous()
+            att = F.linear(att.reshape(B, 1, -1).contiguous(), *L.o)
+            x = x + att
+            h = _rms(x, L.ln2, L.ln2_eps)
+            h = F.linear(F.silu(F.linear(h, *L.gate)) * F.linear(h, *L.up), *L.down)
+            x = x + h
+        return _rms(x, self.norm, self.norm_eps)[:, 0]
+
+    def fixed(self, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
+              mask: torch.Tensor, k_cache: list[torch.Tensor], v_cache: list[torch.Tensor]) -> torch.Tensor:
+        """The step with every shape fixed, for ``torch.compile``: the token goes into cache
+        slot ``slot`` (a one-element long tensor) and attention runs over the whole cache under
+        ``mask [B, 1, 1, T]`` (bool, True = attend), so one graph serves every step."""
+        B = tokens.shape[0]
+        x = F.embedding(tokens[:, None], self.embed)
+        cos, sin = self.rotary(x, positions[:, None])
+        cos, sin = cos[:, None], sin[:, None]
+        n_rep = self.n_heads // self.n_kv
+        for i, L in enumerate(self.layers):
+            h = _rms(x, L.ln1, L.ln1_eps)
+            q = F.linear(h, *L.q).view(B, 1, -1, self.head_dim).transpose(1, 2)
+            k = F.linear(h, *L.k).view(B, 1, -1, self.head_dim).transpose(1, 2)
+            v = F.linear(h, *L.v).view(B, 1, -1, self.head_dim).transpose(1, 2)
+            q = q * cos + _half_turn(q) * sin
+            k = k * cos + _half_turn(k) * sin
+            k_cache[i].index_copy_(2, slot, k.to(k_cache[i].dtype))
+            v_cache[i].index_copy_(2, slot, v.to(v_cache[i].dtype))
+            att = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, n_rep, self.head_dim),
+                                                 k_cache[i], v_cache[i], attn_mask=mask, scale=self.scale)
+            att = att.reshape(B, 1, -1)
+            x = x + F.linear(att, *L.o)
+            h = _rms(x, L.ln2, L.ln2_eps)
+            x = x + F.linear(F.silu(F.linear(h, *L.gate)) * F.linear(h, *L.up), *L.down)
+        return _rms(x, self.norm, self.norm_eps)[:, 0]
+
+
+# one compiled step per model (weights are read from the live modules, so updates are seen);
+# a model whose compilation failed decodes eagerly from then on
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_COMPILE_FAILED: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _compiled_step(model):
+    fn = _COMPILED.get(model)
+    if fn is None:
+        stepper = _Stepper(model, _layers(model), [], [])
+        fn = torch.compile(stepper.fixed, dynamic=False)
+        _COMPILED[model] = fn
+    return fn
+
+
+# ----------------------------------------------------------------------------------- decode
+
+def _autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The 16-bit dtype autocast runs matmuls in on ``device`` now, or None when it is off."""
+    if not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
+
+
+@torch.no_grad()
+def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, eos_ids: Sequence[int],
+           pad_id: int, max_new_tokens: int, min_new_tokens: int = 0, sample: bool = True,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           return_hidden: bool = False, compile: bool = False,
+           low_precision_copy: bool = True):
+    """Decode left-padded prompts ``[B, P]``: ``(tokens [B, R], hidden [B, R, H] or None)``.
+
+    ``tokens`` holds ``pad_id`` after a row's first EOS; ``R`` is the number of steps run
+    (``max_new_tokens``, or fewer when every row has ended). ``hidden`` (with
+    ``return_hidden``) is the float32 post-norm hidden state that produced each token.
+    ``compile`` runs the steps through :func:`torch.compile` (see the module docstring).
+    The model must be in eval mode; randomness comes from torch's global RNG. Check
+    :func:`unsupported_reason` first.
+    """
+    B, P = input_ids.shape
+    dev = input_ids.device
+    attention_mask = attention_mask.to(dev)
+    padded = not bool((attention_mask == 1).all())
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+    eos_t = torch.tensor(list(eos_ids), device=dev)
+    vocab = model.lm_head.weight.shape[0]
+    eos_mask = torch.isin(torch.arange(vocab, device=dev), eos_t)
+    # prefill through the model's own trunk (the same call transformers makes), then move its
+    # keys and values into buffers that hold the whole response
+    out = model.model(input_ids=input_ids, attention_mask=attention_mask if padded else None,
+                      position_ids=positions, use_cache=True)
+    hidden = out.last_hidden_state[:, -1]
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    use_compile = bool(compile) and model not in _COMPILE_FAILED
+    total = P + int(max_new_tokens)
+    if use_compile:  # cache lengths in steps of 64: one compiled graph serves many prompt lengths
+        total = -(-total // 64) * 64
+    k_cache, v_cache = [], []
+    for layer in cache.layers:
+        k, v = layer.keys, layer.values
+        kc = k.new_empty(k.shape[0], k.shape[1], total, k.shape[3])
+        vc = v.new_empty(v.shape[0], v.shape[1], total, v.shape[3])
+        kc[:, :, :P] = k
+        vc[:, :, :P] = v
+        k_cache.append(kc)
+        v_cache.append(vc)
+    del out, cache
+    cast = _autocast_dtype(dev) if low_precision_copy else None
+    step = _Stepper(model, _layers(model, cast), k_cache, v_cache)
+    mask_full = None
+    if padded or use_compile:
+        mask_full = torch.zeros(B, 1, 1, total, dtype=torch.bool, device=dev)
+        mask_full[:, 0, 0, :P] = attention_mask.bool()
+        mask_full[:, 0, 0, P:] = not use_compile  # compiled: a slot opens when it is written
+    head_w = model.lm_head.weight
+    if cast is not None and head_w.dtype != cast:
+        head_w = head_w.detach().to(cast)
+    head_b = getattr(model.lm_head, "bias", None)
+    pos = positions[:, -1]
+    unfinished = torch.ones(B, dtype=torch.bool, device=dev)
+    pad = torch.tensor(int(pad_id), device=dev)
+    tokens, hiddens = [], []
+    length = P
+    for t in range(int(max_new_tokens)):
+        logits = F.linear(hidden, head_w, head_b).to(dtype=torch.float32)
+        scores = process_scores(logits, step=t, min_new_tokens=int(min_new_tokens), eos_mask=eos_mask,
+                                sample=sample, temperature=float(temperature), top_k=int(top_k or 0),
+                                top_p=float(top_p))
+        nxt = pick_tokens(scores, sample)
+        nxt = torch.where(unfinished, nxt, pad)
+        tokens.append(nxt)
+        if return_hidden:
+            hiddens.append(hidden.float())
+        unfinished &= ~torch.isin(nxt, eos_t)
+        if t + 1 == max_new_tokens or not bool(unfinished.any()):
+            break
+        length += 1
+        pos = pos + 1
+        if use_compile:
+            mask_full[:, 0, 0, length - 1] = True
+            try:
+                hidden = _compiled_step(model)(nxt, pos, torch.tensor([length - 1], device=dev),
+                                               mask_full, k_cache, v_cache)
+                continue
+            except Exception as err:  # noqa: BLE001 -- no compiler, an unsupported op: eager from now on
+                _COMPILE_FAILED.add(model)
+                use_compile = False
+                warnings.warn(f"torch.compile of the decoding step failed ({type(err).__name__}: "
+                              f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}); "
+                              f"decoding eagerly", RuntimeWarning, stacklevel=2)
+                mask_full[:, 0, 0, length:] = True
+                if not padded:
+                    mask_full = None
+        hidden = step(nxt, pos, length, None if mask_full is None else mask_full[..., :length])
+    toks = torch.stack(tokens, dim=1)
+    return toks, (torch.stack(hiddens, dim=1) if return_hidden else None)
+
+
+__all__ = ["decode", "unsupported_reason", "process_scores", "pick_tokens"]

@@ -1,0 +1,248 @@
+"""engine.decoding: the rollout's own decoding loop (static KV cache) against transformers'
+``model.generate`` on the tiny random Llama with the real tokenizer: the same tokens for the
+same seed in float32, the same hidden states and log-probs, and a fall-back to
+``model.generate`` for models it cannot run."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from engine import decoding as D
+from engine.models import (
+    _eos_ids,
+    generate,
+    head_logprobs,
+    load_policy,
+    load_tokenizer,
+    sequence_logprobs,
+)
+
+TINY = "tiny:llama"
+# different lengths: left padding of 0 to ~10 tokens
+PROMPTS = ["Hello there, how are you doing today my friend", "Hi", "The movie was really",
+           "I did not expect much from this film, but the ending"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(TINY)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_policy(TINY, trainable=True)
+
+
+@pytest.fixture(scope="module")
+def batch(tok):
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    assert (enc["attention_mask"] == 0).any()  # really left padded
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def _both(model, tok, ids, am, **kw):
+    hf = generate(model, tok, ids, am, decoder="hf", **kw)
+    st = generate(model, tok, ids, am, decoder="static", **kw)
+    return hf, st
+
+
+SETTINGS = [
+    dict(),                                              # plain sampling, temperature 1
+    dict(temperature=0.7, top_k=20, top_p=0.9),          # every warper
+    dict(temperature=1.3, top_p=0.5),
+    dict(top_k=5),
+    dict(min_new_tokens=6, temperature=0.8),             # EOS suppressed for 6 tokens
+    dict(do_sample=False),                               # greedy
+    dict(temperature=0.0),                               # greedy as well
+]
+
+
+@pytest.mark.parametrize("kw", SETTINGS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "plain")
+def test_static_decoder_gives_the_same_tokens_and_hidden_states(model, tok, batch, kw):
+    ids, am = batch
+    assert D.unsupported_reason(model) is None
+    for seed in (0, 1, 7):
+        (r1, m1, h1), (r2, m2, h2) = _both(model, tok, ids, am, max_new_tokens=10, generator_seed=seed,
+                                           return_hidden=True, **kw)
+        assert torch.equal(r1, r2), f"seed {seed}: tokens differ"
+        assert torch.equal(m1, m2)
+        assert h2.dtype == torch.float32 and h2.shape == h1.shape
+        torch.testing.assert_close(h2, h1, atol=1e-5, rtol=1e-5)
+    # the hidden states give the log-probs a full scoring pass computes
+    full = torch.cat([ids, r2], 1)
+    fm = torch.cat([am, m2], 1)
+    t = kw.get("temperature", 1.0) or 1.0
+    scored = sequence_logprobs(model, full, fm, ids.shape[1], temperature=t)
+    reused = head_logprobs(model, h2, r2, temperature=t)
+    torch.testing.assert_close(reused[m2.bool()], scored[m2.bool()], atol=1e-4, rtol=1e-4)
+
+
+def test_sampling_consumes_the_global_rng_like_generate(model, tok, batch):
+    """Without generator_seed both draw from torch's global RNG, and the same number of times:
+    what a run does after a rollout is the same with either decoder."""
+    ids, am = batch
+    after = {}
+    for dec in ("hf", "static"):
+        torch.manual_seed(5)
+        r, _ = generate(model, tok, ids, am, max_new_tokens=8, decoder=dec, top_k=50)
+        after[dec] = (r, torch.rand(3))
+    assert torch.equal(after["hf"][0], after["static"][0])
+    assert torch.equal(after["hf"][1], after["static"][1])
+
+
+def test_early_stop_several_eos_ids_and_padding(tok, batch):
+    """Rows end at different steps on any of several EOS ids; the loop stops when all have
+    ended, and finished rows carry the pad id -- as transformers does."""
+    ids, am = batch
+    m = load_policy(TINY, trainable=False)
+    eos = tok.eos_token_id
+    # a second EOS id: a frequent token of this model, plus a bias on the real EOS
+    head = torch.nn.Linear(m.config.hidden_size, m.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(m.lm_head.weight)
+        head.bias.zero_()
+        head.bias[eos] = 9.0
+    m.lm_head = head
+    greedy, _ = generate(m, tok, ids, am, max_new_tokens=4, do_sample=False, decoder="hf")
+    other = int(greedy[0, 0]) if int(greedy[0, 0]) != eos else int(greedy[1, 0])
+    m.generation_config.eos_token_id = [eos, other]
+    assert _eos_ids(m, tok) == [eos, other]
+    stopped = 0
+    for seed in range(6):
+        (r1, m1), (r2, m2) = _both(m, tok, ids, am, max_new_tokens=30, generator_seed=seed)
+        assert torch.equal(r1, r2) and torch.equal(m1, m2), f"seed {seed}"
+        lengths = m2.sum(1)
+        if r2.shape[1] < 30:
+            stopped += 1
+            assert int(lengths.max()) == r2.shape[1]  # stopped at the last row's EOS
+        for row, mask in zip(r2.tolist(), m2.tolist()):
+            n = sum(mask)
+            assert row[n - 1] in (eos, other) or n == r2.shape[1]
+            assert all(t == tok.pad_token_id for t in row[n:])
+    assert stopped >= 3  # the early stop really happened
+
+
+def test_decoder_restores_mode_and_rejects_a_bad_name(model, tok, batch):
+    ids, am = batch
+    model.train()
+    generate(model, tok, ids, am, max_new_tokens=3, decoder="static", generator_seed=0)
+    assert model.training
+    model.eval()
+    with pytest.raises(ValueError, match="decoder must be"):
+        generate(model, tok, ids, am, max_new_tokens=3, decoder="fast")
+
+
+def test_models_it_cannot_run_fall_back_to_generate(tok, batch):
+    """A GPT-2 and a peft-wrapped LoRA Llama go through model.generate with the same result."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    ids, am = batch
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                                      eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id))
+    gpt2.eval()
+    assert "GPT2LMHeadModel" in D.unsupported_reason(gpt2)
+    (r1, m1), (r2, m2) = _both(gpt2, tok, ids, am, max_new_tokens=5, generator_seed=3)
+    assert torch.equal(r1, r2) and torch.equal(m1, m2)
+
+    from engine.models import apply_lora
+
+    lora = apply_lora(load_policy(TINY, trainable=True), r=2, alpha=4, dropout=0.0,
+                      target_modules=["q_proj", "v_proj"], key="actor.lora", seed=0)
+    assert D.unsupported_reason(lora) is not None
+    (r1, m1, h1), (r2, m2, h2) = _both(lora, tok, ids, am, max_new_tokens=5, generator_seed=3,
+                                       return_hidden=True)
+    assert torch.equal(r1, r2) and torch.equal(h1, h2)
+
+
+def test_qwen2_shape_gives_the_same_tokens(tok, batch):
+    """Qwen2 (biased q/k/v projections) decodes in the same loop: a small random one."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    ids, am = batch
+    torch.manual_seed(0)
+    q = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                     max_position_embeddings=128, eos_token_id=tok.eos_token_id,
+                                     attn_implementation="sdpa"))
+    q.eval()
+    assert D.unsupported_reason(q) is None
+    (r1, m1, h1), (r2, m2, h2) = _both(q, tok, ids, am, max_new_tokens=8, generator_seed=1, return_hidden=True)
+    assert torch.equal(r1, r2)
+    torch.testing.assert_close(h2, h1, atol=1e-5, rtol=1e-5)
+
+
+def test_process_scores_matches_transformers_processors():
+    """The processors, one by one, against transformers' own classes on random scores."""
+    from transformers.generation.logits_process import (
+        MinNewTokensLengthLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(5, 300, generator=g) * 3
+    eos = torch.tensor([3, 17])
+    eos_mask = torch.isin(torch.arange(300), eos)
+    ids = torch.zeros(5, 4, dtype=torch.long)  # 4 prompt tokens, no new token yet
+    ref = MinNewTokensLengthLogitsProcessor(4, 2, eos)(ids, scores)
+    ref = TemperatureLogitsWarper(0.6)(ids, ref)
+    ref = TopKLogitsWarper(40)(ids, ref)
+    ref = TopPLogitsWarper(0.8)(ids, ref)
+    ours = D.process_scores(scores, step=0, min_new_tokens=2, eos_mask=eos_mask, sample=True,
+                            temperature=0.6, top_k=40, top_p=0.8)
+    assert torch.equal(ours, ref)
+    assert torch.isinf(ours[:, [3, 17]]).all()
+    late = D.process_scores(scores, step=2, min_new_tokens=2, eos_mask=eos_mask, sample=False,
+                            temperature=0.6, top_k=40, top_p=0.8)
+    assert torch.equal(late, scores)  # greedy: no warpers, EOS allowed from step 2
+
+
+def test_autocast_bf16_copy_gives_the_autocast_tokens(model, tok, batch):
+    """Under bf16 autocast the loop decodes with a bf16 copy of the weights made once per
+    call; autocast would cast them the same way on every call: the same tokens as
+    model.generate under autocast."""
+    ids, am = batch
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for seed in (0, 2):
+            (r1, m1, h1), (r2, m2, h2) = _both(model, tok, ids, am, max_new_tokens=8, generator_seed=seed,
+                                               return_hidden=True)
+            assert torch.equal(r1, r2)
+            torch.testing.assert_close(h2, h1, atol=1e-5, rtol=1e-5)
+
+
+def test_compile_failure_falls_back_to_eager_once(model, tok, batch, monkeypatch):
+    """With no usable C++ compiler for inductor, compile=True warns once and decodes eagerly,
+    giving the eager tokens."""
+    import torch._inductor.config as ic
+
+    ids, am = batch
+    monkeypatch.setattr(ic.cpp, "cxx", ("/nonexistent/c++",))
+    m = load_policy(TINY, trainable=False)
+    eager = generate(m, tok, ids, am, max_new_tokens=5, decoder="static", generator_seed=4)
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = generate(m, tok, ids, am, max_new_tokens=5, decoder="static", generator_seed=4, compile=True)
+        again = generate(m, tok, ids, am, max_new_tokens=5, decoder="static", generator_seed=4, compile=True)
+    torch._dynamo.reset()
+    msgs = [str(w.message) for w in caught if "torch.compile of the decoding step failed" in str(w.message)]
+    assert len(msgs) == 1
+    assert torch.equal(got[0], eager[0]) and torch.equal(again[0], eager[0])
+
+
+@pytest.mark.slow
+def test_smollm2_static_decoder_gives_the_same_tokens():
+    from engine.models import SMOLLM2
+
+    tk = load_tokenizer(SMOLLM2)
+    m = load_policy(SMOLLM2, trainable=True)
+    enc = tk(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+    for seed in (0, 1):
+        (r1, m1, h1), (r2, m2, h2) = _both(m, tk, enc["input_ids"], enc["attention_mask"],
+                                           max_new_tokens=12, generator_seed=seed, return_hidden=True)
+        assert torch.equal(r1, r2)
+        torch.testing.assert_close(h2, h1, atol=1e-4, rtol=1e-4)
