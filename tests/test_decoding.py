@@ -98,15 +98,16 @@ def test_early_stop_several_eos_ids_and_padding(tok, batch):
     ids, am = batch
     m = load_policy(TINY, trainable=False)
     eos = tok.eos_token_id
-    # a second EOS id: a frequent token of this model, plus a bias on the real EOS
+    # a second EOS id: the model's greedy first token of row 0, plus a bias on the real EOS
+    greedy, _ = generate(m, tok, ids, am, max_new_tokens=1, do_sample=False, decoder="hf")
+    other = int(greedy[0, 0])
+    assert other != eos
     head = torch.nn.Linear(m.config.hidden_size, m.config.vocab_size, bias=True)
     with torch.no_grad():
         head.weight.copy_(m.lm_head.weight)
         head.bias.zero_()
         head.bias[eos] = 9.0
     m.lm_head = head
-    greedy, _ = generate(m, tok, ids, am, max_new_tokens=4, do_sample=False, decoder="hf")
-    other = int(greedy[0, 0]) if int(greedy[0, 0]) != eos else int(greedy[1, 0])
     m.generation_config.eos_token_id = [eos, other]
     assert _eos_ids(m, tok) == [eos, other]
     stopped = 0
@@ -246,3 +247,16 @@ def test_smollm2_static_decoder_gives_the_same_tokens():
                                            max_new_tokens=12, generator_seed=seed, return_hidden=True)
         assert torch.equal(r1, r2)
         torch.testing.assert_close(h2, h1, atol=1e-4, rtol=1e-4)
+
+
+def test_config_keys():
+    from engine.config import load_config, validate_text
+
+    cfg = load_config("tiny")
+    assert cfg.rollout.decoder == "static" and cfg.rollout.compile_decoder is False  # tiny lists static
+    assert load_config("default").rollout.decoder == "hf"
+    res = validate_text("rollout:\n  decoder: hf\n  compile_decoder: true\n")
+    assert res.ok
+    assert any(n.path == "rollout.compile_decoder" and "not static" in n.message for n in res.notices)
+    bad = validate_text("rollout:\n  decoder: fast\n")
+    assert not bad.ok and any(e.path == "rollout.decoder" for e in bad.issues)

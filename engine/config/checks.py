@@ -339,6 +339,10 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
     if ctx.ok(("logging", "tensorboard"), ("logging", "tensorboard_dir")) \
             and not cfg.logging.tensorboard and cfg.logging.tensorboard_dir is not None:
         ctx.notice(("logging", "tensorboard_dir"), "ignored: logging.tensorboard is false")
+    if ctx.ok(("rollout", "decoder"), ("rollout", "compile_decoder")) \
+            and cfg.rollout.compile_decoder and cfg.rollout.decoder != "static":
+        ctx.notice(("rollout", "compile_decoder"), "ignored: rollout.decoder is not static",
+                   at=[("rollout", "decoder")])
 
 
 def _check_devices_key(cfg: RunConfig, ctx: Ctx):

@@ -378,7 +378,7 @@ class RolloutConfig:
                                       "up to kernel rounding in float32; under 16-bit autocast the "
                                       "cached decoding pass rounds differently from a full pass.")
     decoder: Annotated[Literal["static", "hf"], Lower] = key(
-        "static", "Decoding loop for the rollout: static = the project's own loop (engine/decoding.py: a "
+        "hf", "Decoding loop for the rollout: static = the project's own loop (engine/decoding.py: a "
                   "preallocated KV cache, transformers' sampling order, the same tokens as hf for the "
                   "same seed in float32, less overhead per step); hf = transformers' model.generate. "
                   "A model static cannot run (not Llama-family, a LoRA actor, sharded weights) uses hf, "
