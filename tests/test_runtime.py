@@ -240,6 +240,9 @@ def test_foreground_train_prints_steps_and_ctrl_c_checkpoints(runs_dir):
         for line in p.stdout:
             lines.append(line)
             if line.startswith("step 2/100 |"):
+                # twice at once, as `timeout -s INT` delivers it (to the child, then to its
+                # process group): one request, still a clean stop with a final checkpoint
+                p.send_signal(signal.SIGINT)
                 p.send_signal(signal.SIGINT)
                 break
         out, _ = p.communicate(timeout=120)
@@ -251,7 +254,8 @@ def test_foreground_train_prints_steps_and_ctrl_c_checkpoints(runs_dir):
     assert "| rollout" in text and "| score" in text and "| kl" in text
     run = Run(next(runs_dir.glob("*/run.json")).parent)
     assert run.info["state"] == "stopped"
-    assert run.dir.latest_checkpoint() is not None
+    assert run.dir.latest_checkpoint().name == f"step_{run.info['step']}"
+    assert "interrupted again" not in (run.path / "events.log").read_text()
     assert_run_clean(run)
 
 

@@ -143,6 +143,7 @@ class Supervisor:
         self._ckpt_req: list[threading.Event] = []
         self._ckpt_results: dict[int, dict] = {}
         self._signals = 0
+        self._first_signal_at = 0.0
         self._final: Optional[tuple[str, dict]] = None
         self.pause_info: dict = {}  # role / phase / error of the fault that paused the run
         self._unwritten_state: dict = {}  # run.json fields a full disk kept from being written
@@ -639,9 +640,15 @@ class Supervisor:
             return
 
         def on_term(signum, frame):
+            now = time.monotonic()
+            if self._signals and now - self._first_signal_at < 0.25:
+                # the same request delivered twice (``timeout -s INT`` signals the child and
+                # then its process group): not a second Ctrl-C
+                return
             self._signals += 1
             if self._signals > 1:
                 raise KeyboardInterrupt
+            self._first_signal_at = now
             name = signal.Signals(signum).name
             with self._cv:
                 self._stop_req = True
