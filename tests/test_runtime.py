@@ -182,7 +182,7 @@ def test_stop_and_resume_equals_uninterrupted(runs_dir, cleanup_runs):
     from engine.algorithms import PIKLController
 
     ctl = PIKLController(0.05, target_kl=0.5, ki=0.5, kp=0.5, coef_min=1e-4, coef_max=100.0)
-    rows = a.metrics()
+    rows = list(a.metrics())
     assert [m["kl_coef"] for m in rows] == pytest.approx([ctl.update(m["kl"]) for m in rows], rel=1e-9)
     assert len({round(m["kl_coef"], 9) for m in rows}) > 1
     b = start_tiny(runs_dir, cleanup_runs, f"run.steps={steps}", "run.name=interrupted", *pi)
