@@ -119,7 +119,9 @@ def test_lora_run_has_no_reference_process(runs_dir, cleanup_runs):
     ms = list(run.metrics())
     assert [m["step"] for m in ms] == [1, 2]
     assert set(ms[-1]["memory"]) == {"actor", "critic", "reward"}
-    assert ms[0]["kl"] == 0.0 and ms[1]["kl"] != 0.0  # adapter B = 0 at first: policy == base
+    # adapter B = 0 at first: policy == base (up to rounding: the reference's log-probs go
+    # through the chunked LM head, the actor's old log-probs through the model's own head)
+    assert ms[0]["kl"] == pytest.approx(0.0, abs=1e-5) and abs(ms[1]["kl"]) > 1e-4
     assert all(math.isfinite(m[k]) for m in ms for k in ("policy_loss", "value_loss", "kl", "entropy"))
     assert ms[1]["timings"]["ref"] > 0.0
     assert ms[1]["value_mean"] != 0.0  # the head on the actor's base hidden states learned
@@ -240,7 +242,7 @@ def test_lora_on_the_ray_backend_has_no_reference_actor(runs_dir, cleanup_runs):
     assert set(run.info["ray"]["nodes"]) == {"actor", "critic", "reward"}
     ms = list(run.metrics())
     assert [m["step"] for m in ms] == [1, 2]
-    assert ms[0]["kl"] == 0.0 and ms[1]["kl"] != 0.0
+    assert ms[0]["kl"] == pytest.approx(0.0, abs=1e-5) and abs(ms[1]["kl"]) > 1e-4
     assert (run.dir.latest_checkpoint() / "actor" / "adapter_model.safetensors").is_file()
     assert run_processes_gone(run) == []
     t0 = time.time()
