@@ -188,12 +188,7 @@ class _Stepper:
         slot = length - 1
         n_rep = self.n_heads // self.n_kv
         for i, L in enumerate(self.layers):
-            h = _rms(x, L.ln1, L.ln1_eps)
-            q = F.linear(h, *L.q).view(B, 1, -1, self.head_dim).transpose(1, 2)
-            k = F.linear(h, *L.k).view(B, 1, -1, self.head_dim).transpose(1, 2)
-            v = F.linear(h, *L.v).view(B, 1, -1, self.head_dim).transpose(1, 2)
-            q = q * cos + _half_turn(q) * sin
-            k = k * cos + _half_turn(k) * sin
+            q, k, v = self._qkv(L, x, cos, sin)
             kc, vc = self.k_cache[i], self.v_cache[i]
             kc[:, :, slot:slot + 1] = k
             vc[:, :, slot:slot + 1] = v
@@ -213,6 +208,16 @@ class _Stepper:
             x = x + h
         return _rms(x, self.norm, self.norm_eps)[:, 0]
 
+    def _qkv(self, L, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """One layer's query, key and value for the single new token of ``x [B, 1, H]``,
+        ``[B, heads, 1, head_dim]`` each, rotary applied to the query and the key."""
+        B = x.shape[0]
+        h = _rms(x, L.ln1, L.ln1_eps)
+        q = F.linear(h, *L.q).view(B, 1, -1, self.head_dim).transpose(1, 2)
+        k = F.linear(h, *L.k).view(B, 1, -1, self.head_dim).transpose(1, 2)
+        v = F.linear(h, *L.v).view(B, 1, -1, self.head_dim).transpose(1, 2)
+        return q * cos + _half_turn(q) * sin, k * cos + _half_turn(k) * sin, v
+
     def fixed(self, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
               mask: torch.Tensor, k_cache: list[torch.Tensor], v_cache: list[torch.Tensor]) -> torch.Tensor:
         """The step with every shape fixed, for ``torch.compile``: the token goes into cache
@@ -224,12 +229,7 @@ class _Stepper:
         cos, sin = cos[:, None], sin[:, None]
         n_rep = self.n_heads // self.n_kv
         for i, L in enumerate(self.layers):
-            h = _rms(x, L.ln1, L.ln1_eps)
-            q = F.linear(h, *L.q).view(B, 1, -1, self.head_dim).transpose(1, 2)
-            k = F.linear(h, *L.k).view(B, 1, -1, self.head_dim).transpose(1, 2)
-            v = F.linear(h, *L.v).view(B, 1, -1, self.head_dim).transpose(1, 2)
-            q = q * cos + _half_turn(q) * sin
-            k = k * cos + _half_turn(k) * sin
+            q, k, v = self._qkv(L, x, cos, sin)
             k_cache[i].index_copy_(2, slot, k.to(k_cache[i].dtype))
             v_cache[i].index_copy_(2, slot, v.to(v_cache[i].dtype))
             att = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, n_rep, self.head_dim),
