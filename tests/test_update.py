@@ -143,15 +143,19 @@ def test_fused_adamw_equals_the_reference_adamw_and_loads_its_checkpoints():
     opt_new = make_adamw(new, lr=1e-3, weight_decay=0.01)
     assert opt_new.param_groups[0]["fused"] is True and not opt_ref.param_groups[0].get("fused")
     g = torch.Generator().manual_seed(1)
-    for _ in range(5):
+
+    def step_both_and_compare():  # the same random gradients into both, one step each
         for a, b in zip(ref, new):
             a.grad = torch.randn(a.shape, generator=g)
             b.grad = a.grad.clone()
         opt_ref.step()
         opt_new.step()
-    for a, b in zip(ref, new):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
-        assert not torch.equal(a, a.new_zeros(a.shape))
+        for a, b in zip(ref, new):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+    for _ in range(5):
+        step_both_and_compare()
+    assert all(not torch.equal(a, a.new_zeros(a.shape)) for a in ref)
     # a checkpoint of the reference implementation (fused unset) resumes on the fused kernel
     # and continues the same trajectory
     opt_new.load_state_dict(copy.deepcopy(opt_ref.state_dict()))  # as through torch.save/load
@@ -159,13 +163,7 @@ def test_fused_adamw_equals_the_reference_adamw_and_loads_its_checkpoints():
     with torch.no_grad():
         for a, b in zip(ref, new):
             b.copy_(a)
-    for a, b in zip(ref, new):
-        a.grad = torch.randn(a.shape, generator=g)
-        b.grad = a.grad.clone()
-    opt_ref.step()
-    opt_new.step()
-    for a, b in zip(ref, new):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    step_both_and_compare()
 
 
 def test_rollback_restores_parameters_and_optimizer_state_exactly(cfg):
