@@ -296,6 +296,23 @@ def test_adaptive_kl_needs_positive_target():
     assert issue.line == 3 and "adaptive" in issue.message
 
 
+def test_kl_guard_needs_positive_target():
+    text = _yaml("""
+        ppo:
+          kl_controller: fixed
+          target_kl: 0
+          kl_guard: 1.5
+        """)
+    issue = _one(text, "ppo.target_kl")
+    assert issue.line == 3 and issue.message == ("must be > 0 with ppo.kl_guard (the guard stops at "
+                                                 "kl_guard * target_kl); got 0.0")
+    text = _yaml("""
+        ppo:
+          kl_guard: 0
+        """)
+    assert _one(text, "ppo.kl_guard").line == 2
+
+
 def test_pi_kl_controller_checks():
     text = _yaml("""
         ppo:

@@ -253,3 +253,41 @@ def test_a_checkpoint_resumes_the_same_updates(cfg, tmp_path):
             actor.call("update", _batch(step), {"step": step})
             actor.call("commit", {}, {})
     _assert_same(_state(b), _state(a))
+
+
+def _guarded_update(guard, ref_shift: float, old_shift: float, target: float = 1e-4) -> tuple[dict, int]:
+    """One update of 4 rows in mini-batches of 1 (four optimizer steps) at a high learning
+    rate, with the batch's reference and rollout log-probs placed relative to the actor's
+    own: the update's stats and the optimizer steps taken."""
+    cfg = load_config(TINY, ["ppo.actor_lr=1e-3", "ppo.mini_batch_size=1", "ppo.micro_batch_size=1",
+                             f"ppo.target_kl={target}", f"ppo.kl_guard={guard}"])
+    torch.manual_seed(0)
+    actor = ActorRole(cfg)
+    b = _batch(0)
+    lp = actor.call("logprobs", b, {})[0]["logprobs"]
+    b["old_logprobs"], b["ref_logprobs"] = lp + old_shift, lp - ref_shift
+    stats = actor.call("update", b, {"step": 1})[1]
+    steps = {int(st["step"]) for st in actor.optimizer.state.values()}
+    assert len(steps) == 1
+    return stats, steps.pop()
+
+
+def test_kl_guard_stops_the_update_once_the_policy_leaves_the_reference():
+    # rollout policy == reference: after the first optimizer step the next mini-batch's KL is
+    # above 1e-4 nats and above its KL at rollout (0): the other three steps are skipped
+    stats, steps = _guarded_update(1.0, 0.0, 0.0)
+    assert (steps, stats["kl_guard_skipped"]) == (1, 3.0)
+    assert stats["grad_norm"] > 0
+    # off: every step taken, no metric
+    stats, steps = _guarded_update("null", 0.0, 0.0)
+    assert steps == 4 and "kl_guard_skipped" not in stats
+    # a limit far above the KL reached: nothing skipped
+    stats, steps = _guarded_update(1000, 0.0, 0.0, target=1.0)
+    assert (steps, stats["kl_guard_skipped"]) == (4, 0.0)
+
+
+def test_kl_guard_lets_a_policy_above_the_limit_move_back():
+    """The KL is 1 nat a token above the limit from the start, but the batch was sampled 2 nats
+    a token away (the update has moved the policy closer): no step is skipped."""
+    stats, steps = _guarded_update(1.0, 1.0, 1.0)
+    assert (steps, stats["kl_guard_skipped"]) == (4, 0.0)

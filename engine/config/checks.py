@@ -195,6 +195,12 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
         ctx.error(("ppo", "kl_coef_min"),
                   f"must be <= ppo.kl_coef_max ({_show(ppo.kl_coef_max)}) with the pi KL controller; "
                   f"got {_show(ppo.kl_coef_min)}", at=[("ppo", "kl_coef_max"), ("ppo", "kl_controller")])
+    if ctx.ok(("ppo", "kl_guard"), ("ppo", "target_kl"), ("ppo", "kl_controller")) \
+            and ppo.kl_guard is not None and ppo.target_kl <= 0 \
+            and ppo.kl_controller not in ("adaptive", "pi"):  # (those already say so)
+        ctx.error(("ppo", "target_kl"),
+                  f"must be > 0 with ppo.kl_guard (the guard stops at kl_guard * target_kl); "
+                  f"got {_show(ppo.target_kl)}", at=[("ppo", "kl_guard")])
     if ctx.ok(("ppo", "kl_controller"), ("ppo", "kl_in")) \
             and ppo.kl_controller == "pi" and ppo.kl_in == "loss":
         ctx.error(("ppo", "kl_controller"),

@@ -438,6 +438,16 @@ class PPOConfig:
                           ge=0, le=10)
     kl_coef_min: Float = key(1e-4, "pi controller: lower bound of kl_coef.", gt=0, le=100)
     kl_coef_max: Float = key(100.0, "pi controller: upper bound of kl_coef.", gt=0, le=1e6)
+    kl_guard: Optional[Float] = key(None, "Stop the actor's update of a batch early when the "
+                                          "policy has moved away from the reference: before each "
+                                          "optimizer step after a batch's first, the step is skipped "
+                                          "and the batch's update ends if the mini-batch's KL to the "
+                                          "reference (k1, summed per response, under the weights "
+                                          "being trained) is above kl_guard * target_kl and above "
+                                          "the same responses' KL at rollout. A multiple of "
+                                          "target_kl, e.g. 1.5; null = off. The metric "
+                                          "kl_guard_skipped counts the optimizer steps skipped.",
+                                   gt=0, le=1000)
     entropy_coef: Float = key(0.0, "Entropy bonus coefficient in the actor loss.", **_COEF)
     vf_coef: Float = key(0.1, "Value loss coefficient.", **_COEF)
     critic_trunk: Annotated[Literal["own", "reference"], Lower] = key(

@@ -363,7 +363,7 @@ class PPODriver:
         # 4. updates, concurrently, as one two-phase commit ----------------------------------
         t = time.perf_counter()
         actor_in = {**batch, "old_logprobs": old_lp, "advantages": adv}
-        if p.kl_in == "loss":
+        if p.kl_in == "loss" or p.kl_guard is not None:
             actor_in["ref_logprobs"] = ref_lp
         calls = {"actor": ("actor", "update", actor_in, {"step": step}, "update")}
         if not self.critic_free:

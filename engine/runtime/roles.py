@@ -518,18 +518,29 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
         P = tensors["query_ids"].shape[1]
         old_lp, adv = tensors["old_logprobs"].float(), tensors["advantages"].float()
         _check_finite(self.name, "update", advantages=adv[mask.bool()], old_logprobs=old_lp[mask.bool()])
-        ref_lp = tensors["ref_logprobs"].float() if p.kl_in == "loss" else None  # k3 KL in the loss
+        ref_all = tensors["ref_logprobs"].float() if "ref_logprobs" in tensors else None
+        ref_lp = ref_all if p.kl_in == "loss" else None  # k3 KL in the loss
+        # ppo.kl_guard: the KL to the reference (k1 per response) above which later optimizer
+        # steps of this batch are skipped, once the update has moved the policy further away
+        guard = p.kl_guard * p.target_kl if p.kl_guard is not None and ref_all is not None else None
+        skipped = 0
+        n_steps = p.epochs * len(_batches(B, p.mini_batch_size))
         self.model.train()
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "clipfrac", "dual_clipfrac", "approx_kl", "entropy", "grad_norm")}
         if ref_lp is not None:
             stats["kl_loss"] = []
+        done = 0
         for epoch in range(p.epochs):
+            if skipped:
+                break
             perm = torch.randperm(B, generator=step_generator(self.cfg.run.seed, step, 1 + epoch))
             for mb in _batches(B, p.mini_batch_size):
                 mb_idx = perm[mb]
                 self.optimizer.zero_grad(set_to_none=True)
                 n_mb = len(mb_idx)
                 micro = [mb_idx[mc] for mc in _batches(n_mb, p.micro_batch_size)]
+                kl_now = kl_then = 0.0  # summed k1 KL of this rank's rows: now, and at rollout
+                rows = 0
                 for idx, weight, scale in self.ranks.micro_parts(micro, n_mb, mask):
                     with self.amp():
                         lp, ent = sequence_logprobs(
@@ -537,6 +548,11 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
                             temperature=self.cfg.rollout.temperature, return_entropy=True,
                         )
                     m = self._to(mask[idx])
+                    if guard is not None and done:
+                        r = self._to(ref_all[idx])
+                        kl_now += float(((lp.detach().float() - r) * m).sum())
+                        kl_then += float(((self._to(old_lp[idx]) - r) * m).sum())
+                        rows += len(idx)
                     loss, st = A.policy_loss(
                         lp.float(), self._to(old_lp[idx]), self._to(adv[idx]), m,
                         clip_low=p.clip_low, clip_high=p.clip_high, clip_c=p.dual_clip_c,
@@ -554,14 +570,21 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
                     stats["entropy"].append(float(ent_mean.detach()) * scale)
                     for k in ("clipfrac", "dual_clipfrac", "approx_kl"):
                         stats[k].append(float(st.get(k, 0.0)) * scale)
+                if guard is not None and done:
+                    if self.ranks.any_true(kl_now > guard * max(rows, 1) and kl_now > kl_then):
+                        skipped = n_steps - done
+                        break
                 self.ranks.sync_grads(self.model)
                 gn = _full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip))
                 _check_finite(self.name, "update", grad_norm=gn)
                 stats["grad_norm"].append(float(gn))
                 self.optimizer.step()
+                done += 1
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         out = {k: (sum(v) / len(v) if v else 0.0) for k, v in stats.items()}
+        if guard is not None:
+            out["kl_guard_skipped"] = float(skipped)
         out["lr"] = self.scheduler.get_last_lr()[0]
         return {}, out
 
