@@ -301,8 +301,10 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, eos_
     k_cache, v_cache = [], []
     for layer in cache.layers:
         k, v = layer.keys, layer.values
-        kc = k.new_empty(k.shape[0], k.shape[1], total, k.shape[3])
-        vc = v.new_empty(v.shape[0], v.shape[1], total, v.shape[3])
+        # zeros, not empty: the compiled step attends over every slot under a mask, and a masked
+        # slot's weight of 0 times uninitialised memory that holds NaN is NaN
+        kc = k.new_zeros(k.shape[0], k.shape[1], total, k.shape[3])
+        vc = v.new_zeros(v.shape[0], v.shape[1], total, v.shape[3])
         kc[:, :, :P] = k
         vc[:, :, :P] = v
         k_cache.append(kc)
