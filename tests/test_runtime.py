@@ -294,9 +294,18 @@ def test_thread_plan_splits_cores_and_honours_the_config():
     assert p.generate == {"actor": 8}
     assert p.score == {"actor": 2, "reference": 2, "critic": 2, "reward": 2}
     assert p.update == {"actor": 4, "critic": 4}
+    assert not p.serial_score  # four passes on two threads each: the 8 cores, not more
     shared = ThreadPlan.make(load_config(TINY, ["ppo.critic_trunk=reference", "rollout.reuse_logprobs=true"]), cores=8)
-    assert shared.score == {"actor": 1, "reference": 8, "critic": 1, "reward": 1}
+    # the reference's pass on 8 threads and the reward's on 1 would ask for 9: one after the
+    # other instead, each on every core
+    assert shared.serial_score
+    assert shared.score == {"actor": 1, "reference": 8, "critic": 1, "reward": 8}
     assert shared.update == {"actor": 8, "critic": 1}
+    two = ThreadPlan.make(load_config(TINY), cores=2)  # three trunk passes and the reward on 2 cores
+    assert two.serial_score and two.score == {"actor": 2, "reference": 2, "critic": 2, "reward": 2}
+    # roles on GPUs keep scoring at once (their threads only feed the devices)
+    gpus = {"actor": ["cuda:0"], "reference": ["cuda:1"], "critic": ["cuda:2"], "reward": ["cuda:3"]}
+    assert not ThreadPlan.make(load_config(TINY), cores=2, devices=gpus).serial_score
     cfg = load_config(TINY, ["critic.threads=3"])
     p = ThreadPlan.make(cfg, cores=8)
     assert p.score["critic"] == 3 and p.update["critic"] == 3 and p.update["actor"] == 4
@@ -313,7 +322,10 @@ def test_critic_as_a_head_on_the_reference_trunk(runs_dir, cleanup_runs):
 
     cfg = load_config(TINY, ["ppo.critic_trunk=reference", "ppo.critic_lr=1e-2", "ppo.epochs=4"])
     plan = ThreadPlan.make(cfg, cores=8)
-    assert plan.update == {"actor": 8, "critic": 1} and plan.score["reference"] == 4
+    assert plan.update == {"actor": 8, "critic": 1}
+    # the actor's and the reference's passes on 4 threads each and the reward's on 1 would ask
+    # for 9 of the 8 cores: one after the other, each on every core
+    assert plan.serial_score and plan.score["reference"] == 8
     ref, critic = ReferenceRole(cfg), CriticRole(cfg)
     assert sum(p.numel() for p in critic.model.parameters()) == ref.model.config.hidden_size + 1
     g = torch.Generator().manual_seed(0)

@@ -78,9 +78,14 @@ class ThreadPlan:
     generate: dict[str, int] = field(default_factory=dict)
     score: dict[str, int] = field(default_factory=dict)
     update: dict[str, int] = field(default_factory=dict)
+    # the scoring passes one after another, each on every core: set when running them at once
+    # would ask for more threads than there are cores (on 2 cores, the reference's pass and the
+    # reward model's then slow each other down more than running in turn costs)
+    serial_score: bool = False
 
     @classmethod
-    def make(cls, cfg: RunConfig, cores: Optional[int] = None) -> "ThreadPlan":
+    def make(cls, cfg: RunConfig, cores: Optional[int] = None,
+             devices: Optional[dict[str, list[str]]] = None) -> "ThreadPlan":
         from engine.config import explicit_threads
 
         cores = cores or available_cores()
@@ -113,6 +118,10 @@ class ThreadPlan:
             plan.score = {r: (max(1, cores // len(heavy)) if r in heavy else 1) for r in ROLES}
         if shared or no_critic:  # a head's update, or none: the actor's gets every core
             plan.update = {"actor": cores, "critic": 1}
+        scoring = set(heavy) | {"reward"}  # the roles the scoring phase calls at once
+        if sum(plan.score[r] for r in scoring) > cores and all(_on_cpu(cfg, r, devices) for r in scoring):
+            plan.serial_score = True
+            plan.score.update({r: cores for r in scoring})
         for r in ROLES:
             n = explicit_threads(cfg, r)
             if n:
@@ -120,6 +129,15 @@ class ThreadPlan:
                     if r in phase or phase is plan.score:
                         phase[r] = int(n)
         return plan
+
+
+def _on_cpu(cfg: RunConfig, role: str, devices: Optional[dict[str, list[str]]]) -> bool:
+    """Whether ``role`` computes on the CPU: from the device plan when there is one, else from
+    its config (``auto`` is the CPU where no CUDA device is visible)."""
+    if devices and role in devices:
+        return all(str(d).startswith("cpu") for d in devices[role])
+    dev = str(getattr(cfg, role).device)
+    return dev == "cpu" or (dev == "auto" and not torch.cuda.is_available())
 
 
 def _mean(xs):
@@ -160,8 +178,8 @@ class PPODriver:
             raise first_err
         return out
 
-    def _run_phase(self, calls: dict[str, tuple]) -> dict[str, tuple]:
-        if self.concurrent:
+    def _run_phase(self, calls: dict[str, tuple], serial: bool = False) -> dict[str, tuple]:
+        if self.concurrent and not serial:
             return self._gather({k: self._call(*c) for k, c in calls.items()})
         return {k: self._gather({k: self._call(*c)})[k] for k, c in calls.items()}
 
@@ -315,7 +333,7 @@ class PPODriver:
             del calls["val"]
         if gen_lp is not None:
             del calls["old"]
-        res = self._run_phase(calls)
+        res = self._run_phase(calls, serial=self.threads.serial_score)
         if gen_lp is not None:
             res["old"] = ({"logprobs": gen_lp}, {}, 0.0)
         critic_in = batch

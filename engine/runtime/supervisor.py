@@ -745,7 +745,7 @@ class Supervisor:
 
         # workers ---------------------------------------------------------------------------
         ctx = mp.get_context("spawn")
-        plan = ThreadPlan.make(cfg)
+        plan = ThreadPlan.make(cfg, devices=devices)
         t0 = time.perf_counter()
         groups = worker_groups(cfg)
         threads = [max(plan.generate.get(r, 1) for r in group) if group else 1 for group in groups]
