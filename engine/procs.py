@@ -1,5 +1,6 @@
-"""Processes and cores: is a process alive and when did it start (through psutil), and how
-many CPU cores this process may use. The one place that asks.
+"""Processes and cores: is a process alive and when did it start, whose child is it (through
+psutil), how many CPU cores this process may use, and a process that dies with its parent. The
+one place that asks.
 
 A zombie counts as dead (its exit status is waiting for a parent that may never read it); a
 process owned by another user counts as alive.
@@ -49,3 +50,30 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - no sched_getaffinity (macOS)
         return max(1, os.cpu_count() or 1)
+
+
+def parent_pid(pid: Optional[int]) -> Optional[int]:
+    """The parent's pid of a live process; None when it is gone (or a zombie) or cannot be read."""
+    try:
+        p = psutil.Process(int(pid or 0))
+        if p.status() in _GONE:
+            return None
+        return p.ppid()
+    except (psutil.Error, TypeError, ValueError):
+        return None
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent ends (``PR_SET_PDEATHSIG``).
+
+    The parent is the thread that created this process; a caller checks ``os.getppid()`` after
+    this, since a parent that ended before it took effect is no longer the parent."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:  # pragma: no cover - not Linux
+        pass

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from engine.client import Run, RunError
+from engine.procs import parent_pid
 from engine.runtime.control import ControlClient
 from tests.conftest import ROOT, TINY, assert_run_clean, run_processes_gone, run_segments, start_tiny
 
@@ -134,8 +135,14 @@ def test_supervisor_sigkill_leaves_nothing_running_and_stale_segments_are_reaped
     sup = run.info["supervisor_pid"]
     segs = run_segments(run)
     assert segs, "a running run keeps segments"
+    # every role is on the CPU: the workers are forks of the supervisor's fork server (not
+    # interpreters that import torch and transformers again), which is the supervisor's child
+    workers = list(run.info["pids"].values())
+    servers = {parent_pid(w) for w in workers}
+    assert len(servers) == 1 and sup not in servers and parent_pid(servers.pop()) == sup, \
+        f"workers {workers}: parents {[parent_pid(w) for w in workers]}, supervisor {sup}"
     os.kill(sup, signal.SIGKILL)
-    # workers die with their parent (PR_SET_PDEATHSIG)
+    # the fork server dies with the supervisor, the workers with the fork server (PR_SET_PDEATHSIG)
     assert run_processes_gone(run, timeout=30) == []
     assert run.state == "dead"
     # the next rlhf-console start removes the orphaned segments and says so
@@ -145,6 +152,16 @@ def test_supervisor_sigkill_leaves_nothing_running_and_stale_segments_are_reaped
     assert "stale shared-memory segment" in out.stderr
     assert run_segments(run) == []
     assert "dead" in out.stdout
+
+
+def test_workers_on_a_gpu_are_spawned():
+    """CUDA must never be initialised in a process that forks: a plan with a GPU (or no plan, the
+    Ray backend's) gets spawn; a CPU plan's fork server is checked above."""
+    from engine.runtime.worker import worker_context
+
+    assert worker_context({"actor": ["cuda:0"], "reward": ["cpu"]}).get_start_method() == "spawn"
+    assert worker_context({"actor": ["cpu", "cuda:1"]}).get_start_method() == "spawn"
+    assert worker_context(None).get_start_method() == "spawn"
 
 
 def test_sighup_of_the_launching_session_does_not_stop_training(runs_dir, cleanup_runs):

@@ -14,9 +14,10 @@ from typing import Optional
 
 
 def _probe_main(config_yaml: str, spec: str, conn, ppid: int) -> None:
-    from engine.runtime.worker import _die_with_parent, quiet_hf_logging
+    from engine.procs import die_with_parent
+    from engine.runtime.worker import quiet_hf_logging
 
-    _die_with_parent()
+    die_with_parent()
     import os
 
     if os.getppid() != ppid:

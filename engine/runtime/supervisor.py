@@ -1,9 +1,9 @@
 """The supervisor: one per run, the single PPO controller.
 
-It starts the role workers (``spawn``), drives PPO steps, writes the run directory, serves the
-control socket, honours pause/stop/checkpoint/swap-reward at step boundaries, survives the
-terminal going away (it runs in its own session when detached), and cleans up shared memory and
-processes on every exit path.
+It starts the role workers (``spawn``; forks of a fork server when every role is on the CPU),
+drives PPO steps, writes the run directory, serves the control socket, honours
+pause/stop/checkpoint/swap-reward at step boundaries, survives the terminal going away (it runs
+in its own session when detached), and cleans up shared memory and processes on every exit path.
 
 Detached start: ``python -m engine.runtime.supervisor RUN_DIR [--resume]``.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import random
 import shutil
@@ -43,7 +42,7 @@ from engine.runtime.driver import (
 from engine.runtime.ranks import group_world_size
 from engine.runtime.roles import NonFiniteError, capture_rng, restore_rng
 from engine.runtime.rundir import RunDir, reap_stale_checkpoint_tmp, write_error_cause
-from engine.runtime.worker import WorkerError, WorkerHandle
+from engine.runtime.worker import WorkerError, WorkerHandle, worker_context
 
 
 def worker_groups(cfg: RunConfig) -> list[list[str]]:
@@ -744,7 +743,6 @@ class Supervisor:
         random.seed(cfg.run.seed)
 
         # workers ---------------------------------------------------------------------------
-        ctx = mp.get_context("spawn")
         plan = ThreadPlan.make(cfg, devices=devices)
         t0 = time.perf_counter()
         groups = worker_groups(cfg)
@@ -765,6 +763,8 @@ class Supervisor:
                 self._finish("failed", failure=f"ray: {e}")
                 return 1
         else:
+            lora = any(getattr(getattr(cfg, r), "lora", None) for r in ("actor", "critic"))
+            ctx = worker_context(devices, preload=["peft"] if lora else [])
             init = {r: f"tcp://127.0.0.1:{free_tcp_port()}" for r in active_roles(cfg) if world_size(cfg, r) > 1}
             for group, rank, wcfg in specs:
                 W = group_world_size(cfg, group)

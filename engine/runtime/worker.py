@@ -12,7 +12,6 @@ request (outputs, listed in "release") says it has been read, so views are zero-
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -20,21 +19,66 @@ import threading
 import time
 import traceback
 from concurrent.futures import Future
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
 from engine import transport
+from engine.procs import die_with_parent, parent_pid
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent (the supervisor) dies."""
+def worker_context(devices: Optional[dict] = None, preload: Sequence[str] = ()):
+    """The ``multiprocessing`` context that starts a run's role workers.
+
+    A run whose roles are all on the CPU (``devices``: the device plan, role -> devices) gets a
+    fork server that imports torch, transformers and the engine's role code once
+    (``engine.runtime.forkserver``, then the modules in ``preload``): each worker is a fork of
+    it instead of a fresh interpreter that imports them again (about 3.5 s of CPU a worker, most
+    of the start of a small run on 2 cores). The server is started here, so that it imports
+    while the supervisor gets on with its own start. A run with a role on a GPU, or a platform
+    without a fork server, gets ``spawn``: CUDA must never be initialised in a process that
+    forks.
+    """
+    import multiprocessing as mp
+
+    cpu_only = bool(devices) and all(str(d) == "cpu" for ds in devices.values() for d in ds)
+    if not cpu_only or "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["engine.runtime.forkserver", *preload])  # no effect once it runs
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:  # pragma: no cover - not Linux
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+    except Exception:  # noqa: BLE001 - a worker's start says what is wrong, or falls back to spawn
         pass
+    return ctx
+
+
+def _supervisor_is_up(ppid: int) -> bool:
+    """This process's parent is the supervisor ``ppid`` (spawn), or the fork server that is the
+    supervisor's child (forkserver). Called after ``die_with_parent``: a parent that ended before
+    that took effect is no longer the parent (this process, or the fork server, was re-parented)."""
+    parent = os.getppid()
+    return parent == ppid or parent_pid(parent) == ppid
+
+
+def _forked_worker_main(*args, **kwargs) -> None:
+    """``worker_main`` in a fork of the fork server. The server ends its children with
+    ``os._exit``: the atexit hooks (the arena's cleanup among them) and the flush of stdout and
+    stderr happen here, as they do at the end of a spawned worker."""
+    try:
+        worker_main(*args, **kwargs)
+    finally:
+        import atexit
+        import sys
+
+        atexit._run_exitfuncs()
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
 
 
 def quiet_hf_logging() -> None:
@@ -80,14 +124,21 @@ def _output_to(log_path: Optional[str]) -> None:
 
 def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_tag: str,
                 threads: int, ppid: int, log_path: Optional[str] = None,
-                rank: Optional[dict] = None) -> None:
-    """Entry point of a worker process (spawned). Hosts ``roles`` until told to exit.
+                rank: Optional[dict] = None, env: Optional[dict] = None) -> None:
+    """Entry point of a worker process (spawned, or forked by the fork server of
+    :func:`worker_context`). Hosts ``roles`` until told to exit.
 
     ``rank`` (a role with world_size > 1): ``{"rank", "world_size", "init_method"}``; the
-    process joins that torch.distributed group before it builds its role."""
-    _die_with_parent()
-    if os.getppid() != ppid:  # the parent died before prctl took effect
+    process joins that torch.distributed group before it builds its role. ``env``: the
+    supervisor's environment when the worker is forked (a fork server keeps the one it was
+    started with)."""
+    die_with_parent()  # the supervisor, or the fork server, which dies with the supervisor
+    if not _supervisor_is_up(ppid):  # it died before prctl took effect
         os._exit(1)
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the fork server ignores it; a worker does not
     _output_to(log_path)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     torch.set_num_threads(max(1, threads))
@@ -200,14 +251,20 @@ class WorkerHandle:
         self.label = "+".join(roles) + (f"[{rank['rank']}]" if rank else "")
         self.threads = threads
         self.cuda_ipc = cuda_ipc
-        self._conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(
-            target=worker_main, name=f"rlhf-{self.label}",
-            args=(roles, config_yaml, child, owner_pid, run_tag, threads, os.getpid()),
-            kwargs={"log_path": log_path, "rank": rank}, daemon=True,
-        )
-        self.process.start()
-        child.close()
+        self.start_method = ctx.get_start_method()
+        args = (roles, config_yaml, None, owner_pid, run_tag, threads, os.getpid())
+        kwargs = {"log_path": log_path, "rank": rank}
+        try:
+            self._start(ctx, args, kwargs)
+        except (OSError, EOFError):
+            if self.start_method != "forkserver":
+                raise
+            import multiprocessing as mp
+
+            if getattr(self, "_conn", None) is not None:
+                self._conn.close()
+            # the fork server did not start or answer: this worker is spawned instead
+            self._start(mp.get_context("spawn"), args, kwargs)
         self._lock = threading.Lock()
         self._pending: dict[int, tuple] = {}
         self._next = 1
@@ -218,6 +275,20 @@ class WorkerHandle:
         self.dead_reason: Optional[str] = None
         self._reader = threading.Thread(target=self._read_loop, name=f"reader-{self.label}", daemon=True)
         self._reader.start()
+
+    def _start(self, ctx, args: tuple, kwargs: dict) -> None:
+        self.start_method = ctx.get_start_method()
+        forked = self.start_method == "forkserver"
+        self._conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(
+            target=_forked_worker_main if forked else worker_main, name=f"rlhf-{self.label}",
+            args=(*args[:2], child, *args[3:]),
+            kwargs={**kwargs, "env": dict(os.environ) if forked else None}, daemon=True,
+        )
+        try:
+            self.process.start()
+        finally:
+            child.close()
 
     # -------------------------------------------------------------------------------------
     def wait_ready(self, timeout: Optional[float] = None) -> dict:
