@@ -742,6 +742,10 @@ class Supervisor:
         torch.manual_seed(cfg.run.seed)
         random.seed(cfg.run.seed)
 
+        # the actor's tokenizer and the prompts are read on another core while the workers load;
+        # an error there is raised where it always was, once the workers are up
+        prompts = _in_thread("prompts", lambda: _tokenizer_and_prompts(cfg))
+
         # workers ---------------------------------------------------------------------------
         plan = ThreadPlan.make(cfg, devices=devices)
         t0 = time.perf_counter()
@@ -805,11 +809,7 @@ class Supervisor:
             self.log("ray: " + ", ".join(f"{h.label} on node {(h.node_id or '?')[:12]} (pid {h.pid})"
                                          for h in self.workers))
 
-        from engine.data import prompt_stream
-        from engine.models import load_tokenizer
-
-        tokenizer = load_tokenizer(resolve_role_model(cfg, "actor"))
-        stream = prompt_stream(cfg, tokenizer)
+        tokenizer, stream = prompts.result()
         self._prompts, self._tokenizer = list(stream.prompts), tokenizer
         reg = self._registry()
         if not reg["versions"]:
@@ -1262,6 +1262,28 @@ class Supervisor:
         if state != "paused":
             extra = {"pause_info": None, **extra}
         self.write_state(state=state, step=self.step, **extra)
+
+
+def _tokenizer_and_prompts(cfg: RunConfig):
+    from engine.data import prompt_stream
+    from engine.models import load_tokenizer
+
+    tokenizer = load_tokenizer(resolve_role_model(cfg, "actor"))
+    return tokenizer, prompt_stream(cfg, tokenizer)
+
+
+def _in_thread(name: str, fn: Callable[[], object]) -> Future:
+    """``fn()`` in a daemon thread; its result, or its exception, in the returned future."""
+    fut: Future = Future()
+
+    def run() -> None:
+        try:
+            fut.set_result(fn())
+        except BaseException as e:  # noqa: BLE001 - raised by fut.result() in the caller
+            fut.set_exception(e)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return fut
 
 
 class _WorkerDied(WorkerError):
