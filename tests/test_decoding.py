@@ -283,7 +283,9 @@ def test_config_keys():
 
     cfg = load_config("tiny")
     assert cfg.rollout.decoder == "static" and cfg.rollout.compile_decoder is False  # tiny lists static
-    assert load_config("default").rollout.decoder == "hf"
+    default = load_config("default")  # the embedded default decodes with the static loop too
+    assert default.rollout.decoder == "static" and default.rollout.reuse_logprobs
+    assert validate_text("").ok and load_config("default", ["rollout.decoder=hf"]).rollout.decoder == "hf"
     res = validate_text("rollout:\n  decoder: hf\n  compile_decoder: true\n")
     assert res.ok
     assert any(n.path == "rollout.compile_decoder" and "not static" in n.message for n in res.notices)
