@@ -94,7 +94,9 @@ def test_critic_free_run_stops_and_resumes(runs_dir, cleanup_runs):
     """A grpo run has no critic in its checkpoints, and resumes from them."""
     from engine.client import launch
 
-    run = launch(TINY, [f"run.output_dir={runs_dir}", "run.steps=3", "ppo.estimator=grpo", "rollout.n=2",
+    # 8 steps: the stop request must land before the run ends (workers forked from a preloaded
+    # fork server made 3 tiny steps fast enough to finish first)
+    run = launch(TINY, [f"run.output_dir={runs_dir}", "run.steps=8", "ppo.estimator=grpo", "rollout.n=2",
                         "rollout.batch_size=2", "ppo.mini_batch_size=2", "ppo.micro_batch_size=2",
                         "runtime.colocate=true", "checkpoint.every=0"])
     cleanup_runs.append(run)
@@ -103,10 +105,10 @@ def test_critic_free_run_stops_and_resumes(runs_dir, cleanup_runs):
     assert run.wait(timeout=120) == "stopped"
     k = run.info["step"]
     ck = run.dir.latest_checkpoint()
-    assert ck is not None and ck.name == f"step_{k}"
+    assert k < 8 and ck is not None and ck.name == f"step_{k}"
     assert (ck / "actor").is_dir() and not (ck / "critic").exists()
     run.restart()
     assert run.wait(timeout=300) == "finished", run.info.get("failure")
     steps = [m["step"] for m in read_jsonl(run.dir.metrics)]
-    assert steps == [1, 2, 3] and run.dir.latest_checkpoint().name == "step_3"
+    assert steps == list(range(1, 9)) and run.dir.latest_checkpoint().name == "step_8"
     assert not (run.dir.latest_checkpoint() / "critic").exists()
