@@ -136,8 +136,12 @@ def _on_cpu(cfg: RunConfig, role: str, devices: Optional[dict[str, list[str]]]) 
     its config (``auto`` is the CPU where no CUDA device is visible)."""
     if devices and role in devices:
         return all(str(d).startswith("cpu") for d in devices[role])
-    dev = str(getattr(cfg, role).device)
-    return dev == "cpu" or (dev == "auto" and not torch.cuda.is_available())
+    from engine.models import ModelLoadError, resolve_device
+
+    try:
+        return resolve_device(getattr(cfg, role).device).type == "cpu"
+    except ModelLoadError:  # a GPU that is not there: not the CPU (the role says so when it loads)
+        return False
 
 
 def _mean(xs):
