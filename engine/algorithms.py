@@ -663,9 +663,10 @@ class PIKLController:
 
     acts_on_current = True
     RELEASE = 0.1  # the integral's rate below target during warm-up, relative to ki
+    BAND = 1.5     # the band's upper edge, relative to target_kl (band_gain acts above it)
 
     def __init__(self, init_kl_coef: float, target_kl: float, ki: float, kp: float,
-                 coef_min: float, coef_max: float):
+                 coef_min: float, coef_max: float, band_gain: float = 0.0):
         if not target_kl > 0:
             raise ValueError(f"target_kl must be > 0, got {target_kl}")
         if not 0 < coef_min <= coef_max:
@@ -674,6 +675,9 @@ class PIKLController:
             raise ValueError(f"gains must be >= 0, got ki={ki}, kp={kp}")
         self.target_kl = float(target_kl)
         self.ki, self.kp = float(ki), float(kp)
+        if band_gain < 0:
+            raise ValueError(f"band_gain must be >= 0, got {band_gain}")
+        self.band_gain = float(band_gain)
         self.coef_min, self.coef_max = float(coef_min), float(coef_max)
         self.z = math.log(min(max(float(init_kl_coef), self.coef_min), self.coef_max))
         self.value = math.exp(self.z)
@@ -686,17 +690,21 @@ class PIKLController:
             raise ValueError(f"KL must be finite, got {kl}")
         e = min(max(math.log(max(kl, 1e-8) / self.target_kl), -1.0), 1.0)
         self.reached = self.reached or e >= 0
+        # above the band's upper edge the error counts (1 + band_gain) x: a fast climb back
+        # that leaves the error inside the band (and so the mean it settles at) untouched
+        out = min(max(math.log(max(kl, 1e-8) / (self.BAND * self.target_kl)), 0.0), 1.0)
+        e_eff = e + self.band_gain * out
         rate = self.ki if self.reached else (
             self.ki * self.RELEASE if self.ema is not None and kl <= self.ema else 0.0)
         if rate:
-            self.z = min(max(self.z + rate * e, math.log(self.coef_min)), math.log(self.coef_max))
-        self.value = min(max(math.exp(self.z + self.kp * e), self.coef_min), self.coef_max)
+            self.z = min(max(self.z + rate * e_eff, math.log(self.coef_min)), math.log(self.coef_max))
+        self.value = min(max(math.exp(self.z + self.kp * e_eff), self.coef_min), self.coef_max)
         self.ema = kl if self.ema is None else 0.5 * self.ema + 0.5 * kl
         return self.value
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": "pi", "value": self.value, "z": self.z, "ema": self.ema, "reached": self.reached,
-                "target_kl": self.target_kl, "ki": self.ki, "kp": self.kp,
+                "target_kl": self.target_kl, "ki": self.ki, "kp": self.kp, "band_gain": self.band_gain,
                 "coef_min": self.coef_min, "coef_max": self.coef_max}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -704,7 +712,7 @@ class PIKLController:
         self.z = float(d["z"]) if "z" in d else math.log(self.value)
         self.ema = None if d.get("ema") is None else float(d["ema"])
         self.reached = bool(d.get("reached", False))
-        for k in ("target_kl", "ki", "kp", "coef_min", "coef_max"):
+        for k in ("target_kl", "ki", "kp", "band_gain", "coef_min", "coef_max"):
             if k in d:
                 setattr(self, k, float(d[k]))
 

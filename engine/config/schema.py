@@ -437,6 +437,12 @@ class PPOConfig:
     kl_pi_kp: Float = key(0.5, "pi controller: proportional gain, ln(kl_coef) of the batch moves by "
                                "kp * ln(KL / target_kl) (clipped to [-1, 1]) on top of the integral.",
                           ge=0, le=10)
+    kl_pi_band_gain: Float = key(0.0, "pi controller: above 1.5 * target_kl (the band's upper "
+                                      "edge) the error counts this much more, so the coefficient "
+                                      "climbs back faster after an overshoot: the integral and the "
+                                      "proportional term move by (1 + band_gain) * ln(KL / "
+                                      "(1.5 * target_kl)) beyond the usual term; 0 = off.",
+                                 ge=0, le=100)
     kl_coef_min: Float = key(1e-4, "pi controller: lower bound of kl_coef.", gt=0, le=100)
     kl_coef_max: Float = key(100.0, "pi controller: upper bound of kl_coef.", gt=0, le=1e6)
     kl_guard: Optional[Float] = key(None, "Stop the actor's update of a batch early when the "

@@ -98,7 +98,7 @@ def make_kl_controller(cfg: RunConfig):
         return AdaptiveKLController(p.kl_coef, p.target_kl, p.kl_horizon)
     if p.kl_controller == "pi":
         return PIKLController(p.kl_coef, p.target_kl, ki=p.kl_pi_ki, kp=p.kl_pi_kp,
-                              coef_min=p.kl_coef_min, coef_max=p.kl_coef_max)
+                              coef_min=p.kl_coef_min, coef_max=p.kl_coef_max, band_gain=p.kl_pi_band_gain)
     return FixedKLController(p.kl_coef)
 
 
