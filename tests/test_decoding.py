@@ -215,6 +215,53 @@ def test_autocast_bf16_copy_gives_the_autocast_tokens(model, tok, batch):
             torch.testing.assert_close(h2, h1, atol=1e-5, rtol=1e-5)
 
 
+def _bf16_packs() -> bool:
+    """Whether oneDNN can pack a bf16 weight on this CPU (it needs AVX-512 at least)."""
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=torch.bfloat16), 2)
+        return torch.backends.mkldnn.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.mark.skipif(not _bf16_packs(), reason="oneDNN cannot pack bf16 weights on this CPU")
+def test_prepacked_bf16_copy_gives_the_same_bits(model, tok, batch, monkeypatch):
+    """Under bf16 autocast the loop's 16-bit copy is prepacked into oneDNN's layout: the layers
+    really hold packed weights, and tokens and hidden states are the same bits as with the
+    plain 16-bit matmuls."""
+    ids, am = batch
+    assert D._layers(model, torch.bfloat16, rows=len(ids))[0].q.packed is not None
+    assert D._layers(model, None, rows=len(ids))[0].q.packed is None  # float32: never packed
+    kw = dict(max_new_tokens=8, decoder="static", return_hidden=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for seed in (0, 3):
+            packed = generate(model, tok, ids, am, generator_seed=seed, **kw)
+            monkeypatch.setattr(D, "PACK", False)
+            plain = generate(model, tok, ids, am, generator_seed=seed, **kw)
+            monkeypatch.setattr(D, "PACK", True)
+            assert torch.equal(packed[0], plain[0])
+            assert torch.equal(packed[2], plain[2])
+
+
+def test_packing_failure_warns_once_and_decodes_plain(model, tok, batch, monkeypatch):
+    """Where oneDNN's packing op fails, the first call warns, packing stays off and the step
+    uses plain matmuls: the same tokens as model.generate under autocast."""
+    def broken(*a, **k):
+        raise RuntimeError("no oneDNN here")
+
+    ids, am = batch
+    monkeypatch.setattr(D, "PACK", True)
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", broken)
+    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = generate(model, tok, ids, am, max_new_tokens=6, decoder="static", generator_seed=1)
+        again = generate(model, tok, ids, am, max_new_tokens=6, decoder="static", generator_seed=1)
+        hf = generate(model, tok, ids, am, max_new_tokens=6, decoder="hf", generator_seed=1)
+    assert D.PACK is False
+    assert sum("prepacking is unavailable" in str(w.message) for w in caught) == 1
+    assert torch.equal(got[0], hf[0]) and torch.equal(again[0], hf[0])
+
+
 def test_compile_failure_falls_back_to_eager_once(model, tok, batch, monkeypatch):
     """With no usable C++ compiler for inductor, compile=True warns once and decodes eagerly,
     giving the eager tokens."""
