@@ -1,6 +1,6 @@
 """The floor of one decoding step at batch 8 on this machine: the memory bandwidth, and the
 projections of SmolLM2-135M's 30 layers and its head as bare matmuls (random weights, bf16 and
-float32), best of 7 on 2 threads.
+float32; bf16 prepacked for oneDNN; int8 weights), best of 7 on 2 threads.
 
     python scripts/bench_decode_floor.py
 
@@ -9,6 +9,7 @@ See docs/performance.md ("The decoding floor").
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,37 @@ def main() -> None:
         t = best(step)
         print(f"one step's matmuls, {str(dtype).removeprefix('torch.')}, batch 8: {t * 1e3:.1f} ms "
               f"for {nbytes / 1e6:.0f} MB of weights -> {nbytes / t / 1e9:.1f} GB/s")
+        if dtype == torch.bfloat16:
+            try:  # the weights laid out once for oneDNN (what engine/decoding.py does)
+                packed = [torch.ops.mkldnn._reorder_linear_weight(w, 8) for w in ws]
+
+                def packed_step():
+                    for w, p in zip(ws, packed):
+                        torch.ops.mkldnn._linear_pointwise(xi if w.shape[1] == INTER else x, p, None,
+                                                           "none", [], "")
+
+                print(f"one step's matmuls, bfloat16 prepacked for oneDNN, batch 8: {best(packed_step) * 1e3:.1f} ms")
+            except Exception as e:  # noqa: BLE001
+                print(f"bfloat16 prepacking unavailable here: {e!r}")
+        if dtype == torch.float32:
+            try:  # int8 weights (per-row scales), activations quantised on the fly (fbgemm)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    q8 = []
+                    for w in ws:
+                        scale = (w.abs().amax(dim=1) / 127).double()
+                        q = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0,
+                                                       torch.qint8)
+                        q8.append(torch.ops.quantized.linear_prepack(q, None))
+
+                def int8_step():
+                    for w, p in zip(ws, q8):
+                        torch.ops.quantized.linear_dynamic(xi if w.shape[1] == INTER else x, p, True)
+
+                print(f"one step's matmuls, int8 weights (fbgemm dynamic), batch 8: {best(int8_step) * 1e3:.1f} ms "
+                      f"for {nbytes / 4e6:.0f} MB of weights")
+            except Exception as e:  # noqa: BLE001
+                print(f"int8 dynamic matmuls unavailable here: {e!r}")
 
 
 if __name__ == "__main__":
