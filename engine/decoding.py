@@ -26,6 +26,7 @@ step only up to rounding.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 import weakref
@@ -152,6 +153,26 @@ def _pack(w: torch.Tensor, rows: int) -> Optional[torch.Tensor]:
         warnings.warn(f"decoding: oneDNN weight prepacking is unavailable here ({e!r}); "
                       f"the decoding step uses plain matmuls", RuntimeWarning, stacklevel=2)
         return None
+
+
+@contextlib.contextmanager
+def _projections_from(model, layers: list["_Layer"]):
+    """While inside, each of ``model``'s layer projections that has a packed copy in
+    ``layers`` runs on it (an instance ``forward``), so a pass through the model's own trunk
+    uses the packed weights; the modules are restored on exit, whatever happens."""
+    patched = []
+    try:
+        for layer, L in zip(model.model.layers, layers):
+            a, m = layer.self_attn, layer.mlp
+            for mod, proj in ((a.q_proj, L.q), (a.k_proj, L.k), (a.v_proj, L.v), (a.o_proj, L.o),
+                              (m.gate_proj, L.gate), (m.up_proj, L.up), (m.down_proj, L.down)):
+                if proj.packed is not None:
+                    mod.forward = proj
+                    patched.append(mod)
+        yield
+    finally:
+        for mod in patched:
+            del mod.forward
 
 
 @dataclass
@@ -336,10 +357,14 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, eos_
     eos_t = torch.tensor(list(eos_ids), device=dev)
     vocab = model.lm_head.weight.shape[0]
     eos_mask = torch.isin(torch.arange(vocab, device=dev), eos_t)
-    # prefill through the model's own trunk (the same call transformers makes), then move its
-    # keys and values into buffers that hold the whole response
-    out = model.model(input_ids=input_ids, attention_mask=attention_mask if padded else None,
-                      position_ids=positions, use_cache=True)
+    cast = _autocast_dtype(dev) if low_precision_copy else None
+    layers = _layers(model, cast, rows=B)
+    # prefill through the model's own trunk (the same call transformers makes), its projections
+    # on the packed copy where there is one (the same bits as autocast's), then move its keys
+    # and values into buffers that hold the whole response
+    with _projections_from(model, layers):
+        out = model.model(input_ids=input_ids, attention_mask=attention_mask if padded else None,
+                          position_ids=positions, use_cache=True)
     hidden = out.last_hidden_state[:, -1]
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     use_compile = bool(compile) and model not in _COMPILE_FAILED
@@ -358,8 +383,7 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, eos_
         k_cache.append(kc)
         v_cache.append(vc)
     del out, cache
-    cast = _autocast_dtype(dev) if low_precision_copy else None
-    step = _Stepper(model, _layers(model, cast, rows=B), k_cache, v_cache)
+    step = _Stepper(model, layers, k_cache, v_cache)
     mask_full = None
     if padded or use_compile:
         mask_full = torch.zeros(B, 1, 1, total, dtype=torch.bool, device=dev)

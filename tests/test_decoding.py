@@ -226,9 +226,9 @@ def _bf16_packs() -> bool:
 
 @pytest.mark.skipif(not _bf16_packs(), reason="oneDNN cannot pack bf16 weights on this CPU")
 def test_prepacked_bf16_copy_gives_the_same_bits(model, tok, batch, monkeypatch):
-    """Under bf16 autocast the loop's 16-bit copy is prepacked into oneDNN's layout: the layers
-    really hold packed weights, and tokens and hidden states are the same bits as with the
-    plain 16-bit matmuls."""
+    """Under bf16 autocast the loop's 16-bit copy is prepacked into oneDNN's layout (also for
+    the prefill through the model's trunk): the layers really hold packed weights, and tokens
+    and hidden states are the same bits as with the plain 16-bit matmuls."""
     ids, am = batch
     assert D._layers(model, torch.bfloat16, rows=len(ids))[0].q.packed is not None
     assert D._layers(model, None, rows=len(ids))[0].q.packed is None  # float32: never packed
@@ -241,6 +241,16 @@ def test_prepacked_bf16_copy_gives_the_same_bits(model, tok, batch, monkeypatch)
             monkeypatch.setattr(D, "PACK", True)
             assert torch.equal(packed[0], plain[0])
             assert torch.equal(packed[2], plain[2])
+    # the prefill ran the model's own projections on the packed copy; they are restored after,
+    # also when the pass fails
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert "forward" not in vars(q_proj)
+    layers = D._layers(model, torch.bfloat16, rows=len(ids))
+    with pytest.raises(RuntimeError, match="boom"):
+        with D._projections_from(model, layers):
+            assert vars(q_proj)["forward"] is layers[0].q
+            raise RuntimeError("boom")
+    assert "forward" not in vars(q_proj)
 
 
 def test_packing_failure_warns_once_and_decodes_plain(model, tok, batch, monkeypatch):
