@@ -133,26 +133,43 @@ class _Proj:
         return F.linear(x, self.weight, self.bias)
 
 
-# set False to turn prepacking off (the tests compare both); a platform whose oneDNN cannot
-# pack sets it False on the first failure, with a warning
+# set False to turn prepacking off (the tests compare both); a platform where oneDNN cannot
+# pack, or where the packed matmul does not give the plain one's bits, sets it False on the
+# first try, with a warning
 PACK = True
+_PROBED = False
+
+
+def _probe() -> None:
+    """Once per process: pack a small bf16 weight and check that the packed matmul gives the
+    same bits as ``F.linear`` (so an internal op that changed or is missing turns packing off
+    instead of failing a rollout)."""
+    global PACK, _PROBED
+    _PROBED = True
+    try:
+        if not torch.backends.mkldnn.is_available():
+            raise RuntimeError("oneDNN is not available")
+        g = torch.Generator().manual_seed(0)
+        w = torch.randn(24, 40, generator=g).to(torch.bfloat16)
+        x = torch.randn(3, 2, 40, generator=g).to(torch.bfloat16)
+        got = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w, 2), None,
+                                                 "none", [], "")
+        if not torch.equal(got, F.linear(x, w)):
+            raise RuntimeError("the packed matmul does not give the plain matmul's bits")
+    except Exception as e:  # noqa: BLE001 - any failure of the internal ops means: do not pack
+        PACK = False
+        warnings.warn(f"decoding: oneDNN weight prepacking is unavailable here ({e!r}); "
+                      f"the decoding step uses plain matmuls", RuntimeWarning, stacklevel=3)
 
 
 def _pack(w: torch.Tensor, rows: int) -> Optional[torch.Tensor]:
     """``w`` in oneDNN's layout for ``rows``-row inputs, or None where that is unavailable:
-    not a 16-bit CPU tensor, no oneDNN, or the op failed (once: then packing stays off)."""
-    global PACK
-    if not PACK or w.device.type != "cpu" or w.dtype not in (torch.bfloat16, torch.float16):
+    not a 16-bit CPU tensor, or packing is off (:func:`_probe`)."""
+    if w.device.type != "cpu" or w.dtype != torch.bfloat16:
         return None
-    try:
-        if not torch.backends.mkldnn.is_available():
-            return None
-        return torch.ops.mkldnn._reorder_linear_weight(w, int(rows))
-    except Exception as e:  # noqa: BLE001 - any failure of an internal op means: do not pack
-        PACK = False
-        warnings.warn(f"decoding: oneDNN weight prepacking is unavailable here ({e!r}); "
-                      f"the decoding step uses plain matmuls", RuntimeWarning, stacklevel=2)
-        return None
+    if PACK and not _PROBED:
+        _probe()
+    return torch.ops.mkldnn._reorder_linear_weight(w, int(rows)) if PACK else None
 
 
 @contextlib.contextmanager

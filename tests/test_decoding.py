@@ -216,12 +216,17 @@ def test_autocast_bf16_copy_gives_the_autocast_tokens(model, tok, batch):
 
 
 def _bf16_packs() -> bool:
-    """Whether oneDNN can pack a bf16 weight on this CPU (it needs AVX-512 at least)."""
+    """Whether the decoder's probe lets it pack bf16 weights on this CPU (oneDNN there, and the
+    packed matmul gives the plain one's bits)."""
+    saved = D.PACK, D._PROBED
     try:
-        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=torch.bfloat16), 2)
-        return torch.backends.mkldnn.is_available()
-    except Exception:  # noqa: BLE001
-        return False
+        D.PACK, D._PROBED = True, False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            D._probe()
+        return D.PACK
+    finally:
+        D.PACK, D._PROBED = saved
 
 
 @pytest.mark.skipif(not _bf16_packs(), reason="oneDNN cannot pack bf16 weights on this CPU")
@@ -253,22 +258,35 @@ def test_prepacked_bf16_copy_gives_the_same_bits(model, tok, batch, monkeypatch)
     assert "forward" not in vars(q_proj)
 
 
-def test_packing_failure_warns_once_and_decodes_plain(model, tok, batch, monkeypatch):
-    """Where oneDNN's packing op fails, the first call warns, packing stays off and the step
-    uses plain matmuls: the same tokens as model.generate under autocast."""
-    def broken(*a, **k):
-        raise RuntimeError("no oneDNN here")
+def _raise(*a, **k):
+    raise RuntimeError("no oneDNN here")
+
+
+@pytest.mark.parametrize("op, fault, message", [
+    ("_reorder_linear_weight", "raises", "no oneDNN here"),
+    ("_linear_pointwise", "raises", "no oneDNN here"),
+    ("_linear_pointwise", "other bits", "does not give the plain matmul's bits"),
+])
+def test_packing_that_fails_its_probe_warns_once_and_decodes_plain(model, tok, batch, monkeypatch, op, fault,
+                                                                   message):
+    """Where oneDNN's packing ops fail, or the packed matmul gives other bits than the plain
+    one, the first rollout warns, packing stays off and the step uses plain matmuls: the same
+    tokens as model.generate under autocast."""
+    def other_bits(x, *a, **k):
+        return torch.zeros(x.shape[:-1] + (24,), dtype=x.dtype) + 1
 
     ids, am = batch
     monkeypatch.setattr(D, "PACK", True)
-    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", broken)
+    monkeypatch.setattr(D, "_PROBED", False)
+    monkeypatch.setattr(torch.ops.mkldnn, op, _raise if fault == "raises" else other_bits)
     with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         got = generate(model, tok, ids, am, max_new_tokens=6, decoder="static", generator_seed=1)
         again = generate(model, tok, ids, am, max_new_tokens=6, decoder="static", generator_seed=1)
         hf = generate(model, tok, ids, am, max_new_tokens=6, decoder="hf", generator_seed=1)
     assert D.PACK is False
-    assert sum("prepacking is unavailable" in str(w.message) for w in caught) == 1
+    warned = [str(w.message) for w in caught if "prepacking is unavailable" in str(w.message)]
+    assert len(warned) == 1 and message in warned[0]
     assert torch.equal(got[0], hf[0]) and torch.equal(again[0], hf[0])
 
 
