@@ -114,7 +114,7 @@ def pick_tokens(scores: torch.Tensor, sample: bool) -> torch.Tensor:
 
 class _Proj:
     """One projection's weight and bias for the decoding step: plain (``F.linear``) or, for a
-    16-bit copy on CPU, prepacked once into oneDNN's blocked layout for small batches
+    bf16 copy on CPU, prepacked once into oneDNN's blocked layout for small batches
     (``torch.ops.mkldnn._reorder_linear_weight``). The packed matmul gives the same bits as
     ``F.linear`` on the 16-bit weight (both run oneDNN's bf16 kernel; the same values were
     checked for 1-280 rows), without re-laying out the weight on every call: one decoding step

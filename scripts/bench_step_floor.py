@@ -13,31 +13,19 @@ See docs/performance.md ("The step's kernel floor").
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
+from bench_decode_floor import HIDDEN, INTER, KV, LAYERS, VOCAB, best  # SmolLM2-135M's shapes
 
-HIDDEN, INTER, VOCAB, LAYERS, KV = 576, 1536, 49152, 30, 192  # SmolLM2-135M (3 kv heads x 64)
 BATCH, PROMPT, NEW, MINI, STEPS = 8, 11, 24, 2, 4
 
 
-def best(fn, n: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-def projections(dtype: torch.dtype, requires_grad: bool = False) -> list[torch.Tensor]:
+def projections(dtype: torch.dtype) -> list[torch.Tensor]:
     """The weights of the 30 layers' seven projections (q, k, v, o, gate, up, down)."""
     shapes = [(HIDDEN, HIDDEN), (KV, HIDDEN), (KV, HIDDEN), (HIDDEN, HIDDEN),
               (INTER, HIDDEN), (INTER, HIDDEN), (HIDDEN, INTER)]
-    return [torch.randn(s, dtype=dtype).mul_(0.02).requires_grad_(requires_grad)
-            for _ in range(LAYERS) for s in shapes]
+    return [torch.randn(s, dtype=dtype).mul_(0.02) for _ in range(LAYERS) for s in shapes]
 
 
 def main() -> int:
@@ -104,7 +92,7 @@ def main() -> int:
         torch.mm(gl32, head32)                         # grad of its input,
         torch.mm(gl32.t(), hm32)                       # grad of its weight
 
-    t_fb = best(fwd_bwd, n=3)
+    t_fb = best(fwd_bwd, n=4)
     rows.append(("update: 4 x forward + backward matmuls", STEPS * t_fb,
                  f"{m} rows a mini-batch: {t_fb * 1e3:.0f} ms each"))
 
