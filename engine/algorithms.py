@@ -637,13 +637,15 @@ class PIKLController:
     With ``lo, hi = coef_min, coef_max``::
 
         e     = clip(ln(max(kl, 1e-8) / target_kl), -1, 1)      # log error, bounded step
-        reached = reached or e >= 0                             # the KL has been at target once
+        ema'  = kl (first call), else 0.5 * ema + 0.5 * kl      # the recent KL level
+        reached = reached or ema' >= target_kl                  # the KL has been at target once
+        e    += band_gain * clip(ln(kl / (1.5 * target_kl)), 0, 1)  # more pull above the band
         if reached:                                             # then a plain integral:
             z = clip(z + ki * e, ln lo, ln hi)                  #   as fast down as up
         elif ema is set and kl <= ema:                          # before: only when not rising,
             z = clip(z + RELEASE * ki * e, ln lo, ln hi)        #   and RELEASE (0.1) x slower
         value = clip(exp(z + kp * e), lo, hi)                   # P term: acts on this batch
-        ema   = kl (first call), else 0.5 * ema + 0.5 * kl      # the recent KL level
+        ema   = ema'
 
     ``z`` starts at ``ln(init_kl_coef)``.  Every step moves ``ln(value)`` by at most
     ``ki + 2 * kp`` (the integral by at most ``ki``), so the coefficient can move by orders of
@@ -651,7 +653,7 @@ class PIKLController:
     batch.  ``n_steps`` is accepted for the common controller interface and unused (the step is
     the time unit).
 
-    Warm-up (before the KL first reaches the target): the policy has not moved yet and no
+    Warm-up (before the recent KL level, ``ema'``, first reaches the target): the policy has not moved yet and no
     penalty can push the KL up, so a plain integral would sink the coefficient towards
     ``coef_min`` only for the KL to overshoot when it arrives (seen on the default: 0.05 ->
     1e-4 within 30 steps).  So until then the integral is held while the KL rises and releases
@@ -689,7 +691,11 @@ class PIKLController:
         if not math.isfinite(kl):
             raise ValueError(f"KL must be finite, got {kl}")
         e = min(max(math.log(max(kl, 1e-8) / self.target_kl), -1.0), 1.0)
-        self.reached = self.reached or e >= 0
+        smooth = kl if self.ema is None else 0.5 * self.ema + 0.5 * kl
+        # warm-up ends when the recent level reaches the target, not one noisy batch: a single
+        # batch at target followed by ordinary ones below it would otherwise release the
+        # coefficient ~10x before the KL has really arrived (seen on the default with seed 1)
+        self.reached = self.reached or smooth >= self.target_kl
         # above the band's upper edge the error counts (1 + band_gain) x: a fast climb back
         # that leaves the error inside the band (and so the mean it settles at) untouched
         out = min(max(math.log(max(kl, 1e-8) / (self.BAND * self.target_kl)), 0.0), 1.0)
@@ -699,7 +705,7 @@ class PIKLController:
         if rate:
             self.z = min(max(self.z + rate * e_eff, math.log(self.coef_min)), math.log(self.coef_max))
         self.value = min(max(math.exp(self.z + self.kp * e_eff), self.coef_min), self.coef_max)
-        self.ema = kl if self.ema is None else 0.5 * self.ema + 0.5 * kl
+        self.ema = smooth
         return self.value
 
     def state_dict(self) -> dict[str, Any]:

@@ -613,6 +613,28 @@ def test_pi_kl_controller_centres_a_noisy_plant_on_the_target():
         assert 2.7 <= sum(means) / len(means) <= 3.3, (drive, means)
 
 
+def test_pi_kl_controller_warm_up_ends_on_the_recent_level_not_one_batch():
+    """One noisy batch at the target during warm-up does not end it (the recent level, half the
+    last batch plus half the level before, is still below): the batches below target that follow
+    release the coefficient at a tenth of ki, not at ki. Once the level reaches the target,
+    the integral is symmetric."""
+    c = PIKLController(0.05, target_kl=3.0, ki=0.5, kp=0.0, coef_min=1e-4, coef_max=100.0)
+    for kl in (1.0, 1.2, 3.1):
+        c.update(kl)
+    assert not c.reached  # level 0.5 * 3.1 + 0.5 * 1.15 = 2.13
+    z = c.z
+    for _ in range(5):
+        c.update(1.8)  # not rising (1.8 <= the level), below target: the slow release
+    assert c.z == pytest.approx(z + 5 * 0.05 * math.log(1.8 / 3.0))
+    assert c.value > 0.04  # one batch's noise did not release it ~10x
+    for _ in range(3):
+        c.update(4.0)
+    assert c.reached
+    z = c.z
+    c.update(2.0)
+    assert c.z == pytest.approx(z + 0.5 * math.log(2.0 / 3.0))
+
+
 def test_pi_kl_controller_band_gain_acts_above_the_band_only():
     plain = PIKLController(0.1, target_kl=3.0, ki=0.5, kp=0.5, coef_min=1e-4, coef_max=100.0)
     gained = PIKLController(0.1, target_kl=3.0, ki=0.5, kp=0.5, coef_min=1e-4, coef_max=100.0, band_gain=2.0)
