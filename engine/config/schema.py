@@ -431,9 +431,11 @@ class PPOConfig:
                                 "(> 0 with either).", le=1e6)
     kl_horizon: Int = key(10000, "Adaptive controller horizon, in samples.", ge=1, le=10**12)
     kl_pi_ki: Float = key(0.5, "pi controller: integral gain, the change of ln(kl_coef) per step per "
-                               "unit of ln(KL / target_kl) (clipped to [-1, 1]); until the KL first "
-                               "reaches target_kl it releases at a tenth of that rate (and not "
-                               "while the KL rises), then as fast as it tightens.", ge=0, le=10)
+                               "unit of ln(KL / target_kl) (clipped to [-1, 1]); until the recent "
+                               "KL level (each batch weighted half, the level before the other "
+                               "half) first reaches target_kl it releases at a tenth of that rate "
+                               "(and not while the KL rises), then as fast as it tightens.",
+                          ge=0, le=10)
     kl_pi_kp: Float = key(0.5, "pi controller: proportional gain, ln(kl_coef) of the batch moves by "
                                "kp * ln(KL / target_kl) (clipped to [-1, 1]) on top of the integral.",
                           ge=0, le=10)
