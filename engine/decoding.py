@@ -207,19 +207,24 @@ class _Layer:
     down: _Proj
 
 
+def _proj(mod: torch.nn.Linear, cast: Optional[torch.dtype], rows: int) -> _Proj:
+    """``mod``'s weight and bias; with ``cast``, as a copy in that dtype (what autocast would
+    make of them on every call, made once), prepacked for ``rows``-row inputs where
+    :func:`_pack` can (``rows`` 0: never)."""
+    w, b = mod.weight, getattr(mod, "bias", None)
+    if cast is not None and w.dtype != cast:
+        w = w.detach().to(cast)
+        b = None if b is None else b.detach().to(cast)
+        packed = _pack(w, rows) if rows else None
+        if packed is not None:
+            return _Proj(None, b, packed)  # the packed copy replaces the 16-bit one
+    return _Proj(w, b)
+
+
 def _layers(model, cast: Optional[torch.dtype] = None, rows: int = 0) -> list[_Layer]:
-    """The weights of each layer; with ``cast``, the projection weights as a copy in that dtype
-    (what autocast would make of them on every call, made once), prepacked for ``rows``-row
-    inputs where :func:`_pack` can."""
+    """The weights of each layer, each projection as :func:`_proj` makes it."""
     def _lin(mod: torch.nn.Linear) -> _Proj:
-        w, b = mod.weight, mod.bias
-        if cast is not None and w.dtype != cast:
-            w = w.detach().to(cast)
-            b = None if b is None else b.detach().to(cast)
-            packed = _pack(w, rows) if rows else None
-            if packed is not None:
-                return _Proj(None, b, packed)  # the packed copy replaces the 16-bit one
-        return _Proj(w, b)
+        return _proj(mod, cast, rows)
 
     out = []
     for layer in model.model.layers:
@@ -406,15 +411,7 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, eos_
         mask_full = torch.zeros(B, 1, 1, total, dtype=torch.bool, device=dev)
         mask_full[:, 0, 0, :P] = attention_mask.bool()
         mask_full[:, 0, 0, P:] = not use_compile  # compiled: a slot opens when it is written
-    head_w, head_b = model.lm_head.weight, getattr(model.lm_head, "bias", None)
-    if cast is not None and head_w.dtype != cast:
-        head_w = head_w.detach().to(cast)
-        head_b = None if head_b is None else head_b.detach().to(cast)
-        packed = _pack(head_w, B)
-        head = _Proj(None, head_b, packed) if packed is not None else _Proj(head_w, head_b)
-    else:
-        head = _Proj(head_w, head_b)
-    del head_w, head_b
+    head = _proj(model.lm_head, cast, B)
     pos = positions[:, -1]
     unfinished = torch.ones(B, dtype=torch.bool, device=dev)
     pad = torch.tensor(int(pad_id), device=dev)

@@ -251,7 +251,6 @@ class WorkerHandle:
         self.label = "+".join(roles) + (f"[{rank['rank']}]" if rank else "")
         self.threads = threads
         self.cuda_ipc = cuda_ipc
-        self.start_method = ctx.get_start_method()
         args = (roles, config_yaml, None, owner_pid, run_tag, threads, os.getpid())
         kwargs = {"log_path": log_path, "rank": rank}
         try:
