@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +17,26 @@ TINY = ROOT / "configs" / "tiny.yaml"
 os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _free_space() -> str:
+    """Free space where the tests write (the temp dir, shared memory): a full disk otherwise shows
+    up only as unrelated-looking failures late in the run."""
+    parts = []
+    for label, path in (("tmp", tempfile.gettempdir()), ("shm", "/dev/shm")):
+        try:
+            parts.append(f"{label} {path}: {shutil.disk_usage(path).free / 2**30:.1f} GiB")
+        except OSError:
+            continue
+    return "free space: " + ", ".join(parts)
+
+
+def pytest_report_header(config):
+    return _free_space()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    terminalreporter.write_line(_free_space() + " (at the end)")
 
 
 @pytest.fixture
