@@ -57,6 +57,7 @@ BUNDLED_DEFAULT_TRAIN_ROWS = 4000
 BUNDLED_LABELS = ["negative", "positive"]
 WARMUP_FRACTION = 0.06
 PROGRESS_EVERY = 25   # without a terminal bar: a progress line at least every this many steps
+PROGRESS_SECONDS = 3.0  # ... and at least this often when steps are slow (a 2-core first run: ~1 s a step)
 WEIGHT_DECAY = 0.01
 METADATA_FORMAT = 1
 
@@ -402,8 +403,10 @@ def _fit(model, tokenizer, train: list, *, epochs: int, lr: float, batch_size: i
                dynamic_ncols=True)
     ema = None
     # without a terminal bar (a run's worker, or ``progress`` routed to a log): a line at least
-    # every PROGRESS_EVERY steps, ``k/N`` with the time left
+    # every PROGRESS_EVERY steps or PROGRESS_SECONDS, whichever comes first, ``k/N`` with the
+    # time left, so a slow machine's header moves every few seconds, not once in 25 steps
     every, t_loop, done = min(PROGRESS_EVERY, max(1, total // 10)), time.time(), 0
+    t_said = t_loop
     try:
         for epoch in range(epochs):
             order = list(range(len(train)))
@@ -425,8 +428,9 @@ def _fit(model, tokenizer, train: list, *, epochs: int, lr: float, batch_size: i
                 bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
                 bar.update(1)
                 done += 1
-                if not show_bar and done % every == 0 and done < total:
-                    spent = time.time() - t_loop
+                now = time.time()
+                if not show_bar and done < total and (done % every == 0 or now - t_said >= PROGRESS_SECONDS):
+                    spent, t_said = now - t_loop, now
                     progress(f"train-rm: step {done}/{total}, loss {ema:.4f}, "
                              f"{spent:.0f} s so far, ~{spent * (total - done) / done:.0f} s left")
     finally:

