@@ -107,6 +107,39 @@ def test_ctrl_s_saves_atomically_and_keeps_the_mode(config_file):
     assert not [p for p in config_file.parent.iterdir() if p.name.startswith(".my.yaml.")]  # no temp left
 
 
+def test_editor_title_says_saved_only_after_this_editor_saved(config_file, tmp_path):
+    """The title's word about the file is true: nothing for a file as loaded, "● modified"
+    after an edit, "saved" after ctrl+s, "● not saved yet" for a file that does not exist."""
+    def title(screen) -> str:
+        return str(screen.query_one("#editor-title").render())
+
+    async def go():
+        app = _editor(config_file)
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            await wait_for(pilot, screen.ready_for_snapshot)
+            assert "saved" not in title(screen) and "modified" not in title(screen)   # nothing saved it
+            ed = screen.query_one("#yaml")
+            ed.move_cursor((0, 0))
+            await pilot.press(*"# note", "enter")
+            assert "● modified" in title(screen) and "saved" not in title(screen)
+            await pilot.press("ctrl+s")
+            assert "  saved" in title(screen) and "modified" not in title(screen)
+            await pilot.press("x")
+            assert "● modified" in title(screen)
+
+        new = tmp_path / "new.yaml"
+        app = _editor(new)
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            await wait_for(pilot, screen.ready_for_snapshot)
+            assert "● not saved yet" in title(screen) and screen.active_bindings["ctrl+s"].enabled
+            await pilot.press("ctrl+s")
+            assert new.is_file() and "  saved" in title(screen)
+
+    run(go())
+
+
 def test_e_opens_editor_env_and_reloads(config_file, tmp_path, monkeypatch):
     fake = tmp_path / "fake-editor.py"
     fake.write_text(textwrap.dedent("""\

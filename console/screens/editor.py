@@ -44,7 +44,9 @@ class EditorScreen(Screen):
         super().__init__()
         self.path = Path(path)
         self.initial = text
-        self.saved_text = ""
+        self.saved_text = ""         # the text the file holds (as loaded, saved or reloaded)
+        self.on_disk = False         # the file exists with saved_text in it
+        self.saved_here = False      # this editor wrote saved_text (the title says "saved" only then)
         self.result = None           # the latest ValidationResult
         self._gen = 0                # bumps on every change
         self._valid_gen = -1         # the generation ``result`` belongs to
@@ -56,6 +58,7 @@ class EditorScreen(Screen):
             try:
                 self.initial = self.path.read_text()
                 self.saved_text = self.initial
+                self.on_disk = True
             except FileNotFoundError:
                 self.initial = ""
         yield Static(id="editor-title")
@@ -94,11 +97,23 @@ class EditorScreen(Screen):
         except ValueError:
             shown = str(self.path)
         t.append(shown if not shown.startswith("../..") else str(self.path))
-        t.append("  ● modified" if self.modified else "  saved", style="yellow" if self.modified else "dim")
+        status = self.file_status()
+        if status:
+            t.append(f"  {status}", style="yellow" if status.startswith("●") else "dim")
         lang = self.query_one(YamlEditor).language
         if lang is None:
             t.append("  (no YAML highlighting: install textual[syntax])", style="dim")
         self.query_one("#editor-title", Static).update(t)
+
+    def file_status(self) -> str:
+        """What the title says about the file: "● modified" (the text differs from the file),
+        "● not saved yet" (no file there yet), "saved" (this editor has just written the text
+        shown), or nothing (the text is the file as it was loaded)."""
+        if not self.on_disk:
+            return "● not saved yet"
+        if self.modified:
+            return "● modified"
+        return "saved" if self.saved_here else ""
 
     # ---- validation -------------------------------------------------------------------------------
     @on(TextArea.Changed, "#yaml")
@@ -164,7 +179,7 @@ class EditorScreen(Screen):
         if action == "launch":
             return True if self.valid and not self.launching else None
         if action == "save":
-            return True if self.is_mounted and self.modified else None
+            return True if self.is_mounted and (self.modified or not self.on_disk) else None
         return True
 
     def action_save(self) -> bool:
@@ -174,6 +189,7 @@ class EditorScreen(Screen):
             self.notify(f"could not save {self.path}: {e}", severity="error")
             return False
         self.saved_text = self.text
+        self.on_disk = self.saved_here = True
         self._title()
         self.refresh_bindings()
         self.notify(f"saved {self.path}", timeout=2)
@@ -232,6 +248,7 @@ class EditorScreen(Screen):
             self.notify(f"could not reload {self.path}: {e}", severity="error")
             return
         self.saved_text = text
+        self.on_disk, self.saved_here = True, False  # the external editor wrote it, not this one
         self.query_one(YamlEditor).load_text(text)
         self._title()
         self.notify(f"reloaded {self.path} from {Path(cmd[0]).name}", timeout=2)
