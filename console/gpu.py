@@ -163,13 +163,22 @@ def live_cpu(pids: dict) -> dict:
 
 
 def host_memory(pids: dict, live: dict, from_metrics: dict, metrics_step) -> list:
-    """Each role's host memory: live when its process runs, else the newest step's record."""
+    """Each role's host memory: live when its process runs, else the newest step's record. The
+    peak is never below the rss shown: a live rss read now may be above the high-water mark the
+    last step recorded, and then it is the peak so far."""
     out = []
     for role in dict.fromkeys(list(pids) + list(from_metrics)):
         m = from_metrics.get(role) or {}
         if role in live:
-            out.append(RoleMemory(role, pids.get(role), live[role], m.get("peak_rss_mb"), "live"))
+            rss, src = live[role], "live"
         else:
-            src = f"step {metrics_step}" if m else "–"
-            out.append(RoleMemory(role, pids.get(role), m.get("rss_mb"), m.get("peak_rss_mb"), src))
+            rss, src = m.get("rss_mb"), (f"step {metrics_step}" if m else "–")
+        out.append(RoleMemory(role, pids.get(role), rss, _peak(m.get("peak_rss_mb"), rss), src))
     return out
+
+
+def _peak(peak: Optional[float], rss: Optional[float]) -> Optional[float]:
+    """The larger of a recorded peak and a current rss; no recorded peak stays unknown."""
+    if peak is None or not isinstance(rss, (int, float)):
+        return peak
+    return max(float(peak), float(rss))

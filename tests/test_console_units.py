@@ -158,6 +158,20 @@ def test_host_memory_prefers_live_processes():
     assert by["critic"].rss_mb == 400 and by["critic"].source == "step 12"
 
 
+def test_host_memory_peak_is_never_below_the_rss_shown():
+    """A live rss read now can exceed the high-water mark the last step recorded: the pane once
+    showed rss 900M beside peak 600M. The peak shown is then the rss; a recorded peak above the
+    rss stays; no recorded peak stays unknown."""
+    rows = host_memory({"actor": 1, "critic": 2, "reward": 3}, {"actor": 900.0, "reward": 300.0},
+                       {"actor": {"rss_mb": 500, "peak_rss_mb": 600}, "critic": {"rss_mb": 400, "peak_rss_mb": 450},
+                        "reward": {"rss_mb": 250}}, 12)
+    by = {r.role: r for r in rows}
+    assert by["actor"].rss_mb == 900.0 and by["actor"].peak_mb == 900.0
+    assert by["critic"].peak_mb == 450
+    assert by["reward"].peak_mb is None
+    assert all(r.peak_mb is None or r.peak_mb >= r.rss_mb for r in rows)
+
+
 def test_rollouts_show_a_prompts_group_with_scores_and_advantages():
     """rollout.n > 1: each response shows its group and advantage, and a group shades as one block."""
     from console.history import SampleIndex
