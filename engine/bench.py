@@ -17,6 +17,8 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import asdict, dataclass
+from typing import Optional
 
 import torch
 
@@ -149,6 +151,61 @@ def peak_matmul_tflops(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) 
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
 
 
+_SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+@dataclass
+class MatmulPeak:
+    """The compute dtype's dense matmul rate on this machine, and whether it is a peak at all.
+
+    A CPU without matmul instructions for a 16-bit dtype (no AVX512-BF16 or AMX for bfloat16)
+    runs it on a fallback slower than float32. A step's "% of peak" against that rate is a
+    share of nothing (thousands of %), so such a dtype has ``fast_path`` False, ``share_of``
+    None, and the bench says "no fast bf16 on this CPU" instead of a share."""
+
+    dtype: str                       # the compute dtype measured (torch name: "bfloat16")
+    tflops: float                    # its dense matmul rate, TFLOP/s (at n x n)
+    n: int                           # the matrices' size the rate was measured at
+    fast_path: bool                  # float32 itself, or faster than float32 at probe_n
+    probe_n: Optional[int] = None    # the size of the float32 comparison (16-bit dtypes only)
+    probe_tflops: Optional[float] = None          # this dtype's rate at probe_n
+    probe_float32_tflops: Optional[float] = None  # float32's rate at probe_n
+
+    @property
+    def share_of(self) -> Optional[float]:
+        """The rate a phase's share is taken of: None when the dtype has no fast path."""
+        return self.tflops if self.fast_path else None
+
+    @property
+    def short(self) -> str:
+        return _SHORT.get(self.dtype, self.dtype)
+
+    def describe(self) -> str:
+        if self.fast_path:
+            return f"the measured {self.dtype} dense matmul rate, {self.tflops:.3f} TFLOP/s"
+        return (f"no fast {self.short} on this CPU: {self.dtype} matmul {self.probe_tflops:.4f} TFLOP/s against "
+                f"float32's {self.probe_float32_tflops:.4f} at {self.probe_n}x{self.probe_n}, so no share of a peak")
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "share_of": self.share_of}
+
+
+def measure_matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0,
+                        probe_n: int = 512, probe_seconds: float = 0.5) -> MatmulPeak:
+    """:func:`peak_matmul_tflops` of ``dtype``, after a short probe against float32 for a 16-bit
+    dtype: one no faster than float32 has no fast path here, and is not measured at ``n`` (on
+    such a CPU one bf16 2048x2048 matmul alone takes seconds)."""
+    name = str(dtype).replace("torch.", "")
+    if dtype == torch.float32:
+        return MatmulPeak(name, peak_matmul_tflops(dtype, n, seconds), n, True)
+    low = peak_matmul_tflops(dtype, probe_n, probe_seconds)
+    f32 = peak_matmul_tflops(torch.float32, probe_n, probe_seconds)
+    probe = dict(probe_n=probe_n, probe_tflops=low, probe_float32_tflops=f32)
+    if low <= f32:
+        return MatmulPeak(name, low, probe_n, False, **probe)
+    return MatmulPeak(name, peak_matmul_tflops(dtype, n, seconds), n, True, **probe)
+
+
 def step_flops(n_policy: int, n_critic: int, n_reward: int, batch: int, prompt_len: float, resp_len: float,
                reward_len: float, epochs: int, reuse_logprobs: bool = False) -> dict:
     """Model FLOPs of one PPO step (2·params per token forward, 6·params forward+backward;
@@ -184,32 +241,44 @@ PHASE_FLOP_ROWS = (
 )
 
 
-def phase_flop_rates(flops: dict, secs: dict, peak_tflops: float) -> list[dict]:
+def phase_flop_rates(flops: dict, secs: dict, peak_tflops: Optional[float]) -> list[dict]:
     """Per phase of a step: its model FLOPs (from :func:`step_flops`), its mean seconds (a
     ``STEP_PHASES`` timing), the achieved rate in TFLOP/s and its share of ``peak_tflops``.
     A phase with no FLOPs or no time (absent on this config, e.g. no critic pass with a head
-    critic) gets ``tflops``/``share`` None."""
+    critic) gets ``tflops``/``share`` None; every ``share`` is None without a peak (None: the
+    compute dtype has no fast path, :class:`MatmulPeak`)."""
     out = []
     for label, keys, timing, what in PHASE_FLOP_ROWS:
         f = float(sum(flops.get(k, 0) for k in keys))
         t = float(secs.get(timing, 0.0) or 0.0)
         rate = f / t / 1e12 if f > 0 and t > 0 else None
         out.append({"phase": label, "flops": f, "seconds": t, "tflops": rate,
-                    "share": rate / peak_tflops if rate is not None and peak_tflops > 0 else None,
+                    "share": rate / peak_tflops if rate is not None and peak_tflops else None,
                     "counted": what})
     return out
 
 
-def format_phase_flop_rates(rows: list[dict], peak_tflops: float, compute: str) -> list[str]:
+def format_phase_flop_rates(rows: list[dict], peak: MatmulPeak) -> list[str]:
     lines = [f"  {'phase':<16}{'GFLOP':>10}{'s':>9}{'GFLOP/s':>10}{'% of peak':>11}   counted",
              "  " + "-" * 78]
     for r in rows:
         rate = f"{r['tflops'] * 1e3:>10.4g}" if r["tflops"] is not None else f"{'-':>10}"
         share = f"{100 * r['share']:>10.1f}%" if r["share"] is not None else f"{'-':>11}"
         lines.append(f"  {r['phase']:<16}{r['flops'] / 1e9:>10.1f}{r['seconds']:>9.3f}{rate}{share}   {r['counted']}")
-    lines.append(f"  (peak: the measured {compute} dense matmul rate, {peak_tflops:.3f} TFLOP/s; P, Pc, Pr = "
+    lines.append(f"  (peak: {peak.describe()}; P, Pc, Pr = "
                  "actor, critic, reward parameters; attention's sequence-length term left out)")
     return lines
+
+
+def achieved_line(label: str, total_flops: float, secs: float, peak: MatmulPeak) -> str:
+    """One mode's whole-step rate, its share of the matmul peak and the floor at that peak; on a
+    dtype without a fast path, the rate and why there is no share."""
+    rate = total_flops / secs / 1e12
+    if peak.share_of is None:
+        return f"  {label:<7} {rate:.3f} TFLOP/s achieved; {peak.describe()}"
+    return (f"  {label:<7} {rate:.3f} TFLOP/s achieved = {100 * rate / peak.share_of:.1f}% "
+            f"of the {peak.tflops:.3f} TFLOP/s {peak.dtype} matmul peak; floor at that peak "
+            f"{total_flops / 1e12 / peak.share_of:.2f}s")
 
 
 def _phase_means(rows: list[MetricsRow], skip: int) -> dict:
@@ -376,7 +445,7 @@ def bench_step(args) -> int:
               f"dispatch overhead ray {disp['ray']:.3f}s vs local {disp[local_key]:.3f}s per step")
     compute = cfg.actor.autocast if cfg.actor.autocast != "none" else cfg.actor.dtype
     dtype = torch_dtype(compute)
-    peak = peak_matmul_tflops(dtype)
+    peak = measure_matmul_peak(dtype)
     if counts is not None:
         rows = results.get(rt_key) if rt_key else results["single"]
         resp = statistics.mean(r["response_len_mean"] for r in rows)
@@ -388,20 +457,21 @@ def bench_step(args) -> int:
               f"(policy {counts['policy'] / 1e6:.1f}M, critic {counts['critic'] / 1e6:.1f}M, reward {counts['reward'] / 1e6:.1f}M params; "
               f"prompt {counts['prompt_len']:.0f} + response {resp:.1f} tokens x {cfg.rollout.batch_size})")
         for k in means:
-            secs = means[k]["step"]
-            print(f"  {k:<7} {fl['total'] / secs / 1e12:.3f} TFLOP/s achieved = {100 * fl['total'] / secs / 1e12 / peak:.1f}% "
-                  f"of the {peak:.3f} TFLOP/s {compute} matmul peak; floor at that peak {fl['total'] / 1e12 / peak:.2f}s")
+            print(achieved_line(k, fl["total"], means[k]["step"], peak))
         for k in means:  # each phase's rate: the lowest share is the next bottleneck
             print(f"\nFLOP rate per phase, {k} (mean phase seconds after warm-up):")
-            for line in format_phase_flop_rates(phase_flop_rates(fl, means[k], peak), peak, compute):
+            for line in format_phase_flop_rates(phase_flop_rates(fl, means[k], peak.share_of), peak):
                 print(line)
+    elif peak.fast_path:
+        print(f"\npeak {compute} matmul rate on this machine: {peak.tflops:.3f} TFLOP/s")
     else:
-        print(f"\npeak {compute} matmul rate on this machine: {peak:.3f} TFLOP/s")
+        print(f"\n{peak.describe()}")
     if args.json:
-        extra = {"phase_flop_rates": {k: phase_flop_rates(fl, means[k], peak) for k in means}} if counts else {}
+        extra = {"phase_flop_rates": {k: phase_flop_rates(fl, means[k], peak.share_of) for k in means}} if counts else {}
         with open(args.json, "w") as f:
-            json.dump({"means": means, "tokens_per_s": tok_rates, "peak_tflops": peak,
-                       "peak_rss_mb": peak_rss, **extra}, f, indent=2)
+            # peak_tflops: the rate shares are taken of, null when the compute dtype has no fast path
+            json.dump({"means": means, "tokens_per_s": tok_rates, "peak_tflops": peak.share_of,
+                       "matmul_peak": peak.to_json(), "peak_rss_mb": peak_rss, **extra}, f, indent=2)
     return 0
 
 

@@ -1,7 +1,21 @@
-"""The bench's FLOP arithmetic (engine.bench): no timing is measured here, the seconds are given."""
+"""The bench's FLOP arithmetic (engine.bench): the seconds are given, except where the matmul
+peak's probe itself is the subject (a second or two of small matmuls)."""
+import json
+import os
+import platform
+import subprocess
+import sys
+
 import pytest
 
-from engine.bench import STEP_PHASES, format_phase_flop_rates, phase_flop_rates, step_flops
+from engine.bench import (
+    STEP_PHASES,
+    MatmulPeak,
+    achieved_line,
+    format_phase_flop_rates,
+    phase_flop_rates,
+    step_flops,
+)
 
 
 def test_step_flops_counts_forward_and_backward():
@@ -38,6 +52,39 @@ def test_phase_flop_rates_arithmetic():
     assert rows["whole step"]["share"] == pytest.approx(f["total"] / 4.5 / 1e12 / 0.1)
     # phases absent on this config: no rate rather than a division by zero
     assert rows["critic values"]["tflops"] is None and rows["critic update"]["share"] is None
-    text = "\n".join(format_phase_flop_rates(list(rows.values()), 0.1, "bfloat16"))
+    text = "\n".join(format_phase_flop_rates(list(rows.values()), MatmulPeak("bfloat16", 0.1, 2048, True)))
     assert "rollout" in text and "24.0%" in text and "bfloat16" in text and "fwd+bwd" in text
     assert "        24      24.0%" in text  # rollout at 24 GFLOP/s
+
+
+def test_a_dtype_without_a_fast_path_gets_no_share_of_its_meaningless_peak():
+    """A CPU without fast bf16 measured a bf16 "peak" far below float32 and printed phases at
+    thousands of % of it: with no fast path every share is None (null in the JSON), the table
+    shows "-", and the lines say so instead."""
+    f = step_flops(n_policy=1e8, n_critic=0, n_reward=2e7, batch=8, prompt_len=10, resp_len=20, reward_len=20, epochs=1)
+    secs = {k: 0.0 for k in STEP_PHASES}
+    secs.update(rollout=2.0, ref=0.25, reward=0.1, scoring=0.6, actor_update=1.5, update=1.6, step=4.5)
+    slow = MatmulPeak("bfloat16", 0.0009, 512, False, probe_n=512, probe_tflops=0.0009, probe_float32_tflops=0.017)
+    assert slow.share_of is None and json.loads(json.dumps(slow.to_json()))["share_of"] is None
+    rows = phase_flop_rates(f, secs, slow.share_of)
+    assert all(r["share"] is None for r in rows) and rows[0]["tflops"] == pytest.approx(0.024)
+    text = "\n".join(format_phase_flop_rates(rows, slow))
+    assert "no fast bf16 on this CPU" in text and "%" not in text.split("\n", 2)[2]
+    line = achieved_line("multi", f["total"], 4.5, slow)
+    assert "no fast bf16 on this CPU" in line and "%" not in line and "floor" not in line
+    fast = MatmulPeak("bfloat16", 0.4, 2048, True, probe_n=512, probe_tflops=0.3, probe_float32_tflops=0.1)
+    assert "% of the 0.400 TFLOP/s bfloat16 matmul peak" in achieved_line("multi", f["total"], 4.5, fast)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the AVX2 limit is an x86 setting")
+def test_bf16_held_to_avx2_is_measured_as_having_no_fast_path():
+    """The slow bf16 class for real: torch and oneDNN held to AVX2 (no bf16 matmul instructions)
+    run bf16 matmuls slower than float32; the probe must see that."""
+    code = ("import json, torch; from engine.bench import measure_matmul_peak; "
+            "print(json.dumps(measure_matmul_peak(torch.bfloat16, probe_seconds=0.3).to_json()))")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    peak = json.loads(out.stdout.strip().splitlines()[-1])
+    assert peak["fast_path"] is False and peak["share_of"] is None, peak
+    assert peak["probe_tflops"] <= peak["probe_float32_tflops"] and peak["n"] == 512
