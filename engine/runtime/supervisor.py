@@ -1089,7 +1089,7 @@ class Supervisor:
         out = {}
         for label, f in futs.items():
             try:
-                out[label] = {k: round(v, 1) for k, v in f.result(timeout=30)[1].items()}
+                out[label] = memory_report(f.result(timeout=30)[1])
             except Exception:  # noqa: BLE001 - memory is best effort
                 pass
         return out
@@ -1262,6 +1262,15 @@ class Supervisor:
         if state != "paused":
             extra = {"pause_info": None, **extra}
         self.write_state(state=state, step=self.step, **extra)
+
+
+def memory_report(st: dict) -> dict:
+    """A worker's memory figures for metrics.jsonl, rounded, with ``peak_rss_mb`` never below
+    ``rss_mb``: the kernel's high-water mark (getrusage) can lag the rss read just before it."""
+    st = dict(st)
+    if isinstance(st.get("rss_mb"), (int, float)) and isinstance(st.get("peak_rss_mb"), (int, float)):
+        st["peak_rss_mb"] = max(st["peak_rss_mb"], st["rss_mb"])
+    return {k: round(v, 1) for k, v in st.items()}
 
 
 def _tokenizer_and_prompts(cfg: RunConfig):
