@@ -393,6 +393,23 @@ class RunModel:
                 break
         return Stage("loading the models", len(loaded), n_roles)
 
+    def step_stage(self) -> Optional[tuple[int, str, Optional[float]]]:
+        """While a step runs: (its number, what it is doing -- "generating 12/24 tokens",
+        "scoring", "update 2/4 mini-batches" --, seconds in that phase), from run.json's
+        ``step_stage``; None between steps, when not running, or for a stage already recorded."""
+        st = self.info.step_stage
+        if self.state != "running" or not isinstance(st, dict) or not isinstance(st.get("step"), int):
+            return None
+        if st["step"] != self.step + 1:
+            return None
+        phase = str(st.get("phase") or "")
+        done, total = st.get("done"), st.get("total")
+        if isinstance(done, int) and isinstance(total, int) and total > 0:
+            phase = f"{phase} {done}/{total} {st.get('unit') or ''}".rstrip()
+        since = st.get("phase_since")
+        secs = max(0.0, self.clock() - since) if isinstance(since, (int, float)) else None
+        return st["step"], phase, secs
+
     @property
     def pids(self) -> dict[str, int]:
         return {k: v for k, v in (self.info.pids or {}).items() if v}

@@ -31,7 +31,7 @@ import math
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -361,7 +361,7 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, eos_
            pad_id: int, max_new_tokens: int, min_new_tokens: int = 0, sample: bool = True,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            return_hidden: bool = False, compile: bool = False,
-           low_precision_copy: bool = True):
+           low_precision_copy: bool = True, on_token: Optional[Callable[[int], None]] = None):
     """Decode left-padded prompts ``[B, P]``: ``(tokens [B, R], hidden [B, R, H] or None)``.
 
     ``tokens`` holds ``pad_id`` after a row's first EOS; ``R`` is the number of steps run
@@ -369,7 +369,8 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, eos_
     ``return_hidden``) is the float32 post-norm hidden state that produced each token.
     ``compile`` runs the steps through :func:`torch.compile` (see the module docstring).
     The model must be in eval mode; randomness comes from torch's global RNG. Check
-    :func:`unsupported_reason` first.
+    :func:`unsupported_reason` first. ``on_token(k)`` is called after each step (k tokens so
+    far): the progress of a long rollout.
     """
     B, P = input_ids.shape
     dev = input_ids.device
@@ -428,6 +429,8 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, eos_
         if return_hidden:
             hiddens.append(hidden.float())
         unfinished &= ~torch.isin(nxt, eos_t)
+        if on_token is not None:
+            on_token(t + 1)
         if t + 1 == max_new_tokens or not bool(unfinished.any()):
             break
         length += 1

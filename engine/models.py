@@ -41,6 +41,7 @@ Prompts are left padded. :func:`sequence_logprobs` passes
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import importlib.util
 import json
@@ -1013,7 +1014,8 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
     Randomness comes from torch's global RNG: the caller seeds torch (``torch.manual_seed``)
     for reproducible rollouts. With ``generator_seed`` the RNG is seeded with it inside a
     ``fork_rng`` block, so the global state is left untouched. Runs in eval mode without grad
-    and restores the model's previous train/eval mode.
+    and restores the model's previous train/eval mode. Inside :func:`reporting_tokens`, each
+    decoding step is reported (k tokens of ``max_new_tokens``).
     """
     from transformers import GenerationConfig
     if max_new_tokens < 1:
@@ -1023,6 +1025,7 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     sample = bool(do_sample) and temperature > 0
+    report = _TOKEN_REPORT.get()
     if decoder == "static":
         from engine.decoding import unsupported_reason
 
@@ -1031,7 +1034,8 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
                                     max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                                     sample=sample, temperature=temperature, top_k=top_k, top_p=top_p,
                                     generator_seed=generator_seed, return_hidden=return_hidden,
-                                    compile=compile)
+                                    compile=compile,
+                                    on_token=(lambda k: report(k, int(max_new_tokens))) if report else None)
     kwargs = dict(max_new_tokens=int(max_new_tokens), min_new_tokens=int(min_new_tokens),
                   do_sample=sample, num_beams=1, use_cache=True, eos_token_id=eos,
                   pad_token_id=pad, return_dict_in_generate=True)
@@ -1040,6 +1044,8 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
     if min_new_tokens <= 0:
         kwargs.pop("min_new_tokens")
     P = input_ids.shape[1]
+    if report is not None:
+        kwargs["stopping_criteria"] = _token_reporter(report, P, int(max_new_tokens))
     was_training = model.training
     saved_gen_cfg = getattr(model, "generation_config", None)
     clean = GenerationConfig(
@@ -1083,7 +1089,8 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
 
 
 def _generate_static(model, input_ids, attention_mask, *, eos, pad, max_new_tokens, min_new_tokens,
-                     sample, temperature, top_k, top_p, generator_seed, return_hidden, compile):
+                     sample, temperature, top_k, top_p, generator_seed, return_hidden, compile,
+                     on_token=None):
     """:func:`generate` through :func:`engine.decoding.decode`: same RNG handling, same return."""
     from engine.decoding import decode
 
@@ -1100,7 +1107,7 @@ def _generate_static(model, input_ids, attention_mask, *, eos, pad, max_new_toke
                 model, input_ids, attention_mask, eos_ids=eos, pad_id=pad,
                 max_new_tokens=int(max_new_tokens), min_new_tokens=int(min_new_tokens), sample=sample,
                 temperature=float(temperature), top_k=int(top_k or 0), top_p=float(top_p),
-                return_hidden=return_hidden, compile=compile)
+                return_hidden=return_hidden, compile=compile, on_token=on_token)
     finally:
         model.train(was_training)
     mask = response_mask_from_ids(response, eos)
@@ -1110,12 +1117,46 @@ def _generate_static(model, input_ids, attention_mask, *, eos, pad, max_new_toke
     return response.contiguous(), mask, hidden
 
 
+# ---------------------------------------------------------------------------------------------
+# progress of the generation in progress
+# ---------------------------------------------------------------------------------------------
+
+_TOKEN_REPORT: contextvars.ContextVar[Optional[Callable[[int, int], None]]] = \
+    contextvars.ContextVar("token_report", default=None)
+
+
+@contextlib.contextmanager
+def reporting_tokens(report: Callable[[int, int], None]):
+    """Within the block, :func:`generate` calls ``report(k, max_new_tokens)`` after each decoding
+    step (k tokens so far, either decoder). A role's worker sets it around an operation, so a
+    slow rollout can show "generating 12/24 tokens" without every caller passing a callback
+    through; ``report`` is called on every token and must be cheap (throttle there)."""
+    token = _TOKEN_REPORT.set(report)
+    try:
+        yield
+    finally:
+        _TOKEN_REPORT.reset(token)
+
+
+def _token_reporter(report: Callable[[int, int], None], prompt_len: int, max_new_tokens: int):
+    """``model.generate``'s hook for :func:`reporting_tokens`: a stopping criterion that never
+    stops, called once per decoding step with the sequences so far."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Report(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            report(int(input_ids.shape[1]) - prompt_len, max_new_tokens)
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Report()])
+
+
 __all__ = [
     "ModelLoadError", "ValueModel", "BUNDLED_SOURCES", "SMOLLM2", "MINILM", "TINY_LLAMA", "TINY_QWEN2",
     "resolve_model_path", "load_tokenizer", "resolve_attn_implementation", "torch_dtype",
     "resolve_device", "load_policy", "load_critic", "load_reward_model", "sequence_logprobs",
     "head_logprobs",
-    "generate", "count_parameters", "model_memory_bytes", "position_ids_from_mask", "is_checkpointing",
+    "generate", "reporting_tokens", "count_parameters", "model_memory_bytes", "position_ids_from_mask", "is_checkpointing",
     "response_mask_from_ids", "apply_lora", "lora_target_candidates", "lora_target_candidates_of",
     "cached_model_path", "lora_state_dict", "lora_target_message", "load_lora_state_dict", "LoraTargetError",
 ]

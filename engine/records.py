@@ -78,6 +78,7 @@ class RunInfo(Record):
     updated: Optional[float] = optional()         # epoch seconds of the last write
     steps: Optional[int] = optional()             # the run's length (run.steps)
     step: int = 0                           # steps done
+    step_stage: Optional[dict] = optional()       # the step in progress: step, phase, done/total/unit, since
     supervisor_pid: Optional[int] = optional()
     socket: Optional[str] = optional()            # the control socket while the supervisor lives
     run_tag: Optional[str] = optional()           # names the run's shared-memory segments

@@ -1,5 +1,5 @@
-"""The dashboard's top lines: run name, state, step k/N, elapsed, ETA, steps per minute, and
-what is pending or wrong."""
+"""The dashboard's top lines: run name, state, step k/N, elapsed, ETA, steps per minute, what
+the step in progress is doing, and what is pending or wrong."""
 from __future__ import annotations
 
 from rich.text import Text
@@ -63,6 +63,13 @@ class RunHeader(Static):
         spm = model.steps_per_minute()
         t.append(f"  {spm:.1f} steps/min" if spm else "  – steps/min")
         line2 = Text(no_wrap=True, overflow="ellipsis")
+        inside = model.step_stage()
+        if inside is not None:     # inside a step: what it is doing now, and for how long
+            k, what, secs = inside
+            line2.append(f"step {k}: {what}", style="cyan")
+            if secs is not None:
+                line2.append(f" {fmt_duration(secs)}", style="dim")
+            line2.append("  ")
         if pending:
             line2.append("⧗ ", style="bold yellow")
             line2.append(" · ".join(pending.values()), style="yellow")

@@ -165,6 +165,9 @@ class PPODriver:
         self.critic_free = critic_free(cfg)
         self.trainable = [r for r in TRAINABLE if not (r == "critic" and self.critic_free)]
         self.answers: dict[str, str] = {}  # formatted prompt -> reference answer (verifiable tasks)
+        # (step, phase) as a step moves on: generating, scoring, advantages, update, monitors,
+        # evaluating (the supervisor shows it in the console's header, engine/runtime/stage.py)
+        self.on_stage = lambda step, phase: None
         self.heldout: Optional[tuple[list[str], list[str]]] = None  # held-out prompts and answers
 
     def _call(self, role, op, tensors=None, args=None, phase="score"):
@@ -307,6 +310,7 @@ class PPODriver:
         timings: dict[str, float] = {}
         eval_before = {}
         if step == 1 and self.heldout and cfg.eval.every:  # the starting policy, once
+            self.on_stage(step, "evaluating")
             eval_before = self.evaluate()
         n_per = int(cfg.rollout.n)
         base_answers = self._answers_for(prompts)
@@ -315,6 +319,7 @@ class PPODriver:
         answers = [a for a in base_answers for _ in range(n_per)] if base_answers is not None else None
 
         # 1. rollout ------------------------------------------------------------------------
+        self.on_stage(step, "generating")
         t = time.perf_counter()
         (batch, gen_res, _), = self._run_phase({"gen": ("actor", "generate", None, {"prompts": prompts, "step": step}, "generate")}).values()
         timings["rollout"] = time.perf_counter() - t
@@ -322,6 +327,7 @@ class PPODriver:
         gen_lp = batch.pop("old_logprobs", None)  # rollout.reuse_logprobs: no second actor pass
 
         # 2. scoring, concurrently ---------------------------------------------------------
+        self.on_stage(step, "scoring")
         t = time.perf_counter()
         shared = p.critic_trunk == "reference" and not self.critic_free
         # a LoRA actor with reference.model null answers for the reference: its base model
@@ -354,6 +360,7 @@ class PPODriver:
         timings["reward"] = res["rew"][2]
 
         # 3. advantages (the driver's own math) ---------------------------------------------
+        self.on_stage(step, "advantages")
         t = time.perf_counter()
         mask = batch["response_mask"].float()
         old_lp = res["old"][0]["logprobs"]
@@ -383,6 +390,7 @@ class PPODriver:
         timings["advantage"] = time.perf_counter() - t
 
         # 4. updates, concurrently, as one two-phase commit ----------------------------------
+        self.on_stage(step, "update")
         t = time.perf_counter()
         actor_in = {**batch, "old_logprobs": old_lp, "advantages": adv}
         if p.kl_in == "loss" or p.kl_guard is not None:
@@ -395,6 +403,7 @@ class PPODriver:
         timings["actor_update"] = upd["actor"][2]
         if "critic" in upd:
             timings["critic_update"] = upd["critic"][2]
+        self.on_stage(step, "monitors")
         t = time.perf_counter()
         mon, alerts, flags, audits, prompts_txt = self._monitor_step(batch, scores, mean_kl, upd["actor"][1])
         timings["monitors"] = time.perf_counter() - t
@@ -444,6 +453,7 @@ class PPODriver:
         if eval_before:
             metrics.update({f"{k}_initial": v for k, v in eval_before.items() if k in ("heldout_accuracy", "heldout_score")})
         if self.heldout and cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.run.steps):
+            self.on_stage(step, "evaluating")
             ev = self.evaluate()  # the policy after this step's update
             metrics.update(ev)
             metrics["timings"]["eval"] = round(ev.get("heldout_s", 0.0), 4)

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,9 @@ def make_run_name(name: str) -> str:
     return f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+_STATE_LOCK = threading.RLock()  # run.json's read-update-write, across this process's threads
+
+
 @dataclass
 class RunDir:
     path: Path
@@ -188,13 +192,16 @@ class RunDir:
 
     def write_state(self, **fields) -> dict:
         """Update run.json atomically. Every name must be a :class:`RunInfo` field; ``updated``
-        is set to now unless given."""
+        is set to now unless given. Read, update and write are one step for the threads of this
+        process (the supervisor's loop, its stage publisher, a refit's watcher): two writers
+        never lose each other's fields."""
         RunInfo.check_names(fields)
-        state = self.read_state()
-        state.update(fields)
-        if "updated" not in fields:
-            state["updated"] = time.time()
-        atomic_write_json(self.run_json, state)
+        with _STATE_LOCK:
+            state = self.read_state()
+            state.update(fields)
+            if "updated" not in fields:
+                state["updated"] = time.time()
+            atomic_write_json(self.run_json, state)
         return state
 
     def effective_state(self) -> str:

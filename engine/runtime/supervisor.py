@@ -42,6 +42,7 @@ from engine.runtime.driver import (
 from engine.runtime.ranks import group_world_size
 from engine.runtime.roles import NonFiniteError, capture_rng, restore_rng
 from engine.runtime.rundir import RunDir, reap_stale_checkpoint_tmp, write_error_cause
+from engine.runtime.stage import StepStage
 from engine.runtime.worker import WorkerError, WorkerHandle, worker_context
 
 
@@ -169,6 +170,10 @@ class Supervisor:
         self._prompts: list[str] = []
         self._tokenizer = None
         self._pairs_made = 0
+        # the stage of the step in progress (phase, tokens, mini-batches): the status reply has
+        # it at once, run.json (for the console's header) at most once a second
+        self.stage = StepStage(lambda st: self.write_state(step_stage=st))
+        self._stage_thread: Optional[threading.Thread] = None
 
     # ---- logging & state ----------------------------------------------------------------
     def log(self, message: str, level: str = "INFO") -> None:
@@ -239,6 +244,7 @@ class Supervisor:
             "reward_version": self.reward_version,
             "refit": self._refit_status(),
             "last_metrics": self.last_metrics,
+            "step_stage": self.stage.current(),
         }
 
     # ---- control socket ----------------------------------------------------------------
@@ -333,6 +339,14 @@ class Supervisor:
                 self._watch_once(timeout)
             except Exception as e:  # noqa: BLE001 - never let the watchdog die quietly
                 self._log_safe(f"watchdog error: {type(e).__name__}: {e}", "ERROR")
+
+    def _publish_stage(self) -> None:
+        """run.json's ``step_stage``, the newest at most once a second (StepStage.flush)."""
+        while not self._watch_stop.wait(0.25):
+            try:
+                self.stage.flush()
+            except Exception as e:  # noqa: BLE001 - the header's stage is a nicety
+                self._log_safe(f"step stage not published: {type(e).__name__}: {e}", "WARNING")
 
     def _watch_once(self, timeout: float) -> None:
         now = time.monotonic()
@@ -777,6 +791,8 @@ class Supervisor:
                 self.workers.append(WorkerHandle(
                     ctx, group, dump_config(wcfg), self.owner_pid, self.run_tag, max(1, n // W),
                     on_progress=lambda label, msg: self.log(f"{label}: {msg}" if "[" in label else msg),
+                    on_stage=lambda label, m: self.stage.progress(m.get("role"), m.get("op"), m.get("done"),
+                                                                  m.get("total"), m.get("unit")),
                     rank=info, cuda_ipc=cfg.runtime.cuda_ipc,
                     log_path=str(self.rd.supervisor_log)))
         ranks: dict[str, list] = {}
@@ -791,6 +807,8 @@ class Supervisor:
                           for r, hs in ranks.items()}
         self.rd.write_state(pids={h.label: h.pid for h in self.workers if h.pid})
         threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
+        self._stage_thread = threading.Thread(target=self._publish_stage, name="stage", daemon=True)
+        self._stage_thread.start()
         for h in self.workers:
             try:
                 h.wait_ready()
@@ -818,6 +836,7 @@ class Supervisor:
             self._save_registry(reg)
         kl_ctl = make_kl_controller(cfg)
         driver = self.driver = PPODriver(cfg, self.endpoints, tokenizer, kl_ctl, plan)
+        driver.on_stage = self.stage.phase
         self._task_answers(driver, tokenizer)
 
         if self.resume:
@@ -870,6 +889,7 @@ class Supervisor:
                 except UpdateConsistencyError as e:
                     return self._fail(e)
                 self._longest_s = max(self._longest_s, time.monotonic() - t_step)
+                self.stage.phase(self.step + 1, "recording")
                 metrics["memory"] = self._memory()
                 try:
                     self._record_step(metrics, samples, driver)
@@ -1052,6 +1072,7 @@ class Supervisor:
 
     def _boundary(self, stream, kl_ctl) -> bool:
         """Honour checkpoint / pause / stop requests between steps. True means stop."""
+        self.stage.clear()  # no step in progress until the driver starts the next
         while True:
             with self._cv:
                 ckpts, self._ckpt_req = self._ckpt_req, []
@@ -1218,6 +1239,8 @@ class Supervisor:
     # ---- teardown ------------------------------------------------------------------------
     def _teardown(self) -> None:
         self._watch_stop.set()
+        if self._stage_thread is not None:  # its last write must come before the final state's
+            self._stage_thread.join(timeout=5.0)
         self._fail_boundary_jobs(f"the run ended ({self.state})")
         try:
             self._stop_refit()
@@ -1261,7 +1284,7 @@ class Supervisor:
         state, extra = self._final or ("failed", {"failure": "supervisor ended unexpectedly"})
         if state != "paused":
             extra = {"pause_info": None, **extra}
-        self.write_state(state=state, step=self.step, **extra)
+        self.write_state(state=state, step=self.step, step_stage=None, **extra)
 
 
 def memory_report(st: dict) -> dict:

@@ -6,12 +6,16 @@ offsets). No tensor is ever pickled. Data plane: ``engine.transport`` shared-mem
 
 Request  {"id", "role", "op", "args", "inputs": descriptor|null, "release": [segments], "threads"}
 Reply    {"id", "ok", "outputs": descriptor|null, "result": {...}, "seconds", "error", "kind"}
+Events   {"id": null, "event": "progress", "message"} (a line for the event log) and
+         {"id": null, "event": "stage", "role", "op", "done", "total", "unit"} (how far a generate
+         or update call is, for the console's header; see ``op_progress``)
 
 The sender of a descriptor keeps its segment until the receiver's reply (inputs) or the next
 request (outputs, listed in "release") says it has been read, so views are zero-copy and safe.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -166,6 +170,15 @@ def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_ta
         except Exception:  # noqa: BLE001 - progress lines are a nicety
             pass
 
+    def stage(role: str, op: str, done: int, total: int, unit: str) -> None:
+        try:
+            _send(conn, {"id": None, "event": "stage", "role": role, "op": op, "done": done,
+                         "total": total, "unit": unit})
+        except Exception:  # noqa: BLE001 - like progress lines, a nicety
+            pass
+
+    every = stage_every_s()
+
     try:
         t0 = time.perf_counter()
         if rank:
@@ -205,7 +218,9 @@ def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_ta
                 current_threads = int(n)
             inputs = transport.read_tensors(msg["inputs"]) if msg.get("inputs") else {}
             t = time.perf_counter()
-            out, result = objs[msg["role"]].call(msg["op"], inputs, msg.get("args") or {})
+            role, op = msg["role"], msg["op"]
+            with op_progress(lambda d, n, u: stage(role, op, d, n, u), cfg, role, op, objs[role], inputs, every):
+                out, result = objs[role].call(op, inputs, msg.get("args") or {})
             secs = time.perf_counter() - t
             del inputs
             desc = arena.put(out, cuda_ipc=cuda_ipc) if out else None
@@ -222,6 +237,58 @@ def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_ta
                          "trace": traceback.format_exc()})
     arena.close()
     _leave_group()
+
+
+STAGE_EVERY_S = 2.0  # a worker's op progress at most this often (env RLHF_CONSOLE_STAGE_EVERY_S)
+
+
+def stage_every_s() -> float:
+    """Seconds between two progress reports of one operation (``op_progress``)."""
+    try:
+        return max(0.0, float(os.environ.get("RLHF_CONSOLE_STAGE_EVERY_S", STAGE_EVERY_S)))
+    except ValueError:
+        return STAGE_EVERY_S
+
+
+@contextlib.contextmanager
+def op_progress(send, cfg, role: str, op: str, obj, inputs: dict, every: float):
+    """Inside a ``generate`` or ``update`` call of ``role``: how far it is, as
+    ``send(done, total, unit)`` at most once per ``every`` seconds (none in the first
+    ``every`` seconds: a fast call reports nothing). ``generate``: tokens decoded of
+    ``rollout.max_new_tokens`` (engine.models.reporting_tokens); ``update``: optimizer steps
+    done of ``ppo.epochs`` x the batch's mini-batches (a hook on the role's optimizer). Other
+    operations report nothing."""
+    last = [time.monotonic()]
+
+    def report(done: int, total: int, unit: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every:
+            last[0] = now
+            send(done, total, unit)
+
+    opt = getattr(obj, "optimizer", None)
+    mask = inputs.get("response_mask")
+    if op == "generate":
+        from engine.models import reporting_tokens
+
+        with reporting_tokens(lambda k, n: report(k, n, "tokens")):
+            yield
+    elif op == "update" and mask is not None and hasattr(opt, "register_step_post_hook"):
+        p = cfg.ppo
+        total = int(p.epochs) * -(-int(mask.shape[0]) // int(p.mini_batch_size))
+        done = [0]
+
+        def stepped(*_args) -> None:
+            done[0] += 1
+            report(done[0], total, "mini-batches")
+
+        handle = opt.register_step_post_hook(stepped)
+        try:
+            yield
+        finally:
+            handle.remove()
+    else:
+        yield
 
 
 def _leave_group() -> None:
@@ -245,7 +312,7 @@ class WorkerHandle:
 
     def __init__(self, ctx, roles: list[str], config_yaml: str, owner_pid: int, run_tag: str,
                  threads: int, on_progress=None, log_path: Optional[str] = None,
-                 rank: Optional[dict] = None, cuda_ipc: bool = False):
+                 rank: Optional[dict] = None, cuda_ipc: bool = False, on_stage=None):
         self.roles = roles
         self.rank = rank
         self.label = "+".join(roles) + (f"[{rank['rank']}]" if rank else "")
@@ -271,6 +338,7 @@ class WorkerHandle:
         self._ready: Future = Future()
         self._pending[0] = (self._ready, roles[0], "load", None, None)
         self._on_progress = on_progress or (lambda label, msg: None)
+        self._on_stage = on_stage or (lambda label, msg: None)  # msg: the "stage" event
         self.dead_reason: Optional[str] = None
         self._reader = threading.Thread(target=self._read_loop, name=f"reader-{self.label}", daemon=True)
         self._reader.start()
@@ -351,6 +419,9 @@ class WorkerHandle:
     def _dispatch(self, msg: dict) -> None:
         if msg.get("event") == "progress":
             self._on_progress(self.label, msg.get("message", ""))
+            return
+        if msg.get("event") == "stage":
+            self._on_stage(self.label, msg)
             return
         with self._lock:
             entry = self._pending.pop(msg.get("id"), None)
