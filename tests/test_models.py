@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -496,3 +497,22 @@ def test_sequence_entropy_is_the_algorithms_one_even_for_huge_logits():
     assert torch.isfinite(ent).all()
     assert torch.allclose(ent, entropy_from_logits(logits), atol=0, rtol=0)
     assert torch.allclose(ent, torch.full((2, 3), math.log(V)), atol=1e-5)
+
+
+def test_a_policy_role_reports_building_its_tokenizer_through_its_progress(tmp_path, monkeypatch):
+    """A first run converts (here: builds) the model while the role loads its tokenizer: those
+    lines must reach the role's progress callback (the run's event log), not the worker's stderr."""
+    from engine.assets import cache_dir
+    from engine.config import load_config
+    from engine.runtime.roles import ReferenceRole
+
+    warm = cache_dir() / "assets"
+    resolve_model_path(TINY)                       # the SmolLM2 GGUF asset is in the warm cache
+    (tmp_path / "assets").mkdir()
+    for d in warm.iterdir():
+        (tmp_path / "assets" / d.name).symlink_to(d)
+    monkeypatch.setenv("RLHF_CONSOLE_CACHE", str(tmp_path))  # no built models: tiny:llama is built anew
+    said: list[str] = []
+    ReferenceRole(load_config(Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"), progress=said.append)
+    assert any("saved tiny-llama" in m for m in said), said
+    assert any("reading the SmolLM2 tokenizer" in m for m in said), said

@@ -8,7 +8,6 @@ calls the very same objects inline.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import random
@@ -282,6 +281,10 @@ class TwoPhaseUpdate:
         return {}, {"rolled_back": had}
 
 
+def _backward(loss: torch.Tensor, scaler) -> None:
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+
+
 def _to_cpu(obj):
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
@@ -360,14 +363,67 @@ class Role:
             raise NonFiniteError(self.name, "update", f"{bad} is not finite" if bad
                                  else "a loss on another rank is not finite")
 
-    def amp(self):
-        """torch.autocast for this role's forward passes when ``<role>.autocast`` is set."""
-        ac = getattr(self.role_cfg, "autocast", "none")
-        if ac == "none":
-            return contextlib.nullcontext()
-        from engine.models import torch_dtype
+    @property
+    def weights_dtype(self) -> str:
+        """``<role>.dtype`` with ``auto`` resolved for this role's device (engine.precision)."""
+        from engine.precision import resolve_dtype
 
-        return torch.autocast(device_type=self.device.type, dtype=torch_dtype(ac))
+        return resolve_dtype(getattr(self.role_cfg, "dtype", "float32"), self.name, self.device)
+
+    def precision_for(self, phase: str) -> str:
+        """The autocast dtype of ``phase`` (``none`` = the weights' own): as the supervisor
+        set it (``op_precision``), else resolved here from ``<role>.autocast`` (``auto``
+        measures this machine once, cached)."""
+        plan = getattr(self, "_precision", None)
+        if plan is None:
+            ac = getattr(self.role_cfg, "autocast", "none")
+            if ac != "auto":
+                return ac
+            from engine.precision import role_precision
+
+            plan = self._precision = role_precision(self.cfg, self.name, self.device,
+                                                    progress=self.progress).autocast
+        return plan.get(phase, "none")
+
+    def op_precision(self, tensors: Tensors, args: dict) -> Result:
+        """Set the autocast dtype per phase (``args["autocast"]``: phase -> dtype or none)."""
+        plan = dict(args.get("autocast") or {})
+        bad = {k: v for k, v in plan.items() if v not in ("none", "bfloat16", "float16")}
+        if bad:
+            raise ValueError(f"{self.name}: unknown autocast dtype(s) {bad}")
+        self._precision = plan
+        return {}, {}
+
+    def _clip_and_step(self, max_norm: float, scaler) -> torch.Tensor:
+        """Clip the gradients to ``max_norm`` and take the optimizer step; the gradient norm.
+        With a float16 ``scaler`` the gradients are unscaled first, and a step whose gradients
+        overflowed is skipped (the scaler lowers its scale) instead of failing the run."""
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        gn = _full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+            return gn
+        _check_finite(self.name, "update", grad_norm=gn)
+        self.optimizer.step()
+        return gn
+
+    def amp(self, phase: str):
+        """torch.autocast for one of this role's passes (``generate``, ``score``, ``update``)."""
+        from engine.precision import autocast_context
+
+        return autocast_context(self.device, self.precision_for(phase))
+
+    def grad_scaler(self):
+        """A gradient scaler for a float16 update (None otherwise): float16's range needs the
+        loss scaled up before the backward and the gradients unscaled before clipping."""
+        if self.precision_for("update") != "float16":
+            return None
+        scaler = getattr(self, "_scaler", None)
+        if scaler is None:
+            scaler = self._scaler = torch.amp.GradScaler(self.device.type)
+        return scaler
 
 
 class _PolicyBase(Role):
@@ -381,10 +437,10 @@ class _PolicyBase(Role):
 
         src = resolve_role_model(cfg, self.name)
         attn = self.attn_implementation()
-        self.tokenizer = load_tokenizer(src)
+        self.tokenizer = load_tokenizer(src, progress=self.progress)
         self.model = load_policy(
             src,
-            dtype=self.role_cfg.dtype,
+            dtype=self.weights_dtype,
             device=str(self.device),
             attn_implementation=attn,
             gradient_checkpointing=self.role_cfg.gradient_checkpointing and self.trainable,
@@ -409,7 +465,7 @@ class _PolicyBase(Role):
 
         ids = torch.cat([tensors["query_ids"], tensors["response_ids"]], dim=1)
         attn = torch.cat([tensors["query_mask"], tensors["response_mask"]], dim=1)
-        with self.amp():
+        with self.amp("score"):
             return sequence_logprobs(
                 self.model, self._to(ids), self._to(attn), tensors["query_ids"].shape[1],
                 temperature=self.cfg.rollout.temperature, return_entropy=entropy,
@@ -471,7 +527,7 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
         self.model.eval()
         greedy = bool(args.get("greedy"))  # held-out evaluation: greedy, no log-probs
         reuse = r.reuse_logprobs and not greedy
-        with torch.no_grad(), self.amp():
+        with torch.no_grad(), self.amp("generate"):
             gen = generate(
                 self.model, self.tokenizer, self._to(q_ids), self._to(q_mask),
                 max_new_tokens=r.max_new_tokens, min_new_tokens=0 if greedy else r.min_new_tokens,
@@ -525,6 +581,7 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
         guard = p.kl_guard * p.target_kl if p.kl_guard is not None and ref_all is not None else None
         skipped = 0
         n_steps = p.epochs * len(_batches(B, p.mini_batch_size))
+        scaler = self.grad_scaler()
         self.model.train()
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "clipfrac", "dual_clipfrac", "approx_kl", "entropy", "grad_norm")}
         if ref_lp is not None:
@@ -542,7 +599,7 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
                 kl_now = kl_then = 0.0  # summed k1 KL of this rank's rows: now, and at rollout
                 rows = 0
                 for idx, weight, scale in self.ranks.micro_parts(micro, n_mb, mask):
-                    with self.amp():
+                    with self.amp("update"):
                         lp, ent = sequence_logprobs(
                             self.model, self._to(ids[idx]), self._to(attn[idx]), P,
                             temperature=self.cfg.rollout.temperature, return_entropy=True,
@@ -565,7 +622,7 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
                         total = total + p.kl_loss_coef * kl_loss
                         stats["kl_loss"].append(float(kl_loss.detach()) * scale)
                     self._check_loss(policy_loss=total)
-                    (total * weight).backward()
+                    _backward(total * weight, scaler)
                     stats["policy_loss"].append(float(loss.detach()) * scale)
                     stats["entropy"].append(float(ent_mean.detach()) * scale)
                     for k in ("clipfrac", "dual_clipfrac", "approx_kl"):
@@ -575,10 +632,8 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
                         skipped = n_steps - done
                         break
                 self.ranks.sync_grads(self.model)
-                gn = _full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip))
-                _check_finite(self.name, "update", grad_norm=gn)
+                gn = self._clip_and_step(p.grad_clip, scaler)
                 stats["grad_norm"].append(float(gn))
-                self.optimizer.step()
                 done += 1
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -712,7 +767,7 @@ class CriticRole(TwoPhaseUpdate, Role):
             self.progress("critic: value head on the reference's hidden states (zero-initialised)")
         else:
             self.model = load_critic(
-                resolve_role_model(cfg, self.name), dtype=self.role_cfg.dtype, device=str(self.device),
+                resolve_role_model(cfg, self.name), dtype=self.weights_dtype, device=str(self.device),
                 attn_implementation=self.attn_implementation(),
                 gradient_checkpointing=self.role_cfg.gradient_checkpointing, progress=self.progress,
             )
@@ -737,7 +792,7 @@ class CriticRole(TwoPhaseUpdate, Role):
         )
         self.scheduler = _make_scheduler(self.optimizer, p.lr_schedule, p.warmup_steps, cfg.run.steps)
 
-    def _values(self, inputs: tuple, idx=None) -> torch.Tensor:
+    def _values(self, inputs: tuple, idx=None, phase: str = "score") -> torch.Tensor:
         """Values of the states *before* each response token (positions P-1 .. P+R-2), for
         the rows ``idx`` (all when None)."""
         if self.head_only:
@@ -746,7 +801,7 @@ class CriticRole(TwoPhaseUpdate, Role):
         ids, attn, P, R = inputs
         if idx is not None:
             ids, attn = ids[idx], attn[idx]
-        with self.amp():
+        with self.amp(phase):
             v = self.model(input_ids=self._to(ids), attention_mask=self._to(attn))
         return v[:, P - 1 : P + R - 1].float()
 
@@ -778,6 +833,7 @@ class CriticRole(TwoPhaseUpdate, Role):
         old_v, ret = tensors["values"].float(), tensors["returns"].float()
         _check_finite(self.name, "update", returns=ret[mask.bool()], values=old_v[mask.bool()])
         B = mask.shape[0]
+        scaler = self.grad_scaler()
         self.model.train()
         stats: dict[str, list[float]] = {"value_loss": [], "vf_clipfrac": [], "critic_grad_norm": []}
         for epoch in range(p.epochs):
@@ -788,17 +844,15 @@ class CriticRole(TwoPhaseUpdate, Role):
                 self.optimizer.zero_grad(set_to_none=True)
                 micro = [mb_idx[mc] for mc in _batches(n_mb, p.micro_batch_size)]
                 for idx, weight, scale in self.ranks.micro_parts(micro, n_mb, mask):
-                    v = self._values(inputs, idx)
+                    v = self._values(inputs, idx, "update")
                     loss, st = A.value_loss(v, self._to(old_v[idx]), self._to(ret[idx]), self._to(mask[idx]), clip=p.value_clip)
                     self._check_loss(value_loss=loss)
-                    (p.vf_coef * loss * weight).backward()
+                    _backward(p.vf_coef * loss * weight, scaler)
                     stats["value_loss"].append(float(loss.detach()) * scale)
                     stats["vf_clipfrac"].append(float(st.get("clipfrac", 0.0)) * scale)
                 self.ranks.sync_grads(self.model)
-                gn = _full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip))
-                _check_finite(self.name, "update", grad_norm=gn)
+                gn = self._clip_and_step(p.grad_clip, scaler)
                 stats["critic_grad_norm"].append(float(gn))
-                self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {}, {k: (sum(v) / len(v) if v else 0.0) for k, v in stats.items()}
@@ -866,7 +920,7 @@ class RewardRole(Role):
         super().__init__(cfg, progress)
         from engine.models import load_tokenizer
 
-        self.tokenizer = load_tokenizer(resolve_role_model(cfg, "actor"))
+        self.tokenizer = load_tokenizer(resolve_role_model(cfg, "actor"), progress=self.progress)
         self.source_spec = cfg.reward.source
         self.source = self._build(cfg.reward.source)
 
