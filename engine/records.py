@@ -88,6 +88,7 @@ class RunInfo(Record):
     refit: Optional[dict] = optional()            # the last refit: state, attempt, reason, judgement_rows
     pids: dict = field(default_factory=dict)   # worker label -> pid
     devices: Optional[dict] = optional()          # role -> devices
+    precision: Optional[dict] = optional()        # role -> {autocast per phase, dtype, decoder_packing, measured, why}
     ray: Optional[dict] = optional()
     checkpoint_dir: Optional[str] = optional()    # checkpoints elsewhere (checkpoint.dir)
     last_score: Optional[float] = optional()

@@ -153,6 +153,7 @@ def _norm_score_label(v):
 # Normalisers, applied before the type check (``Annotated[Literal[...], Lower]``).
 Lower = BeforeValidator(_lower)
 DType = Annotated[Literal["float32", "bfloat16", "float16"], BeforeValidator(_norm_dtype)]
+RoleDType = Annotated[Literal["auto", "float32", "bfloat16", "float16"], BeforeValidator(_norm_dtype)]
 Device = Annotated[Str, BeforeValidator(_lower), AfterValidator(DeviceCheck())]
 Source = Annotated[Str, AfterValidator(NonEmpty())]
 NonEmptyStr = Annotated[Str, AfterValidator(NonEmpty())]
@@ -219,7 +220,8 @@ class RoleConfig:
     """A causal-LM role: actor (trained policy), reference (frozen policy) or critic (value model)."""
     model: Optional[Str] = key(None, "Model source: bundled:NAME, tiny:llama, a local folder or a "
                                      "Hugging Face hub id; null (reference, critic) = the actor's model.")
-    dtype: DType = key("float32", "Weights/compute dtype (aliases fp32, bf16, fp16, torch.* accepted).")
+    dtype: RoleDType = key("float32", "Weights dtype (aliases fp32, bf16, fp16, torch.* accepted); auto = "
+                                   "float32, except a frozen reference on a GPU with bf16 (bf16 weights).")
     device: Device = key("auto", "auto (CUDA when visible, else CPU), cpu, cuda or cuda:N.")
     attn_implementation: Annotated[Literal["eager", "sdpa", "flash_attention_2"],
                                    BeforeValidator(_norm_attn)] = key(
@@ -229,10 +231,13 @@ class RoleConfig:
                                               "(trained roles only).")
     threads: Optional[Int] = key(None, "torch intra-op threads for this role's worker; null = automatic.",
                                  **_THREADS)
-    autocast: Annotated[Literal["none", "bfloat16", "float16"],
+    autocast: Annotated[Literal["auto", "none", "bfloat16", "float16"],
                         BeforeValidator(lambda v: "none" if v is None else _norm_dtype(v))] = key(
         "none", "Mixed precision: run matmuls in this dtype under torch.autocast while weights, "
-                "optimizer state and log-probs stay in `dtype` (none = off).")
+                "optimizer state and log-probs stay in `dtype` (none = off). auto = measured on this "
+                "machine, per phase (generate, score, update): on a CPU bf16 where it times faster "
+                "than float32 at the role's shapes (cached per machine), on CUDA bf16 from compute "
+                "capability 8.0, else float16 with a gradient scaler (engine/precision.py).")
     world_size: Int = key(1, "Worker processes (ranks) for this role, forming one torch.distributed "
                              "group (gloo on CPU, NCCL on GPU; one GPU per rank). The batch is split "
                              "across ranks and gradients are summed, so an update equals the "

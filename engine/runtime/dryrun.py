@@ -59,6 +59,15 @@ def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> 
         if "gpu_alloc_mb" in after:
             report[name]["gpu_alloc_mb"] = after["gpu_alloc_mb"]
         out(f"loaded {name:<9} {report[name]['model']} on {report[name]['device']} in {report[name]['load_s']:.1f}s")
+    # each role's precision, chosen as the run chooses it (auto: measured once per machine)
+    from engine.precision import plan as precision_plan
+
+    chosen = precision_plan(cfg, plan, progress=out)
+    for name, rp in chosen.items():
+        if name in roles and rp.autocast:
+            roles[name].call("precision", {}, {"autocast": rp.autocast})
+        out(rp.line())
+    report["precision"] = {r: rp.to_json() for r, rp in chosen.items()}
     # the first batch the run itself would generate from (data.chat_template applied the same way)
     prompts = prompt_stream(cfg, load_tokenizer(resolve_role_model(cfg, "actor"))).next_batch()
     report["prompts"] = prompts

@@ -127,6 +127,7 @@ class Supervisor:
         self.by_role: dict = {}
         self.ray = None  # engine.runtime.ray_backend.RayBackend when runtime.backend is ray
         self.endpoints: dict = {}  # role -> endpoint the driver calls (a RoleGroup over ranks)
+        self.precision: dict = {}  # role -> what it runs in and why (engine.precision), once loaded
         self.arena: Optional[transport.TensorArena] = None
         self.server: Optional[ControlServer] = None
         self.step = 0
@@ -245,6 +246,7 @@ class Supervisor:
             "refit": self._refit_status(),
             "last_metrics": self.last_metrics,
             "step_stage": self.stage.current(),
+            "precision": self.precision,
         }
 
     # ---- control socket ----------------------------------------------------------------
@@ -829,6 +831,12 @@ class Supervisor:
 
         tokenizer, stream = prompts.result()
         self._prompts, self._tokenizer = list(stream.prompts), tokenizer
+        try:  # after the prompts' thread is done: nothing else runs while it times the machine
+            self._set_precision(cfg, devices)
+        except WorkerError as e:
+            self.log(f"could not set the roles' precision: {e}", "ERROR")
+            self._finish("failed", failure=f"precision: {e}")
+            return 1
         reg = self._registry()
         if not reg["versions"]:
             reg["versions"].append({"version": 0, "source": cfg.reward.source, "kind": "config", "from_step": 1,
@@ -956,6 +964,25 @@ class Supervisor:
         self.log(f"finished {self.step}/{total} steps")
         self._finish("finished")
         return 0
+
+    def _set_precision(self, cfg: RunConfig, devices) -> None:
+        """Resolve each model role's precision (``auto`` is measured here once per machine, on
+        the idle machine now that every worker has loaded), tell the workers, and record it:
+        one line per role in events.log and a ``precision`` object in run.json."""
+        from engine.precision import plan
+
+        t0 = time.perf_counter()
+        chosen = plan(cfg, devices, progress=self.log)
+        for role, rp in chosen.items():
+            ep = self.endpoints.get(role)
+            if ep is not None and rp.autocast:
+                ep.submit(role, "precision", args={"autocast": rp.autocast}).result()
+            self.log(rp.line())
+        took = time.perf_counter() - t0
+        if any(rp.measured for rp in chosen.values()) and took > 0.5:
+            self.log(f"precision: chosen in {took:.1f}s (calibration cached for this machine)")
+        self.precision = {r: rp.to_json() for r, rp in chosen.items()}
+        self.rd.write_state(precision=self.precision)
 
     def _task_answers(self, driver: PPODriver, tokenizer) -> None:
         """A verifiable task (bundled:arithmetic): each prompt's reference answer for the reward,
