@@ -215,21 +215,27 @@ def test_autocast_bf16_copy_gives_the_autocast_tokens(model, tok, batch):
             torch.testing.assert_close(h2, h1, atol=1e-5, rtol=1e-5)
 
 
-def _bf16_packs() -> bool:
-    """Whether the decoder's probe lets it pack bf16 weights on this CPU (oneDNN there, and the
-    packed matmul gives the plain one's bits)."""
-    saved = D.PACK, D._PROBED
+def cpu_runs_onednn_bf16() -> bool:
+    """Whether oneDNN has a bf16 matmul on this CPU, told from the CPU's flags and the ISA cap
+    in the environment (not from the decoder's own probe): it needs AVX-512 BW/VL/DQ or
+    AVX-NE-CONVERT, and ONEDNN_MAX_CPU_ISA=AVX2 (the emulated AVX2 class) rules both out."""
+    import os
+
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).upper()
+    if isa in ("SSE41", "AVX", "AVX2", "AVX2_VNNI"):
+        return False
     try:
-        D.PACK, D._PROBED = True, False
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            D._probe()
-        return D.PACK
-    finally:
-        D.PACK, D._PROBED = saved
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return {"avx512bw", "avx512vl", "avx512dq"} <= set(flags) or "avx_ne_convert" in flags
 
 
-@pytest.mark.skipif(not _bf16_packs(), reason="oneDNN cannot pack bf16 weights on this CPU")
+ONEDNN_BF16 = cpu_runs_onednn_bf16()
+
+
+@pytest.mark.skipif(not ONEDNN_BF16, reason="this CPU has no oneDNN bf16 matmul (AVX2 class): the test "
+                                            "below checks that branch")
 def test_prepacked_bf16_copy_gives_the_same_bits(model, tok, batch, monkeypatch):
     """Under bf16 autocast the loop's 16-bit copy is prepacked into oneDNN's layout (also for
     the prefill through the model's trunk): the layers really hold packed weights, and tokens
@@ -258,6 +264,26 @@ def test_prepacked_bf16_copy_gives_the_same_bits(model, tok, batch, monkeypatch)
     assert "forward" not in vars(q_proj)
 
 
+@pytest.mark.skipif(ONEDNN_BF16, reason="this CPU has a oneDNN bf16 matmul: the test above checks that branch "
+                                        "(tests/test_every_machine.py runs this one under the emulated AVX2 class)")
+def test_no_bf16_matmul_on_this_cpu_means_no_packing_and_plain_decoding(model, tok, batch, monkeypatch):
+    """On a CPU without oneDNN's bf16 matmul (AVX2 only) the real packing op fails: the probe
+    warns once with oneDNN's own reason, packing stays off and the step decodes with plain
+    matmuls (the tokens model.generate gives under autocast)."""
+    ids, am = batch
+    monkeypatch.setattr(D, "PACK", True)
+    monkeypatch.setattr(D, "_PROBED", False)
+    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = generate(model, tok, ids, am, max_new_tokens=6, decoder="static", generator_seed=1)
+        hf = generate(model, tok, ids, am, max_new_tokens=6, decoder="hf", generator_seed=1)
+    assert D.PACK is False
+    warned = [str(w.message) for w in caught if "prepacking is unavailable" in str(w.message)]
+    assert len(warned) == 1, warned
+    assert D._layers(model, torch.bfloat16, rows=len(ids))[0].q.packed is None
+    assert torch.equal(got[0], hf[0])
+
+
 def _raise(*a, **k):
     raise RuntimeError("no oneDNN here")
 
@@ -278,6 +304,9 @@ def test_packing_that_fails_its_probe_warns_once_and_decodes_plain(model, tok, b
     ids, am = batch
     monkeypatch.setattr(D, "PACK", True)
     monkeypatch.setattr(D, "_PROBED", False)
+    if op == "_linear_pointwise":  # the packing op itself succeeds (on any CPU: oneDNN's refuses
+        # bf16 where the CPU has no bf16 path), so the fault injected into the matmul is the one hit
+        monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", lambda w, rows: w)
     monkeypatch.setattr(torch.ops.mkldnn, op, _raise if fault == "raises" else other_bits)
     with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
