@@ -331,6 +331,31 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    """What this machine is and what a run will choose on it; non-zero with one line per problem."""
+    from pathlib import Path
+
+    from engine.config import PRESETS_DIR
+    from engine.doctor import format_report, run_doctor
+
+    path = args.config or str(PRESETS_DIR / "default.yaml")
+    try:
+        cfg = load_config(path, list(args.set or []))
+    except ConfigError as e:
+        _trace()
+        print(str(e), file=sys.stderr)
+        return 2
+    rep = run_doctor(cfg, recalibrate=args.recalibrate, progress=lambda m: print(m, flush=True))
+    if args.json:
+        import dataclasses
+        import json
+
+        Path(args.json).write_text(json.dumps(dataclasses.asdict(rep), indent=2, default=str) + "\n")
+    for line in format_report(rep, path):
+        print(line)
+    return 1 if rep.problems else 0
+
+
 # ---- parser ---------------------------------------------------------------------------------
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", required=True, help="run config YAML")
@@ -355,6 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="validate a config and exit")
     _add_config_args(v)
     v.set_defaults(func=cmd_validate)
+
+    d = sub.add_parser("doctor", help="explain this machine: CPU/GPU, the precision each role will use "
+                                      "(measured once, cached), the cache, the default's expected step time; "
+                                      "exits non-zero with one line per problem a run would hit")
+    d.add_argument("--config", "-c", help="the config to check (default: configs/default.yaml)")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    d.add_argument("--recalibrate", action="store_true", help="measure bf16 against float32 again")
+    d.add_argument("--json", help="also write the report to this JSON file")
+    d.set_defaults(func=cmd_doctor)
 
     r = sub.add_parser("runs", help="list runs")
     r.set_defaults(func=cmd_runs)

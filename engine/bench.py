@@ -3,6 +3,7 @@
     python -m engine.bench transport [--sizes 1,16,256] [--repeats N]
     python -m engine.bench step --config FILE [--steps N] [--set k=v ...] [--modes multi,local,ray,single]
     python -m engine.bench generate [--config FILE] [--batch N] [--tokens N] [--repeats N] [--compile]
+    python -m engine.bench precision --config FILE [--steps N] [--modes auto,float32,bf16] [--json F]
 
 Each benchmark is a subcommand: a ``bench_<name>(args)`` function plus a ``_register_<name>``
 function that adds its subparser; ``build_parser`` lists them (see the place marked for ``step``).
@@ -572,7 +573,79 @@ def _register_generate(sub) -> None:
     p.set_defaults(func=bench_generate)
 
 
-REGISTRARS = [_register_transport, _register_step, _register_generate]
+# ----------------------------------------------------------------------------- precision
+
+PRECISION_MODES = {  # label -> the autocast every model role gets
+    "auto": "auto", "float32": "none", "bf16": "bfloat16",
+}
+
+
+def bench_precision(args) -> int:
+    """The config's step with ``auto`` precision against the fixed choices, in one sitting: the
+    multi-process runtime, the same steps, each mode after the other; auto's step over the
+    faster fixed one's is the figure the issue's 1.1x target is about."""
+    from dataclasses import replace
+
+    from engine.config import load_config
+    from engine.precision import cpu_class, machine_identity
+    from engine.procs import available_cores
+    from engine.runtime.worker import quiet_hf_logging
+
+    quiet_hf_logging()
+    cfg = load_config(args.config, list(args.set or []))
+    steps = max(2, args.steps)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in PRECISION_MODES]
+    if bad:
+        print(f"unknown mode(s) {', '.join(bad)}; use {', '.join(PRECISION_MODES)}", file=sys.stderr)
+        return 2
+    m = machine_identity()
+    print(f"precision benchmark: {args.config}, {steps} steps per mode (the first is warm-up and left out), "
+          f"{available_cores()} cores, {m['cpu']} ({cpu_class()} class; torch uses {m['capability']}"
+          + (f", {' '.join(f'{k}={v}' for k, v in m['isa_env'].items())}" if m["isa_env"] else "") + f"), "
+          f"torch {torch.__version__}", flush=True)
+    out: dict = {"config": args.config, "steps": steps, "machine": m, "cpu_class": cpu_class(), "modes": {}}
+    for mode in modes:
+        ac = PRECISION_MODES[mode]
+        c = replace(cfg, **{r: replace(getattr(cfg, r), autocast=ac) for r in ("actor", "reference", "critic")})
+        print(f"{mode}: every model role's autocast {ac}", flush=True)
+        t0 = time.perf_counter()
+        rows = _run_multiprocess(c, steps, label=mode)
+        use = rows[1:] or rows
+        out["modes"][mode] = {"autocast": ac, "step_s": [r.timings.get("step", 0.0) for r in rows],
+                              "mean_step_s": statistics.mean(r.timings.get("step", 0.0) for r in use),
+                              "phases_s": _phase_means(rows, 1), "wall_s": time.perf_counter() - t0,
+                              "score_mean": [r["score_mean"] for r in rows]}
+    print()
+    print(f"{'mode':<10}{'mean step s':>14}{'generate':>10}{'scoring':>10}{'update':>10}")
+    for mode, r in out["modes"].items():
+        ph = r["phases_s"]
+        print(f"{mode:<10}{r['mean_step_s']:>14.3f}{ph['rollout']:>10.3f}{ph['scoring']:>10.3f}{ph['update']:>10.3f}")
+    fixed = {k: v["mean_step_s"] for k, v in out["modes"].items() if k != "auto"}
+    if "auto" in out["modes"] and fixed:
+        best = min(fixed, key=fixed.get)
+        ratio = out["modes"]["auto"]["mean_step_s"] / fixed[best]
+        out["auto_over_fastest_fixed"] = {"fastest_fixed": best, "ratio": ratio}
+        print(f"\nauto / fastest fixed ({best}): {ratio:.2f}x  (target <= 1.10)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _register_precision(sub) -> None:
+    p = sub.add_parser("precision", help="the step with auto precision against forced float32 and forced bf16, "
+                                         "in one sitting")
+    p.add_argument("--config", required=True)
+    p.add_argument("--steps", type=int, default=3, help="steps per mode, the first is warm-up (default 3)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--modes", default="auto,float32,bf16", help="comma separated: auto, float32, bf16")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(func=bench_precision)
+
+
+REGISTRARS = [_register_transport, _register_step, _register_generate, _register_precision]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,28 @@ def progress_bar(k: int, n: int | None, width: int = 12) -> str:
     return "█" * filled + "░" * (width - filled)
 
 
+_SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+def precision_summary(precision: dict | None) -> str:
+    """One phrase for what the run's roles compute in (run.json's ``precision``): ``bf16`` or
+    ``fp32`` when every pass agrees, else each role's passes; ``(measured)`` for auto."""
+    if not precision:
+        return ""
+    per_role = {}
+    for role, p in precision.items():
+        ac = p.get("autocast") or {}
+        per_role[role] = {ph: _SHORT.get(v, _SHORT.get(p.get("dtype"), p.get("dtype"))) if v != "none"
+                          else _SHORT.get(p.get("dtype"), p.get("dtype")) for ph, v in ac.items()}
+    kinds = {v for phases in per_role.values() for v in phases.values()}
+    auto = any(p.get("requested") == "auto" for p in precision.values())
+    tag = " (measured)" if auto else ""
+    if len(kinds) == 1:
+        return f"precision {kinds.pop()}{tag}"
+    parts = [f"{r} " + "/".join(f"{ph[:3]} {v}" for ph, v in phases.items()) for r, phases in per_role.items() if phases]
+    return "precision " + ", ".join(parts) + tag
+
+
 class RunHeader(Static):
     """Two lines; redrawn by the dashboard on each update and on a 1 s clock."""
 
@@ -90,6 +112,9 @@ class RunHeader(Static):
         else:
             src = model.info.reward_source
             line2.append(f"reward {src}" if src else "", style="dim")
+            prec = precision_summary(model.info.precision)
+            if prec:
+                line2.append(f"{' · ' if src else ''}{prec}", style="dim")
             if narrow:
                 line2.append(" · tab: next pane", style="dim")
         width = max(10, self.size.width - 2) if self.size.width else 200
