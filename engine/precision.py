@@ -44,6 +44,7 @@ ROLE_PHASES = {"actor": ("generate", "score", "update"), "reference": ("score",)
                "critic": ("score", "update")}
 BF16_MARGIN = 0.95        # bf16 is chosen where it takes at most this share of float32's time
 CALIBRATION_FORMAT = 3
+OTHERS_BUSY_MAX = 0.5     # cores other processes may keep busy while it measures, and the result still be cached
 BUDGET_S = 0.2            # timing budget per (phase, dtype) after its warm-up
 MAX_ROWS = 1024           # longer inputs are timed at this many rows (the ratio no longer moves)
 MACHINE_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "avx512_fp16",
@@ -356,6 +357,7 @@ class Calibration:
     took_s: float            # how long measuring took (0 when it came from the cache)
     cached: bool = False
     measured_at: float = field(default_factory=time.time)
+    others_busy_cores: float = 0.0   # how many cores other processes kept busy meanwhile
 
     def ratio(self, phase: str) -> float:
         """How many times faster bf16 ran than float32 in ``phase`` (below 1: slower)."""
@@ -382,15 +384,36 @@ def calibrate(s: Shapes, *, recalibrate: bool = False, budget: float = BUDGET_S,
         progress(f"precision: timing bf16 against float32 at the model's shapes on this {machine['class']} CPU "
                  f"(once per machine; cached)")
     t0 = time.perf_counter()
+    others0 = _others_cpu_s()
     seconds = _measure(s, budget)
-    cal = Calibration(machine, shapes, seconds, time.perf_counter() - t0)
+    took = time.perf_counter() - t0
+    busy = (_others_cpu_s() - others0) / max(took, 1e-9)
+    cal = Calibration(machine, shapes, seconds, took)
+    cal.others_busy_cores = busy
+    if busy > OTHERS_BUSY_MAX:
+        # other processes ran while it measured: the figures serve this run, but are not kept
+        if progress:
+            progress(f"precision: other processes kept {busy:.1f} cores busy while it measured; this run uses "
+                     f"the figures, the next measures again")
+        return cal
     try:
         _write_entry(key, {"machine": machine, "shapes": shapes, "seconds": seconds,
-                           "took_s": cal.took_s, "measured_at": cal.measured_at})
+                           "took_s": cal.took_s, "measured_at": cal.measured_at, "others_busy_cores": busy})
     except OSError as e:  # a read-only or full cache: measured again next time
         if progress:
             progress(f"precision: could not cache the calibration ({e})")
     return cal
+
+
+def _others_cpu_s() -> float:
+    """CPU seconds spent so far by every process but this one (system-wide busy time minus
+    this process's): how much else ran while the calibration measured."""
+    import psutil
+
+    t = psutil.cpu_times()
+    busy = t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    own = psutil.Process().cpu_times()
+    return busy - (own.user + own.system)
 
 
 # ----------------------------------------------------------------------------------- choice
@@ -423,6 +446,8 @@ class RolePrecision:
                     "bfloat16": "bf16 autocast", "float16": "fp16 autocast"}[ac]
             parts.append(f"{ph} {name} ({self.why.get(ph, '')})" if self.why.get(ph) else f"{ph} {name}")
         pack = "; decoder weights prepacked" if self.decoder_packing else ""
+        if not parts:
+            return f"precision: {self.role} runs no pass of its own (a value head on the reference's hidden states)"
         return f"precision: {self.role} " + ", ".join(parts) + pack
 
 
