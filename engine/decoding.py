@@ -162,14 +162,19 @@ def _probe() -> None:
                       f"the decoding step uses plain matmuls", RuntimeWarning, stacklevel=3)
 
 
-def _pack(w: torch.Tensor, rows: int) -> Optional[torch.Tensor]:
-    """``w`` in oneDNN's layout for ``rows``-row inputs, or None where that is unavailable:
-    not a 16-bit CPU tensor, or packing is off (:func:`_probe`)."""
-    if w.device.type != "cpu" or w.dtype != torch.bfloat16:
-        return None
+def packing_available() -> bool:
+    """Whether bf16 weights are prepacked for oneDNN here (:func:`_probe` runs on first use)."""
     if PACK and not _PROBED:
         _probe()
-    return torch.ops.mkldnn._reorder_linear_weight(w, int(rows)) if PACK else None
+    return PACK
+
+
+def _pack(w: torch.Tensor, rows: int) -> Optional[torch.Tensor]:
+    """``w`` in oneDNN's layout for ``rows``-row inputs, or None where that is unavailable:
+    not a 16-bit CPU tensor, or packing is off (:func:`packing_available`)."""
+    if w.device.type != "cpu" or w.dtype != torch.bfloat16:
+        return None
+    return torch.ops.mkldnn._reorder_linear_weight(w, int(rows)) if packing_available() else None
 
 
 @contextlib.contextmanager
@@ -455,4 +460,4 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, eos_
     return toks, (torch.stack(hiddens, dim=1) if return_hidden else None)
 
 
-__all__ = ["decode", "unsupported_reason", "process_scores", "pick_tokens"]
+__all__ = ["decode", "unsupported_reason", "process_scores", "pick_tokens", "packing_available"]

@@ -175,14 +175,14 @@ def run_doctor(cfg, *, recalibrate: bool = False, progress=None) -> Report:
     rep.cache = cache_state()
     if recalibrate:
         clear_cache()
-    chosen = plan(cfg, progress=progress)
-    rep.precision = {r: rp.to_json() for r, rp in chosen.items()}
     s = role_shapes(cfg, "actor")
     cal = None
-    if s is not None and not rep.gpus["cuda"]:
+    if s is not None and not rep.gpus["cuda"]:  # measured once here, and the plan reuses it
         cal = calibrate(s, progress=progress)
         rep.calibration = {"seconds": cal.seconds, "took_s": cal.took_s, "cached": cal.cached,
                            "shapes": cal.shapes}
+    chosen = plan(cfg, progress=progress, calibration=cal)
+    rep.precision = {r: rp.to_json() for r, rp in chosen.items()}
     rep.estimate = estimate(cfg, cal, chosen, rep.cache) if cal else {}
     # problems a run would hit
     p = rep.problems

@@ -478,6 +478,7 @@ def role_precision(cfg, role: str, device: Optional[torch.device] = None, *, rec
                    progress: Optional[Callable[[str], None]] = None,
                    calibration: Optional[Calibration] = None) -> RolePrecision:
     """The precision ``role`` runs in under ``cfg`` on ``device`` (its configured device by default)."""
+    from engine.decoding import packing_available
     from engine.models import resolve_device
 
     rc = getattr(cfg, role)
@@ -517,37 +518,22 @@ def role_precision(cfg, role: str, device: Optional[torch.device] = None, *, rec
                                    "bfloat16_ms": round(1e3 * t["bfloat16"], 3), "bf16_speedup": round(r, 3)}
                 rp.why[ph] = f"{_fmt_ratio(r)} at {_PHASE_SHAPE[ph]}"
     rp.decoder_packing = bool(role == "actor" and device.type == "cpu" and rp.autocast.get("generate") == "bfloat16"
-                              and cfg.rollout.decoder == "static" and _packing_works())
+                              and cfg.rollout.decoder == "static" and packing_available())
     return rp
 
 
-def _packing_works() -> bool:
-    from engine import decoding
-
-    if not decoding._PROBED:
-        decoding._probe()
-    return bool(decoding.PACK)
-
-
-def model_roles(cfg) -> list[str]:
-    """The causal-LM roles that run a pass of their own: no reference for a LoRA actor that is
-    its own reference (the actor runs that pass), no critic for a critic-free estimator."""
-    from engine.config import critic_free
-
-    out = ["actor"]
-    if not (getattr(cfg.actor, "lora", None) is not None and cfg.reference.model is None):
-        out.append("reference")
-    if not critic_free(cfg):
-        out.append("critic")
-    return out
-
-
 def plan(cfg, devices: Optional[dict] = None, *, recalibrate: bool = False,
-         progress: Optional[Callable[[str], None]] = None) -> dict[str, RolePrecision]:
-    """Every model role's precision (one calibration per distinct model shape)."""
+         progress: Optional[Callable[[str], None]] = None,
+         calibration: Optional[Calibration] = None) -> dict[str, RolePrecision]:
+    """The precision of every model role that runs a pass of its own (one calibration per
+    distinct model shape; ``calibration``, when given, serves the roles of its shape)."""
+    from engine.config import MODEL_ROLES, active_roles
+
     out: dict[str, RolePrecision] = {}
     cals: dict = {}
-    for role in model_roles(cfg):
+    if calibration is not None:
+        cals[json.dumps(calibration.shapes, sort_keys=True)] = calibration
+    for role in [r for r in active_roles(cfg) if r in MODEL_ROLES]:
         dev = None
         if devices and role in devices:
             dev = torch.device(devices[role][0])
@@ -555,8 +541,7 @@ def plan(cfg, devices: Optional[dict] = None, *, recalibrate: bool = False,
         cal = None
         rc = getattr(cfg, role)
         if rc.autocast == "auto" and s is not None and (dev or _device_of(rc)).type == "cpu":
-            k = asdict(s)
-            key = json.dumps(k, sort_keys=True)
+            key = json.dumps(asdict(s), sort_keys=True)
             if key not in cals:
                 cals[key] = calibrate(s, recalibrate=recalibrate, progress=progress)
             cal = cals[key]

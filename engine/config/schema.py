@@ -714,6 +714,23 @@ def critic_free(cfg: RunConfig) -> bool:
     return cfg.ppo.estimator in CRITIC_FREE_ESTIMATORS
 
 
+def reference_in_actor(cfg: RunConfig) -> bool:
+    """A LoRA actor (``actor.lora``) whose reference is its own base (``reference.model: null``):
+    the actor answers the reference's log-probs (and hidden states) with its adapters disabled,
+    so no reference worker is started and no second copy of the weights exists."""
+    return getattr(cfg.actor, "lora", None) is not None and cfg.reference.model is None
+
+
+def active_roles(cfg: RunConfig) -> tuple[str, ...]:
+    """The roles that get a worker (process, rank or Ray actor) in this run, in ROLES order: no
+    reference worker for a LoRA actor that is its own reference, no critic for a critic-free
+    estimator (``ppo.estimator`` other than gae)."""
+    skip = {"reference"} if reference_in_actor(cfg) else set()
+    if critic_free(cfg):
+        skip.add("critic")
+    return tuple(r for r in ROLES if r not in skip)
+
+
 def colocation_groups(cfg: RunConfig) -> list[tuple[str, ...]]:
     """Roles grouped by worker process: false -> one per role; true -> one group of all."""
     c = cfg.runtime.colocate

@@ -20,32 +20,13 @@ import torch
 
 from engine import algorithms as A
 from engine import monitors as M
-from engine.config import RunConfig
+from engine.config import RunConfig, active_roles, reference_in_actor  # noqa: F401 - re-exported: the runtime imports them from here
 from engine.procs import available_cores
 from engine.records import Sample, sample_id
 from engine.runtime.roles import NonFiniteError
 
 ROLES = ("actor", "reference", "critic", "reward")
 TRAINABLE = ("actor", "critic")
-
-
-def reference_in_actor(cfg: RunConfig) -> bool:
-    """A LoRA actor (``actor.lora``) whose reference is its own base (``reference.model: null``):
-    the actor answers the reference's log-probs (and hidden states) with its adapters disabled,
-    so no reference worker is started and no second copy of the weights exists."""
-    return getattr(cfg.actor, "lora", None) is not None and cfg.reference.model is None
-
-
-def active_roles(cfg: RunConfig) -> tuple[str, ...]:
-    """The roles that get a worker (process, rank or Ray actor) in this run, in ROLES order: no
-    reference worker for a LoRA actor that is its own reference, no critic for a critic-free
-    estimator (``ppo.estimator`` other than gae)."""
-    from engine.config import critic_free
-
-    skip = {"reference"} if reference_in_actor(cfg) else set()
-    if critic_free(cfg):
-        skip.add("critic")
-    return tuple(r for r in ROLES if r not in skip)
 
 
 class UpdateConsistencyError(RuntimeError):
