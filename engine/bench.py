@@ -476,17 +476,22 @@ def bench_step(args) -> int:
     return 0
 
 
+def _add_run_args(p, steps: int) -> None:
+    """The arguments of a benchmark that runs a config for a few steps per mode."""
+    p.add_argument("--config", required=True)
+    p.add_argument("--steps", type=int, default=steps, help=f"steps per mode, the first is warm-up (default {steps})")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+
+
 def _register_step(sub) -> None:
     p = sub.add_parser("step", help="PPO step time: multi-process runtime (local or Ray) vs one process, "
                                     "phase by phase")
-    p.add_argument("--config", required=True)
-    p.add_argument("--steps", type=int, default=4, help="steps per mode, the first is warm-up (default 4)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    _add_run_args(p, 4)
     p.add_argument("--modes", default="multi,single",
                    help="multi (the runtime as configured; --set runtime.backend=ray runs it on Ray), "
                         "local, ray (the runtime on that backend), single (one process); default multi,single. "
                         "With ray and local both measured, the Ray overhead per step is printed")
-    p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=bench_step)
 
 
@@ -637,11 +642,8 @@ def bench_precision(args) -> int:
 def _register_precision(sub) -> None:
     p = sub.add_parser("precision", help="the step with auto precision against forced float32 and forced bf16, "
                                          "in one sitting")
-    p.add_argument("--config", required=True)
-    p.add_argument("--steps", type=int, default=3, help="steps per mode, the first is warm-up (default 3)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    _add_run_args(p, 3)
     p.add_argument("--modes", default="auto,float32,bf16", help="comma separated: auto, float32, bf16")
-    p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=bench_precision)
 
 

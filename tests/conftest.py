@@ -39,6 +39,22 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_line(_free_space() + " (at the end)")
 
 
+def proc_cpu_flags() -> set[str]:
+    """The CPU's flags from /proc/cpuinfo: what the tests expect of the hardware is told from
+    these (and the ISA cap below), never from the code under test's own probes."""
+    try:
+        return set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return set()
+
+
+def isa_capped_at_avx2() -> bool:
+    """Whether the environment caps torch or oneDNN at AVX2 or below (the emulated AVX2 class)."""
+    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").upper()
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).upper()
+    return aten in ("AVX2", "DEFAULT") or isa in ("SSE41", "AVX", "AVX2", "AVX2_VNNI")
+
+
 @pytest.fixture
 def runs_dir(tmp_path):
     d = tmp_path / "runs"

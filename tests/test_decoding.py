@@ -219,16 +219,12 @@ def cpu_runs_onednn_bf16() -> bool:
     """Whether oneDNN has a bf16 matmul on this CPU, told from the CPU's flags and the ISA cap
     in the environment (not from the decoder's own probe): it needs AVX-512 BW/VL/DQ or
     AVX-NE-CONVERT, and ONEDNN_MAX_CPU_ISA=AVX2 (the emulated AVX2 class) rules both out."""
-    import os
+    from tests.conftest import isa_capped_at_avx2, proc_cpu_flags
 
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).upper()
-    if isa in ("SSE41", "AVX", "AVX2", "AVX2_VNNI"):
+    if isa_capped_at_avx2():
         return False
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return False
-    return {"avx512bw", "avx512vl", "avx512dq"} <= set(flags) or "avx_ne_convert" in flags
+    flags = proc_cpu_flags()
+    return {"avx512bw", "avx512vl", "avx512dq"} <= flags or "avx_ne_convert" in flags
 
 
 ONEDNN_BF16 = cpu_runs_onednn_bf16()

@@ -14,7 +14,7 @@ import torch
 
 from engine import precision as P
 from engine.config import load_config
-from tests.conftest import TINY, tiny_overrides
+from tests.conftest import TINY, isa_capped_at_avx2, proc_cpu_flags, tiny_overrides
 
 ROOT = TINY.parent.parent
 SMOLLM2_SHAPES = P.Shapes(hidden=576, intermediate=1536, heads=9, kv_heads=3, head_dim=64, layers=30, vocab=49152,
@@ -24,14 +24,7 @@ SMOLLM2_SHAPES = P.Shapes(hidden=576, intermediate=1536, heads=9, kv_heads=3, he
 def _cpu_has_bf16_hardware() -> bool:
     """AVX512-BF16 or AMX, told from /proc/cpuinfo and the ISA cap in the environment (the
     emulated AVX2 class caps both), independently of engine.precision."""
-    caps = (os.environ.get("ATEN_CPU_CAPABILITY", "") + os.environ.get("ONEDNN_MAX_CPU_ISA", "")).upper()
-    if "AVX2" in caps:
-        return False
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return not isa_capped_at_avx2() and bool({"avx512_bf16", "amx_bf16"} & proc_cpu_flags())
 
 
 @pytest.fixture
