@@ -188,6 +188,8 @@ class Sample(Record):
     group: Optional[int] = optional()        # rollout.n > 1: the prompt's group within the step
     answer: Optional[str] = optional()       # the prompt's reference answer (bundled:arithmetic)
     correct: Optional[bool] = optional()     # a rule reward: the response's answer is right
+    # the response token by token (:class:`TokenTrace`, written as its dict; older files lack it)
+    tokens: Optional[dict] = optional()
 
     @classmethod
     def from_dict(cls, d: Optional[dict]) -> "Sample":
@@ -204,6 +206,76 @@ class Sample(Record):
 
 def sample_id(step: int, index: int) -> str:
     return f"{int(step)}-{int(index)}"
+
+
+TOKEN_LAYERS = ("logprob", "ref_logprob", "kl", "advantage")
+TOKEN_DIGITS = 4
+
+
+@dataclass
+class TokenTrace:
+    """A response token by token, the ``tokens`` key of a ``samples.jsonl`` line: each list has
+    one entry per response token (EOS included when the response has one).
+
+    ``piece``: the token decoded on its own; ``logprob``: log pi(token) under the actor that
+    sampled it; ``ref_logprob``: under the reference; ``kl``: the per-token KL estimate of
+    ``ppo.kl_estimator`` (``kl_estimator``; k1 is ``logprob - ref_logprob``) that shaped the
+    rewards; ``advantage``: the token's advantage as the actor's update used it. Log-probs
+    are rounded to :data:`TOKEN_DIGITS` decimals, KL and advantage (often tiny) to as many
+    significant digits."""
+
+    piece: list = field(default_factory=list)
+    logprob: list = field(default_factory=list)
+    ref_logprob: list = field(default_factory=list)
+    kl: list = field(default_factory=list)
+    advantage: list = field(default_factory=list)
+    kl_estimator: str = "k1"
+
+    def __len__(self) -> int:
+        return len(self.piece)
+
+    @classmethod
+    def make(cls, pieces, logprob, ref_logprob, kl, advantage, kl_estimator: str = "k1",
+             digits: int = TOKEN_DIGITS) -> "TokenTrace":
+        """From decoded pieces and four equally long sequences of numbers (lists or 1-D tensors)."""
+        def num(xs, significant: bool = False) -> list:
+            xs = xs.tolist() if hasattr(xs, "tolist") else list(xs)
+            if significant:
+                return [float(f"{float(x):.{digits}g}") for x in xs]
+            return [round(float(x), digits) for x in xs]
+
+        t = cls(piece=[str(p) for p in pieces], logprob=num(logprob), ref_logprob=num(ref_logprob),
+                kl=num(kl, True), advantage=num(advantage, True), kl_estimator=str(kl_estimator))
+        return t.check()
+
+    def check(self) -> "TokenTrace":
+        n = len(self.piece)
+        for name in TOKEN_LAYERS:
+            xs = getattr(self, name)
+            if not isinstance(xs, list) or len(xs) != n:
+                got = f"{len(xs)} values" if isinstance(xs, list) else type(xs).__name__
+                raise ValueError(f"tokens.{name}: {got} for {n} tokens (every list needs one entry per token)")
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs):
+                raise ValueError(f"tokens.{name}: every entry must be a number")
+        return self
+
+    @classmethod
+    def from_dict(cls, d) -> "TokenTrace":
+        """A ``tokens`` value read back; ValueError naming the key when it is malformed."""
+        if not isinstance(d, dict):
+            raise ValueError(f"tokens: expected an object, got {type(d).__name__}")
+        pieces = d.get("piece")
+        if not isinstance(pieces, list):
+            raise ValueError("tokens.piece: missing or not a list")
+        t = cls(piece=[str(p) for p in pieces], kl_estimator=str(d.get("kl_estimator") or "k1"),
+                **{k: d.get(k) for k in TOKEN_LAYERS})
+        return t.check()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def value(self, layer: str, i: int) -> float:
+        return getattr(self, layer)[i]
 
 
 # ---------------------------------------------------------------------------------- labels.jsonl

@@ -22,7 +22,7 @@ from engine import algorithms as A
 from engine import monitors as M
 from engine.config import RunConfig, active_roles, reference_in_actor  # noqa: F401 - re-exported: the runtime imports them from here
 from engine.procs import available_cores
-from engine.records import Sample, sample_id
+from engine.records import Sample, TokenTrace, sample_id
 from engine.runtime.roles import NonFiniteError
 
 ROLES = ("actor", "reference", "critic", "reward")
@@ -446,15 +446,19 @@ class PPODriver:
         step_alerts = [a["monitor"] for a in alerts if a["samples"] is None]
         for i in sorted(set(range(n_log)) | {i for i, f in enumerate(flags) if f}):  # + every flagged one
             m = batch["response_mask"][i].bool()
+            resp_ids = batch["response_ids"][i][m]
+            # the response token by token: what the console colours and the report ranks
+            trace = TokenTrace.make([self.tok.decode([t]) for t in resp_ids.tolist()], old_lp[i][m],
+                                    ref_lp[i][m], kl_tok[i][m], adv[i][m], kl_estimator=p.kl_estimator)
             samples.append(Sample(
                 id=sample_id(step, i), step=step, index=i, prompt=prompts_txt[i],
-                response=self.tok.decode(batch["response_ids"][i][m], skip_special_tokens=True),
+                response=self.tok.decode(resp_ids, skip_special_tokens=True),
                 score=float(scores[i]), kl=float(seq_kl[i]), ret=float(ret[i][0]) if m.any() else 0.0,
                 length=int(m.sum()), eos=bool(has_eos[i]), repetition=mon["repetition_each"][i],
                 audit=audits[i] if audits is not None else None, flags=flags[i], step_alerts=step_alerts,
                 advantage=float(seq_adv[i]), group=int(index[i]) if n_per > 1 else None,
                 answer=answers[i] if answers is not None else None,
-                correct=bool(correct[i]) if correct is not None else None,
+                correct=bool(correct[i]) if correct is not None else None, tokens=trace.to_dict(),
             ).to_dict())
         metrics.pop("repetition_each")
         return metrics, samples
