@@ -435,6 +435,10 @@ def _check_ranks(cfg: RunConfig, ctx: Ctx):
                             f"= {n}) or ppo.micro_batch_size: the ranks share each mini-batch "
                             f"evenly so that the update equals the one-process update; got {W}",
                       at=[("ppo", "mini_batch_size"), ("ppo", "micro_batch_size")])
+        if role in TRAINED_ROLES and ppo.micro_batch_tokens and ctx.ok(("ppo", "micro_batch_tokens")):
+            ctx.error(path, f"ppo.micro_batch_tokens runs on one rank only (its length buckets are "
+                            f"not split across ranks yet); use ppo.micro_batch_size with world_size "
+                            f"{W}", at=[("ppo", "micro_batch_tokens")])
         if rc.strategy == "fsdp" and role == "actor" and ro.reuse_logprobs \
                 and ctx.ok(("rollout", "reuse_logprobs")):
             ctx.error((role, "strategy"), "fsdp cannot take the old log-probs from generation "

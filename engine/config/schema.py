@@ -415,6 +415,15 @@ class PPOConfig:
                                   "rollout.n.", **_BATCH)
     micro_batch_size: Int = key(8, "Samples per forward/backward (gradient accumulation); must divide "
                                    "mini_batch_size.", **_BATCH)
+    micro_batch_tokens: Optional[Int] = key(
+        None, "Token budget of one forward (scoring: reference, critic and old log-probs) or "
+              "forward/backward (updates): the rows are sorted by length and cut so that rows x "
+              "padded length <= this budget, padding columns no row of the micro-batch uses are "
+              "dropped, and each micro-batch's loss is weighted by its share of the mini-batch's "
+              "tokens (rows for the seq-mean aggregations), so the gradient is the unsplit "
+              "mini-batch's. Bounds activation memory at a real batch; null = micro_batch_size "
+              "rows. A row longer than the budget is a micro-batch of its own.",
+        ge=16, le=10**8)
     clip_low: Float = key(0.2, "Policy ratio clip below: ratio >= 1 - clip_low.", **_UNIT)
     clip_high: Float = key(0.2, "Policy ratio clip above: ratio <= 1 + clip_high.", ge=0, le=100)
     dual_clip_c: Optional[Float] = key(None, "Dual-clip constant c (> 1) for negative advantages; "

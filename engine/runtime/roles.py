@@ -119,6 +119,20 @@ def _batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def _score_parts(cfg: RunConfig, tensors: Tensors) -> Optional[list]:
+    """With ``ppo.micro_batch_tokens``: the scoring pass's micro-batches, ``(rows, sub-batch)``
+    each (engine/runtime/microbatch.py: length-bucketed, unused padding columns cut off);
+    None = one pass over the whole batch."""
+    budget = cfg.ppo.micro_batch_tokens
+    if not budget:
+        return None
+    from engine.runtime import microbatch as MB
+
+    qs, rs = MB.spans(tensors["query_mask"], tensors["response_mask"])
+    rows = torch.arange(tensors["query_ids"].shape[0])
+    return [(m, MB.sub_batch(tensors, m, qs, rs)) for m in MB.token_micro_batches(rows, qs, rs, budget)]
+
+
 def _is_sharded(t: torch.Tensor) -> bool:
     return hasattr(t, "to_local")  # a DTensor (fsdp)
 
@@ -474,6 +488,23 @@ class _PolicyBase(Role):
 
     def op_logprobs(self, tensors: Tensors, args: dict) -> Result:
         self.model.eval()
+        parts = _score_parts(self.cfg, tensors)
+        if parts is not None:  # ppo.micro_batch_tokens: bucketed passes, padded back to [B, R]
+            from engine.runtime.microbatch import pad_to, scatter_rows
+
+            B, R = tensors["response_ids"].shape
+            lps, hs = [], []
+            with torch.no_grad():
+                for rows, sub in parts:
+                    res = self._logprobs(sub, hidden=bool(args.get("hidden")))
+                    lp, h = res if args.get("hidden") else (res, None)
+                    lps.append((rows, pad_to(lp.float(), R)))
+                    if h is not None:
+                        hs.append((rows, pad_to(h, R)))
+            out = {"logprobs": scatter_rows(lps, B).cpu()}
+            if hs:
+                out["hidden"] = self._out(scatter_rows(hs, B))
+            return out, {}
         with torch.no_grad():
             if args.get("hidden"):
                 lp, hidden = self._logprobs(tensors, hidden=True)
@@ -579,6 +610,12 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
         # ppo.kl_guard: the KL to the reference (k1 per response) above which later optimizer
         # steps of this batch are skipped, once the update has moved the policy further away
         guard = p.kl_guard * p.target_kl if p.kl_guard is not None and ref_all is not None else None
+        R = mask.shape[1]
+        budget = p.micro_batch_tokens  # token-budget micro-batches (engine/runtime/microbatch.py)
+        if budget:
+            from engine.runtime import microbatch as MB
+
+            q_span, r_span = MB.spans(tensors["query_mask"], tensors["response_mask"])
         skipped = 0
         n_steps = p.epochs * len(_batches(B, p.mini_batch_size))
         scaler = self.grad_scaler()
@@ -595,15 +632,29 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
                 mb_idx = perm[mb]
                 self.optimizer.zero_grad(set_to_none=True)
                 n_mb = len(mb_idx)
-                micro = [mb_idx[mc] for mc in _batches(n_mb, p.micro_batch_size)]
+                if budget:
+                    micro = MB.token_micro_batches(mb_idx, q_span, r_span, budget)
+                else:
+                    micro = [mb_idx[mc] for mc in _batches(n_mb, p.micro_batch_size)]
                 kl_now = kl_then = 0.0  # summed k1 KL of this rank's rows: now, and at rollout
                 rows = 0
                 for idx, weight, scale in self.ranks.micro_parts(micro, n_mb, mask):
+                    w_tok = w_agg = weight
+                    ids_i, attn_i, P_i = ids[idx], attn[idx], P
+                    if budget:  # exact shares of the mini-batch, unused padding columns cut
+                        w_tok, w_row = MB.token_weights(idx, mb_idx, mask)
+                        w_agg = MB.agg_weight(p.loss_agg, w_tok, w_row)
+                        sub = MB.sub_batch(tensors, idx, q_span, r_span)
+                        ids_i = torch.cat([sub["query_ids"], sub["response_ids"]], dim=1)
+                        attn_i = torch.cat([sub["query_mask"], sub["response_mask"]], dim=1)
+                        P_i = sub["query_ids"].shape[1]
                     with self.amp("update"):
                         lp, ent = sequence_logprobs(
-                            self.model, self._to(ids[idx]), self._to(attn[idx]), P,
+                            self.model, self._to(ids_i), self._to(attn_i), P_i,
                             temperature=self.cfg.rollout.temperature, return_entropy=True,
                         )
+                    if budget:
+                        lp, ent = MB.pad_to(lp, R), MB.pad_to(ent, R)
                     m = self._to(mask[idx])
                     if guard is not None and done:
                         r = self._to(ref_all[idx])
@@ -617,12 +668,17 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
                     )
                     ent_mean = A.masked_mean(ent.float(), m)
                     total = loss - p.entropy_coef * ent_mean
+                    agg = loss
                     if ref_lp is not None:
                         kl_loss = A.agg_loss(A.kl_penalty(lp.float(), self._to(ref_lp[idx]), "k3"), m, p.loss_agg)
                         total = total + p.kl_loss_coef * kl_loss
+                        agg = agg + p.kl_loss_coef * kl_loss
                         stats["kl_loss"].append(float(kl_loss.detach()) * scale)
                     self._check_loss(policy_loss=total)
-                    _backward(total * weight, scaler)
+                    if w_agg == w_tok:
+                        _backward(total * weight if not budget else total * w_tok, scaler)
+                    else:  # a sequence-mean loss with a token-mean entropy: each by its own share
+                        _backward(agg * w_agg - p.entropy_coef * ent_mean * w_tok, scaler)
                     stats["policy_loss"].append(float(loss.detach()) * scale)
                     stats["entropy"].append(float(ent_mean.detach()) * scale)
                     for k in ("clipfrac", "dual_clipfrac", "approx_kl"):
@@ -818,8 +874,15 @@ class CriticRole(TwoPhaseUpdate, Role):
     def op_values(self, tensors: Tensors, args: dict) -> Result:
         inputs = self._inputs(tensors)
         self.model.eval()
+        parts = None if self.head_only else _score_parts(self.cfg, tensors)
         with torch.no_grad():
-            v = self._values(inputs)
+            if parts is not None:  # ppo.micro_batch_tokens: bucketed passes, padded back to [B, R]
+                from engine.runtime.microbatch import pad_to, scatter_rows
+
+                B, R = tensors["response_ids"].shape
+                v = scatter_rows([(rows, pad_to(self._values(self._inputs(sub)), R)) for rows, sub in parts], B)
+            else:
+                v = self._values(inputs)
         return {"values": v.cpu()}, {}
 
     def op_update(self, tensors: Tensors, args: dict) -> Result:
@@ -832,7 +895,12 @@ class CriticRole(TwoPhaseUpdate, Role):
         mask = tensors["response_mask"].float()
         old_v, ret = tensors["values"].float(), tensors["returns"].float()
         _check_finite(self.name, "update", returns=ret[mask.bool()], values=old_v[mask.bool()])
-        B = mask.shape[0]
+        B, R = mask.shape
+        budget = p.micro_batch_tokens  # token-budget micro-batches (engine/runtime/microbatch.py)
+        if budget:
+            from engine.runtime import microbatch as MB
+
+            q_span, r_span = MB.spans(tensors["query_mask"], tensors["response_mask"])
         scaler = self.grad_scaler()
         self.model.train()
         stats: dict[str, list[float]] = {"value_loss": [], "vf_clipfrac": [], "critic_grad_norm": []}
@@ -842,9 +910,18 @@ class CriticRole(TwoPhaseUpdate, Role):
                 mb_idx = perm[mb]
                 n_mb = len(mb_idx)
                 self.optimizer.zero_grad(set_to_none=True)
-                micro = [mb_idx[mc] for mc in _batches(n_mb, p.micro_batch_size)]
+                if budget:
+                    micro = MB.token_micro_batches(mb_idx, q_span, r_span, budget)
+                else:
+                    micro = [mb_idx[mc] for mc in _batches(n_mb, p.micro_batch_size)]
                 for idx, weight, scale in self.ranks.micro_parts(micro, n_mb, mask):
-                    v = self._values(inputs, idx, "update")
+                    if budget:  # the value loss is a token mean: each part by its token share
+                        weight = MB.token_weights(idx, mb_idx, mask)[0]
+                    if budget and not self.head_only:
+                        sub = MB.sub_batch(tensors, idx, q_span, r_span)
+                        v = MB.pad_to(self._values(self._inputs(sub), None, "update"), R)
+                    else:
+                        v = self._values(inputs, idx, "update")
                     loss, st = A.value_loss(v, self._to(old_v[idx]), self._to(ret[idx]), self._to(mask[idx]), clip=p.value_clip)
                     self._check_loss(value_loss=loss)
                     _backward(p.vf_coef * loss * weight, scaler)
