@@ -16,6 +16,8 @@ EXTRA = {
     "editor": [("esc", "leave the text (so e, L and q work), or go back"), ("ctrl+z / ctrl+y", "undo / redo"),
                ],
     "home": [("tab", "runs ⇄ presets"), ("↑ ↓", "move in the list")],
+    "sample": [("← → home end", "move over the response's tokens (their values in the line above the text)"),
+               ("↑ ↓ pgup pgdn", "scroll the prompt and response")],
 }
 
 

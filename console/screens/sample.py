@@ -1,4 +1,10 @@
-"""The full sample: prompt, response, score, KL, return, length; g/b label it from here too."""
+"""The full sample: prompt, response, score, KL, return, length; g/b label it from here too.
+
+A sample written with its ``tokens`` (engine.records.TokenTrace) shows its response token by
+token (console.widgets.tokens): ``l`` cycles the layer that colours them (log-prob under the actor,
+under the reference, KL, advantage), ``←``/``→`` move over them and the line above the text gives
+the selected token's values. An older sample, or one whose ``tokens`` do not read, shows the plain
+response (and, for the latter, why)."""
 from __future__ import annotations
 
 from rich.table import Table
@@ -11,6 +17,8 @@ from textual.widgets import Footer, Static
 
 from console.model import fmt_num
 from console.widgets.rollouts import LABEL_MARK
+from console.widgets.tokens import TokenView
+from engine.records import TokenTrace
 
 PAIR_MARK = {"preferred": Text("▲ preferred", style="bold green"), "rejected": Text("▼ rejected", style="bold red")}
 
@@ -20,7 +28,11 @@ class SampleScreen(ModalScreen[None]):
         Binding("escape,q,enter", "close", "close", id="sample.close", tooltip="Back to the dashboard"),
         Binding("g", "label('good')", "good", id="sample.good", tooltip="Mark this sample good (labels.jsonl)"),
         Binding("b", "label('bad')", "bad", id="sample.bad", tooltip="Mark this sample bad (labels.jsonl)"),
+        Binding("l", "layer", "layer", id="sample.layer",
+                tooltip="Colour the tokens by the next layer: log-prob (actor), log-prob (reference), KL, advantage"),
     ]
+    HELP_TITLE = "sample"
+    HELP_KIND = "sample"
 
     def __init__(self, sample: dict, label: str = "", search: str = "", pair: str = ""):
         super().__init__()
@@ -28,6 +40,12 @@ class SampleScreen(ModalScreen[None]):
         self.label = label
         self.pair = pair
         self.search = search
+        self.trace, self.trace_error = None, ""
+        if sample.get("tokens") is not None:
+            try:
+                self.trace = TokenTrace.from_dict(sample["tokens"])
+            except ValueError as e:
+                self.trace_error = str(e)
 
     def _text(self, key: str) -> Text:
         t = Text(str(self.sample.get(key, "")))
@@ -38,16 +56,43 @@ class SampleScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="sample-dialog", classes="dialog"):
             yield Static(id="sample-meta")
+            if self.trace is not None:
+                yield Static(id="sample-token-legend")
+                yield Static(id="sample-token-cursor")
             with VerticalScroll(id="sample-body"):
                 yield Static(Text("prompt", style="bold cyan"))
                 yield Static(self._text("prompt"), id="sample-prompt")
-                yield Static(Text("response", style="bold cyan"))
-                yield Static(self._text("response"), id="sample-response")
+                if self.trace is not None:
+                    yield Static(Text(f"response, {len(self.trace)} tokens", style="bold cyan"))
+                    yield TokenView(self.trace, search=self.search, id="sample-tokens")
+                else:
+                    yield Static(Text("response", style="bold cyan"))
+                    yield Static(self._text("response"), id="sample-response")
+                    if self.trace_error:
+                        yield Static(Text(f"per-token data unreadable: {self.trace_error}", style="yellow"),
+                                     id="sample-token-error")
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self._show_meta()
-        self.query_one("#sample-body").focus()
+        if self.trace is not None:
+            self.query_one(TokenView).focus()
+        else:
+            self.query_one("#sample-body").focus()
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        if action == "layer" and self.trace is None:
+            return False  # no per-token data (an older samples.jsonl): no layers to cycle
+        return True
+
+    def action_layer(self) -> None:
+        if self.trace is not None:
+            self.query_one(TokenView).cycle_layer()
+
+    def on_token_view_changed(self, event: TokenView.Changed) -> None:
+        view = self.query_one(TokenView)
+        self.query_one("#sample-token-legend", Static).update(view.legend())
+        self.query_one("#sample-token-cursor", Static).update(view.cursor_line())
 
     def _show_meta(self) -> None:
         s = self.sample
