@@ -14,6 +14,7 @@ from typing import Optional
 
 from engine.files import atomic_write_text
 from engine.records import MetricsRow
+from engine.records import Sample, TokenTrace
 from engine.runtime.rundir import RunDir
 
 SERIES = (
@@ -253,6 +254,63 @@ def _monitor_lines(metrics: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def moved_tokens(samples: list[Sample], top: int = 8, per_sample: int = 3, context: int = 4) -> dict:
+    """The tokens of the last step that carries per-token data (``tokens`` in samples.jsonl)
+    with the largest \|KL\| and the largest \|advantage\|: ``{"step", "estimator", "kl": rows,
+    "advantage": rows}``, each row ``sample``, ``position``, ``piece``, ``context`` (up to
+    ``context`` pieces either side, the token in ⟦ ⟧) and its four values; at most ``per_sample``
+    rows from one response (an outcome estimator gives every token of a response one advantage).
+    Empty when no sample has per-token data (a run written before it existed)."""
+    traced = []
+    for x in samples:
+        if x.tokens is None:
+            continue
+        try:
+            traced.append((x, TokenTrace.from_dict(x.tokens)))
+        except ValueError:
+            continue  # a malformed record: left out of the ranking, not fatal to the report
+    if not traced:
+        return {}
+    step = max(x.step for x, _ in traced)
+    last = [(x, t) for x, t in traced if x.step == step]
+
+    def ranked(layer: str) -> list[dict]:
+        cands = sorted(((abs(t.value(layer, i)), x.index, i, x, t) for x, t in last for i in range(len(t))),
+                       key=lambda c: (-c[0], c[1], c[2]))
+        rows, taken = [], {}
+        for _, _, i, x, t in cands:
+            if taken.get(x.id, 0) >= per_sample:
+                continue
+            taken[x.id] = taken.get(x.id, 0) + 1
+            before = "".join(t.piece[max(0, i - context):i])
+            after = "".join(t.piece[i + 1:i + 1 + context])
+            rows.append({"sample": x.id, "position": i, "piece": t.piece[i],
+                         "context": f"{before}⟦{t.piece[i]}⟧{after}",
+                         **{k: t.value(k, i) for k in ("logprob", "ref_logprob", "kl", "advantage")}})
+            if len(rows) == top:
+                break
+        return rows
+
+    return {"step": step, "estimator": last[0][1].kl_estimator, "kl": ranked("kl"), "advantage": ranked("advantage")}
+
+
+def moved_tokens_lines(moved: dict) -> list[str]:
+    if not moved:
+        return []
+    lines = [f"## Tokens that moved most: step {moved['step']}", "",
+             "The logged responses of the run's last step, token by token (`tokens` in samples.jsonl): "
+             f"the largest per-token KL to the reference ({moved['estimator']}, the estimator that shaped the "
+             "rewards) and the largest advantages, at most three from one response; the token is in ⟦ ⟧.", ""]
+    for layer, title in (("kl", "|KL|"), ("advantage", "|advantage|")):
+        lines += [f"Largest {title}:", "", "| sample | token # | in context | log-prob | ref log-prob | KL | advantage |",
+                  "|---|---:|---|---:|---:|---:|---:|"]
+        for r in moved[layer]:
+            lines.append(f"| {r['sample']} | {r['position'] + 1} | {_cell(repr(r['context'])[1:-1], 80)} | "
+                         f"{r['logprob']:.4f} | {r['ref_logprob']:.4f} | {r['kl']:+.4g} | {r['advantage']:+.4g} |")
+        lines.append("")
+    return lines
+
+
 def write_report(run_dir: Path, out_dir: Optional[Path] = None, *, samples_per_side: int = 4) -> Path:
     rd = RunDir(run_dir)
     metrics = rd.read_metrics()
@@ -326,6 +384,7 @@ def write_report(run_dir: Path, out_dir: Optional[Path] = None, *, samples_per_s
 
         for i in range(max(len(a), len(b))):
             lines.append(f"| {side(a[i] if i < len(a) else None)} | {side(b[i] if i < len(b) else None)} |")
+        lines += ["", *moved_tokens_lines(moved_tokens(samples))]
     md = out_dir / f"{rd.name}.md"
     atomic_write_text(md, "\n".join(lines) + "\n")
     return md
