@@ -256,7 +256,7 @@ def _monitor_lines(metrics: list[dict]) -> list[str]:
 
 def moved_tokens(samples: list[Sample], top: int = 8, per_sample: int = 3, context: int = 4) -> dict:
     """The tokens of the last step that carries per-token data (``tokens`` in samples.jsonl)
-    with the largest \|KL\| and the largest \|advantage\|: ``{"step", "estimator", "kl": rows,
+    with the largest |KL| and the largest |advantage|: ``{"step", "estimator", "kl": rows,
     "advantage": rows}``, each row ``sample``, ``position``, ``piece``, ``context`` (up to
     ``context`` pieces either side, the token in ⟦ ⟧) and its four values; at most ``per_sample``
     rows from one response (an outcome estimator gives every token of a response one advantage).
