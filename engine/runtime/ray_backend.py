@@ -1,8 +1,8 @@
 """The Ray backend: each role group is a Ray actor in one placement group.
 
 ``runtime.backend: ray`` swaps the local worker processes for Ray actors and nothing else: the
-actors host the same role objects (``engine.runtime.roles``), the supervisor drives them with the
-same ``PPODriver`` through handles that have the local ``WorkerHandle``'s interface (``submit`` ->
+actors (``engine.runtime.ray_actor``) host the same role objects (``engine.runtime.roles``), the
+supervisor drives them with the same ``PPODriver`` through handles that have the local ``WorkerHandle``'s interface (``submit`` ->
 Future of ``(outputs, result, seconds)``, ``dead_reason``, ``wait_ready``, ``shutdown``), and the
 run directory and control socket are the supervisor's as ever.
 
@@ -20,15 +20,15 @@ Ray is an optional extra: ``pip install -e ".[ray]"``.
 from __future__ import annotations
 
 import os
-import threading
 import time
-import traceback
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
+from engine.runtime.backend import BackendError, StartContext, shutdown_quietly
 from engine.runtime.ranks import group_world_size
-from engine.runtime.worker import WorkerError
+from engine.runtime.ray_actor import remote_cls
+from engine.runtime.worker import CallBook, WorkerError
 
 # environment a role actor needs to import the engine and find the same caches, also on a node
 # whose raylet was started from another shell
@@ -38,7 +38,7 @@ _RAY_PROCESS_NAMES = ("raylet", "gcs_server")
 PLACEMENT_TIMEOUT_S = 120.0
 
 
-class RayBackendError(RuntimeError):
+class RayBackendError(BackendError):
     pass
 
 
@@ -61,132 +61,6 @@ def ray_processes() -> list[tuple[int, str]]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# The actor (made remote lazily, so importing this module never needs Ray)
-
-class RoleActor:
-    """Hosts one group of roles inside a Ray worker process."""
-
-    def __init__(self, roles: list[str], config_yaml: str, threads: int):
-        import torch
-
-        from engine.runtime.worker import quiet_hf_logging
-
-        self.roles = list(roles)
-        self.config_yaml = config_yaml
-        self.objs: dict[str, Any] = {}
-        self._progress: list[str] = []
-        self._plock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = max(1, int(threads))
-        torch.set_num_threads(self._threads)
-        quiet_hf_logging()
-
-    def _note(self, role: str, msg: str) -> None:
-        with self._plock:
-            self._progress.append(msg if msg.startswith(f"{role}:") else f"{role}: {msg}")
-
-    def rendezvous(self) -> str:
-        """On rank 0 of a role over several actors: a tcp:// address on this node for the
-        torch.distributed group (this node's IP and a port free here)."""
-        import socket
-
-        import ray
-
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sk:
-            sk.bind(("", 0))
-            port = sk.getsockname()[1]
-        return f"tcp://{ray.util.get_node_ip_address()}:{port}"
-
-    def load(self, rank: Optional[dict] = None) -> dict:
-        """Build the roles; ``rank`` ({"rank", "world_size", "init_method"}) first joins the
-        role's torch.distributed group, as a local rank worker does."""
-        import random
-
-        import ray
-        import torch
-
-        from engine.config import validate_text
-        from engine.runtime.roles import ROLE_CLASSES, role_seed
-
-        try:
-            t0 = time.perf_counter()
-            cfg = validate_text(self.config_yaml, "<run config>", check_hardware=False).config
-            if ray.get_gpu_ids():
-                cfg = _on_assigned_gpu(cfg, self.roles)
-            if rank:
-                from engine.runtime.ranks import init_rank
-
-                init_rank(rank, getattr(cfg, self.roles[0]).device, cfg.runtime.worker_timeout_s)
-            seed = role_seed(cfg.run.seed, "+".join(self.roles))
-            torch.manual_seed(seed)
-            random.seed(seed)
-            for r in self.roles:
-                t = time.perf_counter()
-                self.objs[r] = ROLE_CLASSES[r](cfg, progress=lambda m, r=r: self._note(r, m))
-                self._note(r, f"loaded in {time.perf_counter() - t:.1f}s")
-            ctx = ray.get_runtime_context()
-            return {"ok": True, "roles": self.roles, "pid": os.getpid(), "node_id": ctx.get_node_id(),
-                    "seconds": time.perf_counter() - t0}
-        except BaseException as e:  # noqa: BLE001 - reported to the supervisor
-            return {"ok": False, "error": f"{type(e).__name__}: {e}", "kind": "load",
-                    "trace": traceback.format_exc()}
-
-    def call(self, role: str, op: str, inputs: Optional[dict], args: dict, threads: Optional[int]) -> dict:
-        import torch
-
-        from engine.runtime.roles import NonFiniteError
-
-        try:
-            if threads and int(threads) != self._threads:
-                torch.set_num_threads(int(threads))
-                self._threads = int(threads)
-            t = time.perf_counter()
-            out, result = self.objs[role].call(op, dict(inputs or {}), args or {})
-            return {"ok": True, "outputs": out or {}, "result": result,
-                    "seconds": time.perf_counter() - t}
-        except NonFiniteError as e:
-            return {"ok": False, "kind": "nonfinite", "error": str(e), "role": e.role, "phase": e.phase}
-        except (Exception, SystemExit) as e:  # noqa: BLE001 - the supervisor decides what an error means
-            what = f"SystemExit({e.code!r})" if isinstance(e, SystemExit) else f"{type(e).__name__}: {e}"
-            return {"ok": False, "kind": "error", "error": what, "role": role, "phase": op,
-                    "trace": traceback.format_exc()}
-
-    # the "watch" concurrency group: runs beside a long call
-    def progress(self) -> list[str]:
-        with self._plock:
-            out, self._progress = self._progress, []
-        return out
-
-    def watch(self) -> bool:
-        """Returns only when the actor is told to stop; its failure is how a death is noticed."""
-        self._stop.wait()
-        return True
-
-    def stop(self) -> bool:
-        self._stop.set()
-        try:
-            import torch.distributed as dist
-
-            if dist.is_available() and dist.is_initialized():
-                dist.destroy_process_group()
-        except Exception:  # noqa: BLE001 - the actor is being killed anyway
-            pass
-        return True
-
-
-_REMOTE = None
-
-
-def _remote_cls():
-    global _REMOTE
-    if _REMOTE is None:
-        import ray
-
-        _REMOTE = ray.remote(concurrency_groups={"watch": 2})(RoleActor)
-    return _REMOTE
-
-
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -195,7 +69,7 @@ def _first_line(e: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------
 # The supervisor's handle on one actor
 
-class RayWorkerHandle:
+class RayWorkerHandle(CallBook):
     """Same interface as ``engine.runtime.worker.WorkerHandle``, over one Ray actor."""
 
     def __init__(self, roles: list[str], config_yaml: str, threads: int, actor_options: dict,
@@ -206,13 +80,10 @@ class RayWorkerHandle:
         self.threads = threads
         self.node_id: Optional[str] = None
         self._pid: Optional[int] = None
-        self._lock = threading.Lock()
-        self._pending: dict[int, tuple] = {}
-        self._next = 1
+        self._init_book()
         self._closing = False
-        self.dead_reason: Optional[str] = None
         self._on_progress = on_progress or (lambda label, msg: None)
-        self.actor = _remote_cls().options(**actor_options).remote(self.roles, config_yaml, threads)
+        self.actor = remote_cls().options(**actor_options).remote(self.roles, config_yaml, threads)
         self._ready_ref = None
         self._watch_ref = self.actor.watch.options(concurrency_group="watch").remote()
         self._watch_ref.future().add_done_callback(self._on_watch_done)
@@ -266,8 +137,7 @@ class RayWorkerHandle:
             if self.dead_reason:
                 fut.set_exception(WorkerError(self.roles, self.dead_reason, "died"))
                 return fut
-            rid = self._next
-            self._next += 1
+            rid = self._take_id()
             self._pending[rid] = (fut, role, op)
         try:
             ref_in = ray.put(tensors) if tensors else None  # the object store, not a pipe
@@ -314,27 +184,12 @@ class RayWorkerHandle:
             return
         self._mark_dead(self._death_reason(err))
 
-    def _fail_pending(self, reason: str, error) -> None:
-        """Mark the actor dead with ``reason`` and fail every call in flight with
-        ``error(role, op)``."""
-        with self._lock:
-            if self.dead_reason is None:
-                self.dead_reason = reason
-            pending, self._pending = self._pending, {}
-        for fut, role, op in pending.values():
-            if not fut.done():
-                fut.set_exception(error(role, op))
-
-    def _mark_dead(self, reason: str) -> None:
-        self._fail_pending(reason, lambda role, op: WorkerError(self.roles, f"{reason} during {role}.{op}", "died"))
-
     def abort(self, reason: str, kind: str) -> None:
         """Kill the actor now (it does not answer): every call in flight, and every later one,
         fails with ``reason`` and ``kind`` ("timeout", "stopped"), as a local worker's would."""
         import ray
 
-        self._fail_pending(reason, lambda role, op: WorkerError([role], reason, kind,
-                                                                {"error": reason, "role": role, "op": op}))
+        self._fail_all(reason, kind)
         try:
             ray.kill(self.actor, no_restart=True)
         except Exception:  # noqa: BLE001 - gone already
@@ -365,20 +220,9 @@ def _role_on_cuda(cfg, role: str, cluster_gpus: float) -> bool:
     return dev.startswith("cuda") or (dev == "auto" and cluster_gpus > 0)
 
 
-def _on_assigned_gpu(cfg, roles: list[str]):
-    """Inside an actor that Ray gave GPUs (CUDA_VISIBLE_DEVICES = its share): the roles it hosts
-    run on the first visible one, whatever cuda:N the config named for a single machine."""
-    import dataclasses
-
-    for r in roles:
-        rc = getattr(cfg, r)
-        if str(rc.device or "auto").lower() != "cpu":
-            cfg = dataclasses.replace(cfg, **{r: dataclasses.replace(rc, device="cuda:0")})
-    return cfg
-
-
 class RayBackend:
-    """Ray for one run: init (or join), one placement group, the role actors, teardown."""
+    """Ray for one run: init (or join), one placement group, the role actors, teardown
+    (the ``engine.runtime.backend.Backend`` protocol)."""
 
     def __init__(self, cfg, log: Callable[..., None]):
         self.cfg = cfg
@@ -396,7 +240,50 @@ class RayBackend:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         return {"env_vars": env}
 
-    def start(self) -> None:
+    @staticmethod
+    def describe(rt) -> Optional[str]:
+        where = ("a local Ray instance started for the run" if rt.ray_address is None
+                 else f"the Ray cluster at '{rt.ray_address}'")
+        placed = "; ".join(f"{r} needs {res}" for r, res in (rt.ray_resources or {}).items())
+        return (f"backend ray: one actor per role group and rank, in one placement group on {where}"
+                + (f" ({placed})" if placed else "") + "; the dry run loads the roles here, without Ray")
+
+    def start(self, ctx: StartContext, add: Callable[[object], None]) -> None:
+        """Connect (or start Ray), then one actor per role group and rank; raises RayBackendError."""
+        from engine.config import dump_config
+        from engine.runtime.backend import worker_groups
+
+        cfg, plan = ctx.cfg, ctx.plan
+        groups = worker_groups(cfg)
+        threads = [max(plan.generate.get(r, 1) for r in group) if group else 1 for group in groups]
+        try:
+            self.connect()
+        finally:
+            ctx.reinstall_signals()  # ray.init installs its own SIGTERM handler: the run's again
+        handles = self.start_actors(groups, dump_config(cfg), threads,
+                                    on_progress=lambda label, msg: self.log(msg))
+        for h in handles:
+            add(h)
+
+    def after_ready(self, handles: list, write_state: Callable[..., None]) -> None:
+        write_state(ray={"address": self.cfg.runtime.ray_address, "started_here": self.owned,
+                         "nodes": self.placement()})
+        self.log("ray: " + ", ".join(f"{h.label} on node {(h.node_id or '?')[:12]} (pid {h.pid})"
+                                     for h in handles))
+
+    def shutdown(self, handles: list, log_event: Callable[[str, str], None]) -> None:
+        for h in handles:
+            shutdown_quietly(h)
+        try:
+            killed = self.close()
+            if killed:
+                log_event(f"ray: killed {', '.join(killed)} left after ray.shutdown()", "WARNING")
+            log_event("ray: local Ray instance stopped" if self.owned
+                      else "ray: disconnected from the cluster (left running)", "INFO")
+        except Exception as e:  # noqa: BLE001
+            log_event(f"ray: teardown error: {type(e).__name__}: {e}", "WARNING")
+
+    def connect(self) -> None:
         import ray
 
         from engine.procs import available_cores

@@ -148,13 +148,12 @@ def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_ta
     torch.set_num_threads(max(1, threads))
     quiet_hf_logging()
     from engine.config import validate_text
-    from engine.runtime.roles import ROLE_CLASSES, NonFiniteError
+    from engine.runtime.roles import ROLE_CLASSES
 
     name = "-".join(roles) + (f"-r{rank['rank']}" if rank else "")
     arena = transport.TensorArena(owner_pid, run_tag, name)
     transport.install_cleanup(arena)
     cfg = validate_text(config_yaml, "<run config>", check_hardware=False).config
-    cuda_ipc = bool(cfg.runtime.cuda_ipc)
     import random
 
     from engine.runtime.roles import role_seed
@@ -197,7 +196,17 @@ def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_ta
         _leave_group()
         return
 
-    current_threads = max(1, threads)
+    _serve(conn, arena, cfg, objs, max(1, threads), stage, every)
+    arena.close()
+    _leave_group()
+
+
+def _serve(conn, arena, cfg, objs: dict, current_threads: int, stage, every: float) -> None:
+    """Answer the supervisor's requests for the loaded roles ``objs`` until told to exit (or the
+    pipe closes)."""
+    from engine.runtime.roles import NonFiniteError
+
+    cuda_ipc = bool(cfg.runtime.cuda_ipc)
     while True:
         try:
             msg = _recv(conn)
@@ -235,8 +244,6 @@ def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_ta
             _send(conn, {"id": rid, "ok": False, "kind": "error", "error": what,
                          "role": msg.get("role"), "phase": msg.get("op"),
                          "trace": traceback.format_exc()})
-    arena.close()
-    _leave_group()
 
 
 STAGE_EVERY_S = 2.0  # a worker's op progress at most this often (env RLHF_CONSOLE_STAGE_EVERY_S)
@@ -307,7 +314,52 @@ class WorkerError(RuntimeError):
         self.roles, self.kind, self.reply = roles, kind, reply or {}
 
 
-class WorkerHandle:
+class CallBook:
+    """The bookkeeping both kinds of worker handle share (``WorkerHandle`` here, the Ray
+    backend's ``RayWorkerHandle``): the calls in flight by request id, and ``dead_reason``.
+
+    An entry is ``(future, role, op, *more)``; a handle that keeps more per call (the local one
+    keeps the input segment to release) says what to do with it in ``_dropped``."""
+
+    def _init_book(self, first: int = 1) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[int, tuple] = {}
+        self._next = first
+        self.dead_reason: Optional[str] = None
+
+    def _take_id(self) -> int:
+        """The next request id (the caller holds ``_lock``)."""
+        rid = self._next
+        self._next += 1
+        return rid
+
+    def _dropped(self, entry: tuple) -> None:
+        """An entry failed without a reply (the handle is dead or aborted)."""
+
+    def _fail_pending(self, reason: str, error) -> None:
+        """Mark the worker dead with ``reason`` and fail every call in flight with
+        ``error(role, op)``."""
+        with self._lock:
+            if self.dead_reason is None:
+                self.dead_reason = reason
+            pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            self._dropped(entry)
+            fut, role, op = entry[:3]
+            if not fut.done():
+                fut.set_exception(error(role, op))
+
+    def _mark_dead(self, reason: str) -> None:
+        self._fail_pending(reason, lambda role, op: WorkerError(self.roles, f"{reason} during {role}.{op}", "died"))
+
+    def _fail_all(self, reason: str, kind: str) -> None:
+        """Every call in flight, and every later one, fails with ``reason`` and ``kind``
+        ("timeout", "stopped"): the first half of ``abort``."""
+        self._fail_pending(reason, lambda role, op: WorkerError([role], reason, kind,
+                                                                {"error": reason, "role": role, "op": op}))
+
+
+class WorkerHandle(CallBook):
     """The supervisor's side of one worker process: submit operations, get futures."""
 
     def __init__(self, ctx, roles: list[str], config_yaml: str, owner_pid: int, run_tag: str,
@@ -331,15 +383,12 @@ class WorkerHandle:
                 self._conn.close()
             # the fork server did not start or answer: this worker is spawned instead
             self._start(mp.get_context("spawn"), args, kwargs)
-        self._lock = threading.Lock()
-        self._pending: dict[int, tuple] = {}
-        self._next = 1
+        self._init_book()
         self._release: list[dict] = []  # worker output descriptors read here, to hand back
         self._ready: Future = Future()
         self._pending[0] = (self._ready, roles[0], "load", None, None)
         self._on_progress = on_progress or (lambda label, msg: None)
         self._on_stage = on_stage or (lambda label, msg: None)  # msg: the "stage" event
-        self.dead_reason: Optional[str] = None
         self._reader = threading.Thread(target=self._read_loop, name=f"reader-{self.label}", daemon=True)
         self._reader.start()
 
@@ -372,8 +421,7 @@ class WorkerHandle:
             if self.dead_reason:
                 fut.set_exception(WorkerError(self.roles, self.dead_reason, "died"))
                 return fut
-            rid = self._next
-            self._next += 1
+            rid = self._take_id()
             desc = arena.put(tensors, cuda_ipc=self.cuda_ipc) if tensors else None
             self._pending[rid] = (fut, role, op, arena, desc)
             release, self._release = self._release, []
@@ -441,30 +489,19 @@ class WorkerHandle:
         else:
             fut.set_exception(WorkerError([role], f"{role}.{op}: {msg.get('error')}", msg.get("kind", "error"), msg))
 
-    def _fail_pending(self, reason: str, error) -> None:
-        """Mark the worker dead with ``reason`` and fail every request in flight with
-        ``error(role, op)``, releasing their input segments."""
-        with self._lock:
-            if self.dead_reason is None:
-                self.dead_reason = reason
-            pending, self._pending = self._pending, {}
-        for fut, role, op, arena, in_desc in pending.values():
-            if in_desc is not None:
-                try:
-                    arena.release(in_desc)
-                except transport.TransportError:
-                    pass
-            if not fut.done():
-                fut.set_exception(error(role, op))
-
-    def _mark_dead(self, reason: str) -> None:
-        self._fail_pending(reason, lambda role, op: WorkerError(self.roles, f"{reason} during {role}.{op}", "died"))
+    def _dropped(self, entry: tuple) -> None:
+        """A request failed without a reply: release its input segment."""
+        _fut, _role, _op, arena, in_desc = entry
+        if in_desc is not None:
+            try:
+                arena.release(in_desc)
+            except transport.TransportError:
+                pass
 
     def abort(self, reason: str, kind: str) -> None:
         """Kill the worker now (it does not answer): every request in flight, and every later
         one, fails with ``reason`` and ``kind`` ("timeout", "stopped")."""
-        self._fail_pending(reason, lambda role, op: WorkerError([role], reason, kind,
-                                                                {"error": reason, "role": role, "op": op}))
+        self._fail_all(reason, kind)
         try:
             self.process.kill()
         except (OSError, ValueError, AttributeError):
