@@ -300,16 +300,8 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
 
     # Runtime.
     rt = cfg.runtime
-    if ctx.ok(("runtime", "backend")) and rt.backend == "ray" and ctx.check_hardware \
-            and not _probes._module_available("ray"):
-        ctx.error(("runtime", "backend"), "backend 'ray' needs Ray, which is not installed: "
-                                          "pip install -e \".[ray]\" in a checkout, or "
-                                          "pip install ray==2.60.0 (or use backend: local)")
-    if rt.backend != "ray" and ctx.ok(("runtime", "backend")):
-        for key in ("ray_address", "ray_resources"):
-            if ctx.ok(("runtime", key)) and getattr(rt, key) is not None:
-                ctx.notice(("runtime", key), "ignored: runtime.backend is not ray",
-                           at=[("runtime", "backend")])
+    if ctx.ok(("runtime", "backend")):
+        _check_backend(rt, ctx)
     if ctx.ok(("runtime", "ray_address")) and rt.ray_address is not None and not rt.ray_address.strip():
         ctx.error(("runtime", "ray_address"), "must be null (start a local Ray instance), auto, or "
                                               "the address of a running cluster (HOST:PORT)")
@@ -351,6 +343,21 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
                    at=[("rollout", "decoder")])
 
 
+def _check_backend(rt, ctx: Ctx) -> None:
+    """runtime.backend: what it needs installed, and the runtime keys only another backend reads
+    (both from the backend registry, engine.runtime.backend.BACKENDS)."""
+    from engine.runtime.backend import BACKENDS
+
+    spec = BACKENDS[rt.backend]
+    if spec.requires and ctx.check_hardware and not _probes._module_available(spec.requires):
+        ctx.error(("runtime", "backend"), f"backend '{spec.name}' {spec.missing}")
+    for other in BACKENDS.values():
+        for key in other.own_keys:
+            if key not in spec.own_keys and ctx.ok(("runtime", key)) and getattr(rt, key) is not None:
+                ctx.notice(("runtime", key), f"ignored: runtime.backend is not {other.name}",
+                           at=[("runtime", "backend")])
+
+
 def _check_devices_key(cfg: RunConfig, ctx: Ctx):
     """runtime.devices: a list of GPUs for the plan, or a mapping role -> device(s)."""
     path = ("runtime", "devices")
@@ -360,9 +367,13 @@ def _check_devices_key(cfg: RunConfig, ctx: Ctx):
     if not devs:
         ctx.error(path, "must list at least one device (or map roles to devices), or be null")
         return
-    if cfg.runtime.backend == "ray" and ctx.ok(("runtime", "backend")):
-        ctx.notice(path, "not used with runtime.backend ray: Ray gives each role actor its GPUs "
-                         "(the device plan is the local backend's)", at=[("runtime", "backend")])
+    if ctx.ok(("runtime", "backend")):
+        from engine.runtime.backend import BACKENDS
+
+        spec = BACKENDS[cfg.runtime.backend]
+        if not spec.plans_devices:
+            ctx.notice(path, f"not used with runtime.backend {spec.name}: {spec.device_note}",
+                       at=[("runtime", "backend")])
 
     def one(p, d):
         if d == "auto" or not _DEVICE_RE.match(d):

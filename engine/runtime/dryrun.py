@@ -11,6 +11,7 @@ from typing import Callable, Optional
 import torch
 
 from engine.config import RunConfig, resolve_role_model
+from engine.runtime.backend import backend_spec
 from engine.runtime.roles import ROLE_CLASSES, memory_stats
 
 
@@ -31,22 +32,39 @@ def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> 
     if ranked:
         out(f"  ({', '.join(ranked)}: the dry run loads rank 0 alone, on {', '.join(plan[r][0] for r in ranked)}; "
             f"the run starts {' and '.join(f'{len(plan[r])} ranks of the {r}' for r in ranked)})")
-    rt = cfg.runtime
-    if rt.backend == "ray":
-        where = ("a local Ray instance started for the run" if rt.ray_address is None
-                 else f"the Ray cluster at '{rt.ray_address}'")
-        placed = "; ".join(f"{r} needs {res}" for r, res in (rt.ray_resources or {}).items())
-        out(f"backend ray: one actor per role group and rank, in one placement group on {where}"
-            + (f" ({placed})" if placed else "") + "; the dry run loads the roles here, without Ray")
+    how = backend_spec(cfg.runtime.backend).describe(cfg.runtime)
+    if how:
+        out(how)
     cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, devices=None), **{
         r: dataclasses.replace(getattr(cfg, r), device=plan[r][0]) for r in plan})
     torch.manual_seed(cfg.run.seed)
-    from engine.runtime.driver import active_roles, reference_in_actor
+    from engine.runtime.driver import reference_in_actor
 
     in_actor = reference_in_actor(cfg)
     if in_actor:
         out("reference: the LoRA actor's base model with the adapters disabled (no reference worker)")
-    roles, report = {}, {"plan": plan}
+    report = {"plan": plan}
+    roles = _load_roles(cfg, plan, report, out)
+    # the first batch the run itself would generate from (data.chat_template applied the same way)
+    prompts = prompt_stream(cfg, load_tokenizer(resolve_role_model(cfg, "actor"))).next_batch()
+    report["prompts"] = prompts
+    gen = _run_once(cfg, roles, prompts, report, in_actor)
+    peak = memory_stats(torch.device("cpu")).get("peak_rss_mb", 0.0)
+    _summary(cfg, report, prompts, gen, peak, in_actor, out)
+    report["peak_rss_mb"] = peak
+    for r in roles.values():
+        src = getattr(r, "source", None)
+        if src is not None:
+            src.close()
+    return report
+
+
+def _load_roles(cfg: RunConfig, plan: dict, report: dict, out: Callable[[str], None]) -> dict:
+    """Each active role built here, timed and measured into ``report``, with its precision set
+    as the run sets it."""
+    from engine.runtime.driver import active_roles
+
+    roles = {}
     for name in active_roles(cfg):
         before = memory_stats(torch.device("cpu")).get("rss_mb", 0.0)
         t = time.perf_counter()
@@ -68,9 +86,14 @@ def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> 
             roles[name].call("precision", {}, {"autocast": rp.autocast})
         out(rp.line())
     report["precision"] = {r: rp.to_json() for r, rp in chosen.items()}
-    # the first batch the run itself would generate from (data.chat_template applied the same way)
-    prompts = prompt_stream(cfg, load_tokenizer(resolve_role_model(cfg, "actor"))).next_batch()
-    report["prompts"] = prompts
+    return roles
+
+
+def _run_once(cfg: RunConfig, roles: dict, prompts: list, report: dict, in_actor: bool) -> dict:
+    """One rollout of ``prompts`` and its scoring by every role, each phase timed into ``report``;
+    the actor's generation result."""
+    from engine.runtime.driver import active_roles
+
     t = time.perf_counter()
     batch, gen = roles["actor"].call("generate", {}, {"prompts": prompts})
     report["actor"]["phase_s"] = time.perf_counter() - t
@@ -97,7 +120,14 @@ def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> 
         report[name]["phase"] = op
         if name == "reward":
             report["scores"] = [round(float(x), 4) for x in res["scores"]]
-    peak = memory_stats(torch.device("cpu")).get("peak_rss_mb", 0.0)
+    return gen
+
+
+def _summary(cfg: RunConfig, report: dict, prompts: list, gen: dict, peak: float, in_actor: bool,
+             out: Callable[[str], None]) -> None:
+    from engine.runtime.driver import active_roles
+
+    live = active_roles(cfg)
     out("")
     out(f"{'role':<10} {'phase':<9} {'time':>8} {'load':>8} {'memory':>12}")
     for name in ("actor", "reference", "reward", "critic"):
@@ -114,9 +144,3 @@ def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> 
     else:
         out("dry run OK: all four roles loaded and ran once (no backward, no update)" if not in_actor else
             "dry run OK: actor (also the reference), critic and reward loaded and ran once (no backward, no update)")
-    report["peak_rss_mb"] = peak
-    for r in roles.values():
-        src = getattr(r, "source", None)
-        if src is not None:
-            src.close()
-    return report
