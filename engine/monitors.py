@@ -26,9 +26,16 @@ The baseline is the mean over the run's first ``baseline_steps`` steps (the poli
 has learned much); for the reward score in ``divergence`` it is the first ``baseline_steps``
 steps scored by the current reward (``reward_changed`` after a swap; ``reward_version`` in the
 rows on resume). Monitors that need it, or a trend, are ``None`` (not measured) until enough
-steps exist. A monitor *trips* when its value passes its threshold (``kl_growth``,
-``entropy_drop``, ``repetition``, ``divergence``: above; ``length_drift``: above in absolute
-value); a threshold of ``None`` turns that monitor's alerts off (the value is still recorded).
+steps exist.
+
+Alerts have hysteresis, so one noisy step neither raises nor drops a warning. A monitor is
+*over* its threshold when its value passes it (``kl_growth``, ``entropy_drop``, ``repetition``,
+``divergence``: above; ``length_drift``: above in absolute value). It *trips* once it has been
+over on ``trip_steps`` steps in a row, and then stays tripped -- one alert in every step's row --
+until its value falls below its *clear threshold*, ``clear_fraction`` x the threshold (in
+absolute value for ``length_drift``), or is no longer measured. A threshold of ``None`` turns
+that monitor's alerts off (the value is still recorded). The per-sample flags (``repetition``,
+``divergence``) carry no hysteresis: a sample is flagged by its own value.
 """
 from __future__ import annotations
 
@@ -101,6 +108,40 @@ def trips(name: str, value: Optional[float], threshold: Optional[float]) -> bool
     return value > threshold
 
 
+def clears(name: str, value: Optional[float], clear: Optional[float]) -> bool:
+    """Whether monitor ``name`` with ``value`` is below its clear threshold ``clear`` (in
+    absolute value for ``length_drift``); a value that is not measured (None) clears too."""
+    if value is None or clear is None:
+        return True
+    if name == "length_drift":
+        return abs(value) < clear
+    return value < clear
+
+
+def hysteresis(name: str, value: Optional[float], threshold: Optional[float], clear: Optional[float],
+               tripped: bool, over: int, trip_steps: int) -> tuple[bool, int]:
+    """One step of a monitor's alert state: ``(tripped, over)`` after ``value``, from the state
+    before it. ``over`` counts the steps in a row the monitor has been over ``threshold`` while
+    not tripped; it trips when that count reaches ``trip_steps``. A tripped monitor stays tripped
+    until ``clears(name, value, clear)``. ``threshold`` None: never tripped."""
+    if threshold is None:
+        return False, 0
+    if tripped:
+        return (False, 0) if clears(name, value, clear) else (True, 0)
+    over = over + 1 if trips(name, value, threshold) else 0
+    return (True, 0) if over >= trip_steps else (False, over)
+
+
+def check_hysteresis(clear_fraction: float, trip_steps: int) -> None:
+    """The alert settings a tracker accepts; ValueError naming the bad one."""
+    if not (isinstance(clear_fraction, (int, float)) and 0 < clear_fraction < 1):
+        raise ValueError(f"monitors.clear_fraction must be above 0 and below 1 (a monitor clears "
+                         f"below clear_fraction x its threshold, so the clear threshold must be "
+                         f"under the trip threshold); got {clear_fraction!r}")
+    if not (isinstance(trip_steps, int) and not isinstance(trip_steps, bool) and trip_steps >= 1):
+        raise ValueError(f"monitors.trip_steps must be an integer of at least 1; got {trip_steps!r}")
+
+
 def _mean(xs: Iterable[float]) -> Optional[float]:
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else None
@@ -121,20 +162,32 @@ class MonitorTracker:
     """The monitors' memory over a run: the committed steps' summaries.
 
     ``observe`` computes a step's monitors against the steps committed before it, and keeps the
-    step's summary as pending; ``commit`` adds it to the history, ``rollback`` drops it (a step
-    that is retried is not counted twice). ``thresholds`` maps monitor names (``MONITORS``) to a
-    threshold or None.
+    step's summary and alert state as pending; ``commit`` adds them to the history, ``rollback``
+    drops them (a step that is retried is not counted twice). ``thresholds`` maps monitor names
+    (``MONITORS``) to a threshold or None; ``clear_fraction`` and ``trip_steps`` give the
+    hysteresis (module docstring).
     """
     thresholds: dict
     window: int = 20
     baseline_steps: int = 5
     ngram: int = 3
+    clear_fraction: float = 0.75
+    trip_steps: int = 3
     history: list[StepSummary] = field(default_factory=list)
-    tripped: set = field(default_factory=set)  # monitors over their threshold at the last step
+    tripped: set = field(default_factory=set)  # monitors tripped at the last committed step
+    over: dict = field(default_factory=dict)   # monitor -> steps in a row over its threshold, not yet tripped
     started: list = field(default_factory=list)  # alerts of the last commit that were not on before
-    cleared: list = field(default_factory=list)  # monitors the last commit brought back under
+    cleared: list = field(default_factory=list)  # monitors the last commit brought under their clear threshold
     reward_from: int = 0  # history index where the current reward began (its own score baseline)
-    _pending: Optional[tuple[StepSummary, list]] = None
+    _pending: Optional[tuple[StepSummary, list, set, dict]] = None
+
+    def __post_init__(self) -> None:
+        check_hysteresis(self.clear_fraction, self.trip_steps)
+
+    def clear_threshold(self, name: str) -> Optional[float]:
+        """The value under which tripped monitor ``name`` clears (None: the monitor is off)."""
+        th = self.thresholds.get(name)
+        return None if th is None else th * self.clear_fraction
 
     def observe(self, *, kl: float, entropy: Optional[float], lengths: Sequence[float],
                 scores: Sequence[float], responses: Sequence[Sequence[int]],
@@ -143,8 +196,9 @@ class MonitorTracker:
 
         ``responses`` are the response token ids (no padding), ``lengths`` their lengths,
         ``scores`` the reward scores, ``audits`` the audit scores (None: no audit scorer).
-        An alert is ``{"monitor", "value", "threshold", "samples"}`` (how many samples of the
-        step carry that monitor's flag; None for a monitor of the whole step).
+        An alert is ``{"monitor", "value", "threshold", "clear", "samples"}`` for every monitor
+        tripped at this step (``samples``: how many samples of the step carry that monitor's flag;
+        None for a monitor of the whole step).
         """
         n = len(scores)
         length = _mean(lengths) or 0.0
@@ -189,25 +243,27 @@ class MonitorTracker:
                     if d:
                         flags[i].append("divergence")
 
-        alerts = []
+        alerts, tripped, over = [], set(), {}
         for name in MONITORS:
-            v, th = values.get(name), self.thresholds.get(name)
-            if trips(name, v, th):
+            v, th, clear = values.get(name), self.thresholds.get(name), self.clear_threshold(name)
+            on, over[name] = hysteresis(name, v, th, clear, name in self.tripped,
+                                        self.over.get(name, 0), self.trip_steps)
+            if on:
+                tripped.add(name)
                 per_sample = name in ("repetition", "divergence")
-                alerts.append({"monitor": name, "value": v, "threshold": th,
+                alerts.append({"monitor": name, "value": v, "threshold": th, "clear": clear,
                                "samples": sum(name in f for f in flags) if per_sample else None})
-        self._pending = (summary, alerts)
+        self._pending = (summary, alerts, tripped, over)
         return values, alerts, flags
 
     def commit(self) -> None:
         """Count the observed step; ``started`` / ``cleared`` say which warnings it turned on/off."""
         if self._pending is None:
             return
-        summary, alerts = self._pending
-        now = {a["monitor"] for a in alerts}
+        summary, alerts, now, over = self._pending
         self.started = [a for a in alerts if a["monitor"] not in self.tripped]
         self.cleared = sorted(self.tripped - now)
-        self.tripped = now
+        self.tripped, self.over = now, over
         self.history.append(summary)
         self._pending = None
 
@@ -226,6 +282,13 @@ class MonitorTracker:
                                     score=float(r.get("score_mean", 0.0)), audit=r.get("audit_mean"))
                         for r in rows]
         self.tripped = {a.get("monitor") for a in (rows[-1].get("alerts") or [])} if rows else set()
+        self.over = {}
+        for name in MONITORS:   # steps in a row over the threshold at the end, for a monitor not tripped
+            n = 0
+            while (name not in self.tripped and n < len(rows)
+                   and trips(name, rows[-1 - n].get(name), self.thresholds.get(name))):
+                n += 1
+            self.over[name] = n
         versions = [r.get("reward_version") for r in rows]   # rows of a run whose reward was swapped
         self.reward_from = next((i for i in range(len(versions) - 1, 0, -1)
                                  if versions[i] != versions[i - 1]), 0)
@@ -241,8 +304,28 @@ def describe_alert(alert: dict, step: int) -> str:
             "divergence": "samples whose reward rose while the audit score fell (share)"}[alert["monitor"]]
     cmp = f"|{v:+.3f}| > {th:g}" if alert["monitor"] == "length_drift" else f"{v:.3f} > {th:g}"
     tail = f"; {alert['samples']} sample(s) flagged" if alert.get("samples") is not None else ""
+    clear = alert.get("clear")
+    until = f"; stays on until it is below {clear:g}" if isinstance(clear, (int, float)) else ""
     return (f"reward-hacking monitor '{alert['monitor']}' tripped at step {step}: {what} "
-            f"{cmp}{tail} (suspicious filter in the rollouts pane)")
+            f"{cmp}{tail}{until} (suspicious filter in the rollouts pane)")
+
+
+def replay(rows: Sequence[dict], thresholds: dict, *, clear_fraction: float,
+           trip_steps: int) -> dict[str, list[int]]:
+    """Per monitor, the steps it is tripped when the values recorded in metrics rows (one per
+    step, in order) go through the hysteresis with these settings. The values do not depend on
+    the settings, so this is what the run would have shown with them."""
+    check_hysteresis(clear_fraction, trip_steps)
+    state = {name: (False, 0) for name in MONITORS}
+    out: dict[str, list[int]] = {name: [] for name in MONITORS}
+    for r in rows:
+        for name in MONITORS:
+            th = thresholds.get(name)
+            state[name] = hysteresis(name, r.get(name), th, None if th is None else th * clear_fraction,
+                                     *state[name], trip_steps)
+            if state[name][0]:
+                out[name].append(int(r.get("step") or 0))
+    return out
 
 
 def step_ranges(steps: Sequence[int]) -> str:
@@ -257,8 +340,9 @@ def step_ranges(steps: Sequence[int]) -> str:
 
 
 def summarise_alerts(rows: Sequence[dict]) -> dict[str, dict]:
-    """Per monitor over metrics rows: the steps it was over its threshold, its peak value there,
-    the threshold, and how many samples it flagged (None for monitors of the whole step)."""
+    """Per monitor over metrics rows: the steps it was tripped (in a run recorded before the
+    hysteresis: the steps it was over its threshold), its peak value there, the threshold, and how
+    many samples it flagged (None for monitors of the whole step)."""
     out: dict[str, dict] = {}
     for r in rows:
         for a in r.get("alerts") or []:

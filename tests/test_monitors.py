@@ -46,11 +46,12 @@ def test_trips_direction():
     assert not M.trips("repetition", None, 0.3) and not M.trips("repetition", 0.9, None)
 
 
-def _tracker(**th):
+def _tracker(trip_steps=1, clear_fraction=0.75, **th):
     thresholds = {"kl_growth": 0.25, "entropy_drop": 0.5, "length_drift": 0.5, "repetition": 0.3,
                   "divergence": 0.4}
     thresholds.update(th)
-    return M.MonitorTracker(thresholds=thresholds, window=3, baseline_steps=2, ngram=2)
+    return M.MonitorTracker(thresholds=thresholds, window=3, baseline_steps=2, ngram=2,
+                            trip_steps=trip_steps, clear_fraction=clear_fraction)
 
 
 def _step(t, kl, entropy, lengths, scores, responses, audits=None, commit=True):
@@ -148,3 +149,127 @@ def test_divergence_baseline_restarts_after_a_reward_swap():
     r.restore([{"kl": 0, "score_mean": 0.5, "reward_version": 1}] * 3 +
               [{"kl": 0, "score_mean": 5.0, "reward_version": 2}] * 2)
     assert r.reward_from == 3
+
+
+# ---- hysteresis: trip after trip_steps steps over the threshold, clear below clear_fraction x it
+
+def _rep_step(t, response):
+    """One step whose only moving monitor is repetition (bigrams of one response)."""
+    return _step(t, 0.0, None, [3], [0.5], [response])
+
+
+def test_hysteresis_trips_stays_between_clear_and_trip_and_clears_below():
+    # repetition threshold 0.3, clear 0.5 x 0.3 = 0.15, two steps in a row over it to trip
+    t = _tracker(trip_steps=2, clear_fraction=0.5)
+    over, calm, between = [7, 7, 7], [1, 2, 3], [1, 2, 1, 2, 3]   # bigram shares 0.5, 0, 0.25
+    assert M.repetition(between, 2) == 0.25
+    _, alerts, flags = _rep_step(t, over)
+    assert alerts == [] and t.started == [] and flags == [["repetition"]]  # one step: no warning
+    _rep_step(t, calm)                                  # the count starts again
+    _, alerts, _ = _rep_step(t, over)
+    assert alerts == [] and t.tripped == set()
+    _, alerts, _ = _rep_step(t, over)                   # second step in a row over 0.3: trips
+    assert [a["monitor"] for a in t.started] == ["repetition"] and t.tripped == {"repetition"}
+    assert alerts == [{"monitor": "repetition", "value": 0.5, "threshold": 0.3,
+                       "clear": pytest.approx(0.15), "samples": 1}]
+    for response in (between, over, between):          # 0.25 is under 0.3 but above 0.15: stays on
+        v, alerts, flags = _rep_step(t, response)
+        assert [a["monitor"] for a in alerts] == ["repetition"] and t.started == [] and t.cleared == []
+    assert v["repetition"] == 0.25 and flags == [[]]    # the sample flag has no hysteresis
+    _, alerts, _ = _rep_step(t, calm)                   # 0 < 0.15: cleared
+    assert alerts == [] and t.cleared == ["repetition"] and t.tripped == set()
+    _, alerts, _ = _rep_step(t, over)                   # tripping again needs two steps again
+    assert alerts == [] and t.started == []
+    _rep_step(t, over)
+    assert [a["monitor"] for a in t.started] == ["repetition"]
+
+
+def test_hysteresis_function_edges():
+    h = M.hysteresis
+    # length drift counts in absolute value, both to trip and to clear
+    assert h("length_drift", -0.6, 0.5, 0.375, False, 0, 1) == (True, 0)
+    assert h("length_drift", -0.45, 0.5, 0.375, True, 0, 1) == (True, 0)
+    assert h("length_drift", 0.3, 0.5, 0.375, True, 0, 1) == (False, 0)
+    assert h("divergence", 0.5, 0.4, 0.3, False, 1, 3) == (False, 2)   # counting
+    assert h("divergence", 0.4, 0.4, 0.3, False, 2, 3) == (False, 0)   # at the threshold is not over
+    assert h("divergence", 0.3, 0.4, 0.3, True, 0, 3) == (True, 0)     # at the clear threshold stays
+    assert h("divergence", None, 0.4, 0.3, True, 0, 3) == (False, 0)   # not measured: cleared
+    assert h("divergence", 0.9, None, None, False, 5, 1) == (False, 0)  # off
+    assert M.clears("kl_growth", 0.1, 0.2) and not M.clears("kl_growth", 0.2, 0.2)
+
+
+def test_hysteresis_survives_rollback_and_restore():
+    t = _tracker(trip_steps=2)
+    _rep_step(t, [7, 7, 7])
+    t.observe(kl=0.0, entropy=None, lengths=[3], scores=[0.5], responses=[[7, 7, 7]])
+    t.rollback()                                        # a retried step does not count as over
+    assert t.over["repetition"] == 1 and t.tripped == set()
+    r = _tracker(trip_steps=2)
+    r.restore([{"step": 1, "kl": 0.0, "repetition": 0.0}, {"step": 2, "kl": 0.0, "repetition": 0.5}])
+    assert r.over["repetition"] == 1 and r.tripped == set()
+    _rep_step(r, [7, 7, 7])                             # the resumed run's step 3 is the second over
+    assert [a["monitor"] for a in r.started] == ["repetition"]
+
+
+def test_replay_of_recorded_values_matches_the_live_tracker():
+    t = _tracker(trip_steps=2, clear_fraction=0.5)
+    rows = []
+    for i, resp in enumerate([[7, 7, 7], [1, 2, 3], [7, 7, 7], [7, 7, 7], [1, 2, 1, 2, 3], [1, 2, 3],
+                              [7, 7, 7, 7, 7], [7, 7, 7]], 1):
+        v, alerts, _ = _rep_step(t, resp)
+        rows.append({"step": i, **v, "alerts": alerts})
+    live = [r["step"] for r in rows if r["alerts"]]
+    assert live == [4, 5, 8]
+    assert M.replay(rows, t.thresholds, clear_fraction=0.5, trip_steps=2)["repetition"] == live
+    assert M.replay(rows, t.thresholds, clear_fraction=0.5, trip_steps=1)["repetition"] == [1, 3, 4, 5, 7, 8]
+
+
+def test_hysteresis_settings_are_checked_with_the_key_named():
+    from engine.config import validate_text
+
+    for bad in (1.0, 1.5, 0):
+        with pytest.raises(ValueError, match=r"monitors\.clear_fraction must be above 0 and below 1"):
+            _tracker(clear_fraction=bad)
+    with pytest.raises(ValueError, match=r"monitors\.trip_steps must be an integer of at least 1"):
+        _tracker(trip_steps=0)
+    res = validate_text("monitors:\n  clear_fraction: 1.2\n", "run.yaml", check_hardware=False)
+    msg = "\n".join(str(i) for i in res.issues)
+    assert res.config is None and "run.yaml:2" in msg and "monitors.clear_fraction" in msg
+    assert "clear threshold must be under the threshold" in msg
+    res = validate_text("", overrides=["monitors.trip_steps=0"], check_hardware=False)
+    assert res.config is None and "monitors.trip_steps" in "\n".join(str(i) for i in res.issues)
+    mc = validate_text("", overrides=["monitors.clear_fraction=0.5", "monitors.trip_steps=4"],
+                       check_hardware=False).config.monitors
+    assert (mc.clear_fraction, mc.trip_steps) == (0.5, 4)
+
+
+def test_replay_script_on_a_run_and_on_a_report(tmp_path):
+    """scripts/monitor_replay.py: a metrics.jsonl replayed exactly; a report's steps over the
+    threshold tell where it would trip, and it says when the clear step cannot be known."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "monitor_replay.py"
+    spec = importlib.util.spec_from_file_location("monitor_replay", path)
+    mr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mr)
+    assert mr.first_trip([10, 15, 16, 20, 21, 22, 23], 3) == 22 and mr.first_trip([1, 3, 5], 2) is None
+    rows = [{"step": s, "divergence": d, "alerts": [{"monitor": "divergence"}] if (d or 0) > 0.4 else []}
+            for s, d in enumerate([None, 0.5, 0.1, 0.5, 0.5, 0.5, 0.35, 0.25, 0.5], 1)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "r.md").write_text("State **finished** at step 30; ...\n\n## Reward-hacking monitors\n\n"
+                                   "| monitor | steps over the threshold | peak | threshold | samples flagged |\n"
+                                   "|---|---|---:|---:|---:|\n"
+                                   "| divergence | 10, 15–16, 20–23 | 0.750 | 0.4 | 9 |\n\n## Per step\n")
+    st = {"config": "x", "thresholds": {"kl_growth": 0.3, "entropy_drop": 0.5, "length_drift": 0.5,
+                                        "repetition": 0.3, "divergence": 0.4},
+          "trip_steps": 3, "clear_fraction": 0.75}
+    run = mr.replay_run(tmp_path, st)["monitors"]["divergence"]
+    assert run["before"] == {"steps": 5, "first": 2, "ranges": "2, 4–6, 9"} == run["recorded_alerts"]
+    assert run["after"] == {"steps": 2, "first": 6, "ranges": "6–7"}   # 0.35 keeps it on, 0.25 < 0.3 clears
+    rep = mr.replay_report(tmp_path / "r.md", st)
+    assert rep["steps"] == 30 and rep["monitors"]["divergence"]["before"]["steps"] == 7
+    after = rep["monitors"]["divergence"]["after"]
+    assert after["first"] == 22 and after["steps"] is None and after["steps_at_least"] == 2
+    assert rep["monitors"]["repetition"]["after"] == {"steps": 0, "first": None, "ranges": ""}

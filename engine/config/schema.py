@@ -322,15 +322,34 @@ class RewardConfig:
         + "; null = all defaults. E.g. {every_labels: 20}.")
 
 
+class ClearFractionCheck(Check):
+    doc = "above 0, below 1"
+
+    def problem(self, v):
+        if 0 < v < 1:
+            return None
+        return (f"must be above 0 and below 1: a tripped monitor clears below clear_fraction x its "
+                f"threshold, and that clear threshold must be under the threshold; got {_show(v)}")
+
+
 @section
 class MonitorsConfig:
-    """Reward-hacking monitors, computed every step (engine/monitors.py). A monitor over its
-    threshold is logged in events.log, recorded in metrics.jsonl ('alerts') and shown on the
-    dashboard with its samples; null turns that monitor's warning off."""
+    """Reward-hacking monitors, computed every step (engine/monitors.py). A monitor trips after
+    trip_steps steps in a row over its threshold and stays tripped until its value is below
+    clear_fraction x the threshold; while tripped it is logged in events.log (when it starts and
+    when it clears), recorded in metrics.jsonl ('alerts') and shown on the dashboard with its
+    samples; null turns that monitor's warning off."""
     window: Int = key(20, "Steps over which the KL growth rate and the entropy trend are fitted.", ge=2)
     baseline_steps: Int = key(5, "The run's first N steps are the baseline for entropy drop, "
                                  "length drift and divergence.", ge=1)
     ngram: Int = key(3, "Token n-gram size of the repetition monitor.", ge=1)
+    trip_steps: Int = key(3, "A monitor trips when its value has been over its threshold on this "
+                             "many steps in a row (1: at the first); one noisy step of 8 samples "
+                             "raises no warning.", ge=1, le=1000)
+    clear_fraction: Annotated[Float, AfterValidator(ClearFractionCheck())] = key(
+        0.75, "A tripped monitor stays tripped until its value falls below clear_fraction x its "
+              "threshold (e.g. divergence 0.4 -> clears below 0.3), so it does not flap on and off "
+              "around the threshold.")
     kl_growth: Optional[Float] = key(0.3, "Warn when the KL grows faster than this (nats per step, "
                                           "the slope over the window; the healthy 300-step default "
                                           "run peaks at 0.24).", gt=0)

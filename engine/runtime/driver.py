@@ -495,7 +495,8 @@ def make_monitors(cfg: RunConfig):
         thresholds={"kl_growth": mc.kl_growth, "entropy_drop": mc.entropy_drop,
                     "length_drift": mc.length_drift, "repetition": mc.repetition,
                     "divergence": mc.divergence},
-        window=mc.window, baseline_steps=mc.baseline_steps, ngram=mc.ngram)
+        window=mc.window, baseline_steps=mc.baseline_steps, ngram=mc.ngram,
+        clear_fraction=mc.clear_fraction, trip_steps=mc.trip_steps)
     audit = None
     if cfg.reward.audit:
         from engine.rewards import build_reward
