@@ -273,3 +273,30 @@ def test_replay_script_on_a_run_and_on_a_report(tmp_path):
     after = rep["monitors"]["divergence"]["after"]
     assert after["first"] == 22 and after["steps"] is None and after["steps_at_least"] == 2
     assert rep["monitors"]["repetition"]["after"] == {"steps": 0, "first": None, "ranges": ""}
+
+
+def test_console_warning_text_while_tripped_between_clear_and_trip():
+    from console.widgets.hack_warning import alert_text
+
+    a = {"monitor": "repetition", "value": 0.41, "threshold": 0.3, "clear": 0.225}
+    assert alert_text(a) == "repetition 0.410 > 0.3"
+    assert alert_text({**a, "value": 0.25}) == "repetition 0.250 (tripped > 0.3, clears < 0.225)"
+    assert alert_text({"monitor": "length_drift", "value": -0.45, "threshold": 0.5, "clear": 0.375}) == \
+        "length_drift |-0.450| (tripped > 0.5, clears < 0.375)"
+    assert alert_text({"monitor": "divergence", "value": 0.5, "threshold": 0.4}) == "divergence 0.500 > 0.4"
+
+
+def test_console_warning_says_when_every_monitor_has_cleared(tmp_path):
+    from console.model import RunModel
+    from console.widgets.hack_warning import warning_text
+
+    m = RunModel(tmp_path)
+    assert warning_text(m) is None                      # nothing tripped in the run: hidden
+    m.alerts_seen = {"divergence": {"first": 10, "last": 12, "steps": 3}}
+    m.alerts_now, m.alerts_step = [{"monitor": "divergence", "value": 0.35, "threshold": 0.4,
+                                    "clear": 0.3}], 12
+    assert "⚠ reward hacking? divergence 0.350 (tripped > 0.4, clears < 0.3) at step 12" in warning_text(m).plain
+    m.alerts_now, m.alerts_step = [], 20
+    text = warning_text(m).plain
+    assert "⚠" not in text and "cleared (no monitor tripped at step 20)" in text
+    assert "divergence (steps 10–12, 3×)" in text
