@@ -23,6 +23,21 @@ then uses ``model.generate``.
 one graph for every step); a compiler failure is reported once and the step runs eagerly.
 The compiled step attends over the whole preallocated cache, so it is equal to the eager
 step only up to rounding.
+
+``cuda_graph`` ("auto"/"on" on a CUDA device) captures that same fixed-shape step once per
+(model, batch size, cache length) in a ``torch.cuda.CUDAGraph`` over static buffers (tokens,
+positions, the cache slot, the mask and the KV cache, kept between rollouts), and replays it
+every token: one launch instead of hundreds of small kernels. Weights are read in place, so
+optimizer updates are seen; a 16-bit copy made for autocast is refreshed before each rollout.
+Sampling stays outside the graph. Off a CUDA device the step runs eagerly
+(:func:`cuda_graph_note` says so once); a capture failure is warned about once and decoding
+goes on eagerly. The end of decoding is checked on the host every step on a CPU (cheap, and the
+RNG then draws exactly as before) and every :data:`SYNC_EVERY` steps on CUDA: the rows'
+finished mask and the count of steps that had a live row stay on the device, and the steps run
+after every row had ended are cut from the output (their draws still advance the CUDA RNG).
+
+:class:`RolloutEngine` is the interface a rollout engine gives (:class:`StaticEngine` here;
+``model.generate`` in engine/models.py); another engine (e.g. vLLM) would be a second class.
 """
 from __future__ import annotations
 
@@ -31,7 +46,7 @@ import math
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -352,6 +367,124 @@ def _compiled_step(model):
     return fn
 
 
+# ----------------------------------------------------------------------------------- CUDA graph
+
+# host check for "every row has ended" every this many steps on CUDA (every step on a CPU)
+SYNC_EVERY = 16
+# ... and every this many on a CPU (1: the RNG draws exactly as before; tests set more)
+_CHECK_EVERY_CPU = 1
+# tests set this True to run the static-buffer (graph) path eagerly on a CPU, with no capture
+_STATIC_BUFFERS_WITHOUT_CUDA = False
+_GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_GRAPH_FAILED: "weakref.WeakSet" = weakref.WeakSet()
+_NOTED: set = set()
+
+
+def cuda_graph_note(mode: str, device) -> Optional[str]:
+    """One line saying whether ``rollout.cuda_graph`` ``mode`` captures on ``device``, or None
+    when it is off: what the actor prints once at start."""
+    if mode == "off":
+        return None
+    if torch.device(device).type != "cuda":
+        return (f"rollout.cuda_graph {mode}: no CUDA device here ({torch.device(device).type}); "
+                f"the decoding step runs eagerly")
+    return f"rollout.cuda_graph {mode}: the decoding step is captured in a CUDA graph per batch size"
+
+
+class _StaticStep:
+    """The fixed-shape decoding step (:meth:`_Stepper.fixed`) over buffers that live as long as
+    the model: on CUDA captured once in a graph and replayed, else (tests) run eagerly."""
+
+    def __init__(self, model, layers: list[_Layer], B: int, total: int, like_k: list[torch.Tensor],
+                 like_v: list[torch.Tensor], device: torch.device, capture: bool):
+        self.layers = layers
+        self.k = [k.new_zeros(B, k.shape[1], total, k.shape[3]) for k in like_k]
+        self.v = [v.new_zeros(B, v.shape[1], total, v.shape[3]) for v in like_v]
+        self.tokens = torch.zeros(B, dtype=torch.long, device=device)
+        self.pos = torch.zeros(B, dtype=torch.long, device=device)
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)
+        self.mask = torch.zeros(B, 1, 1, total, dtype=torch.bool, device=device)
+        self.stepper = _Stepper(model, layers, self.k, self.v)
+        self.graph = None
+        self.out: Optional[torch.Tensor] = None
+        if capture:
+            self._capture(device)
+
+    def _body(self) -> torch.Tensor:
+        return self.stepper.fixed(self.tokens, self.pos, self.slot, self.mask, self.k, self.v)
+
+    def _capture(self, device: torch.device) -> None:
+        self.mask[..., 0] = True  # warm-up and capture attend to one (zero) slot: finite values
+        amp = torch.is_autocast_enabled("cuda")
+        ctx = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False) \
+            if amp else contextlib.nullcontext()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side), ctx:
+            for _ in range(2):  # warm-up: kernels chosen and workspaces allocated outside capture
+                self._body()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), ctx:
+            self.out = self._body()
+        self.graph = graph
+
+    def refresh(self, model) -> None:
+        """Copy the live weights into the 16-bit copies the step reads (none: nothing to do)."""
+        for layer, L in zip(model.model.layers, self.layers):
+            a, m = layer.self_attn, layer.mlp
+            for mod, proj in ((a.q_proj, L.q), (a.k_proj, L.k), (a.v_proj, L.v), (a.o_proj, L.o),
+                              (m.gate_proj, L.gate), (m.up_proj, L.up), (m.down_proj, L.down)):
+                if proj.weight is not None and proj.weight is not mod.weight:
+                    proj.weight.copy_(mod.weight)
+                    if proj.bias is not None:
+                        proj.bias.copy_(mod.bias)
+
+    def start(self, k_pre: list[torch.Tensor], v_pre: list[torch.Tensor], prompt_mask: torch.Tensor) -> None:
+        """A new rollout: the prefill's keys and values in the first ``P`` slots, zeros after."""
+        P = prompt_mask.shape[1]
+        for kc, vc, k, v in zip(self.k, self.v, k_pre, v_pre):
+            kc[:, :, :P].copy_(k)
+            vc[:, :, :P].copy_(v)
+            kc[:, :, P:].zero_()
+            vc[:, :, P:].zero_()
+        self.mask.zero_()
+        self.mask[:, 0, 0, :P] = prompt_mask.bool()
+
+    def __call__(self, tokens: torch.Tensor, pos: torch.Tensor, slot: int) -> torch.Tensor:
+        self.tokens.copy_(tokens)
+        self.pos.copy_(pos)
+        self.slot.fill_(slot)
+        self.mask[:, 0, 0, slot] = True  # a slot opens when it is written
+        if self.graph is None:
+            return self._body()
+        self.graph.replay()
+        return self.out.clone()  # the graph's output buffer is overwritten by the next replay
+
+
+def _static_step(model, layers, B: int, total: int, k_pre, v_pre, cast, device) -> Optional[_StaticStep]:
+    """The model's step for (B, total) (made and, on CUDA, captured on first use), or None
+    where capture failed once for this model (warned)."""
+    if model in _GRAPH_FAILED:
+        return None
+    per = _GRAPHS.setdefault(model, {})
+    key = (B, total, k_pre[0].dtype, cast, device)
+    st = per.get(key)
+    if st is not None:
+        st.refresh(model)
+        return st
+    try:
+        st = _StaticStep(model, layers, B, total, k_pre, v_pre, device, capture=device.type == "cuda")
+    except Exception as err:  # noqa: BLE001 - an op that cannot be captured: eager from now on
+        _GRAPH_FAILED.add(model)
+        warnings.warn(f"CUDA graph capture of the decoding step failed ({type(err).__name__}: "
+                      f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}); "
+                      f"decoding eagerly", RuntimeWarning, stacklevel=3)
+        return None
+    per[key] = st
+    return st
+
+
 # ----------------------------------------------------------------------------------- decode
 
 def _autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
@@ -365,14 +498,15 @@ def _autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
 def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, eos_ids: Sequence[int],
            pad_id: int, max_new_tokens: int, min_new_tokens: int = 0, sample: bool = True,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           return_hidden: bool = False, compile: bool = False,
+           return_hidden: bool = False, compile: bool = False, cuda_graph: str = "off",
            low_precision_copy: bool = True, on_token: Optional[Callable[[int], None]] = None):
     """Decode left-padded prompts ``[B, P]``: ``(tokens [B, R], hidden [B, R, H] or None)``.
 
     ``tokens`` holds ``pad_id`` after a row's first EOS; ``R`` is the number of steps run
     (``max_new_tokens``, or fewer when every row has ended). ``hidden`` (with
     ``return_hidden``) is the float32 post-norm hidden state that produced each token.
-    ``compile`` runs the steps through :func:`torch.compile` (see the module docstring).
+    ``compile`` runs the steps through :func:`torch.compile`; ``cuda_graph`` ("auto", "on",
+    "off") replays them from a CUDA graph on a CUDA device (see the module docstring).
     The model must be in eval mode; randomness comes from torch's global RNG. Check
     :func:`unsupported_reason` first. ``on_token(k)`` is called after each step (k tokens so
     far): the progress of a long rollout.
@@ -396,11 +530,25 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, eos_
     hidden = out.last_hidden_state[:, -1]
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     use_compile = bool(compile) and model not in _COMPILE_FAILED
+    if cuda_graph not in ("auto", "on", "off"):
+        raise ValueError(f"cuda_graph must be auto, on or off, got {cuda_graph!r}")
+    use_graph = cuda_graph != "off" and not use_compile and model not in _GRAPH_FAILED \
+        and (dev.type == "cuda" or _STATIC_BUFFERS_WITHOUT_CUDA)
+    if cuda_graph == "on" and dev.type != "cuda" and not _STATIC_BUFFERS_WITHOUT_CUDA \
+            and ("cpu-eager", cuda_graph) not in _NOTED:
+        _NOTED.add(("cpu-eager", cuda_graph))
+        warnings.warn(cuda_graph_note(cuda_graph, dev), RuntimeWarning, stacklevel=2)
     total = P + int(max_new_tokens)
-    if use_compile:  # cache lengths in steps of 64: one compiled graph serves many prompt lengths
+    if use_compile or use_graph:  # cache lengths in steps of 64: one graph serves many prompt lengths
         total = -(-total // 64) * 64
+    graph = None
+    if use_graph:
+        graph = _static_step(model, layers, B, total, [la.keys for la in cache.layers],
+                             [la.values for la in cache.layers], cast, dev)
+        if graph is not None:
+            graph.start([la.keys for la in cache.layers], [la.values for la in cache.layers], attention_mask)
     k_cache, v_cache = [], []
-    for layer in cache.layers:
+    for layer in (cache.layers if graph is None else []):
         k, v = layer.keys, layer.values
         # zeros, not empty: the compiled step attends over every slot under a mask, and a masked
         # slot's weight of 0 times uninitialised memory that holds NaN is NaN
@@ -423,6 +571,10 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, eos_
     pad = torch.tensor(int(pad_id), device=dev)
     tokens, hiddens = [], []
     length = P
+    # steps that began with a live row, counted on the device; the host looks every
+    # `check_every` steps (every step on a CPU, so the RNG draws exactly as it always did)
+    live_steps = torch.zeros((), dtype=torch.long, device=dev)
+    check_every = _CHECK_EVERY_CPU if dev.type == "cpu" else SYNC_EVERY
     for t in range(int(max_new_tokens)):
         logits = head(hidden).to(dtype=torch.float32)
         scores = process_scores(logits, step=t, min_new_tokens=int(min_new_tokens), eos_mask=eos_mask,
@@ -433,13 +585,17 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, eos_
         tokens.append(nxt)
         if return_hidden:
             hiddens.append(hidden.float())
+        live_steps += unfinished.any()
         unfinished &= ~torch.isin(nxt, eos_t)
         if on_token is not None:
             on_token(t + 1)
-        if t + 1 == max_new_tokens or not bool(unfinished.any()):
+        if t + 1 == max_new_tokens or ((t + 1) % check_every == 0 and not bool(unfinished.any())):
             break
         length += 1
         pos = pos + 1
+        if graph is not None:
+            hidden = graph(nxt, pos, length - 1)
+            continue
         if use_compile:
             mask_full[:, 0, 0, length - 1] = True
             try:
@@ -456,8 +612,43 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, eos_
                 if not padded:
                     mask_full = None
         hidden = step(nxt, pos, length, None if mask_full is None else mask_full[..., :length])
-    toks = torch.stack(tokens, dim=1)
-    return toks, (torch.stack(hiddens, dim=1) if return_hidden else None)
+    n = len(tokens) if check_every == 1 else int(live_steps)  # steps after every row ended: cut
+    toks = torch.stack(tokens[:n], dim=1)
+    return toks, (torch.stack(hiddens[:n], dim=1) if return_hidden else None)
 
 
-__all__ = ["decode", "unsupported_reason", "process_scores", "pick_tokens", "packing_available"]
+class RolloutEngine(Protocol):
+    """What a rollout engine does: decode left-padded prompts into ``(tokens [B, R], hidden
+    [B, R, H] or None)``, ``tokens`` holding ``pad_id`` after each row's first EOS, with the
+    sampling arguments of :func:`decode`, drawing from torch's global RNG."""
+
+    name: str
+
+    def supports(self, model) -> Optional[str]:
+        """None when this engine can decode ``model``, else why not (one sentence)."""
+
+    def __call__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, eos_ids: Sequence[int],
+                 pad_id: int, max_new_tokens: int, min_new_tokens: int = 0, sample: bool = True,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, return_hidden: bool = False,
+                 on_token: Optional[Callable[[int], None]] = None):
+        ...
+
+
+class StaticEngine:
+    """The project's own decoder (:func:`decode`) as a :class:`RolloutEngine`, with its step
+    options (``compile``, ``cuda_graph``) fixed when it is made."""
+
+    name = "static"
+
+    def __init__(self, compile: bool = False, cuda_graph: str = "off"):
+        self.compile, self.cuda_graph = bool(compile), cuda_graph
+
+    def supports(self, model) -> Optional[str]:
+        return unsupported_reason(model)
+
+    def __call__(self, model, input_ids, attention_mask, **kw):
+        return decode(model, input_ids, attention_mask, compile=self.compile, cuda_graph=self.cuda_graph, **kw)
+
+
+__all__ = ["decode", "unsupported_reason", "process_scores", "pick_tokens", "packing_available",
+           "RolloutEngine", "StaticEngine", "cuda_graph_note", "SYNC_EVERY"]

@@ -989,7 +989,7 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
              max_new_tokens: int, min_new_tokens: int = 0, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, do_sample: bool = True,
              generator_seed: Optional[int] = None, return_hidden: bool = False,
-             decoder: str = "hf", compile: bool = False):
+             decoder: str = "hf", compile: bool = False, cuda_graph: str = "off"):
     """Sample responses for left-padded prompts: ``(response_ids [B, R], response_mask [B, R])``.
 
     Uses ``model.generate`` with the KV cache, stops when every row has produced EOS (or at
@@ -1009,7 +1009,8 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
     no ``model.generate``): the same tokens for the same seed, faster per step. A model it
     cannot run (:func:`engine.decoding.unsupported_reason`: GPT-2, a peft model, sharded
     weights) goes through ``model.generate``. ``compile`` (static only) compiles its
-    decoding step with ``torch.compile``, falling back to eager once if that fails.
+    decoding step with ``torch.compile``, falling back to eager once if that fails;
+    ``cuda_graph`` (static only, auto/on/off) replays it from a CUDA graph on CUDA.
 
     Randomness comes from torch's global RNG: the caller seeds torch (``torch.manual_seed``)
     for reproducible rollouts. With ``generator_seed`` the RNG is seeded with it inside a
@@ -1034,7 +1035,7 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
                                     max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                                     sample=sample, temperature=temperature, top_k=top_k, top_p=top_p,
                                     generator_seed=generator_seed, return_hidden=return_hidden,
-                                    compile=compile,
+                                    compile=compile, cuda_graph=cuda_graph,
                                     on_token=(lambda k: report(k, int(max_new_tokens))) if report else None)
     kwargs = dict(max_new_tokens=int(max_new_tokens), min_new_tokens=int(min_new_tokens),
                   do_sample=sample, num_beams=1, use_cache=True, eos_token_id=eos,
@@ -1090,7 +1091,7 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
 
 def _generate_static(model, input_ids, attention_mask, *, eos, pad, max_new_tokens, min_new_tokens,
                      sample, temperature, top_k, top_p, generator_seed, return_hidden, compile,
-                     on_token=None):
+                     cuda_graph="off", on_token=None):
     """:func:`generate` through :func:`engine.decoding.decode`: same RNG handling, same return."""
     from engine.decoding import decode
 
@@ -1107,7 +1108,7 @@ def _generate_static(model, input_ids, attention_mask, *, eos, pad, max_new_toke
                 model, input_ids, attention_mask, eos_ids=eos, pad_id=pad,
                 max_new_tokens=int(max_new_tokens), min_new_tokens=int(min_new_tokens), sample=sample,
                 temperature=float(temperature), top_k=int(top_k or 0), top_p=float(top_p),
-                return_hidden=return_hidden, compile=compile, on_token=on_token)
+                return_hidden=return_hidden, compile=compile, cuda_graph=cuda_graph, on_token=on_token)
     finally:
         model.train(was_training)
     mask = response_mask_from_ids(response, eos)

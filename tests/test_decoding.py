@@ -335,7 +335,25 @@ def test_compile_failure_falls_back_to_eager_once(model, tok, batch, monkeypatch
     assert torch.equal(got[0], eager[0]) and torch.equal(again[0], eager[0])
 
 
+def _cxx() -> str:
+    """The C++ compiler inductor would call, found on PATH independently of the decoder (the
+    known environment limitation under which compiling cannot work: none installed)."""
+    import shutil
+
+    import torch._inductor.config as ic
+
+    names = [c for c in (ic.cpp.cxx if isinstance(ic.cpp.cxx, (tuple, list)) else (ic.cpp.cxx,)) if c]
+    for c in [*names, "g++", "c++", "clang++"]:
+        if shutil.which(c):
+            return shutil.which(c)
+    return ""
+
+
+CXX = _cxx()
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not CXX, reason="no C++ compiler on PATH: inductor cannot compile on a CPU here")
 def test_compiled_step_gives_the_eager_tokens(tok, batch):
     """compile=True where inductor has a compiler: the compiled step attends over the whole
     preallocated cache under a mask (the slots not yet written included), and gives finite
@@ -354,8 +372,8 @@ def test_compiled_step_gives_the_eager_tokens(tok, batch):
                                  return_hidden=True)
                 comp = generate(m, tok, ids, am, max_new_tokens=12, decoder="static", do_sample=False,
                                 return_hidden=True, compile=True)
-            if any("torch.compile of the decoding step failed" in str(w.message) for w in caught):
-                pytest.skip("inductor has no usable compiler here")
+            failed = [str(w.message) for w in caught if "torch.compile of the decoding step failed" in str(w.message)]
+            assert not failed, f"a C++ compiler is on PATH ({CXX}) yet compiling the step failed: {failed[0]}"
             assert torch.isfinite(comp[2]).all()
             assert torch.equal(comp[0], eager[0])
             tol = 2e-2 if autocast else 1e-4
@@ -391,3 +409,74 @@ def test_config_keys():
     assert any(n.path == "rollout.compile_decoder" and "not static" in n.message for n in res.notices)
     bad = validate_text("rollout:\n  decoder: fast\n")
     assert not bad.ok and any(e.path == "rollout.decoder" for e in bad.issues)
+
+
+# ----------------------------------------------------------------------------------- GPU-speed loop
+
+def test_static_buffer_step_gives_the_eager_tokens(model, tok, batch, monkeypatch):
+    """The step a CUDA graph captures (fixed shapes over buffers kept between rollouts), run
+    eagerly on the CPU: the eager loop's greedy tokens and its hidden states up to rounding, on
+    left-padded prompts, and again on a second rollout that reuses the buffers (the prefill's
+    keys and values replace the first rollout's)."""
+    ids, am = batch
+    m = load_policy(TINY, trainable=False)
+    eager = generate(m, tok, ids, am, max_new_tokens=12, decoder="static", do_sample=False, return_hidden=True)
+    monkeypatch.setattr(D, "_STATIC_BUFFERS_WITHOUT_CUDA", True)
+    for _ in range(2):
+        got = generate(m, tok, ids, am, max_new_tokens=12, decoder="static", do_sample=False,
+                       return_hidden=True, cuda_graph="on")
+        assert torch.equal(got[0], eager[0])
+        torch.testing.assert_close(got[2], eager[2], atol=1e-4, rtol=1e-4)
+    assert len(D._GRAPHS[m]) == 1  # one set of buffers for this batch size and cache length
+    # an optimizer step in place is seen by the next rollout (weights are read, not copied)
+    with torch.no_grad():
+        m.lm_head.weight.mul_(-1.0)
+        flipped = generate(m, tok, ids, am, max_new_tokens=6, decoder="static", do_sample=False, cuda_graph="on")
+        monkeypatch.setattr(D, "_STATIC_BUFFERS_WITHOUT_CUDA", False)
+        plain = generate(m, tok, ids, am, max_new_tokens=6, decoder="static", do_sample=False)
+    assert torch.equal(flipped[0], plain[0])
+
+
+def test_end_checked_every_few_steps_cuts_the_steps_after_every_row_ended(model, tok, batch, monkeypatch):
+    """With the host looking at the finished mask only every 4th step, the steps run after the
+    last row ended are cut: the same tokens and the same length as checking every step. Half
+    the vocabulary counts as EOS, so rows end early and at different steps."""
+    ids, am = batch
+    eos = list(range(0, model.config.vocab_size, 2))
+    kw = dict(eos_ids=eos, pad_id=0, max_new_tokens=30, sample=True)
+    torch.manual_seed(3)
+    every = D.decode(model.eval(), ids, am, **kw)[0]
+    assert every.shape[1] < 30 and every.shape[1] % 4  # every row ended early, not on a check step
+    monkeypatch.setattr(D, "_CHECK_EVERY_CPU", 4)
+    torch.manual_seed(3)
+    lazy = D.decode(model, ids, am, **kw)[0]
+    assert torch.equal(lazy, every)
+    model.train()
+
+
+def test_cuda_graph_on_a_cpu_runs_eagerly_and_says_so_once(model, tok, batch, monkeypatch):
+    ids, am = batch
+    monkeypatch.setattr(D, "_NOTED", set())
+    assert "runs eagerly" in D.cuda_graph_note("auto", "cpu") and D.cuda_graph_note("off", "cpu") is None
+    eager = generate(model, tok, ids, am, max_new_tokens=5, decoder="static", generator_seed=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        a = generate(model, tok, ids, am, max_new_tokens=5, decoder="static", generator_seed=2, cuda_graph="on")
+        b = generate(model, tok, ids, am, max_new_tokens=5, decoder="static", generator_seed=2, cuda_graph="on")
+    said = [w for w in caught if "rollout.cuda_graph on: no CUDA device" in str(w.message)]
+    assert len(said) == 1
+    assert torch.equal(a[0], eager[0]) and torch.equal(b[0], eager[0])
+    eng = D.StaticEngine()
+    assert eng.name == "static" and eng.supports(model) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the graph is CUDA's)")
+def test_cuda_graph_gives_the_eager_tokens_on_cuda(tok, batch):
+    ids, am = (t.cuda() for t in batch)
+    m = load_policy(TINY, trainable=False, device="cuda")
+    eager = generate(m, tok, ids, am, max_new_tokens=16, decoder="static", do_sample=False, return_hidden=True)
+    graph = generate(m, tok, ids, am, max_new_tokens=16, decoder="static", do_sample=False, return_hidden=True,
+                     cuda_graph="on")
+    assert D._GRAPHS[m] and all(st.graph is not None for st in D._GRAPHS[m].values())
+    assert torch.equal(graph[0], eager[0])
+    torch.testing.assert_close(graph[2], eager[2], atol=1e-3, rtol=1e-3)

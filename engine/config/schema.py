@@ -412,6 +412,13 @@ class RolloutConfig:
                                        "equal to the eager step up to rounding). A compiler failure is "
                                        "warned about once and decoding goes on eagerly. Off by default: "
                                        "on CPU it did not pay for its compile time.")
+    cuda_graph: Annotated[Literal["auto", "on", "off"],
+                          BeforeValidator(lambda v: {True: "on", False: "off"}.get(v, v) if isinstance(v, bool)
+                                          else _lower(v))] = key(
+        "auto", "rollout.decoder static on CUDA: capture the decoding step in a CUDA graph per batch "
+                "size (static input/output buffers, replayed every token); auto and on capture on "
+                "CUDA, off decodes eagerly. On a CPU there is no graph: the step runs eagerly and the "
+                "log says so once. A capture failure is reported once and decoding goes on eagerly.")
 
 
 @section

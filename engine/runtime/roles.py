@@ -544,6 +544,12 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
                 self.progress(f"{self.name}: rollout.decoder static cannot decode this model ({why}); "
                               f"using transformers' generate")
                 self.decoder = "hf"
+            else:
+                from engine.decoding import cuda_graph_note
+
+                note = cuda_graph_note(cfg.rollout.cuda_graph, self.device)
+                if note:  # said once: whether the decoding step runs from a CUDA graph
+                    self.progress(f"{self.name}: {note}")
 
     def op_generate(self, tensors: Tensors, args: dict) -> Result:
         from engine.models import generate
@@ -565,6 +571,7 @@ class ActorRole(TwoPhaseUpdate, _PolicyBase):
                 temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
                 do_sample=False if greedy else r.do_sample,
                 return_hidden=reuse, decoder=self.decoder, compile=r.compile_decoder,
+                cuda_graph=r.cuda_graph,
             )
         resp, resp_mask = gen[0], gen[1]
         out = {
