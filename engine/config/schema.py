@@ -228,7 +228,10 @@ class RoleConfig:
         "sdpa", "Attention kernel; flash_attention_2 falls back to sdpa where it cannot run (no "
                 "CUDA, float32, flash-attn missing).")
     gradient_checkpointing: Bool = key(False, "Recompute activations in backward to save memory "
-                                              "(trained roles only).")
+                                              "(trained roles only). false on a GPU: on only where "
+                                              "the memory plan (engine/runtime/placement.py) finds "
+                                              "the role's GPU short of memory without it; the log "
+                                              "says so.")
     threads: Optional[Int] = key(None, "torch intra-op threads for this role's worker; null = automatic.",
                                  **_THREADS)
     autocast: Annotated[Literal["auto", "none", "bfloat16", "float16"],

@@ -28,6 +28,10 @@ def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> 
 
     plan = device_plan(cfg)
     out(format_plan(plan, cfg))
+    from engine.runtime.placement import check_memory
+
+    for line in check_memory(cfg):  # with GPUs: each GPU's estimated use (device_plan refused a misfit)
+        out(line)
     ranked = [r for r, devs in plan.items() if len(devs) > 1]
     if ranked:
         out(f"  ({', '.join(ranked)}: the dry run loads rank 0 alone, on {', '.join(plan[r][0] for r in ranked)}; "

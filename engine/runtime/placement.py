@@ -204,8 +204,9 @@ def role_requests(cfg, needs: Optional[Mapping[str, float]] = None) -> dict[str,
     return out
 
 
-def device_plan(cfg, gpu_memory_gb: Optional[Sequence[float]] = None) -> dict[str, list[str]]:
-    """The plan for ``cfg`` on this machine (or on ``gpu_memory_gb``)."""
+def device_plan(cfg, gpu_memory_gb: Optional[Sequence[float]] = None, _memory: bool = True) -> dict[str, list[str]]:
+    """The plan for ``cfg`` on this machine (or on ``gpu_memory_gb``); with GPUs, the memory
+    plan (:func:`check_memory`) must fit or this raises :class:`PlacementError` with the figures."""
     gpus = visible_gpu_memory_gb() if gpu_memory_gb is None else list(gpu_memory_gb)
     devs = cfg.runtime.devices
     allowed = None
@@ -214,7 +215,10 @@ def device_plan(cfg, gpu_memory_gb: Optional[Sequence[float]] = None) -> dict[st
     from engine.runtime.driver import active_roles
 
     needs = {r: (role_need_gb(cfg, r) if gpus else 0.0) for r in active_roles(cfg)}
-    return plan_devices(role_requests(cfg, needs), gpus, allowed)
+    plan = plan_devices(role_requests(cfg, needs), gpus, allowed)
+    if gpus and _memory:
+        check_memory(cfg, gpus)
+    return plan
 
 
 def format_plan(plan: Mapping[str, Sequence[str]], cfg=None) -> str:
@@ -228,3 +232,171 @@ def format_plan(plan: Mapping[str, Sequence[str]], cfg=None) -> str:
         else:
             parts.append(f"{r} -> {devs[0]}")
     return "device plan: " + "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------- memory plan
+
+# activations of one transformer layer per token and hidden unit kept for the backward, in
+# bytes, with 16-bit compute and an attention kernel that keeps no [T, T] matrix (Korthikanti
+# et al. 2022, "Reducing Activation Recomputation in Large Transformer Models": 34 s b h per
+# layer); float32 compute doubles it; with gradient checkpointing one layer input (2 bytes per
+# element in 16 bits) stays per layer, plus one layer's full set during its recomputation
+_ACT_PER_LAYER = 34
+_CUDA_CONTEXT_GB = 0.5
+_HEADROOM = 0.92  # of a GPU's memory the plan fills at most (allocator fragmentation, NCCL, ...)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Estimated GPU memory of each role's process in GB (``parts`` names each term), the
+    device each role's first rank runs on, and which trained roles need gradient
+    checkpointing to fit (``checkpoint``)."""
+
+    roles: dict
+    parts: dict
+    devices: dict
+    gpu_gb: dict
+    checkpoint: dict
+
+    def used_gb(self, device: str) -> float:
+        return sum(gb for r, gb in self.roles.items() if self.devices[r] == device)
+
+    def fits(self) -> bool:
+        return all(self.used_gb(d) <= _HEADROOM * gb for d, gb in self.gpu_gb.items())
+
+    def lines(self) -> list[str]:
+        out = []
+        for d, gb in self.gpu_gb.items():
+            used = self.used_gb(d)
+            verdict = "fits" if used <= _HEADROOM * gb else "does NOT fit"
+            who = ", ".join(f"{r} {self.roles[r]:.1f}" for r in self.roles if self.devices[r] == d)
+            out.append(f"memory plan {d}: {used:.1f} GB of {gb:.1f} GB ({verdict}; at most "
+                       f"{_HEADROOM:.0%} planned): {who}")
+        for r, on in self.checkpoint.items():
+            if on:
+                out.append(f"memory plan: {r} trains with gradient checkpointing (its activations "
+                           f"without it: {self.parts[r]['activations_full']:.1f} GB)")
+        return out
+
+
+def _shape(source: str) -> dict:
+    """Layers, hidden size, vocabulary, KV heads and head size of a causal LM source (the
+    tiny/bundled shapes are known; else from its config without weights; else SmolLM2's)."""
+    known = {"tiny:qwen2-0.5b": (24, 896, 49152, 2, 64), "tiny:llama": (2, 64, 49152, 2, 16),
+             "bundled:smollm2-135m-instruct": (30, 576, 49152, 3, 64)}
+    if source in known:
+        L, h, V, kv, hd = known[source]
+    else:
+        try:
+            from transformers import AutoConfig
+
+            from engine.models import resolve_model_path
+
+            c = AutoConfig.from_pretrained(resolve_model_path(source), local_files_only=True)
+            L, h, V = c.num_hidden_layers, c.hidden_size, c.vocab_size
+            heads = c.num_attention_heads
+            kv = getattr(c, "num_key_value_heads", heads) or heads
+            hd = getattr(c, "head_dim", None) or h // heads
+        except Exception:  # noqa: BLE001 - unreadable: SmolLM2-135M's shape
+            L, h, V, kv, hd = known["bundled:smollm2-135m-instruct"]
+    return {"layers": L, "hidden": h, "vocab": V, "kv_heads": kv, "head_dim": hd}
+
+
+def role_memory_gb(cfg, role: str, checkpoint: Optional[bool] = None) -> dict:
+    """The terms of one role's GPU memory in GB: ``state`` (weights, and for a trained role
+    float32 gradients and AdamW moments: :func:`role_need_gb`), ``activations`` of one update
+    micro-batch (``activations_full`` without checkpointing), ``scoring`` (one scoring pass's
+    logits and hidden states), ``kv_cache`` (the actor's rollout), ``context`` (CUDA's)."""
+    from engine.config import resolve_role_model
+
+    head = role == "critic" and cfg.ppo.critic_trunk == "reference"  # a value head: 0.1 GB
+    out = {"state": role_need_gb(cfg, role) - (0.5 if role != "reward" and not head else 0.0),
+           "activations": 0.0, "activations_full": 0.0, "scoring": 0.0, "kv_cache": 0.0,
+           "context": _CUDA_CONTEXT_GB}
+    if role == "reward":
+        if cfg.reward.source.startswith(("lexicon:", "python:", "rule:")):
+            return {k: 0.0 for k in out}
+        return out
+    if head:
+        return out
+    s = _shape(resolve_role_model(cfg, role))
+    ro, p = cfg.rollout, cfg.ppo
+    rows = ro.batch_size * ro.n
+    seq = cfg.data.max_prompt_tokens + ro.max_new_tokens
+    resp_share = ro.max_new_tokens / seq
+    rc = getattr(cfg, role)
+    sixteen = rc.dtype in ("bfloat16", "float16") or rc.autocast not in ("none", None)
+    act = _ACT_PER_LAYER * (1 if sixteen else 2)
+    L, h, V = s["layers"], s["hidden"], s["vocab"]
+    score_tokens = p.micro_batch_tokens or rows * seq  # no budget: the whole batch in one pass
+    out["scoring"] = (score_tokens * h * 4 * 2 + score_tokens * resp_share * V * 4 * 2) / 1e9
+    if role in ("actor", "critic"):
+        upd = p.micro_batch_tokens or p.micro_batch_size * seq
+        logits = upd * resp_share * V * 4 * 3 / 1e9 if role == "actor" else 0.0
+        full = L * upd * h * act / 1e9 + logits
+        ck = upd * h * (L * 2 + act) / 1e9 + logits
+        out["activations_full"] = full
+        out["activations"] = ck if checkpoint or rc.gradient_checkpointing else full
+    if role == "actor":
+        out["kv_cache"] = rows * seq * L * 2 * s["kv_heads"] * s["head_dim"] * 2 / 1e9
+    return out
+
+
+def memory_plan(cfg, gpu_memory_gb: Optional[Sequence[float]] = None) -> Optional[MemoryPlan]:
+    """The estimated memory of each role on the GPUs of ``gpu_memory_gb`` (default: this
+    machine's), gradient checkpointing turned on for a trained role (actor first, then critic)
+    where its GPU is over the plan's share without it; None when no role runs on a GPU."""
+    gpus = visible_gpu_memory_gb() if gpu_memory_gb is None else list(gpu_memory_gb)
+    if not gpus:
+        return None
+    plan = device_plan(cfg, gpus, _memory=False)
+    devices = {r: d[0] for r, d in plan.items() if d[0].startswith("cuda")}
+    if not devices:
+        return None
+    ck = {r: False for r in devices if r in ("actor", "critic")}
+
+    def build() -> MemoryPlan:
+        parts = {r: role_memory_gb(cfg, r, ck.get(r)) for r in devices}
+        total = {r: sum(v for k, v in parts[r].items() if k != "activations_full") for r in devices}
+        gpu_gb = {d: float(gpus[int(d.split(":")[1])]) for d in sorted(set(devices.values()))}
+        return MemoryPlan(total, parts, devices, gpu_gb, dict(ck))
+
+    mp = build()
+    for r in ("actor", "critic"):
+        if mp.fits():
+            break
+        if r in ck and not getattr(cfg, r).gradient_checkpointing:
+            ck[r] = True
+            mp = build()
+    return mp
+
+
+def check_memory(cfg, gpu_memory_gb: Optional[Sequence[float]] = None) -> list[str]:
+    """The memory plan's lines; raises :class:`PlacementError` with the figures when the roles
+    do not fit even with gradient checkpointing."""
+    mp = memory_plan(cfg, gpu_memory_gb)
+    if mp is None:
+        return []
+    if not mp.fits():
+        raise PlacementError("; ".join(line for line in mp.lines() if "does NOT fit" in line) +
+                             " -- lower rollout.batch_size or ppo.micro_batch_tokens, use "
+                             "ppo.critic_trunk: reference, or spread the roles over more GPUs")
+    return mp.lines()
+
+
+def planned_checkpointing(cfg, role: str, device) -> Optional[str]:
+    """Why ``role`` (a trained role on a CUDA ``device``) should train with gradient
+    checkpointing although its config says false: the memory plan's line, or None."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cuda" or getattr(cfg, role).gradient_checkpointing:
+        return None
+    gpus = visible_gpu_memory_gb()
+    mp = memory_plan(cfg, gpus) if gpus else None
+    if mp is None or not mp.checkpoint.get(role):
+        return None
+    d = f"cuda:{dev.index or 0}"
+    return (f"{role}: gradient checkpointing on: the memory plan puts {d} at "
+            f"{mp.used_gb(mp.devices[role]):.1f} GB of {mp.gpu_gb.get(mp.devices[role], 0):.1f} GB with it "
+            f"(activations {mp.parts[role]['activations_full']:.1f} GB without it)")

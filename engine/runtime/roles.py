@@ -352,6 +352,16 @@ class Role:
     def _to(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device, non_blocking=True)
 
+    def _planned_checkpointing(self) -> bool:
+        """Whether the memory plan turns gradient checkpointing on for this role's GPU (said
+        in the log when it does)."""
+        from engine.runtime.placement import planned_checkpointing
+
+        why = planned_checkpointing(self.cfg, self.name, self.device)
+        if why:
+            self.progress(why)
+        return why is not None
+
     def _out(self, t: torch.Tensor) -> torch.Tensor:
         """A large output (hidden states): left on the GPU when runtime.cuda_ipc is on, so the
         worker sends a CUDA IPC handle instead of copying it through host memory."""
@@ -457,7 +467,8 @@ class _PolicyBase(Role):
             dtype=self.weights_dtype,
             device=str(self.device),
             attn_implementation=attn,
-            gradient_checkpointing=self.role_cfg.gradient_checkpointing and self.trainable,
+            gradient_checkpointing=self.trainable and (self.role_cfg.gradient_checkpointing
+                                                       or self._planned_checkpointing()),
             trainable=self.trainable,
             progress=self.progress,
         )
@@ -832,7 +843,8 @@ class CriticRole(TwoPhaseUpdate, Role):
             self.model = load_critic(
                 resolve_role_model(cfg, self.name), dtype=self.weights_dtype, device=str(self.device),
                 attn_implementation=self.attn_implementation(),
-                gradient_checkpointing=self.role_cfg.gradient_checkpointing, progress=self.progress,
+                gradient_checkpointing=self.role_cfg.gradient_checkpointing or self._planned_checkpointing(),
+                progress=self.progress,
             )
         self.lora = None if self.head_only else self.role_cfg.lora
         if self.lora is not None:
