@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 9 in one run (under 5 minutes on a GPU machine): the Qwen2-0.5B-shaped
-# preset with random weights over the planned GPUs, CUDA IPC on and off, actor.world_size=2 with
-# FSDP when there are two GPUs, NVML peaks per role. Writes OUT_DIR/gpu_check.{json,md}.
+# The device check of issue 24 in one run (<= 8 minutes on one H100/H200): the GPU preset
+# (configs/gpu-0.5b.yaml) for 5 steps with NVML peaks per role and the console attached headless,
+# a 4-bit reward model next to bf16, CUDA IPC on/off and CUDA-graph/eager equality, versions.
+# Raw outputs go to docs/results/gpu-<yyyymmdd>/ (or OUT_DIR); see scripts/gpu_check.py.
 #
-#   scripts/gpu_check.sh [OUT_DIR] [--runs-dir DIR] [--only SHAPE]   # default OUT_DIR: ./gpu-check
+#   scripts/gpu_check.sh [OUT_DIR] [--only PART] [--steps N]
 #
-# Exits 3 without starting anything when no CUDA device is visible. Needs torch, transformers,
-# pyyaml, psutil (nvidia-ml-py for the NVML peaks) and the asset cache's models/tiny-llama folder
-# (16 MB, the SmolLM2 tokenizer; any tiny run fills it; RLHF_CONSOLE_CACHE points elsewhere).
+# Exits 3 without starting anything when no CUDA device is visible; 1 when a part failed (a
+# skipped part, e.g. no bitsandbytes, is not a failure: its reason is printed). Needs torch,
+# transformers, pyyaml, psutil, textual (nvidia-ml-py for NVML) and the asset cache's SmolLM2
+# tokenizer (RLHF_CONSOLE_CACHE points to it).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python3}" scripts/gpu_check.py "$@"
+exec timeout 480 "${PYTHON:-python3}" scripts/gpu_check.py "$@"
