@@ -59,9 +59,9 @@ def run_attach(args) -> int:
         try:
             run = attach(args.run, runs_dir)
         except RunError as e:
-            from console.cli import _trace
+            from console.debug import trace
 
-            _trace()
+            trace()
             print(f"rlhf-console: {e}", file=sys.stderr)
             return 2
     else:

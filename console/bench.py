@@ -27,29 +27,29 @@ import threading
 import time
 from pathlib import Path
 
-from engine.client import ControlServer, MetricsRow, RunDir, Sample, socket_path_for
+from engine.records import MetricsRow, Sample
+from engine.standin import StandInRun
 
 STEPS_PER_S = 10.0
 SAMPLES_PER_STEP = 8
 
 
 class SyntheticRun:
-    """A run directory written by the engine's own writer (``RunDir``: run.json, metrics and
-    sample lines, events.log) at ``rate`` steps a second, with the engine's control server
-    answering pause/resume the way the supervisor does (the state flips at the next step)."""
+    """A run directory written by the engine's own writer (a :class:`engine.standin.StandInRun`:
+    run.json, metrics and sample lines, events.log) at ``rate`` steps a second, with its control
+    socket answering pause/resume the way the supervisor does (the state flips at the next step)."""
 
     def __init__(self, root: Path, rate: float = STEPS_PER_S):
         self.path = root / "bench-20260101-000000"
         self.path.mkdir(parents=True)
-        self.rd = RunDir(self.path)
+        self.rd = StandInRun(self.path)
         self.rate = rate
         self.step = 0
         self.state = "running"
         self._lock = threading.Lock()
         self._pause_req = False
         self._stop = threading.Event()
-        self.sock = socket_path_for(root)
-        self._server: ControlServer | None = None
+        self.sock = self.rd.socket
         self._created = time.time() - 1.0
         here = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "recorded_run"
         cfgs = sorted(here.glob("*/config.yaml"))
@@ -117,7 +117,7 @@ class SyntheticRun:
             nxt += period
             self._stop.wait(max(0.0, nxt - time.monotonic()))
 
-    # ---- the control requests, served by the engine's ControlServer ------------------------------------
+    # ---- the control requests, served on the stand-in's control socket ---------------------------------
     def _handle(self, req: dict) -> dict:
         op = req.get("op")
         with self._lock:
@@ -132,15 +132,12 @@ class SyntheticRun:
         return {"ok": False, "error": f"the bench does not do {op!r}"}
 
     def start(self) -> None:
-        self._server = ControlServer(self.sock, self._handle,
-                                     hello=lambda: {"state": self.state, "step": self.step})
-        self._server.start()
+        self.rd.serve(self._handle, hello=lambda: {"state": self.state, "step": self.step})
         threading.Thread(target=self._writer, daemon=True).start()
 
     def close(self) -> None:
         self._stop.set()
-        if self._server is not None:
-            self._server.close()
+        self.rd.close()
 
 
 def _pct(xs: list[float], q: float) -> float:

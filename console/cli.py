@@ -24,24 +24,14 @@ import os
 import sys
 import time
 
+from console import debug
 from engine.config import ConfigError, load_config
 
 DEFAULT_RUNS = "runs"
 
 
-DEBUG = False  # --debug: show the traceback of every error the commands report
-
-
-def _trace() -> None:
-    """Under --debug, print the traceback of the exception being handled."""
-    if (DEBUG or os.environ.get("RLHF_CONSOLE_DEBUG") == "1") and sys.exc_info()[0] is not None:
-        import traceback
-
-        traceback.print_exc()
-
-
 def _err(msg: str) -> int:
-    _trace()
+    debug.trace()
     print(f"rlhf-console: {msg}", file=sys.stderr)
     return 2
 
@@ -121,7 +111,7 @@ def cmd_train(args) -> int:
     try:
         cfg = _load(args, check_access=True)
     except ConfigError as e:
-        _trace()
+        debug.trace()
         print(str(e), file=sys.stderr)
         print("rlhf-console: the config is invalid; nothing was started", file=sys.stderr)
         return 2
@@ -143,7 +133,7 @@ def cmd_train(args) -> int:
     try:
         rd = create_run_dir(cfg)
     except ConfigError as e:
-        _trace()
+        debug.trace()
         print(str(e), file=sys.stderr)
         print("rlhf-console: the run cannot start; nothing was started", file=sys.stderr)
         return 2
@@ -183,7 +173,7 @@ def _attach(args):
     try:
         return attach(args.run, args.runs_dir)
     except RunError as e:
-        _trace()
+        debug.trace()
         print(f"rlhf-console: {e}", file=sys.stderr)
         return None
 
@@ -324,7 +314,7 @@ def cmd_validate(args) -> int:
     try:
         cfg = _load(args, check_access=True)
     except ConfigError as e:
-        _trace()
+        debug.trace()
         print(str(e), file=sys.stderr)
         return 2
     print(f"{args.config}: valid ({cfg.run.name}, {cfg.run.steps} steps)")
@@ -342,7 +332,7 @@ def cmd_doctor(args) -> int:
     try:
         cfg = load_config(path, list(args.set or []))
     except ConfigError as e:
-        _trace()
+        debug.trace()
         print(str(e), file=sys.stderr)
         return 2
     rep = run_doctor(cfg, recalibrate=args.recalibrate, progress=lambda m: print(m, flush=True))
@@ -454,22 +444,21 @@ def _project_error(e: BaseException) -> bool:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    global DEBUG
-    debug = DEBUG = "--debug" in argv
-    if debug:
-        os.environ["RLHF_CONSOLE_DEBUG"] = "1"
+    debugging = "--debug" in argv
+    if debugging:
+        debug.enable()
     argv = [a for a in argv if a != "--debug"]
     try:
         return _main(argv)
     except KeyboardInterrupt:
-        if debug:
+        if debugging:
             raise
         print("rlhf-console: interrupted", file=sys.stderr)
         return 130
     except SystemExit:
         raise
     except Exception as e:
-        if debug:
+        if debugging:
             raise
         if isinstance(e, ConfigError):
             print(str(e), file=sys.stderr)

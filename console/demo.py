@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from console.gpu import GpuReport
-from engine.client import RunDir
+from engine.standin import StandInRun
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDED = ROOT / "tests" / "fixtures" / "recorded_run"
@@ -35,7 +35,7 @@ def copy_recorded_run(runs_dir: Path, state: str = "paused", *, live: bool = Fal
     dst = Path(runs_dir) / (name or src.name)
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(src, dst)
-    rd = RunDir(dst)
+    rd = StandInRun(dst)
     info = rd.read_info()
     created, updated = info.created + created_delta, info.updated + created_delta
     if state == "failed" and failure:
@@ -51,7 +51,7 @@ def copy_recorded_run(runs_dir: Path, state: str = "paused", *, live: bool = Fal
 
 def frozen_clock(run_dir: Path, after_s: float = 754.0):
     """A clock stopped ``after_s`` seconds after the run was created."""
-    created = RunDir(Path(run_dir)).read_info().created or 0.0
+    created = StandInRun(Path(run_dir)).read_info().created or 0.0
     return lambda: created + after_s
 
 

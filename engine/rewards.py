@@ -28,7 +28,6 @@ output (e.g. a Bradley-Terry reward model from preference pairs) always gives it
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import importlib
 import json
@@ -40,6 +39,9 @@ from typing import Any, Callable, Optional, Sequence
 
 from engine import sources
 
+# shared with reward_training (which writes the folders this module loads); names kept here
+from engine.reward_folder import REWARD_METADATA, join_prompt_response, quiet_transformers
+
 Progress = Callable[[str], None]
 
 ACCEPTED_FORMS = (
@@ -50,27 +52,9 @@ ACCEPTED_FORMS = (
     "a local folder of a sequence-classification model",
     "a hub id of a sequence-classification model (owner/name)",
 )
-REWARD_METADATA = "rlhf_reward.json"
 
 _FUNC_RE = sources.PY_FUNC_RE      # the grammar of source strings is engine/sources.py's
 _HUB_ID_RE = sources.HUB_ID_RE
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Silence transformers' info logs and progress bars (restored afterwards)."""
-    from transformers.utils import logging as hf_logging
-
-    old = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(old)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 class RewardError(ValueError):
@@ -79,18 +63,6 @@ class RewardError(ValueError):
 
 def _accepted() -> str:
     return "accepted reward sources: " + "; ".join(ACCEPTED_FORMS)
-
-
-def join_prompt_response(prompt: str, response: str) -> str:
-    """The text a classifier reward scores: prompt and response as one string (a space is
-    inserted only if neither side already has whitespace at the seam)."""
-    if not prompt:
-        return response
-    if not response:
-        return prompt
-    if prompt[-1].isspace() or response[0].isspace():
-        return prompt + response
-    return prompt + " " + response
 
 
 def checked_scores(source_name: str, scores: Any, n: int) -> list[float]:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from console import demo  # noqa: E402
 from console.app import ConsoleApp  # noqa: E402
-from engine.client import RunDir  # noqa: E402
+from engine.standin import StandInRun  # noqa: E402
 
 # ---- SVG fix-ups for rsvg (the terminal shows these right; rsvg needs help) -----------------------
 _LEAD = re.compile(r'(<text\b[^>]*?\bx=")([\d.]+)("[^>]*?\btextLength=")([\d.]+)("[^>]*>)((?:&#160;)+)([^<]*)(</text>)')
@@ -75,7 +75,7 @@ async def shoot(app: ConsoleApp, size: tuple[int, int], keys: list[str], out: Pa
 
 
 def _set_state(run_dir: Path, state: str, live: bool) -> None:
-    rd = RunDir(run_dir)
+    rd = StandInRun(run_dir)
     rd.write_state(state=state, updated=rd.read_info().updated,
                    **({"supervisor_pid": os.getpid()} if live else {}))
 

@@ -57,14 +57,14 @@ def _one(text: str, path: str, **kw) -> ConfigIssue:
 
 @pytest.fixture
 def no_cuda(monkeypatch):
-    monkeypatch.setattr(C, "cuda_device_count", lambda: 0)
+    monkeypatch.setattr(C.probes, "cuda_device_count", lambda: 0)
 
 
 @pytest.fixture
 def two_gpus(monkeypatch):
-    monkeypatch.setattr(C, "cuda_device_count", lambda: 2)
-    real = C._module_available
-    monkeypatch.setattr(C, "_module_available",
+    monkeypatch.setattr(C.probes, "cuda_device_count", lambda: 2)
+    real = C.probes.module_available
+    monkeypatch.setattr(C.probes, "module_available",
                         lambda name: True if name in ("bitsandbytes", "flash_attn") else real(name))
 
 
@@ -371,7 +371,7 @@ def test_cuda_index_beyond_visible_devices(two_gpus):
 
 
 def test_4bit_reward_on_cpu_where_bitsandbytes_cannot(monkeypatch):
-    monkeypatch.setattr("engine.config.bnb_cpu_unsupported_reason", lambda q: "no CPU kernels in this build")
+    monkeypatch.setattr("engine.config.probes.bnb_cpu_unsupported_reason", lambda q: "no CPU kernels in this build")
     text = _yaml("""
         reward:
           source: bundled:minilm-sentiment
@@ -394,7 +394,7 @@ def test_4bit_reward_on_cpu_where_bitsandbytes_can():
 
 
 def test_8bit_reward_on_auto_without_cuda(no_cuda, monkeypatch):
-    monkeypatch.setattr("engine.config.bnb_cpu_unsupported_reason", lambda q: "CUDA-only build")
+    monkeypatch.setattr("engine.config.probes.bnb_cpu_unsupported_reason", lambda q: "CUDA-only build")
     issue = _one("reward:\n  quantization: int8\n", "reward.quantization")
     assert issue.line == 2 and "8bit" in issue.message and "no CUDA device is visible" in issue.message
 
@@ -448,8 +448,8 @@ def test_colocate_groups_valid():
 
 
 def test_ray_backend_without_ray(monkeypatch):
-    real = C._module_available
-    monkeypatch.setattr(C, "_module_available", lambda name: False if name == "ray" else real(name))
+    real = C.probes.module_available
+    monkeypatch.setattr(C.probes, "module_available", lambda name: False if name == "ray" else real(name))
     issue = _one("runtime:\n  backend: ray\n", "runtime.backend")
     assert issue.line == 2 and "pip install ray" in issue.message
 

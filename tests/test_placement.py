@@ -96,7 +96,7 @@ def test_device_plan_of_a_config_and_its_line():
 # ---- validation: key path and line, nothing started ----------------------------------------
 
 def _errors(text, monkeypatch, gpus=0, overrides=()):
-    monkeypatch.setattr(C, "cuda_device_count", lambda: gpus)
+    monkeypatch.setattr(C.probes, "cuda_device_count", lambda: gpus)
     res = validate_text(text, "plan.yaml", overrides)
     return [str(i) for i in res.issues]
 
@@ -130,7 +130,7 @@ def test_validation_of_ranks(monkeypatch):
                    "rollout:\n  batch_size: 6\n", monkeypatch)
     assert any("actor.world_size" in e and "micro-batches per mini-batch" in e for e in errs), errs
     with pytest.raises(ConfigError, match="runtime.devices.actor"):
-        monkeypatch.setattr(C, "cuda_device_count", lambda: 0)
+        monkeypatch.setattr(C.probes, "cuda_device_count", lambda: 0)
         load_config(TINY, ["runtime.devices={actor: cuda:0}"])
 
 

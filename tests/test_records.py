@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.client import RunDir
 from engine.records import Label, MetricsRow, RunInfo, Sample
+from engine.runtime.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDED = sorted((ROOT / "tests" / "fixtures" / "recorded_run").glob("*/run.json"))[0].parent

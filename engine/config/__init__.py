@@ -32,16 +32,12 @@ dumps, so two configs with the same values compare equal wherever they were load
 """
 from __future__ import annotations
 
-from engine.config.checks import _module_available as _module_available  # probes tests replace
-from engine.config.checks import (
-    bnb_cpu_unsupported_reason,
-    check_launchable,
-    cuda_device_count,
-)
-from engine.config.issues import ConfigError, ConfigIssue, ValidationResult
+from engine.config.issues import ConfigError, ConfigIssue
 from engine.config.loading import (
     MAX_CONFIG_BYTES,
+    ValidationResult,
     apply_overrides,
+    check_launchable,
     config_to_dict,
     dump_config,
     list_presets,
@@ -49,6 +45,7 @@ from engine.config.loading import (
     preset_path,
     validate_text,
 )
+from engine.config.probes import bnb_cpu_unsupported_reason, cuda_device_count  # tests replace them in .probes
 from engine.config.reference import schema_reference_markdown
 from engine.config.schema import (
     ATTN_IMPLEMENTATIONS,

@@ -13,6 +13,7 @@ from typing import Optional
 
 from engine.config.issues import Ctx, Path_, path_str, type_name
 from engine.config.issues import show as _show
+from engine.config.keys import unknown_key
 from engine.config.schema import RolloutConfig
 
 ARTICLE_SECTIONS = ("train_config", "model_config", "data_config", "algorithm_config")
@@ -83,7 +84,7 @@ def from_article(raw: dict, ctx: Ctx) -> dict:
         return value
 
     def unknown(path, key, valid):
-        ctx.unknown_key(path, key, list(valid))
+        unknown_key(ctx, path, key, list(valid))
 
     for key in raw:
         if key not in ARTICLE_SECTIONS:

@@ -2,24 +2,23 @@
 on devices that exist, dtypes a device can run, colocation groups, ranks, and at launch the
 hub, a python: reward module and the output folder.
 
-The machine probes (:func:`cuda_device_count`, ``_module_available``,
-:func:`bnb_cpu_unsupported_reason`) are read through the ``engine.config`` package, so a test
-may replace them there (``monkeypatch.setattr(engine.config, "cuda_device_count", ...)``).
+The machine probes are engine/config/probes.py's and are read through that module, so a test
+may replace them there (``monkeypatch.setattr(engine.config.probes, "cuda_device_count", ...)``).
 """
 from __future__ import annotations
 
-import functools
-import importlib.util
+import importlib.util  # noqa: F401 - importlib.util.find_spec in _find_module
 import os
 from pathlib import Path
 from typing import Optional
 
-import engine.config as _probes
 from engine import sources
-from engine.config.issues import ConfigError, Ctx, Path_
+from engine.backends import BACKENDS
+from engine.config import probes as _probes
+from engine.config.issues import Ctx, Path_
 from engine.config.issues import show as _show
 from engine.config.issues import suggest as _suggest
-from engine.config.loading import file_lines
+from engine.config.keys import known_role
 from engine.config.schema import (
     _DEVICE_RE,
     DEFAULT_MODEL,
@@ -35,26 +34,7 @@ from engine.config.schema import (
     section_keys,
 )
 from engine.hub import hf_cache_has, hub_offline, hub_reachable
-
-# --------------------------------------------------------------------------------------------
-# Environment probes (cached; tests may monkeypatch them on the engine.config package).
-
-@functools.lru_cache(maxsize=None)
-def cuda_device_count() -> int:
-    """Number of visible CUDA devices (0 when torch or CUDA is absent). Imports torch lazily."""
-    try:
-        import torch
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:  # noqa: BLE001 - any failure means "no usable CUDA"
-        return 0
-
-
-def _module_available(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
+from engine.runs import ControlSocketError, make_run_name, short_socket_dir, socket_fits
 
 # --------------------------------------------------------------------------------------------
 # Source strings (the grammar is engine/sources.py's; here: the hub and the config's lines).
@@ -276,7 +256,7 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
                 ctx.notice((role, "attn_implementation"),
                            "flash_attention_2 runs only in bfloat16/float16; with float32 the model "
                            "loader falls back to sdpa")
-            elif cpu is False and ctx.check_hardware and not _probes._module_available("flash_attn"):
+            elif cpu is False and ctx.check_hardware and not _probes.module_available("flash_attn"):
                 ctx.notice((role, "attn_implementation"),
                            "the flash-attn package is not installed (pip install flash-attn); the "
                            "model loader falls back to sdpa")
@@ -294,7 +274,7 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
             ctx.notice(("reward", "quantization"),
                        f"{q} reward model on CPU through bitsandbytes' CPU kernels (works here; "
                        f"slower and less tested than on CUDA)")
-        elif cpu is False and ctx.check_hardware and not _probes._module_available("bitsandbytes"):
+        elif cpu is False and ctx.check_hardware and not _probes.module_available("bitsandbytes"):
             ctx.error(("reward", "quantization"),
                       f"{q} quantization needs the bitsandbytes package: pip install bitsandbytes")
 
@@ -307,7 +287,7 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
                                               "the address of a running cluster (HOST:PORT)")
     if ctx.ok(("runtime", "ray_resources")) and rt.ray_resources is not None:
         for k, res in rt.ray_resources.items():
-            if not ctx.known_role(("runtime", "ray_resources", k), k):
+            if not known_role(ctx, ("runtime", "ray_resources", k), k):
                 continue
             for name, amount in res.items():
                 if name in ("CPU", "GPU", "memory", "object_store_memory"):
@@ -319,7 +299,7 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
         _check_groups(ctx, rt.colocate, cfg)
     if ctx.ok(("runtime", "threads")) and rt.threads is not None:
         for k, n in rt.threads.items():
-            if not ctx.known_role(("runtime", "threads", k), k):
+            if not known_role(ctx, ("runtime", "threads", k), k):
                 continue
             if n < 1:
                 ctx.error(("runtime", "threads", k), f"must be >= 1; got {n}")
@@ -345,11 +325,9 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
 
 def _check_backend(rt, ctx: Ctx) -> None:
     """runtime.backend: what it needs installed, and the runtime keys only another backend reads
-    (both from the backend registry, engine.runtime.backend.BACKENDS)."""
-    from engine.runtime.backend import BACKENDS
-
+    (both from the backend registry, engine.backends.BACKENDS)."""
     spec = BACKENDS[rt.backend]
-    if spec.requires and ctx.check_hardware and not _probes._module_available(spec.requires):
+    if spec.requires and ctx.check_hardware and not _probes.module_available(spec.requires):
         ctx.error(("runtime", "backend"), f"backend '{spec.name}' {spec.missing}")
     for other in BACKENDS.values():
         for key in other.own_keys:
@@ -368,8 +346,6 @@ def _check_devices_key(cfg: RunConfig, ctx: Ctx):
         ctx.error(path, "must list at least one device (or map roles to devices), or be null")
         return
     if ctx.ok(("runtime", "backend")):
-        from engine.runtime.backend import BACKENDS
-
         spec = BACKENDS[cfg.runtime.backend]
         if not spec.plans_devices:
             ctx.notice(path, f"not used with runtime.backend {spec.name}: {spec.device_note}",
@@ -620,9 +596,6 @@ def _check_output_dir(ctx: Ctx, path: Path_, value: str, run_name: str):
         return
     # where the path is too long for an AF_UNIX socket in the run directory, the run falls back
     # to a private folder under /tmp: check that it is safe now rather than after creating a run
-    from engine.runtime.control import ControlSocketError, short_socket_dir, socket_fits
-    from engine.runtime.rundir import make_run_name
-
     sample = d.resolve() / (make_run_name(run_name) + "-99")  # the longest name a run may get
     if not socket_fits(sample):
         try:
@@ -648,13 +621,9 @@ def access_checks(cfg: RunConfig, ctx: Ctx):
                           f"in the folder you start from or add its folder to PYTHONPATH")
 
 
-def check_launchable(cfg: RunConfig) -> None:
-    """Raise :class:`ConfigError` when ``cfg`` cannot be started on this machine now (hub ids
-    without hub access, a python: reward module that is not there, an output folder that cannot
-    be written, an unsafe control-socket folder). Lines come from ``cfg.source_file`` when it is
-    a config in this project's own shape."""
-    src = cfg.source_file
-    ctx = Ctx(src or "<config>", file_lines(src), True)
+def launch_checks(cfg: RunConfig, ctx: Ctx) -> None:
+    """What :func:`engine.config.loading.check_launchable` checks on a loaded config: its
+    sources with hub access required, then :func:`access_checks`."""
     ctx.check_access = True
     for role in MODEL_ROLES:
         m = getattr(cfg, role).model
@@ -663,20 +632,6 @@ def check_launchable(cfg: RunConfig) -> None:
     _check_source(ctx, ("reward", "source"), cfg.reward.source, "reward")
     _check_source(ctx, ("data", "source"), cfg.data.source, "data")
     access_checks(cfg, ctx)
-    if ctx.errors:
-        raise ConfigError(ctx.errors, ctx.notices)
-
-
-@functools.lru_cache(maxsize=None)
-def bnb_cpu_unsupported_reason(quantization: str) -> Optional[str]:
-    """None if bitsandbytes runs ``quantization`` on this CPU (tried for real, once), else why not."""
-    if not _probes._module_available("bitsandbytes"):
-        return "the bitsandbytes package is not installed"
-    import torch
-
-    from engine.models import _bnb_unsupported_reason
-
-    return _bnb_unsupported_reason(quantization, torch.device("cpu"))
 
 
 def _check_refit(ctx: Ctx, refit: dict) -> None:

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, Sequence
-
-if TYPE_CHECKING:
-    from engine.config.schema import RunConfig
-
+from typing import Optional, Sequence
 
 Path_ = tuple  # a key path: ("ppo", "mini_batch_size") or ("runtime", "colocate", 0, 1)
 
@@ -57,17 +53,6 @@ class ConfigError(Exception):
 
     def __reduce__(self):
         return (ConfigError, (self.issues, self.notices))
-
-
-@dataclass
-class ValidationResult:
-    config: Optional[RunConfig]
-    issues: list[ConfigIssue]
-    notices: list[ConfigIssue]
-
-    @property
-    def ok(self) -> bool:
-        return not self.issues
 
 
 def path_str(path: Path_) -> str:
@@ -173,34 +158,3 @@ class Ctx:
                 if p[:n] == b[:n]:
                     return False
         return True
-
-    def unknown_key(self, path: Path_, key: Any, valid: Sequence[str], what: str = "key"):
-        """An unknown key: a did-you-mean when one is close, else the section it belongs in or
-        the valid keys."""
-        from engine.config.schema import section_keys, sections
-
-        msg = f"unknown {what} {key!r}" if not isinstance(key, str) else f"unknown {what} '{key}'"
-        s = suggest(key, valid)
-        if s:
-            msg += f"; did you mean '{s}'?"
-        else:
-            names = [sec.name for sec in sections()]
-            elsewhere = [sec.name for sec in sections()
-                         if isinstance(key, str) and key in {k.name for k in section_keys(sec.type)}
-                         and sec.name != (path[0] if path else None)]
-            if elsewhere and len(path) == 1 and path[0] in names:
-                msg += f"; '{key}' belongs in section {' or '.join(elsewhere)}"
-            else:
-                msg += f"; valid {what}s: {', '.join(valid)}"
-        self.error(tuple(path) + (key,), msg)
-
-    def known_role(self, path: Path_, name: str) -> bool:
-        """True when ``name`` is a role; otherwise an error at ``path`` with a did-you-mean."""
-        from engine.config.schema import ROLES
-
-        if name in ROLES:
-            return True
-        sug = suggest(name, ROLES)
-        self.error(path, f"unknown role '{name}'"
-                   + (f"; did you mean '{sug}'?" if sug else f"; roles are {', '.join(ROLES)}"))
-        return False

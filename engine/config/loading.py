@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union, get_args, get_origin
 
@@ -22,17 +23,18 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from engine.config.article import ARTICLE_SECTIONS, from_article
+from engine.config.checks import access_checks, cross_checks, launch_checks
 from engine.config.issues import (
     ConfigError,
     ConfigIssue,
     Ctx,
     Path_,
-    ValidationResult,
     path_str,
     show,
     suggest,
     type_name,
 )
+from engine.config.keys import unknown_key
 from engine.config.schema import (
     PRESETS_DIR,
     KeySpec,
@@ -44,6 +46,17 @@ from engine.config.schema import (
 )
 
 MAX_CONFIG_BYTES = 1 << 20
+
+
+@dataclass
+class ValidationResult:
+    config: Optional[RunConfig]
+    issues: list[ConfigIssue]
+    notices: list[ConfigIssue]
+
+    @property
+    def ok(self) -> bool:
+        return not self.issues
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,8 +321,8 @@ def build(raw: Any, ctx: Ctx) -> RunConfig:
     for err in errors:
         path, spec, cls, rest = _locate(tuple(err["loc"]))
         if err["type"] == "unexpected_keyword_argument" and spec is None and len(path) == len(err["loc"]):
-            ctx.unknown_key(path[:-1], path[-1], [k.name for k in section_keys(cls)],
-                            what="section" if cls is RunConfig else "key")
+            unknown_key(ctx, path[:-1], path[-1], [k.name for k in section_keys(cls)],
+                        what="section" if cls is RunConfig else "key")
             drop.append(path)
         elif spec is None:   # a section (or a nested one, e.g. actor.lora) that is not a mapping
             value = err["input"]
@@ -426,8 +439,6 @@ def _by_line(issues):
 
 
 def validate_tree(raw: Any, ctx: Ctx, overrides: Iterable[str]) -> ValidationResult:
-    from engine.config.checks import access_checks, cross_checks
-
     if isinstance(raw, dict) and any(k in ARTICLE_SECTIONS for k in raw):
         raw = from_article(raw, ctx)
     raw = apply_override_list(raw, overrides, ctx)
@@ -447,7 +458,7 @@ def validate_text(text: str, filename: str = "<config>", overrides: Iterable[str
     """Validate YAML text. Never raises for bad input: problems come back as issues.
 
     ``check_access`` adds the launch-time checks (hub reachable for hub ids, python: reward
-    module present, run.output_dir writable; see :func:`engine.config.checks.check_launchable`)."""
+    module present, run.output_dir writable; see :func:`check_launchable`)."""
     try:
         raw, lines = parse_yaml(text, filename)
     except _SyntaxProblem as e:
@@ -469,6 +480,18 @@ def file_lines(path: Optional[str]) -> dict:
     if isinstance(raw, dict) and any(k in ARTICLE_SECTIONS for k in raw):
         return {}
     return lines
+
+
+def check_launchable(cfg: RunConfig) -> None:
+    """Raise :class:`ConfigError` when ``cfg`` cannot be started on this machine now (hub ids
+    without hub access, a python: reward module that is not there, an output folder that cannot
+    be written, an unsafe control-socket folder). Lines come from ``cfg.source_file`` when it is
+    a config in this project's own shape."""
+    src = cfg.source_file
+    ctx = Ctx(src or "<config>", file_lines(src), True)
+    launch_checks(cfg, ctx)
+    if ctx.errors:
+        raise ConfigError(ctx.errors, ctx.notices)
 
 
 def _read_config_file(p: Path, shown: str) -> str:

@@ -10,66 +10,25 @@ reply and changes nothing.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
 import socket
 import socketserver
-import stat
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+# where the socket goes is engine.runs' rule (the config checks use it too); re-exported here
+from engine.runs import ControlSocketError, short_socket_dir, socket_fits, socket_path_for  # noqa: F401
+
 MAX_LINE = 1 << 20
 BACKLOG = 128  # several consoles and scripts may connect at the same moment
 
 
-class ControlSocketError(RuntimeError):
-    """The control socket cannot be placed safely (e.g. an unsafe fallback directory)."""
-
-
-def short_socket_dir() -> Path:
-    """``/tmp/rlhfc-<uid>`` (under ``tempfile.gettempdir()``), created 0700; refused unless it
-    is a real directory owned by this user with no group or world access."""
-    d = Path(tempfile.gettempdir()) / f"rlhfc-{os.getuid()}"
-    try:
-        os.mkdir(d, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as e:
-        raise ControlSocketError(f"cannot create the control-socket folder {d}: {e.strerror or e}") from None
-    st = os.lstat(d)
-    problems = []
-    if not stat.S_ISDIR(st.st_mode):
-        problems.append("it is not a directory" + (" (a symlink)" if stat.S_ISLNK(st.st_mode) else ""))
-    if st.st_uid != os.getuid():
-        problems.append(f"it is owned by uid {st.st_uid}, not by you (uid {os.getuid()})")
-    if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o077:
-        problems.append(f"its mode is {stat.S_IMODE(st.st_mode):04o}, open to other users (needs 0700)")
-    if problems:
-        raise ControlSocketError(
-            f"refusing to put the control socket in {d}: {'; '.join(problems)}. Another user could "
-            f"intercept the run's control socket there. Remove {d} (or, if it is yours, chmod 700 it), "
-            f"or use a shorter run.output_dir so the socket fits in the run directory.")
-    return d
 OPS = ("status", "pause", "resume", "stop", "checkpoint", "swap_reward", "refit_reward", "sample_pair", "subscribe",
        "ping")
-
-
-def socket_path_for(run_dir: Path) -> Path:
-    """``run_dir/control.sock`` unless that is too long for AF_UNIX (108 bytes)."""
-    p = Path(run_dir) / "control.sock"
-    if len(str(p).encode()) < 100:
-        return p
-    h = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
-    return short_socket_dir() / f"{h}.sock"
-
-
-def socket_fits(run_dir: Path) -> bool:
-    return len(str(Path(run_dir) / "control.sock").encode()) < 100
 
 
 class ControlServer:

@@ -185,8 +185,7 @@ def visible_gpu_memory_gb() -> list[float]:
 
 
 def role_requests(cfg, needs: Optional[Mapping[str, float]] = None) -> dict[str, RoleRequest]:
-    from engine.config import role_device_request
-    from engine.runtime.driver import active_roles, reference_in_actor
+    from engine.config import active_roles, reference_in_actor, role_device_request
 
     devs = cfg.runtime.devices
     out = {}
@@ -212,7 +211,7 @@ def device_plan(cfg, gpu_memory_gb: Optional[Sequence[float]] = None, _memory: b
     allowed = None
     if isinstance(devs, tuple):
         allowed = sorted({int(d.split(":")[1]) if ":" in d else 0 for d in devs if d.startswith("cuda")})
-    from engine.runtime.driver import active_roles
+    from engine.config import active_roles
 
     needs = {r: (role_need_gb(cfg, r) if gpus else 0.0) for r in active_roles(cfg)}
     plan = plan_devices(role_requests(cfg, needs), gpus, allowed)

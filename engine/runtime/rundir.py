@@ -38,35 +38,13 @@ from engine.files import (
 from engine.procs import pid_alive
 from engine.records import Label, MetricsRow, RunInfo, Sample
 
+# the run-state rule and run names are engine.runs' (shared with engine.client and the config checks)
+from engine.runs import ENDED_STATES, LIVE_STATES, START_GRACE_S, STATES, make_run_name, run_state
+
 __all__ = ["STATES", "LIVE_STATES", "ENDED_STATES", "START_GRACE_S", "run_state", "RunDir", "list_runs",
            "make_run_name", "write_error_cause", "reap_stale_checkpoint_tmp", "pid_alive",
            "JsonlTail", "LineTail", "append_jsonl", "atomic_write_json", "atomic_write_text", "durable_rename",
            "fsync_dir", "fsync_tree", "human_size", "read_jsonl", "tree_size"]
-
-STATES = ("starting", "running", "paused", "stopping", "finished", "failed", "stopped")
-LIVE_STATES = ("starting", "running", "paused", "stopping")
-ENDED_STATES = ("finished", "failed", "stopped", "dead")
-# a run created moments ago whose supervisor is still being spawned has no pid in run.json yet
-START_GRACE_S = 120.0
-
-
-def run_state(info: Union[dict, RunInfo], now: Optional[float] = None) -> str:
-    """The one rule for a run's state: run.json's ``state``, or ``"dead"`` when it claims to be
-    live but its supervisor is gone without saying so. A run still ``starting`` with no
-    supervisor pid yet is given ``START_GRACE_S`` seconds since run.json was last written."""
-    rec = info if isinstance(info, RunInfo) else RunInfo.from_dict(info)
-    state = rec.state or "unknown"
-    if state not in LIVE_STATES:
-        return state
-    pid = rec.supervisor_pid
-    if not pid:
-        updated = rec.updated or rec.created or 0
-        age = (time.time() if now is None else now) - float(updated)
-        if state == "starting" and age < START_GRACE_S:
-            return state
-        return "dead"
-    return state if pid_alive(pid) else "dead"
-
 
 def write_error_cause(e: BaseException, folder: Path) -> str:
     """The cause of a failed write, named even when a library hides it (torch.save reports a
@@ -123,11 +101,6 @@ def reap_stale_checkpoint_tmp(run_dirs, keep_pid: Optional[int] = None) -> list[
             if not p.exists():
                 removed.append((p, size))
     return removed
-
-
-def make_run_name(name: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
-    return f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 _STATE_LOCK = threading.RLock()  # run.json's read-update-write, across this process's threads
