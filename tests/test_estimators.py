@@ -46,7 +46,12 @@ def test_rloo_hand_computed():
     # group 1 (2, 6, 10): mean 6, n = 3 -> (s - 6) * 3/2 = -6, 0, 6  (= s - mean of the others)
     adv = A.rloo_advantages(scores, index, MASK)
     torch.testing.assert_close(adv, t([[1, 1, 1], [-6, -6, 0], [0, 0, 0], [6, 6, 6]]))
-    assert 2.0 - (6 + 10) / 2 == -6.0
+    # the leave-one-out form, computed from the scores: each row's score minus the mean of the
+    # other rows of its group (group 0 has no other row: its score is kept)
+    s = scores.tolist()
+    for i in (1, 2, 3):
+        others = [s[j] for j in (1, 2, 3) if j != i]
+        assert adv[i, 0].item() == pytest.approx(s[i] - sum(others) / len(others))
 
 
 def test_reinforce_pp_baseline_hand_computed():

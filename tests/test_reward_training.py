@@ -44,6 +44,17 @@ def _write_jsonl(path, rows):
     return path
 
 
+def _model_logits(folder, texts, max_length=512):
+    """The saved model's logits on ``texts``, computed here with transformers (not the engine)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    with torch.inference_mode():
+        enc = tok(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return model(**enc).logits.float()
+
+
 # --------------------------------------------------------------------------- labels
 
 def test_labelled_training_on_bundled_slice_writes_loadable_folder(tmp_path, tiny_base):
@@ -53,7 +64,13 @@ def test_labelled_training_on_bundled_slice_writes_loadable_folder(tmp_path, tin
                                 show_bar=False, progress=lambda m: None)
     assert res.path == out.absolute() and res.task == "labels"
     assert res.train_rows == 200 and res.eval_rows == 60
-    assert 0.0 <= res.accuracy <= 1.0
+    # the accuracy reported is the saved model's on the held-out IMDB rows (labels alternating,
+    # negative first), recomputed here from the model's own logits
+    held = movie_review_rows("reward_eval")
+    neg, pos = [r for r in held if r["label"] == 0], [r for r in held if r["label"] == 1]
+    evals = [r for pair in zip(neg, pos) for r in pair][:60]
+    pred = _model_logits(out, [clean_review(r["text"]) for r in evals], max_length=48).argmax(-1)
+    assert res.accuracy == sum(int(p) == r["label"] for p, r in zip(pred, evals)) / 60
     meta = json.loads((out / "rlhf_reward.json").read_text())
     assert meta["complete"] is True and meta["task"] == "labels"
     assert meta["labels"] == ["negative", "positive"] and meta["score_label"] == 1
@@ -67,7 +84,9 @@ def test_labelled_training_on_bundled_slice_writes_loadable_folder(tmp_path, tin
     reward = build_reward(str(out))
     assert reward.score_label == 1
     scores = reward(["This movie was", "This movie was"], ["wonderful.", "awful."])
-    assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
+    # the score is the model's probability of "positive" for prompt + response
+    probs = torch.softmax(_model_logits(out, ["This movie was wonderful.", "This movie was awful."]), -1)[:, 1]
+    assert scores == pytest.approx(probs.tolist(), abs=1e-5)
 
     # retraining replaces the folder atomically
     said: list[str] = []
@@ -79,6 +98,26 @@ def test_labelled_training_on_bundled_slice_writes_loadable_folder(tmp_path, tin
     steps = [m for m in said if m.startswith("train-rm: step ")]
     assert [m.split()[2].rstrip(",") for m in steps] == ["1/4", "2/4", "3/4"] and "s left" in steps[0]
     assert res2.eval_rows == 10
+
+
+def test_labelled_training_learns_separable_text(tmp_path, tiny_base, monkeypatch):
+    """Two classes told apart by their words: the trained model ranks held-out rows far above
+    chance (0.5), and the loss it reports falls."""
+    import random
+
+    rnd = random.Random(0)
+    good, bad = ["great", "superb", "wonderful", "lovely"], ["awful", "boring", "terrible", "dull"]
+    rows = [{"text": " ".join(rnd.choice((bad, good)[i % 2]) for _ in range(4)), "label": i % 2}
+            for i in range(104)]
+    said: list[str] = []
+    monkeypatch.setattr(RT, "PROGRESS_SECONDS", 0.0)   # a loss line every step, however fast
+    res = RT.train_reward_model(str(_write_jsonl(tmp_path / "sep.jsonl", rows)), base=str(tiny_base),
+                                out=tmp_path / "rm", eval_rows=40, epochs=4, lr=3e-3, batch_size=8,
+                                max_length=8, show_bar=False, progress=said.append)
+    assert res.task == "labels" and (res.train_rows, res.eval_rows) == (64, 40)
+    assert res.accuracy >= 0.9, res.accuracy   # 1.0 measured (seed 0); an untrained head: about 0.5
+    losses = [float(m.split("loss ")[1].split(",")[0]) for m in said if m.startswith("train-rm: step ")]
+    assert len(losses) == 31 and losses[-1] < losses[0] - 0.03, losses   # 0.69 -> 0.62 measured
 
 
 def test_slow_training_steps_report_progress_every_few_seconds_not_only_every_k_steps(

@@ -195,11 +195,22 @@ def test_single_logit_model_uses_logit(tmp_path):
     tok = AutoTokenizer.from_pretrained(_minilm_dir())
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
                      num_attention_heads=2, intermediate_size=32, num_labels=1)
-    BertForSequenceClassification(cfg).save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(cfg).eval()
+    with torch.no_grad():   # a head whose logits differ between texts and lie outside [0, 1]
+        model.classifier.weight.normal_(0.0, 5.0)
+        model.classifier.bias.fill_(2.0)
+    model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     r = build_reward(str(tmp_path), score_kind="prob", score_label=1)
     s = r(["a", "b"], ["good", "bad"])
-    assert len(s) == 2 and r.num_labels == 1
+    assert r.num_labels == 1
+    # the model's own logit for prompt + response, computed here from the model object: a softmax
+    # over one output would be 1.0 for every text, a sigmoid in (0, 1)
+    with torch.inference_mode():
+        want = [model(**tok(text, return_tensors="pt")).logits[0, 0].item() for text in ("a good", "b bad")]
+    assert s == pytest.approx(want, abs=1e-5)
+    assert want[0] != pytest.approx(want[1], abs=1e-3) and not all(0.0 <= w <= 1.0 for w in want), want
 
 
 # --------------------------------------------------------------------------- source strings
