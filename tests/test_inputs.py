@@ -219,8 +219,17 @@ def test_in_file_values_are_reported_with_their_line(tmp_path):
     _refused(out, f"lr.yaml:{line}: ppo.actor_lr: must be in (0, 1]; got 1e+38")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
 def test_unwritable_output_dir(tmp_path):
+    """An output folder that cannot be made is refused with the key named, nothing created. A
+    file standing where a folder is needed stops root too; a read-only folder stops every user
+    but root (root writes into it, so as root that case has nothing to refuse)."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder\n")
+    out = _cli("train", "--config", str(TINY), "--set", f"run.output_dir={blocker}/runs")
+    _refused(out, "run.output_dir", f"{blocker} is not a folder")
+    assert blocker.read_text() == "a file, not a folder\n"
+    if os.geteuid() == 0:
+        return
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o500)
     out = _cli("train", "--config", str(TINY), "--set", f"run.output_dir={ro}/runs")
