@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from engine.files import atomic_write_text
-from engine.records import MetricsRow
-from engine.records import Sample, TokenTrace
+from engine.records import MetricsRow, Sample, TokenTrace
 from engine.runtime.rundir import RunDir
 
 SERIES = (

@@ -66,12 +66,24 @@ async def shoot(app: ConsoleApp, size: tuple[int, int], keys: list[str], out: Pa
     async with app.run_test(size=size) as pilot:
         await demo.settle(pilot)
         for k in keys:
-            await pilot.press(k)
+            if callable(k):  # a step that is not a key (e.g. open a screen on given data)
+                await k(pilot)
+            else:
+                await pilot.press(k)
             await demo.settle(pilot)
         svg = app.export_screenshot(title=title)
     path = out.with_suffix(".svg")
     path.write_text(svg)
     return path
+
+
+async def _open_token_sample(pilot) -> None:
+    """The sample view of tests/fixtures/token_samples.jsonl's fourth sample (step 2 of a real
+    run of configs/default.yaml, written with its tokens)."""
+    from console.screens.sample import SampleScreen
+
+    lines = (ROOT / "tests" / "fixtures" / "token_samples.jsonl").read_text().splitlines()
+    pilot.app.push_screen(SampleScreen(json.loads(lines[3])))
 
 
 def _set_state(run_dir: Path, state: str, live: bool) -> None:
@@ -122,6 +134,9 @@ async def main_async(args) -> list[Path]:
         ("help", ConsoleApp("attach", run=run, **common), (120, 40), ["question_mark"]),
         ("dashboard-80x24", ConsoleApp("attach", run=run, **common), (80, 24), []),
         ("compare", ConsoleApp("home", **common), (120, 40), ["down", "space", "down", "space", "o"]),
+        # a response token by token, the KL layer (a sample of a real default run, with its tokens)
+        ("sample-tokens", ConsoleApp("attach", run=run, **common), (120, 34),
+         [_open_token_sample] + ["right"] * 5 + ["l", "l"]),
         # two responses to one prompt (a run with a pair: rollout.n > 1, or `n` on this screen)
         ("pairwise", ConsoleApp("attach", run=run, **common), (120, 32), ["a"]),
     ]

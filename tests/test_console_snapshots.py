@@ -6,6 +6,7 @@ a GPU probe that reports no NVML the same way everywhere, no cursor blink, UTC.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -80,6 +81,24 @@ def test_dashboard_failed_run(snap_compare, world):
 
 def test_sample_detail(snap_compare, world):
     assert snap_compare(_app(world), terminal_size=(120, 40), run_before=_keys("h", "enter"))
+
+
+def test_sample_tokens(snap_compare, world):
+    """A sample written with its tokens (tests/fixtures/token_samples.jsonl: step 2 of a real run
+    of configs/default.yaml) in front of the dashboard: the KL layer, the cursor on token 6."""
+    from console.screens.sample import SampleScreen
+
+    fixture = Path(__file__).parent / "fixtures" / "token_samples.jsonl"
+    sample = json.loads(fixture.read_text().splitlines()[3])
+
+    async def run_before(pilot):
+        await demo.settle(pilot)
+        pilot.app.push_screen(SampleScreen(sample))
+        await demo.settle(pilot)
+        for k in ("right",) * 5 + ("l", "l"):
+            await pilot.press(k)
+        await demo.settle(pilot)
+    assert snap_compare(_app(world), terminal_size=(120, 40), run_before=run_before)
 
 
 def test_help(snap_compare, world):
