@@ -77,17 +77,17 @@ def test_every_pane_reachable_and_curves_readable(run2000, size):
             assert len(screen.model.samples) == 16000 and screen.model.step == 2000
             seen = set()
             for _ in range(len(PANES)):
-                for name, sel in PANES:
-                    if _visible(screen, screen.query_one(sel)):
-                        seen.add(name)
+                for p in PANES:
+                    if _visible(screen, screen.query_one(p.selector)):
+                        seen.add(p.name)
                 if size[0] < 110:       # one pane at a time, and it fills the body
-                    shown = [n for n, sel in PANES if _visible(screen, screen.query_one(sel))]
-                    assert shown == [PANES[screen.pane][0]], shown
-                    assert screen.query_one(PANES[screen.pane][1]).region.height >= size[1] - 5
+                    shown = [p.name for p in PANES if _visible(screen, screen.query_one(p.selector))]
+                    assert shown == [PANES[screen.pane].name], shown
+                    assert screen.query_one(PANES[screen.pane].selector).region.height >= size[1] - 5
                 await pilot.press("tab")
                 await pilot.pause()
-            assert seen == {n for n, _ in PANES}
-            while PANES[screen.pane][0] != "curves":
+            assert seen == {p.name for p in PANES}
+            while PANES[screen.pane].name != "curves":
                 await pilot.press("tab")
             await pilot.pause()
             screen.redraw_now()

@@ -8,14 +8,16 @@ event loop only merges deltas into the model and redraws the plots on a 1 s time
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer, Input
 from textual.worker import get_current_worker
 
@@ -40,8 +42,49 @@ SENDING = {
 }
 
 
-PANES = (("curves", "#curves"), ("rollouts", "#rollouts-pane"), ("events", "#events"),
-         ("timings", "#timings"), ("GPU · memory", "#gpu"))
+@dataclass(frozen=True)
+class PaneSpec:
+    """One pane of the dashboard. ``name``: its border title (and the pane's name in the
+    header when tab moves to it); ``id``: the widget's DOM id (its CSS is ``#<id>`` in
+    dashboard.tcss); ``column``: ``right`` (curves, rollouts, events) or ``left`` (timings,
+    GPU) in the wide layout; ``make(screen)``: the widget, built in ``compose``; ``focus``:
+    the id of the widget inside it that takes the focus when tab reaches it (default: the
+    pane itself)."""
+
+    name: str
+    id: str
+    column: str
+    make: Callable[["DashboardScreen"], Widget]
+    focus: str = ""
+
+    @property
+    def selector(self) -> str:
+        return f"#{self.id}"
+
+    @property
+    def focus_selector(self) -> str:
+        return f"#{self.focus or self.id}"
+
+
+def _rollouts_pane(screen: "DashboardScreen") -> Widget:
+    return Vertical(
+        HackWarning(id="hack-warning"),
+        LabelsBar(id="labels-bar"),
+        RolloutsTable(screen.model.samples, screen.model.labels, id="rollouts"),
+        Input(placeholder="find in prompts and responses (enter: next, esc: close)", id="search"),
+        id="rollouts-pane")
+
+
+# The panes in tab order. The right column comes first so that the narrow (stacked) layout
+# starts with the curves and the rollouts; the wide layout docks the left column to the left.
+PANES: tuple[PaneSpec, ...] = (
+    PaneSpec("curves", "curves", "right", lambda s: Curves(id="curves")),
+    PaneSpec("rollouts", "rollouts-pane", "right", _rollouts_pane, focus="rollouts"),
+    PaneSpec("events", "events", "right", lambda s: EventsPane(id="events")),
+    PaneSpec("timings", "timings", "left", lambda s: TimingsPane(id="timings")),
+    PaneSpec("GPU · memory", "gpu", "left", lambda s: GpuPane(id="gpu")),
+)
+COLUMNS = ("right", "left")      # composed in this order (#right, #left)
 
 
 class DashboardScreen(Screen):
@@ -115,7 +158,8 @@ class DashboardScreen(Screen):
         self.gpu_report = None
         self._drawn = -1
         self._search = ""
-        self.pane = 1                # index in PANES: the pane shown (narrow) or focused (wide)
+        # index in PANES: the pane shown (narrow) or focused (wide); first the one AUTO_FOCUS is in
+        self.pane = next(i for i, p in enumerate(PANES) if p.focus_selector == self.AUTO_FOCUS)
         self._gpu_pids: dict = {}
         self._bar_drawn = False
 
@@ -123,28 +167,14 @@ class DashboardScreen(Screen):
     def compose(self) -> ComposeResult:
         yield RunHeader(id="run-header")
         with VerticalScroll(id="body", can_focus=False):
-            # the right column comes first so that the narrow (stacked) layout starts with the
-            # curves and the rollouts; the wide layout docks the left column to the left
-            with Vertical(id="right"):
-                c = Curves(id="curves", classes="pane")
-                c.border_title = "curves"
-                yield c
-                with Vertical(id="rollouts-pane", classes="pane") as rp:
-                    rp.border_title = "rollouts"
-                    yield HackWarning(id="hack-warning")
-                    yield LabelsBar(id="labels-bar")
-                    yield RolloutsTable(self.model.samples, self.model.labels, id="rollouts")
-                    yield Input(placeholder="find in prompts and responses (enter: next, esc: close)", id="search")
-                e = EventsPane(id="events", classes="pane")
-                e.border_title = "events"
-                yield e
-            with Vertical(id="left"):
-                t = TimingsPane(id="timings", classes="pane")
-                t.border_title = "timings"
-                yield t
-                g = GpuPane(id="gpu", classes="pane")
-                g.border_title = "GPU · memory"
-                yield g
+            for column in COLUMNS:
+                with Vertical(id=column):
+                    for spec in PANES:
+                        if spec.column == column:
+                            w = spec.make(self)
+                            w.add_class("pane")
+                            w.border_title = spec.name
+                            yield w
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
@@ -530,29 +560,22 @@ class DashboardScreen(Screen):
     def show_pane(self, i: int) -> None:
         """Narrow: only pane ``i`` fills the body; wide: every pane shows and ``i`` gets the focus."""
         self.pane = i % len(PANES)
-        name, sel = PANES[self.pane]
-        for j, (_, other) in enumerate(PANES):
-            self.query_one(other).set_class(self.narrow and j != self.pane, "-hidden-pane")
-        if self.narrow:
-            self.query_one("#left").display = self.pane >= 3
-            self.query_one("#right").display = self.pane < 3
-        else:
-            self.query_one("#left").display = True
-            self.query_one("#right").display = True
-        target = {"#rollouts-pane": "#rollouts", "#gpu": "#gpu", "#timings": "#timings"}.get(sel, sel)
-        w = self.query_one(target)
+        spec = PANES[self.pane]
+        for j, other in enumerate(PANES):
+            self.query_one(other.selector).set_class(self.narrow and j != self.pane, "-hidden-pane")
+        for column in COLUMNS:      # narrow: only the column that holds the pane
+            self.query_one(f"#{column}").display = not self.narrow or column == spec.column
+        w = self.query_one(spec.focus_selector)
         if w.focusable:
             w.focus()
-        elif self.focused is not None and not self.narrow:
-            pass
         self.query_one("#body").scroll_home(animate=False)
-        self.sub_title = f"{self.model.name} · pane {self.pane + 1}/{len(PANES)}: {name}"
+        self.sub_title = f"{self.model.name} · pane {self.pane + 1}/{len(PANES)}: {spec.name}"
         self._show_header()
 
     def action_pane(self, delta: int) -> None:
         self.show_pane(self.pane + delta)
         if self.narrow:
-            self.answer = f"pane {self.pane + 1}/{len(PANES)}: {PANES[self.pane][0]} (tab: next)"
+            self.answer = f"pane {self.pane + 1}/{len(PANES)}: {PANES[self.pane].name} (tab: next)"
             self._show_header()
         self.redraw_now()
 

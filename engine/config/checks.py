@@ -119,10 +119,10 @@ def _check_device(ctx: Ctx, path: Path_, device: str):
 
 def _estimator_checks(cfg: RunConfig, ctx: Ctx) -> None:
     """Combinations of ppo.estimator, rollout.n, rule rewards and the evaluation that cannot work."""
-    from engine.config.schema import GROUP_ESTIMATORS
+    from engine.estimators import needs_groups
 
     ppo, ro = cfg.ppo, cfg.rollout
-    if ctx.ok(("ppo", "estimator"), ("rollout", "n")) and ppo.estimator in GROUP_ESTIMATORS and ro.n < 2:
+    if ctx.ok(("ppo", "estimator"), ("rollout", "n")) and needs_groups(ppo.estimator) and ro.n < 2:
         ctx.error(("rollout", "n"), f"must be at least 2 with ppo.estimator: {ppo.estimator} (it compares "
                                     f"the responses to one prompt); got {ro.n}", at=[("ppo", "estimator")])
     if ctx.ok(("reward", "source"), ("data", "source")) and cfg.reward.source.strip().startswith("rule:") \

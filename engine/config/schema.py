@@ -36,7 +36,9 @@ from pydantic import AfterValidator, AllowInfNan, BeforeValidator, ConfigDict, F
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
+from engine import estimators as _estimators
 from engine.config.issues import show as _show
+from engine.config.issues import suggest as _suggest
 
 ROLES: tuple[str, ...] = ("actor", "reference", "critic", "reward")
 MODEL_ROLES: tuple[str, ...] = ("actor", "reference", "critic")   # causal-LM backbones
@@ -96,6 +98,29 @@ class NameCheck(Check):
         if "/" in v or "\\" in v or v in (".", ".."):
             return f"must be a plain name (it becomes part of the run directory name); got {_show(v)}"
         return None
+
+
+class RegistryChoice(Check):
+    """One of the names a registry holds when the value is checked (``names()``), so a name
+    registered later (a new estimator) is accepted without touching the schema. The choices
+    show in the reference and in the loader's messages like a ``Literal``'s."""
+
+    def __init__(self, names: Callable[[], tuple]):
+        self.names = names
+
+    @property
+    def doc(self) -> str:
+        return ", ".join(self.names())
+
+    def problem(self, v):
+        choices = self.names()
+        if v in choices:
+            return None
+        s = _suggest(v, choices) if isinstance(v, str) else None
+        return f"must be one of {', '.join(choices)}; got {_show(v)}" + (f" (did you mean '{s}'?)" if s else "")
+
+
+ESTIMATOR_CHOICE = RegistryChoice(_estimators.names)   # ppo.estimator: engine/estimators.py
 
 
 class NonEmpty(Check):
@@ -427,7 +452,7 @@ class RolloutConfig:
 @section
 class PPOConfig:
     """The PPO update, KL penalty and optimisers."""
-    estimator: Annotated[Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"], Lower] = key(
+    estimator: Annotated[Str, Lower, AfterValidator(ESTIMATOR_CHOICE)] = key(
         "gae", "Advantage estimator: gae (PPO with a critic), grpo, dr_grpo (GRPO without the std "
                "division), rloo, reinforce_pp, reinforce_pp_baseline; all but gae start no critic.")
     kl_in: Annotated[Literal["reward", "loss"], Lower] = key(
@@ -677,9 +702,12 @@ def _check_doc(metadata) -> str:
     return ""
 
 
-def _choices(tp) -> Optional[tuple]:
+def _choices(tp, metadata=()) -> Optional[tuple]:
     if getattr(tp, "__origin__", None) is Literal or type(tp).__name__ == "_LiteralGenericAlias":
         return tuple(get_args(tp))
+    for m in metadata:     # a RegistryChoice: the names registered now
+        if isinstance(getattr(m, "func", None), RegistryChoice):
+            return tuple(m.func.names())
     return None
 
 
@@ -692,7 +720,7 @@ def section_keys(cls) -> tuple[KeySpec, ...]:
         if name in _INTERNAL:
             continue
         default = fi.default_factory() if fi.default_factory is not None else fi.default
-        choices = _choices(h[name])
+        choices = _choices(h[name], fi.metadata)
         allowed = _limits_doc(fi.metadata) or _check_doc(fi.metadata)
         out.append(KeySpec(name, h[name], default, fi.description or "", choices, allowed, cls))
     return tuple(out)
@@ -743,13 +771,9 @@ def resolve_role_model(cfg: RunConfig, role: str) -> str:
     return rc.model if rc.model is not None else cfg.actor.model
 
 
-CRITIC_FREE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
-GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")  # compare the responses to one prompt: rollout.n >= 2
-
-
 def critic_free(cfg: RunConfig) -> bool:
-    """True when ppo.estimator needs no critic: no critic process is started."""
-    return cfg.ppo.estimator in CRITIC_FREE_ESTIMATORS
+    """True when ppo.estimator needs no critic (engine/estimators.py): no critic process is started."""
+    return not _estimators.needs_critic(cfg.ppo.estimator)
 
 
 def reference_in_actor(cfg: RunConfig) -> bool:

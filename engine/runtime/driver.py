@@ -19,6 +19,7 @@ from typing import Any, Optional
 import torch
 
 from engine import algorithms as A
+from engine import estimators
 from engine import monitors as M
 from engine.config import RunConfig, active_roles, reference_in_actor  # noqa: F401 - re-exported: the runtime imports them from here
 from engine.procs import available_cores
@@ -260,25 +261,11 @@ class PPODriver:
         # ppo.kl_in: loss -> the KL is a term of the actor's loss, not of the reward
         kl_coef = float(kl_value) if p.kl_in == "reward" else 0.0
         rewards, kl_tok = A.shape_rewards(adj_scores, old_lp, ref_lp, mask, kl_coef, kind=p.kl_estimator)
-        est = p.estimator
-        if est == "gae":
-            if p.whiten_rewards:
-                rewards = A.whiten(rewards, mask, shift_mean=False) * mask
-            adv, ret = A.compute_gae(rewards, values, mask, p.gamma, p.lam)
-            if p.whiten_advantages:
-                adv = A.whiten(adv, mask) * mask
-        elif est == "reinforce_pp":
-            adv, ret = A.reinforce_pp_advantages(rewards, mask, p.gamma)
-        else:
-            # outcome estimators: one score per response, the KL penalty (kl_in: reward) summed in
-            outcome = rewards.sum(dim=1)
-            if est in ("grpo", "dr_grpo"):
-                adv = A.grpo_advantages(outcome, index, mask, norm_by_std=est == "grpo")
-            elif est == "rloo":
-                adv = A.rloo_advantages(outcome, index, mask)
-            else:
-                adv = A.reinforce_pp_baseline_advantages(outcome, index, mask)
-            ret = adv.clone()
+        # the estimator by name (engine/estimators.py); the KL-shaped rewards are returned as
+        # shaped (gae with ppo.whiten_rewards whitens its own copy)
+        adv, ret = estimators.get(p.estimator)(estimators.EstimatorInputs(
+            rewards=rewards, mask=mask, index=index, values=values, gamma=p.gamma, lam=p.lam,
+            whiten_rewards=p.whiten_rewards, whiten_advantages=p.whiten_advantages))
         return rewards, kl_tok, adv.float(), ret.float(), kl_coef
 
     def step(self, step: int, prompts: list[str], commit: bool = True) -> tuple[dict, list[dict]]:
