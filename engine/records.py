@@ -162,6 +162,121 @@ def metric_names(rows: Iterable[dict]) -> list[str]:
     return list(seen)
 
 
+# ------------------------------------------------------------------------- the metrics catalogue
+@dataclass(frozen=True)
+class Metric:
+    """One metric of ``metrics.jsonl``: its key, unit ("" for a plain number or ratio), what it
+    measures, and where it is plotted: ``group`` is the title of the plot it shares on the
+    dashboard ("" = no plot; the ``m`` page lists every numeric metric anyway) and ``legend``
+    names it within that plot when the plot draws several."""
+
+    name: str
+    unit: str
+    description: str
+    group: str = ""
+    legend: str = ""
+
+    @property
+    def title(self) -> str:
+        """The metric's title on a plot of its own: its group's, with the legend in front when
+        the group plots several metrics ("policy loss")."""
+        if not self.group:
+            return self.name
+        alone = sum(1 for m in METRICS if m.group == self.group) == 1
+        return self.group if alone else f"{self.legend} {self.group}"
+
+
+def _m(name, unit, description, group="", legend="") -> Metric:
+    return Metric(name, unit, description, group, legend)
+
+
+# Every key a step's row holds (the driver, the actor's and critic's updates, the monitors, the
+# held-out evaluation and the supervisor write them). Plot groups appear on the dashboard in the
+# order of their first metric here. A new metric: one line here, then write it.
+METRICS: tuple[Metric, ...] = (
+    _m("step", "", "The PPO step (1-based)."),
+    _m("time", "s", "Epoch seconds when the step's row was written."),
+    _m("timings", "s", "Seconds per phase of the step (rollout, scoring, advantage, update, ...; step = the whole step)."),
+    _m("memory", "MB", "Resident memory per role's worker (rss_mb, peak_rss_mb, GPU memory where there is one)."),
+    _m("estimator", "", "The advantage estimator of the step (ppo.estimator)."),
+    _m("rollout_n", "", "Responses sampled per prompt (rollout.n)."),
+    _m("reward_version", "", "The reward version that scored the step (0: the config's; a swap or refit adds one)."),
+    _m("alerts", "", "The reward-hacking monitors over their threshold at this step."),
+    # the rollout and its scores
+    _m("score_mean", "", "Mean reward score of the step's responses.", "score", "score"),
+    _m("heldout_accuracy", "", "Greedy accuracy on the held-out split after the step's update (eval.every).",
+       "held-out accuracy", "held-out (greedy)"),
+    _m("accuracy", "", "Share of the step's sampled responses a rule reward found right.",
+       "held-out accuracy", "train (sampled)"),
+    _m("score_std", "", "Standard deviation of the step's scores."),
+    _m("group_score_std", "", "Mean over prompts of the scores' standard deviation within a prompt's group (rollout.n > 1)."),
+    _m("group_all_equal_frac", "", "Share of prompts whose responses all scored the same (nothing to learn from them)."),
+    _m("heldout_score", "", "Mean score of the greedy answers on the held-out split (eval.every)."),
+    _m("heldout_n", "", "Held-out prompts evaluated."),
+    _m("heldout_s", "s", "Seconds the held-out evaluation took."),
+    _m("heldout_accuracy_initial", "", "Held-out accuracy of the starting policy (written with step 1)."),
+    _m("heldout_score_initial", "", "Held-out score of the starting policy (written with step 1)."),
+    # KL to the reference
+    _m("kl", "nats", "Mean over responses of the summed k1 KL to the reference (log pi - log pi_ref).", "KL", "KL"),
+    _m("kl_penalty_mean", "nats", "Mean over responses of the summed per-token KL of ppo.kl_estimator, as it shaped the rewards."),
+    _m("kl_loss", "", "The k3 KL term of the actor loss (ppo.kl_in: loss)."),
+    _m("kl_guard_skipped", "", "Optimizer steps the KL guard skipped (ppo.kl_guard)."),
+    _m("approx_kl", "", "Approximate KL between the old and the updated policy over the update."),
+    # responses
+    _m("response_len_mean", "tokens", "Mean response length.", "response length", "tokens"),
+    _m("response_len_max", "tokens", "Longest response of the step."),
+    _m("eos_frac", "", "Share of responses that ended with EOS (not cut at max_new_tokens)."),
+    _m("tokens", "tokens", "Response tokens of the step."),
+    # the update
+    _m("policy_loss", "", "The actor's clipped policy loss, averaged over its micro-batches.", "loss", "policy"),
+    _m("value_loss", "", "The critic's clipped value loss.", "loss", "value"),
+    _m("entropy", "nats", "Mean per-token entropy of the policy over the update.", "entropy", "entropy"),
+    _m("clipfrac", "", "Share of tokens whose policy ratio was clipped."),
+    _m("dual_clipfrac", "", "Share of tokens the dual clip bounded (ppo.dual_clip_c)."),
+    _m("vf_clipfrac", "", "Share of tokens whose value was clipped (ppo.value_clip)."),
+    _m("advantage_mean", "", "Mean advantage over valid tokens."),
+    _m("return_mean", "", "Mean return over valid tokens."),
+    _m("value_mean", "", "Mean critic value over valid tokens (no critic: not written)."),
+    _m("lr", "", "The actor's learning rate after the step."),
+    # speed
+    _m("tokens_per_s", "tokens/s", "Response tokens per second of the whole step.", "throughput", "tokens/s"),
+    _m("gen_tokens_per_s", "tokens/s", "Response tokens per second of the rollout.", "throughput", "gen tokens/s"),
+    _m("kl_coef", "", "The KL coefficient (beta) that shaped this step's rewards.", "KL coefficient", "β"),
+    _m("kl_coef_next", "", "The KL coefficient the controller set for the next step."),
+    _m("grad_norm", "", "The actor's gradient norm before clipping.", "grad norm", "actor"),
+    _m("critic_grad_norm", "", "The critic's gradient norm before clipping.", "grad norm", "critic"),
+    # reward-hacking monitors (engine/monitors.py)
+    _m("kl_growth", "nats/step", "Slope of the KL over the monitors' window."),
+    _m("entropy_trend", "nats/step", "Slope of the entropy over the monitors' window."),
+    _m("entropy_drop", "", "Relative drop of the entropy from the baseline steps."),
+    _m("length_drift", "", "Relative change of the mean response length from the baseline steps."),
+    _m("repetition", "", "Mean share of repeated n-grams in the responses."),
+    _m("divergence", "", "Share of samples whose reward rose while the audit score fell (reward.audit)."),
+    _m("audit_mean", "", "Mean score of the audit scorer (reward.audit)."),
+    _m("audit_corr", "", "Correlation of the reward's and the audit scorer's scores."),
+    _m("audit_error", "", "Why the audit scorer failed at this step (text)."),
+)
+
+CATALOGUE: dict[str, Metric] = {m.name: m for m in METRICS}
+PLOT_GROUPS: tuple[str, ...] = tuple(dict.fromkeys(m.group for m in METRICS if m.group))
+
+
+def metric(name: str) -> Metric:
+    """The catalogue's entry for ``name``; KeyError naming engine/records.py when there is none."""
+    try:
+        return CATALOGUE[name]
+    except KeyError:
+        raise KeyError(f"metric '{name}' is not in the catalogue (engine/records.py METRICS); add it there") from None
+
+
+def plot_group(group: str) -> tuple[Metric, ...]:
+    """The metrics plotted together under ``group``, in catalogue order."""
+    found = tuple(m for m in METRICS if m.group == group)
+    if not found:
+        raise KeyError(f"no plot group '{group}' in the catalogue (engine/records.py METRICS)")
+    return found
+
+
 # ---------------------------------------------------------------------------------- samples.jsonl
 @dataclass
 class Sample(Record):

@@ -13,17 +13,12 @@ from pathlib import Path
 from typing import Optional
 
 from engine.files import atomic_write_text
-from engine.records import MetricsRow, Sample, TokenTrace
+from engine.records import MetricsRow, Sample, TokenTrace, metric
 from engine.runtime.rundir import RunDir
 
-SERIES = (
-    ("score_mean", "score (mean)"),
-    ("kl", "KL to reference"),
-    ("kl_coef", "KL coefficient"),
-    ("response_len_mean", "response length"),
-    ("policy_loss", "policy loss"),
-    ("value_loss", "value loss"),
-)
+# (metrics key, plot title) of the report's plots; titles and units from the metrics catalogue
+SERIES = tuple((k, metric(k).title + (f" ({metric(k).unit})" if metric(k).unit else ""))
+               for k in ("score_mean", "kl", "kl_coef", "response_len_mean", "policy_loss", "value_loss"))
 
 
 def _mean(xs) -> float:

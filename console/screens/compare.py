@@ -16,8 +16,10 @@ from textual_plotext import PlotextPlot
 
 from console.model import RunFollower, RunModel, fmt_num
 from console.widgets.curves import _rs, downsample
+from engine.records import metric
 
-OVERLAY = (("score", "score_mean"), ("KL", "kl"), ("response length", "response_len_mean"), ("policy loss", "policy_loss"))
+# (title, metrics key) of each overlaid plot: the metric's title in the catalogue (engine/records.py)
+OVERLAY = tuple((metric(k).title, k) for k in ("score_mean", "kl", "response_len_mean", "policy_loss"))
 COLOURS = ("success", "accent")
 
 

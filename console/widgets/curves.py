@@ -22,23 +22,39 @@ from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
 from console.model import RunModel, fmt_num
+from engine.records import PLOT_GROUPS, plot_group
 
 WINDOW = 200
 MIN_DATA_ROWS = 6
 
-# (title, [(metrics key, legend, theme colour)])
-PLOTS = (
-    ("score", (("score_mean", "score", "success"),)),
-    # verifiable tasks (eval.every): greedy accuracy on the held-out split, sampled on the train batch
-    ("held-out accuracy", (("heldout_accuracy", "held-out (greedy)", "success"), ("accuracy", "train (sampled)", "accent"))),
-    ("KL", (("kl", "KL", "accent"),)),
-    ("response length", (("response_len_mean", "tokens", "warning"),)),
-    ("loss", (("policy_loss", "policy", "secondary"), ("value_loss", "value", "primary"))),
-    ("entropy", (("entropy", "entropy", "success"),)),
-    ("throughput", (("tokens_per_s", "tokens/s", "primary"), ("gen_tokens_per_s", "gen tokens/s", "accent"))),
-    ("KL coefficient", (("kl_coef", "β", "warning"),)),
-    ("grad norm", (("grad_norm", "actor", "secondary"), ("critic_grad_norm", "critic", "primary"))),
-)
+# Theme colours of each plot group's series, in the catalogue's order; a group not named
+# here draws with DEFAULT_COLOURS.
+GROUP_COLOURS = {
+    "score": ("success",),
+    "held-out accuracy": ("success", "accent"),
+    "KL": ("accent",),
+    "response length": ("warning",),
+    "loss": ("secondary", "primary"),
+    "entropy": ("success",),
+    "throughput": ("primary", "accent"),
+    "KL coefficient": ("warning",),
+    "grad norm": ("secondary", "primary"),
+}
+DEFAULT_COLOURS = ("accent", "primary", "success", "warning", "secondary")
+
+
+def _plots() -> tuple:
+    """(title, [(metrics key, legend, theme colour)]) per plot group of the metrics catalogue
+    (engine/records.py), in its order."""
+    out = []
+    for group in PLOT_GROUPS:
+        colours = GROUP_COLOURS.get(group, DEFAULT_COLOURS)
+        out.append((group, tuple((m.name, m.legend, colours[i % len(colours)])
+                                 for i, m in enumerate(plot_group(group)))))
+    return tuple(out)
+
+
+PLOTS = _plots()
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -209,7 +225,7 @@ class Curves(Vertical):
             legend.append(f" {fmt_num(ys[-1])}", style="bold " + _rs(rgb))
             if len(series) == 1:
                 legend.append(f"  min {fmt_num(min(ys))} max {fmt_num(max(ys))}", style="dim")
-        if title == "KL" and model.kl_target is not None and x_all:
+        if any(k == "kl" for k, _, _ in series) and model.kl_target is not None and x_all:
             target = model.kl_target
             plt.hline(target, self._colour("error"))
             lo_all, hi_all = min(lo_all, target), max(hi_all, target)
