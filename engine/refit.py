@@ -4,27 +4,30 @@ The supervisor runs this as a separate, low-priority (nice'd) process while trai
 
     python -m engine.refit RUN_DIR --attempt N --current SOURCE --out FOLDER --result FILE
 
-1. The run's judgements (``labels.jsonl``: good/bad marks and pairs) in the order they were
-   made; the newest ``reward.refit.holdout`` share is held out (the new model has to predict
-   judgements it was not trained on), the rest is training data.
-2. The model to start from: the current reward when it is a trainable model (a folder,
-   ``bundled:minilm-sentiment``, a hub id), else ``reward.refit.base`` (default: the bundled
-   MiniLM sentiment classifier) when the current reward is a lexicon or a function.
-3. Training: :func:`engine.reward_training.refit_reward_model` -- Bradley-Terry on pairs,
-   binary cross-entropy on marks, mixed with ``reward.refit.mix_ratio`` rows of the model's
-   original training data per judgement.
-4. Evaluation of the current reward and of the new model, each scored exactly as the run
-   scores (``build_reward`` with the run's reward settings): on the held-out judgements (pairs
-   ranked correctly, ties count half; marks: score above the decision threshold = good) and on
-   the original held-out set (``reward.refit.original_eval_rows`` rows).
-5. The verdict: the new model is accepted only if it is at least as good on the held-out
-   judgements and at most ``reward.refit.max_original_drop`` worse on the original held-out set.
-   The result (figures, verdict, reason) is written atomically to ``--result``; a refused model's
-   folder is removed.
+1. The run's judgements (``labels.jsonl``: good/bad marks and pairs).
+2. ``reward.refit.method: head`` (the default, ``engine/preference.py``): a preference head on
+   frozen features of the judged responses, added to the base reward (the current one, or the
+   current one's base when it is itself a refit). Every judgement is held out once (5-fold:
+   judged by a head fitted without it), then the head is fitted on all. Seconds, not minutes.
+   ``method: finetune``: the reward model itself (or ``reward.refit.base`` when the current
+   reward is a lexicon or a function) is fine-tuned on the older judgements with rows of its
+   original data mixed in (``engine.reward_training.refit_reward_model``); the newest
+   ``reward.refit.holdout`` share is held out.
+3. The current reward and the new one, each scored exactly as the run scores, on the held-out
+   judgements (pairs ranked as judged, ties half; marks: score above the decision threshold =
+   good) and on the base model's original held-out set (``original_accuracy``: the share of
+   its (positive, negative) pairs ranked right; none for a lexicon or a function).
+4. The verdict (:func:`verdict`): accepted only if the new model agrees with the held-out
+   judgements *significantly* better than the current one (a one-sided exact sign test over the
+   judgements where the two differ, at ``reward.refit.confidence``) and ranks the original set at
+   most ``reward.refit.max_original_drop`` worse. A refit that changes nothing is refused, and a
+   refused refit says what is missing ("needs ~N more judgements"). The result (figures, the test,
+   the verdict) is written atomically to ``--result``; a refused model's folder is removed.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -46,6 +49,10 @@ class RefitError(RuntimeError):
 class RefitSettings:
     """``reward.refit`` with its defaults filled in (``engine.config.REFIT_KEYS`` documents them)."""
     every_labels: Optional[int]
+    method: str
+    features: str
+    weight: float
+    confidence: float
     base: Optional[str]
     holdout: float
     min_judgements: int
@@ -101,15 +108,19 @@ def build_reward_source(cfg, spec: str, device: str = "cpu", progress: Optional[
 def decision_threshold(source) -> float:
     """Score above which a reward source calls a text good: 0 for a logit, else 0.5 (a
     probability, a lexicon's [0, 1] score, a function's score)."""
-    from engine.rewards import ClassifierReward
+    from engine.rewards import ClassifierReward, PreferenceReward
 
+    if isinstance(source, PreferenceReward):
+        return decision_threshold(source.base)
     if isinstance(source, ClassifierReward) and (source.num_labels == 1 or source.score_kind == "logit"):
         return 0.0
     return 0.5
 
 
 def evaluate_source(source, marks: list[dict], pairs: list[dict], original: list, positive: int = 1) -> dict:
-    """Accuracy of a reward source on held-out judgements and on original labelled rows."""
+    """Accuracy of a reward source on held-out judgements and on original labelled rows;
+    ``hits`` lists, per judgement (pairs first, then marks), 1 when the source agrees with it,
+    0.5 on a tie, else 0 (the paired test of :func:`verdict` compares two sources item by item)."""
     thr = decision_threshold(source)
     out: dict = {"threshold": thr}
     if pairs:
@@ -124,38 +135,110 @@ def evaluate_source(source, marks: list[dict], pairs: list[dict], original: list
         mhits = [1.0 if (v > thr) == (m["label"] == "good") else 0.0 for v, m in zip(s, marks)]
         out["label_accuracy"] = sum(mhits) / len(mhits)
         hits = hits + mhits
+    out.update(original_accuracy(source, original, positive, thr))
+    return _with_hits(out, hits)
+
+
+def original_accuracy(source, original: list, positive: int = 1, thr: Optional[float] = None) -> dict:
+    """How well a source still separates the original labelled rows: ``original_accuracy`` is the
+    share of (positive, negative) row pairs it scores in the right order (ties half), a measure
+    that a constant shift of the scores (which PPO ignores) does not change; ``original_threshold_
+    accuracy`` is the share of rows on the right side of the decision threshold."""
+    if not original:
+        return {"original_accuracy": None}
+    thr = decision_threshold(source) if thr is None else thr
+    s = source.score([""] * len(original), [r.text for r in original])
+    pos = [v for v, r in zip(s, original) if r.label == positive]
+    neg = [v for v, r in zip(s, original) if r.label != positive]
+    ok = [1.0 if (v > thr) == (r.label == positive) else 0.0 for v, r in zip(s, original)]
+    out = {"original_threshold_accuracy": sum(ok) / len(ok), "original_rows": len(ok)}
+    if pos and neg:
+        import torch
+
+        p, n = torch.tensor(pos), torch.tensor(neg)
+        out["original_accuracy"] = float(((p[:, None] > n[None, :]).float()
+                                          + 0.5 * (p[:, None] == n[None, :]).float()).mean())
+    else:
+        out["original_accuracy"] = out["original_threshold_accuracy"]
+    return out
+
+
+def _with_hits(out: dict, hits: list[float]) -> dict:
     out["judgement_accuracy"] = sum(hits) / len(hits) if hits else None
     out["judgements"] = len(hits)
-    if original:
-        s = source.score([""] * len(original), [r.text for r in original])
-        ok = [1.0 if (v > thr) == (r.label == positive) else 0.0 for v, r in zip(s, original)]
-        out["original_accuracy"] = sum(ok) / len(ok)
-        out["original_rows"] = len(ok)
-    else:
-        out["original_accuracy"] = None
+    out["hits"] = hits
     return out
+
+
+def sign_test(new_hits: list[float], cur_hits: list[float]) -> dict:
+    """One-sided exact sign test on paired judgements: of the judgements where the two models
+    differ, does the new one get more right than chance allows? ``p`` = P(X >= better) for
+    X ~ Binomial(better + worse, 1/2)."""
+    better = sum(1 for a, b in zip(new_hits, cur_hits) if a > b)
+    worse = sum(1 for a, b in zip(new_hits, cur_hits) if a < b)
+    return {"better": better, "worse": worse, "p": binomial_tail(better, better + worse)}
+
+
+def binomial_tail(k: int, n: int) -> float:
+    """P(X >= k), X ~ Binomial(n, 1/2)."""
+    if n <= 0 or k <= 0:
+        return 1.0
+    return sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n
+
+
+def judgements_needed(better: int, worse: int, n: int, alpha: float, share: float = 1.0) -> Optional[int]:
+    """How many more judgements a refit needs for its advantage to be significant, if the share
+    of judgements where it does better (and worse) stays as measured; None when it does not do
+    better at all. ``share``: the fraction of judgements that are held out."""
+    if better <= worse or n <= 0:
+        return None
+    if binomial_tail(better, better + worse) <= alpha:
+        return 0
+    for m in range(n + 1, 50 * n + 2):
+        b, w = round(better * m / n), round(worse * m / n)
+        if binomial_tail(b, b + w) <= alpha:
+            return max(1, math.ceil((m - n) / max(share, 1e-9)))
+    return None
 
 
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def verdict(cur: dict, new: dict, max_drop: float) -> tuple[bool, str]:
-    """(accepted, why): at least as good on the held-out judgements, and at most ``max_drop``
-    worse on the original held-out set."""
+def verdict(cur: dict, new: dict, max_drop: float, confidence: float = 0.9, held_out_share: float = 1.0
+            ) -> tuple[bool, str, dict]:
+    """(accepted, why, test): the new model must agree with the held-out judgements better than
+    the current one, significantly for their number (a one-sided sign test at ``confidence``),
+    and be at most ``max_drop`` worse on the original held-out set. A refused refit says what is
+    missing, e.g. how many more judgements would make the same advantage significant."""
     cj, nj = cur.get("judgement_accuracy"), new.get("judgement_accuracy")
     co, no = cur.get("original_accuracy"), new.get("original_accuracy")
-    figures = (f"held-out judgements {_fmt(cj)} -> {_fmt(nj)}, original held-out set "
+    n = int(new.get("judgements") or 0)
+    figures = (f"held-out judgements {_fmt(cj)} -> {_fmt(nj)} on {n}, original held-out set "
                f"{_fmt(co)} -> {_fmt(no)}")
     if nj is None or cj is None:
-        return False, f"no held-out judgements to compare on ({figures})"
-    if nj < cj:
-        return False, f"worse on the held-out judgements ({figures})"
+        return False, f"no held-out judgements to compare on ({figures})", {}
+    test = sign_test(new.get("hits") or [], cur.get("hits") or [])
+    alpha = 1.0 - confidence
+    test.update(alpha=round(alpha, 6), confidence=confidence, held_out=n)
+    more = judgements_needed(test["better"], test["worse"], n, alpha, held_out_share)
+    test["needs_more"] = more
+    if test["p"] > alpha:
+        if more is None:
+            need = ("it does not agree with the judge more often than the current reward; more "
+                    "judgements of the same taste, or other reward.refit.features, may help")
+        else:
+            need = f"needs ~{more} more judgement(s) for the same advantage to be significant"
+        return False, (f"not significantly better on the held-out judgements (better on "
+                       f"{test['better']}, worse on {test['worse']} of {n}; p = {test['p']:.3f} > "
+                       f"{alpha:.2f}): {need} ({figures})"), test
     if co is not None and no is not None and no < co - max_drop:
-        return False, (f"more than {max_drop:.3f} worse on the original held-out set ({figures})")
+        return False, (f"more than {max_drop:.3f} worse on the original held-out set ({figures})"), test
     on_original = ("not worse on the original set" if co is None or no is None or no >= co
                    else f"within {max_drop:.3f} of the current on the original set")
-    return True, f"at least as good on the held-out judgements and {on_original} ({figures})"
+    return True, (f"better on the held-out judgements (on {test['better']}, worse on "
+                  f"{test['worse']} of {n}; p = {test['p']:.3f} <= {alpha:.2f}) and {on_original} "
+                  f"({figures})"), test
 
 
 def training_rows(items: list[dict], score_text: str) -> list:
@@ -184,7 +267,6 @@ def split_judgements(items: list[dict], holdout: float) -> tuple[list[dict], lis
 
 def run_refit(run_dir: Path, attempt: int, current: str, out: Path, *, progress: Progress) -> dict:
     from engine.config import validate_text
-    from engine.reward_training import original_rows, read_reward_metadata, refit_reward_model
 
     t0 = time.time()
     run_dir = Path(run_dir)
@@ -198,29 +280,47 @@ def run_refit(run_dir: Path, attempt: int, current: str, out: Path, *, progress:
     if len(items) < rc.min_judgements:
         raise RefitError(f"a refit needs at least {rc.min_judgements} judgements "
                          f"(reward.refit.min_judgements); the run has {len(items)}")
+    fit = _refit_head if rc.method == "head" else _refit_finetune
+    out_res = fit(cfg, rc, items, run_dir, attempt, current, out, progress)
+    out_res.update({"attempt": attempt, "current_source": current, "method": rc.method,
+                    "source": str(out) if out_res["accepted"] else None,
+                    "judgement_rows": j.rows, "seconds": round(time.time() - t0, 1), "time": time.time()})
+    out_res["judgements"].update(total=len(items), pairs=len(j.pairs), good=j.good, bad=j.bad)
+    return out_res
+
+
+def _original_set(cfg, rc: RefitSettings, start: str, progress: Progress):
+    """(folder, original train rows, original held-out rows, positive label) of the model a refit
+    starts from or reads its features with."""
+    from engine.reward_training import original_rows, read_reward_metadata
+
+    folder = model_folder(start, progress)
+    meta = read_reward_metadata(folder)
+    orig_train, orig_eval = original_rows(meta.get("data"), rc.original_eval_rows, cfg.run.seed)
+    positive = int(meta.get("score_label", 1)) if (meta.get("labels") or []) else 1
+    if not orig_eval:
+        progress("the original training data of the model is not known: no original rows mixed in "
+                 "or evaluated")
+    return folder, orig_train, orig_eval, positive
+
+
+def _refit_finetune(cfg, rc: RefitSettings, items, run_dir, attempt, current, out, progress) -> dict:
+    """Fine-tune the reward model on the older judgements; the newest ``holdout`` share judges."""
+    from engine.reward_training import refit_reward_model
+
     train_j, held = split_judgements(items, rc.holdout)
     progress(f"{len(items)} judgement(s): {len(train_j)} to train on, the newest {len(held)} held out")
-
     start = current if is_trainable_source(current) else (rc.base or DEFAULT_REFIT_BASE)
     if not is_trainable_source(start):
         raise RefitError(f"reward.refit.base {start!r} is not a trainable model (a folder, "
                          f"bundled:minilm-sentiment or a hub id)")
     if start != current:
         progress(f"the current reward '{current}' is not a trainable model: starting from '{start}'")
-    folder = model_folder(start, progress)
-    meta = read_reward_metadata(folder)
-    orig_train, orig_eval = original_rows(meta.get("data"), rc.original_eval_rows, cfg.run.seed)
-    labels = meta.get("labels") or []
-    positive = int(meta.get("score_label", 1)) if labels else 1
-    if not orig_eval:
-        progress("the original training data of the model is not known: no original rows mixed in "
-                 "or evaluated")
-
-    device = "cpu"
+    folder, orig_train, orig_eval, positive = _original_set(cfg, rc, start, progress)
     marks = [h for h in held if "chosen" not in h]
     pairs = [h for h in held if "chosen" in h]
     progress(f"evaluating the current reward '{current}'")
-    cur_src = build_reward_source(cfg, current, device, progress)
+    cur_src = build_reward_source(cfg, current, "cpu", progress)
     try:
         cur = evaluate_source(cur_src, marks, pairs, orig_eval, positive)
     finally:
@@ -240,17 +340,135 @@ def run_refit(run_dir: Path, attempt: int, current: str, out: Path, *, progress:
         score_label=int(score_label), progress=progress,
         extra_meta={"run": str(run_dir), "attempt": attempt, "started_from": start})
     progress(f"trained in {result.seconds:.0f} s; evaluating the new model")
-    new_src = build_reward_source(cfg, str(out), device, progress)
+    new_src = build_reward_source(cfg, str(out), "cpu", progress)
     try:
         new = evaluate_source(new_src, marks, pairs, orig_eval, positive)
     finally:
         new_src.close()
-    ok, why = verdict(cur, new, rc.max_original_drop)
-    return {"attempt": attempt, "accepted": ok, "reason": why, "current_source": current,
-            "started_from": start, "source": str(out) if ok else None, "current": cur, "new": new,
-            "judgements": {"total": len(items), "train": len(train_j), "held_out": len(held),
-                           "pairs": len(j.pairs), "good": j.good, "bad": j.bad},
-            "judgement_rows": j.rows, "seconds": round(time.time() - t0, 1), "time": time.time()}
+    ok, why, test = verdict(cur, new, rc.max_original_drop, rc.confidence,
+                            held_out_share=len(held) / max(1, len(items)))
+    return {"accepted": ok, "reason": why, "test": test, "started_from": start, "current": cur, "new": new,
+            "judgements": {"train": len(train_j), "held_out": len(held), "held_out_how": "the newest"}}
+
+
+def _judged_texts(items: list[dict]):
+    """The distinct (prompt, response) texts of the judgements and the judgements as rows of them."""
+    from engine.preference import Judged
+
+    index: dict[tuple[str, str], int] = {}
+
+    def at(prompt: str, response: str) -> int:
+        return index.setdefault((prompt, response), len(index))
+
+    pairs, marks = [], []
+    for it in items:
+        if "chosen" in it:
+            pairs.append((at(it["prompt"], it["chosen"]), at(it.get("rejected_prompt", it["prompt"]), it["rejected"])))
+    for it in items:
+        if "chosen" not in it:
+            marks.append((at(it["prompt"], it["response"]), it["label"] == "good"))
+    texts = sorted(index, key=index.get)
+    return [p for p, _ in texts], [r for _, r in texts], Judged(pairs, marks)
+
+
+def _refit_head(cfg, rc: RefitSettings, items, run_dir, attempt, current, out, progress) -> dict:
+    """A preference head on frozen features, added to the base reward (engine/preference.py).
+    Every judgement is held out once: k-fold, each fold judged by a head fitted without it."""
+    import torch
+
+    from engine import preference as pref
+    from engine.rewards import ClassifierReward, PreferenceReward
+
+    base_source = current
+    if pref.is_preference_folder(current):       # a second refit: a new taste on the same base
+        base_source = pref.read(Path(current).expanduser())["base_source"]
+    prompts, responses, judged = _judged_texts(items)
+    k = min(5, len(judged))
+    progress(f"{len(items)} judgement(s) on {len(responses)} text(s); features {rc.features}, "
+             f"{k}-fold: each judgement is judged by a head fitted without it")
+    encoder_source = None
+    base_src = build_reward_source(cfg, base_source, "cpu", progress)
+    enc_src = None
+    try:
+        if isinstance(base_src, ClassifierReward):
+            base, emb = base_src.score_and_embed(prompts, responses, embed=pref.needs_encoder(rc.features))
+            encoder_source = base_source
+        else:
+            base = torch.tensor(base_src.score(prompts, responses), dtype=torch.float32)
+            emb = None
+            if pref.needs_encoder(rc.features):
+                encoder_source = rc.base or DEFAULT_REFIT_BASE
+                progress(f"the base reward '{base_source}' is not a model: features from '{encoder_source}'")
+                enc_src = build_reward_source(cfg, encoder_source, "cpu", progress)
+                if not isinstance(enc_src, ClassifierReward):
+                    raise RefitError(f"reward.refit.base {encoder_source!r} is not a sequence-classification "
+                                     f"model; the features {rc.features!r} need one")
+                emb = enc_src.score_and_embed(prompts, responses)[1]
+        thr = decision_threshold(base_src)
+    finally:
+        base_src.close()
+        if enc_src is not None:
+            enc_src.close()
+    sentence = pref.SentenceEncoder(progress=progress) if pref.needs_sentence(rc.features) else None
+    try:
+        feats = pref.features(rc.features, responses, emb, sentence)
+    finally:
+        if sentence is not None:
+            sentence.close()
+    base = base.float()
+
+    # every judgement held out once
+    new_hits: list[Optional[float]] = [None] * len(judged)
+    for hold in pref.folds(len(judged), k):
+        keep = set(hold)
+        train = judged.subset([i for i in range(len(judged)) if i not in keep])
+        head = pref.fit_head(rc.features, feats, train, pref.choose_l2(rc.features, feats, train))
+        w = rc.weight * pref.spread(base[train.rows()])
+        hits = pref.combined_hits(pref.combined(base, head.z(feats), w), judged.subset(hold), thr)
+        for i, h in zip(sorted(hold, key=lambda i: (i >= len(judged.pairs), i)), hits):
+            new_hits[i] = h
+    l2 = pref.choose_l2(rc.features, feats, judged)
+    head = pref.fit_head(rc.features, feats, judged, l2)
+    w = rc.weight * pref.spread(base[judged.rows()])
+    progress(f"head fitted (L2 {l2:g}); preference weight {rc.weight:g} x the base's spread = {w:.4f}")
+
+    # the current reward on the same judgements; both on the original held-out set
+    # the original held-out set is the base model's own (a lexicon or a function has none)
+    orig_eval, positive = [], 1
+    if is_trainable_source(base_source) and rc.original_eval_rows:
+        _, _, orig_eval, positive = _original_set(cfg, rc, base_source, progress)
+    cur_src = build_reward_source(cfg, current, "cpu", progress)
+    try:
+        if current == base_source:
+            cur_scores = base
+        else:
+            cur_scores = torch.tensor(cur_src.score(prompts, responses), dtype=torch.float32)
+        cur = _with_hits({"threshold": decision_threshold(cur_src)},
+                         pref.combined_hits(cur_scores, judged, decision_threshold(cur_src)))
+        cur.update(original_accuracy(cur_src, orig_eval, positive))
+    finally:
+        cur_src.close()
+    tmp = out.parent / f".{out.name}.tmp-head"
+    pref.save(tmp, head, base_source=base_source, encoder_source=encoder_source, weight=rc.weight, w=w,
+              info={"l2": l2, "judgements": len(judged), "run": str(run_dir), "attempt": attempt})
+    new_src = PreferenceReward(str(out), str(tmp), dict(device="cpu", dtype=cfg.reward.dtype,
+                               quantization=cfg.reward.quantization, score_label=cfg.reward.score_label,
+                               score_kind=cfg.reward.score_kind, max_length=cfg.reward.max_length,
+                               batch_size=cfg.reward.batch_size, score_text=cfg.reward.score_text,
+                               progress=progress))
+    try:
+        new = _with_hits({"threshold": thr}, [float(h) for h in new_hits])
+        new.update(original_accuracy(new_src, orig_eval, positive, thr))
+    finally:
+        new_src.close()
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    ok, why, test = verdict(cur, new, rc.max_original_drop, rc.confidence)
+    return {"accepted": ok, "reason": why, "test": test, "started_from": base_source, "current": cur,
+            "new": new, "weight": rc.weight, "w": w, "l2": l2, "features": rc.features,
+            "judgements": {"train": len(judged), "held_out": len(judged), "held_out_how": f"{k}-fold"}}
 
 
 def main(argv=None) -> int:

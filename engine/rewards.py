@@ -323,29 +323,97 @@ class ClassifierReward(RewardSource):
         return [join_prompt_response(p, r) for p, r in zip(prompts, responses)]
 
     def score(self, prompts, responses):
+        return self.score_and_embed(prompts, responses, embed=False)[0].tolist()
+
+    def score_and_embed(self, prompts, responses, embed: bool = True):
+        """``(scores [N], embeddings [N, H] or None)``: the scores, and with ``embed`` the mean of
+        the last hidden layer over each text's tokens, from the same forward pass (the features
+        of a preference head, engine/preference.py)."""
         import torch
 
         texts = self.texts(prompts, responses)
-        out: list[float] = []
+        vals_out, emb_out = [], []
         with torch.inference_mode():
             for i in range(0, len(texts), self.batch_size):
                 enc = self.tokenizer(texts[i:i + self.batch_size], padding=True, truncation=True,
                                      max_length=self.max_length, return_tensors="pt")
                 enc = {k: v.to(self.device) for k, v in enc.items()}
-                logits = self.model(**enc).logits.float()
+                res = self.model(**enc, output_hidden_states=embed)
+                logits = res.logits.float()
                 if self.num_labels == 1:
                     vals = logits[:, 0]
                 elif self.score_kind == "prob":
                     vals = torch.softmax(logits, dim=-1)[:, self.score_label]
                 else:
                     vals = logits[:, self.score_label]
-                out.extend(vals.cpu().tolist())
-        return out
+                vals_out.append(vals.cpu())
+                if embed:
+                    m = enc["attention_mask"].unsqueeze(-1).float()
+                    h = res.hidden_states[-1].float()
+                    emb_out.append(((h * m).sum(1) / m.sum(1).clamp_min(1.0)).cpu())
+        scores = torch.cat(vals_out) if vals_out else torch.zeros(0)
+        return scores, (torch.cat(emb_out) if emb_out else None)
 
     def close(self):
         if getattr(self, "model", None) is not None:
             self.model = None
             gc.collect()
+
+
+class PreferenceReward(RewardSource):
+    """A base reward plus a judge's taste learned by a refit (``engine/preference.py``):
+    ``base + w * z``, where ``z`` is the preference head's normalised output on the text."""
+
+    def __init__(self, name: str, folder: str, build_kw: dict):
+        import torch  # noqa: F401 - the head is a tensor
+
+        from . import preference as pref
+
+        self.name = name
+        spec = pref.read(Path(folder).expanduser())
+        self.spec = spec
+        self.head = pref.Head.from_json(spec["head"])
+        self.w = float(spec["w"])
+        self.base = build_reward(spec["base_source"], **build_kw)
+        self.encoder = None
+        self.sentence = (pref.SentenceEncoder(str(getattr(self.base, "device", "cpu")), progress=build_kw.get("progress"))
+                         if pref.needs_sentence(self.head.kind) else None)
+        if pref.needs_encoder(self.head.kind):
+            enc = spec.get("encoder_source") or spec["base_source"]
+            if enc == spec["base_source"] and isinstance(self.base, ClassifierReward):
+                self.encoder = self.base
+            else:
+                self.encoder = build_reward(enc, **build_kw)
+                if not isinstance(self.encoder, ClassifierReward):
+                    raise RewardError(f"preference head {folder}: its encoder {enc!r} is not a "
+                                      f"sequence-classification model")
+
+    def components(self, prompts, responses):
+        """``(base scores, preference z)`` as float tensors of ``len(responses)``."""
+        import torch
+
+        from . import preference as pref
+
+        emb = None
+        if self.encoder is self.base:
+            base, emb = self.base.score_and_embed(prompts, responses)
+        else:
+            base = torch.tensor(self.base.score(prompts, responses), dtype=torch.float32)
+            if self.encoder is not None:
+                emb = self.encoder.score_and_embed(prompts, responses)[1]
+        feats = pref.features(self.head.kind, list(responses), emb, self.sentence)
+        return base.float(), self.head.z(feats)
+
+    def score(self, prompts, responses):
+        from .preference import combined
+
+        base, z = self.components(prompts, responses)
+        return combined(base, z, self.w).tolist()
+
+    def close(self):
+        for s in (self.base, self.encoder, self.sentence):
+            if s is not None:
+                s.close()
 
 
 def _read_metadata(model_path: str) -> dict:
@@ -402,6 +470,8 @@ def build_reward(
         raise RewardError(f"unknown bundled reward {source!r}; {_accepted()}")
 
     path = Path(source).expanduser()
+    if path.is_dir() and (path / "preference.json").is_file():
+        return PreferenceReward(source, str(path), dict(classifier_kw, progress=progress))
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
             raise RewardError(f"reward source {source!r} is not a model folder (needs "

@@ -636,7 +636,7 @@ def launch_checks(cfg: RunConfig, ctx: Ctx) -> None:
 
 def _check_refit(ctx: Ctx, refit: dict) -> None:
     """reward.refit: known keys, their types and limits; a base that is a trainable model."""
-    from engine.config.schema import REFIT_KEYS, REFIT_RANGES
+    from engine.config.schema import REFIT_CHOICES, REFIT_KEYS, REFIT_RANGES
 
     for k, v in refit.items():
         path = ("reward", "refit", k)
@@ -650,6 +650,9 @@ def _check_refit(ctx: Ctx, refit: dict) -> None:
             want = " or ".join({int: "an integer", float: "a number", str: "a string",
                                 type(None): "null"}[t] for t in types)
             ctx.error(path, f"expected {want}; got {_show(v)}")
+            continue
+        if k in REFIT_CHOICES and v not in REFIT_CHOICES[k]:
+            ctx.error(path, f"must be one of {', '.join(REFIT_CHOICES[k])}; got {_show(v)}")
             continue
         lo, hi = REFIT_RANGES.get(k, (None, None))
         if v is not None and lo is not None and not lo <= v <= hi:

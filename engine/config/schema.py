@@ -292,25 +292,38 @@ class RoleConfig:
 # REFIT_RANGES (engine/refit.py reads them; engine/config/checks.py checks them)
 REFIT_KEYS: dict = {
     "every_labels": ((int, type(None)), "refit automatically after every N new judgements; null = only on request"),
+    "method": ((str,), "head = a preference head on frozen features added to the base reward, fitted in "
+                       "seconds (engine/preference.py); finetune = fine-tune the reward model itself"),
+    "features": ((str,), "head: what the head reads: sentence (the bundled all-MiniLM-L6-v2's embedding "
+                         "of the response), reward (the reward model's last hidden layer), words (hashed "
+                         "words and word pairs of the response), or sentence+words, reward+words"),
+    "weight": ((int, float), "head: the preference's weight in units of the base reward's spread over "
+                             "the judged texts (score = base + weight * spread * z, z clipped to +-3)"),
+    "confidence": ((int, float), "accept a refit only if it agrees with the held-out judgements better "
+                                 "than the current reward at this confidence (one-sided sign test)"),
     "base": ((str, type(None)), "the model a refit starts from when the current reward is a lexicon or a "
                                 "function (a folder or hub id of a sequence classifier); null = "
                                 "bundled:minilm-sentiment"),
-    "holdout": ((int, float), "share of the judgements, the newest, held out to evaluate the current and "
-                              "the new model"),
+    "holdout": ((int, float), "finetune: share of the judgements, the newest, held out to evaluate the "
+                              "current and the new model (head holds every judgement out once, 5-fold)"),
     "min_judgements": ((int,), "a refit needs at least this many judgements"),
-    "mix_ratio": ((int, float), "rows of the model's original training data mixed in per judgement"),
+    "mix_ratio": ((int, float), "finetune: rows of the model's original training data mixed in per judgement"),
     "original_eval_rows": ((int,), "rows of the original held-out set both models are evaluated on"),
-    "max_original_drop": ((int, float), "the new model may be at most this much less accurate on the "
-                                        "original held-out set"),
-    "epochs": ((int,), "passes over the judgements and the mixed-in rows"),
-    "lr": ((int, float), "learning rate"),
-    "batch_size": ((int,), "rows per optimizer step"),
+    "max_original_drop": ((int, float), "the new model may rank at most this share more of the original "
+                                        "held-out set's (positive, negative) pairs wrong than the current"),
+    "epochs": ((int,), "finetune: passes over the judgements and the mixed-in rows"),
+    "lr": ((int, float), "finetune: learning rate"),
+    "batch_size": ((int,), "finetune: rows per optimizer step"),
     "nice": ((int,), "niceness of the refit process (0-19: higher = lower priority than training)"),
 }
-REFIT_DEFAULTS: dict = {"every_labels": None, "base": None, "holdout": 0.25, "min_judgements": 4,
-                        "mix_ratio": 2.0, "original_eval_rows": 200, "max_original_drop": 0.02,
+REFIT_DEFAULTS: dict = {"every_labels": None, "method": "head", "features": "sentence", "weight": 1.0,
+                        "confidence": 0.9, "base": None, "holdout": 0.25, "min_judgements": 4,
+                        "mix_ratio": 2.0, "original_eval_rows": 200, "max_original_drop": 0.05,
                         "epochs": 2, "lr": 3e-5, "batch_size": 16, "nice": 10}
-REFIT_RANGES: dict = {"every_labels": (1, 10**9), "holdout": (0.0, 0.9), "min_judgements": (2, 10**9),
+REFIT_CHOICES: dict = {"method": ("head", "finetune"),
+                       "features": ("sentence", "sentence+words", "reward", "reward+words", "words")}
+REFIT_RANGES: dict = {"every_labels": (1, 10**9), "weight": (0.0, 100.0), "confidence": (0.5, 0.999),
+                      "holdout": (0.0, 0.9), "min_judgements": (2, 10**9),
                       "mix_ratio": (0.0, 1000.0), "original_eval_rows": (0, 100_000),
                       "max_original_drop": (0.0, 1.0), "epochs": (1, 1000), "lr": (1e-12, 1.0),
                       "batch_size": (1, 100_000), "nice": (0, 19)}
