@@ -62,8 +62,10 @@ def test_tiny_gives_the_same_metrics_on_local_and_ray_and_leaves_no_ray_process(
             worst[k] = max(worst.get(k, 0.0), abs(float(ma[k]) - float(mb[k])))
     print("max |local - ray| per metric over 3 steps:", {k: f"{v:.2e}" for k, v in sorted(worst.items())})
     assert {"score_mean", "kl", "policy_loss", "value_loss", "entropy", "grad_norm"} <= set(worst)
-    bad = {k: v for k, v in worst.items() if v > 1e-4}
-    assert not bad, f"local and ray differ by more than 1e-4: {bad}"
+    # the same float32 operations in the same order in both backends: equal to the bit (0.0 for
+    # every metric measured, as docs/performance.md says), so any difference is a defect
+    bad = {k: v for k, v in worst.items() if v != 0.0}
+    assert not bad, f"local and ray differ: {bad}"
     # the same samples, too (same generations, same scores)
     sa, sb = list(local.samples()), list(on_ray.samples())
     assert [s["response"] for s in sa] == [s["response"] for s in sb]
@@ -195,5 +197,5 @@ def test_two_ranks_of_the_actor_as_two_ray_actors_equal_one_local_process(cluste
             worst[k] = max(worst.get(k, 0.0), abs(float(ma[k]) - float(mb[k])))
     print("max |local 1 rank - ray 2 ranks| over 2 steps:", {k: f"{v:.2e}" for k, v in sorted(worst.items())})
     assert len(list(two.metrics())) == 2
-    assert all(v <= 1e-4 for v in worst.values()), worst
+    assert all(v == 0.0 for v in worst.values()), worst   # two ranks' gradient sum equals the one process's
     assert run_processes_gone(two) == []
