@@ -54,15 +54,23 @@ def test_marks_and_pairs_land_on_the_samples_named(run_dir):
     assert frozenset(("2-3", "1-1")) not in {frozenset((a["id"], b["id"])) for a, b in pairs}
 
 
+def _acc(hits, original=None):
+    return {"judgement_accuracy": sum(hits) / len(hits), "judgements": len(hits), "hits": hits,
+            "original_accuracy": original}
+
+
 def test_refit_verdict():
-    cur = {"judgement_accuracy": 0.5, "original_accuracy": 0.80}
-    assert verdict(cur, {"judgement_accuracy": 0.75, "original_accuracy": 0.79}, 0.02)[0]
-    ok, why = verdict(cur, {"judgement_accuracy": 0.25, "original_accuracy": 0.90}, 0.02)
-    assert not ok and "worse on the held-out judgements" in why
-    ok, why = verdict(cur, {"judgement_accuracy": 0.75, "original_accuracy": 0.70}, 0.02)
+    cur = _acc([0, 1, 0, 1, 0, 0, 1, 0], 0.80)
+    ok, why, test = verdict(cur, _acc([1, 1, 1, 1, 1, 1, 1, 0], 0.79), 0.02)   # better on 4, worse on 0
+    assert ok and (test["better"], test["worse"]) == (4, 0) and test["p"] == 1 / 16, why
+    ok, why, _ = verdict(cur, _acc([1, 1, 1, 1, 1, 1, 1, 0], 0.70), 0.02)
     assert not ok and "worse on the original held-out set" in why
-    assert verdict({"judgement_accuracy": 0.5, "original_accuracy": None},
-                   {"judgement_accuracy": 0.5, "original_accuracy": None}, 0.02)[0]
+    ok, why, test = verdict(cur, _acc([1, 1, 1, 1, 0, 0, 1, 0], 0.80), 0.02)   # better on 2: not significant
+    assert not ok and "not significantly better" in why and f"needs ~{test['needs_more']} more" in why
+    ok, why, _ = verdict(cur, dict(cur), 0.02)                                 # a refit that changes nothing
+    assert not ok and "does not agree with the judge more often" in why
+    ok, why, _ = verdict(cur, _acc([0, 0, 0, 0, 0, 0, 0, 0], 0.90), 0.02)
+    assert not ok
 
 
 def test_report_lists_reward_versions_and_marks_the_swap(run_dir, tmp_path):
