@@ -81,7 +81,8 @@ class LabelWritten(Message):
 
 
 class PairsLoaded(Message):
-    """Pairs of samples that answer one prompt, read from the run directory (newest first)."""
+    """Pairs of samples that answer one prompt, read from the run directory (the ones a
+    judgement teaches most first: ``engine.judgements.candidate_pairs``)."""
 
     def __init__(self, pairs: list, error: str = "") -> None:
         super().__init__()
@@ -95,6 +96,16 @@ class PairWritten(Message):
     def __init__(self, row: dict, error: str = "") -> None:
         super().__init__()
         self.row = row
+        self.error = error
+
+
+class CounterLoaded(Message):
+    """The judge counter (``engine.judgements.judge_counter``): the reward's agreement with the
+    judgements held out for it and how many more the next refit needs."""
+
+    def __init__(self, counter: dict, error: str = "") -> None:
+        super().__init__()
+        self.counter = counter
         self.error = error
 
 

@@ -355,14 +355,20 @@ class Run:
 
         return read_judgements(self.path, with_text=False)
 
-    def sample_pair(self, prompt: Optional[str] = None, n: int = 2, timeout: float = 600.0) -> list[dict]:
+    def sample_pair(self, prompt: Optional[str] = None, n: int = 2, timeout: float = 600.0,
+                    candidates: Optional[int] = None) -> list[dict]:
         """Fresh responses of the live actor to one prompt (a random prompt of the run's data
         unless given; ``n`` of them, 2 by default, for a pair), generated at the next step
         boundary, scored by the current reward and logged to samples.jsonl (ids ``STEP-pairKa``,
-        ``STEP-pairKb``, ...). Returns the samples."""
+        ``STEP-pairKb``, ...). ``candidates``: generate that many and return the pair a judgement
+        teaches most (active selection: where the base reward and the learned preference
+        disagree, else where the reward is least sure; each sample says why in ``picked``).
+        Returns the samples."""
         fields = {"wait_timeout": timeout, "n": int(n)}
         if prompt is not None:
             fields["prompt"] = prompt
+        if candidates is not None:
+            fields["candidates"] = int(candidates)
         return self._ok(self.request("sample_pair", timeout=timeout + 5, **fields))["samples"]
 
     def refit_reward(self, wait: bool = False, timeout: float = 3600.0, poll: float = 0.5) -> dict:

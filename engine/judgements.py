@@ -14,10 +14,11 @@ exist, and the row records that sample's own step and text, never those of anoth
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from engine.files import read_jsonl
 from engine.records import LABEL_VERDICTS as VERDICTS
@@ -163,10 +164,30 @@ def pair_key(s: dict) -> Optional[str]:
     return f"prompt:{p}" if p else None
 
 
-def candidate_pairs(samples: list[dict], judged: Optional[set] = None, limit: int = 50) -> list[tuple[dict, dict]]:
-    """Pairs of different samples that answer the same prompt, newest first, leaving out pairs
-    that were judged already (``judged``: set of frozenset({id_a, id_b}))."""
+def _score(s: dict) -> Optional[float]:
+    v = s.get("score")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def version_at(samples_version: dict, s: dict) -> int:
+    """The reward version that scored sample ``s``: its own ``reward_version`` (a fresh pair's
+    samples carry it), else the version of its step in ``samples_version`` (step -> version,
+    from metrics.jsonl), else 0."""
+    v = s.get("reward_version")
+    if isinstance(v, int):
+        return v
+    return int(samples_version.get(int(s.get("step") or 0), 0))
+
+
+def candidate_pairs(samples: list[dict], judged: Optional[set] = None, limit: int = 50,
+                    versions: Optional[dict] = None) -> list[tuple[dict, dict]]:
+    """Pairs of different samples that answer the same prompt, leaving out pairs judged already
+    (``judged``: set of frozenset({id_a, id_b})), the ones a judgement teaches most first: pairs
+    whose two scores come from the same reward version (``versions``: step -> reward version)
+    ordered by how close the scores are (the reward is least sure which is better), newest
+    first among equals; then pairs whose scores cannot be compared."""
     judged = judged or set()
+    versions = versions or {}
     by_key: dict[str, list[dict]] = {}
     for s in samples:
         k = pair_key(s)
@@ -176,7 +197,6 @@ def candidate_pairs(samples: list[dict], judged: Optional[set] = None, limit: in
     for group in by_key.values():
         if len(group) < 2:
             continue
-        group = sorted(group, key=lambda s: (int(s.get("step") or 0), str(s.get("id"))), reverse=True)
         for i in range(len(group)):
             for j in range(i + 1, len(group)):
                 a, b = group[i], group[j]
@@ -185,8 +205,145 @@ def candidate_pairs(samples: list[dict], judged: Optional[set] = None, limit: in
                 if frozenset((str(a.get("id")), str(b.get("id")))) in judged:
                     continue
                 out.append((a, b))
-    out.sort(key=lambda ab: max(int(ab[0].get("step") or 0), int(ab[1].get("step") or 0)), reverse=True)
+
+    def unsure(ab) -> tuple:
+        a, b = ab
+        sa, sb = _score(a), _score(b)
+        newest = -max(int(a.get("step") or 0), int(b.get("step") or 0))
+        if sa is None or sb is None or version_at(versions, a) != version_at(versions, b):
+            return (1, 0.0, newest)
+        return (0, abs(sa - sb), newest)
+
+    out.sort(key=unsure)
     return out[:limit]
+
+
+def pick_pair(scores: Sequence[float], responses: Sequence[str], base: Optional[Sequence[float]] = None,
+              preference: Optional[Sequence[float]] = None) -> tuple[int, int, dict]:
+    """Of ``len(scores)`` candidate responses to one prompt, the two a judgement teaches most
+    (active selection): where a learned preference is in place (``base`` and ``preference``:
+    the two parts of each score), the pair the base reward and the preference rank opposite
+    ways, most strongly; otherwise (or when they agree on every pair) the pair the current reward
+    is least sure about: the closest scores. Identical responses are never paired.
+    Returns ``(i, j, why)`` with ``why = {"why", "margin", "candidates"}``."""
+    n = len(scores)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n) if responses[i] != responses[j]]
+    if not pairs:
+        pairs = [(0, 1)] if n >= 2 else []
+    if not pairs:
+        raise ValueError(f"pick_pair needs at least 2 candidates; got {n}")
+    info = {"candidates": n}
+    if base is not None and preference is not None:
+        sb = _spread(base) or 1.0
+        sp = _spread(preference) or 1.0
+
+        def conflict(ij) -> float:
+            i, j = ij
+            db, dp = (base[i] - base[j]) / sb, (preference[i] - preference[j]) / sp
+            return min(abs(db), abs(dp)) if db * dp < 0 else -1.0
+
+        best = max(pairs, key=conflict)
+        if conflict(best) > 0:
+            i, j = best
+            return i, j, {**info, "why": "the base reward and the learned preference disagree",
+                          "margin": round(abs(scores[i] - scores[j]), 6)}
+    i, j = min(pairs, key=lambda ij: (abs(scores[ij[0]] - scores[ij[1]]), ij))
+    return i, j, {**info, "why": "the current reward is least sure", "margin": round(abs(scores[i] - scores[j]), 6)}
+
+
+def _spread(xs: Sequence[float]) -> float:
+    xs = [float(x) for x in xs]
+    if len(xs) < 2:
+        return 0.0
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def steps_versions(run_dir: Path) -> dict[int, int]:
+    """step -> the reward version that scored it (metrics.jsonl's ``reward_version``)."""
+    out = {}
+    for m in _rows(Path(run_dir) / "metrics.jsonl"):
+        if isinstance(m.get("step"), int) and isinstance(m.get("reward_version"), int):
+            out[m["step"]] = m["reward_version"]
+    return out
+
+
+def min_discordant(confidence: float) -> int:
+    """The fewest judgements on which a new reward must beat the current one (and lose on none)
+    for a one-sided sign test at ``confidence`` to call it better: 0.5**k <= 1 - confidence."""
+    alpha = max(1e-9, 1.0 - float(confidence))
+    return max(1, math.ceil(math.log(alpha) / math.log(0.5) - 1e-9))
+
+
+def _refit_confidence(run_dir: Path) -> float:
+    """``reward.refit.confidence`` of the run's config.yaml (0.9 when it sets none)."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+        v = ((cfg.get("reward") or {}).get("refit") or {}).get("confidence")
+        return float(v) if isinstance(v, (int, float)) and 0.5 <= v < 1 else 0.9
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return 0.9
+
+
+def judge_counter(run_dir: Path, confidence: Optional[float] = None) -> dict:
+    """What the pairwise screen's counter shows: how often the reward in place agrees with the
+    judgements made since it was put in place (they are held out for it: it was not fitted on
+    them), the last refit's k-fold held-out agreement, and how many more judgements the next
+    refit needs (from the last refit's verdict when it said so; otherwise a lower bound: a
+    refit right on every pair the current reward gets wrong needs ``min_discordant`` of them).
+    """
+    import json
+
+    run_dir = Path(run_dir)
+    confidence = _refit_confidence(run_dir) if confidence is None else float(confidence)
+    rows = _rows(run_dir / "labels.jsonl")
+    n_rows = sum(1 for r in rows if is_mark(r) or is_pair(r))
+    pairs = [r for r in rows if is_pair(r)]
+    try:
+        state = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        state = {}
+    try:
+        reg = json.loads((run_dir / "rewards" / "versions.json").read_text())
+    except (OSError, ValueError):
+        reg = {}
+    version = int(state.get("reward_version") or 0)
+    versions = steps_versions(run_dir)
+    found = find_samples(run_dir, [i for r in pairs for i in (r.get("chosen_id"), r.get("rejected_id"))
+                                   if i is not None])
+    agree = held = 0
+    for r in pairs:
+        c, x = found.get(str(r.get("chosen_id"))), found.get(str(r.get("rejected_id")))
+        if c is None or x is None or version_at(versions, c) != version or version_at(versions, x) != version:
+            continue
+        sc, sx = _score(c), _score(x)
+        if sc is None or sx is None:
+            continue
+        held += 1
+        agree += 1 if sc > sx else 0
+    out = {"rows": n_rows, "pairs": len(pairs), "reward_version": version, "held_out": held, "agree": agree,
+           "agreement": agree / held if held else None, "confidence": confidence}
+    refits = reg.get("refits") or []
+    last = refits[-1] if refits else None
+    if last is not None:
+        out["last_refit"] = {"attempt": last.get("attempt"), "state": last.get("state"),
+                             "judgement_accuracy": (last.get("new") or {}).get("judgement_accuracy"),
+                             "current_accuracy": (last.get("current") or {}).get("judgement_accuracy"),
+                             "held_out": (last.get("judgements") or {}).get("held_out")}
+    more = ((last or {}).get("test") or {}).get("needs_more")
+    if last is not None and last.get("state") == "refused" and isinstance(more, int):
+        since = n_rows - int(last.get("judgement_rows") or 0)
+        out["needs_more"] = max(0, more - since)
+        out["needs_how"] = f"refit {last.get('attempt')} said ~{more} more"
+    else:
+        k = min_discordant(confidence)
+        wrong_rate = (held - agree + 1) / (held + 2)        # Laplace: 0.5 with no judgement yet
+        out["needs_more"] = max(0, math.ceil(k / wrong_rate) - len(pairs))
+        out["needs_how"] = (f"at least: a refit right on every pair the current reward gets wrong needs "
+                            f"{k} of them at {confidence:.0%}")
+    return out
 
 
 def judged_pairs(rows: list[dict]) -> set:

@@ -305,6 +305,15 @@ class Sample(Record):
     correct: Optional[bool] = optional()     # a rule reward: the response's answer is right
     # the response token by token (:class:`TokenTrace`, written as its dict; older files lack it)
     tokens: Optional[dict] = optional()
+    # a fresh pair to judge (``Run.sample_pair``): its kind, the reward version that scored it and,
+    # when it was picked from candidates, why (``engine.judgements.pick_pair``) and, under a
+    # learned preference, the two parts of its score
+    kind: Optional[str] = optional()
+    pair: Optional[int] = optional()
+    reward_version: Optional[int] = optional()
+    picked: Optional[dict] = optional()
+    score_base: Optional[float] = optional()
+    preference: Optional[float] = optional()
 
     @classmethod
     def from_dict(cls, d: Optional[dict]) -> "Sample":

@@ -404,11 +404,15 @@ class PreferenceReward(RewardSource):
         feats = pref.features(self.head.kind, list(responses), emb, self.sentence)
         return base.float(), self.head.z(feats)
 
-    def score(self, prompts, responses):
+    def combine(self, base, z):
+        """The score from its two parts: ``base + w * z``."""
         from .preference import combined
 
+        return combined(base, z, self.w)
+
+    def score(self, prompts, responses):
         base, z = self.components(prompts, responses)
-        return combined(base, z, self.w).tolist()
+        return self.combine(base, z).tolist()
 
     def close(self):
         for s in (self.base, self.encoder, self.sentence):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -119,6 +120,24 @@ def test_judgements_refit_accepted_swap_then_a_refit_that_changes_nothing_refuse
     assert [v["version"] for v in reg["versions"]] == [0, 1]
     assert not (run.path / "rewards" / "refit-2").exists()
     assert "refit 2: refused, keeping reward v1" in run.dir.events.read_text()
+
+    # --- active selection under the learned preference: the pair offered is picked from 4
+    #     fresh candidates, each sample carries its score's two parts (score = base + w * z), and
+    #     the counter holds it out for v1 once judged
+    from engine.judgements import judge_counter
+
+    w = json.loads((Path(v1["source"]) / "preference.json").read_text())["w"]
+    picked = run.sample_pair(prompt=NEGATIVE[0], candidates=4, timeout=300)
+    assert len(picked) == 2 and picked[0]["response"] != picked[1]["response"]
+    for s in picked:
+        assert s["picked"]["candidates"] == 4 and s["reward_version"] == 1, s
+        assert s["score"] == pytest.approx(s["score_base"] + w * s["preference"], abs=1e-5)
+    before = judge_counter(run.path)
+    assert (before["reward_version"], before["held_out"], before["last_refit"]["attempt"]) == (1, 0, 2)
+    better = max(picked, key=lambda s: s["score"])
+    run.prefer(better["id"], next(s for s in picked if s is not better)["id"])
+    after = judge_counter(run.path)
+    assert (after["held_out"], after["agree"], after["pairs"]) == (1, 1, before["pairs"] + 1)
 
     # --- the steps after the swap are scored by v1; a stop (with its checkpoint) and a resume
     #     keep it

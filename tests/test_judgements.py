@@ -9,7 +9,7 @@ import pytest
 
 from engine.client import Run, RunError
 from engine.files import read_jsonl
-from engine.judgements import candidate_pairs, read_judgements
+from engine.judgements import candidate_pairs, judge_counter, min_discordant, pick_pair, read_judgements
 from engine.refit import split_judgements, training_rows, verdict
 
 
@@ -48,10 +48,83 @@ def test_marks_and_pairs_land_on_the_samples_named(run_dir):
     rows = training_rows(j.ordered(), "prompt+response")
     assert rows[0].chosen == "prompt 1 r23" and rows[1].text == "prompt 1 r21" and rows[1].good is False
     assert training_rows(j.ordered(), "response")[2].text == "r12"
-    # pairs still to judge: same prompt, not judged yet, newest first
+    # pairs still to judge: same prompt, not judged yet
     pairs = candidate_pairs(read_jsonl(run_dir / "samples.jsonl"), {frozenset(("2-3", "1-1"))})
     assert pairs and all(a["prompt"] == b["prompt"] for a, b in pairs)
     assert frozenset(("2-3", "1-1")) not in {frozenset((a["id"], b["id"])) for a, b in pairs}
+
+
+def _s(sid, step, prompt, score, response=None):
+    return {"id": sid, "step": step, "prompt": prompt, "response": response or f"text {sid}", "score": score}
+
+
+def test_candidate_pairs_offer_the_pairs_the_reward_is_least_sure_about_first():
+    samples = [_s("1-0", 1, "p", 0.10), _s("1-1", 1, "p", 0.90), _s("1-2", 1, "p", 0.12),
+               _s("2-0", 2, "q", 0.50), _s("2-1", 2, "q", 0.80), _s("3-0", 3, "q", 0.51)]
+    # step 3 was scored by reward v1, steps 1-2 by v0: scores of two versions are not compared
+    pairs = candidate_pairs(samples, versions={1: 0, 2: 0, 3: 1})
+    ids = [tuple(sorted((a["id"], b["id"]))) for a, b in pairs]
+    assert ids[:3] == [("1-0", "1-2"), ("2-0", "2-1"), ("1-1", "1-2")]    # |d| 0.02, 0.30, 0.78
+    assert ids[3] == ("1-0", "1-1") and set(ids[4:]) == {("2-0", "3-0"), ("2-1", "3-0")}
+    # with one version everywhere, 2-0 / 3-0 (0.01 apart) is the least sure of all
+    assert tuple(sorted((pairs[0][0]["id"], pairs[0][1]["id"]))) != ("2-0", "3-0")
+    first = candidate_pairs(samples)[0]
+    assert {first[0]["id"], first[1]["id"]} == {"2-0", "3-0"}
+
+
+def test_pick_pair_prefers_a_base_preference_conflict_then_the_closest_scores():
+    texts = ["a", "b", "c", "d"]
+    i, j, why = pick_pair([0.1, 0.9, 0.5, 0.52], texts)
+    assert {i, j} == {2, 3} and why["why"] == "the current reward is least sure" and why["candidates"] == 4
+    assert why["margin"] == pytest.approx(0.02)
+    # a learned preference in place: 0 and 1 are ranked one way by the base, the other by the
+    # preference (the conflict is strongest there), although 2 and 3 are closer overall
+    base, pref = [0.9, 0.1, 0.5, 0.5], [-1.0, 1.0, 0.1, 0.12]
+    scores = [b + 0.2 * z for b, z in zip(base, pref)]
+    i, j, why = pick_pair(scores, texts, base, pref)
+    assert {i, j} == {0, 1} and "disagree" in why["why"]
+    # base and preference agree on every pair: back to the closest scores
+    i, j, why = pick_pair([0.1, 0.5, 0.52, 0.9], texts, [0.1, 0.5, 0.52, 0.9], [0.0, 1.0, 1.1, 2.0])
+    assert {i, j} == {1, 2} and "least sure" in why["why"]
+    # two identical responses are never the pair, even with equal scores
+    i, j, _ = pick_pair([0.5, 0.5, 0.7], ["same", "same", "other"])
+    assert {i, j} in ({0, 2}, {1, 2})
+    with pytest.raises(ValueError, match="at least 2"):
+        pick_pair([0.5], ["x"])
+
+
+def test_judge_counter_holds_out_the_judgements_made_since_the_reward_was_put_in_place(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "config.yaml").write_text("reward: {refit: {confidence: 0.95}}\n")
+    # v0 scored steps 1-2, v1 (a refit) steps 3-4
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward_version": int(s > 2)}) + "\n"
+                                             for s in (1, 2, 3, 4)))
+    samples = [_s(f"{s}-{i}", s, "p", 0.1 * i + 0.01 * s) for s in (1, 2, 3, 4) for i in range(3)]
+    (d / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in samples))
+    (d / "labels.jsonl").write_text("")
+    (d / "run.json").write_text(json.dumps({"state": "running", "step": 4, "name": "run", "reward_version": 1}))
+    run = Run(d)
+    run.prefer("1-2", "1-0")                    # judged under v0: not held out for v1
+    run.prefer("3-2", "3-1")                    # v1 agrees (0.2 > 0.1)
+    run.prefer("4-0", "4-2")                    # v1 disagrees
+    run.prefer("3-0", "4-1")                    # both v1: v1 disagrees (0.03 < 0.14)
+    c = judge_counter(d)
+    assert (c["reward_version"], c["held_out"], c["agree"], c["pairs"]) == (1, 3, 1, 4)
+    assert c["agreement"] == pytest.approx(1 / 3) and c["confidence"] == 0.95
+    # no refit refused yet: a lower bound. At 95 % a refit must win 5 judgements the current
+    # reward loses; it loses (2 + 1) / (3 + 2) of them, so 9 pairs, 4 are in
+    assert min_discordant(0.95) == 5 and min_discordant(0.9) == 4
+    assert c["needs_more"] == 9 - 4 and "at least" in c["needs_how"]
+    # a refused refit said ~7 more, 2 judgements ago
+    (d / "rewards").mkdir()
+    (d / "rewards" / "versions.json").write_text(json.dumps({"versions": [], "refits": [
+        {"attempt": 2, "state": "refused", "judgement_rows": 2, "test": {"needs_more": 7},
+         "current": {"judgement_accuracy": 0.5}, "new": {"judgement_accuracy": 0.75},
+         "judgements": {"held_out": 2}}]}))
+    c = judge_counter(d)
+    assert c["needs_more"] == 5 and c["last_refit"]["attempt"] == 2
+    assert c["last_refit"]["judgement_accuracy"] == 0.75
 
 
 def _acc(hits, original=None):

@@ -2,9 +2,12 @@
 right, or skip. A preference goes to labels.jsonl as a pair (``Run.prefer``).
 
 Pairs come from the run's samples that answer one prompt (the ``rollout.n`` responses of a
-group when the run records groups, or samples that share a prompt's text); ``n`` asks the live
-actor for a fresh pair through the control socket. The key acts on the pair on the screen when
-it was pressed, whatever arrives meanwhile.
+group when the run records groups, or samples that share a prompt's text), the pairs the reward
+is least sure about first; ``n`` asks the live actor for ``CANDIDATES`` fresh responses to one
+prompt and offers the two a judgement teaches most (where the base reward and a learned
+preference disagree, else the closest scores). The key acts on the pair on the screen when it
+was pressed, whatever arrives meanwhile. A counter line shows how often the reward in place
+agrees with the judgements held out for it and how many more the next refit needs.
 """
 from __future__ import annotations
 
@@ -20,10 +23,11 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from console.messages import PairsLoaded, PairWritten
+from console.messages import CounterLoaded, PairsLoaded, PairWritten
 from console.model import fmt_num
 
 RECENT = 4000   # samples considered for pairs (the newest)
+CANDIDATES = 6  # fresh responses the actor writes for one pair (the two that teach most are shown)
 
 
 class PairwiseScreen(Screen):
@@ -53,6 +57,7 @@ class PairwiseScreen(Screen):
         self.done = 0
         self.answer = ""
         self.busy = ""
+        self.counter: Optional[dict] = None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="pair-top"):
@@ -63,6 +68,7 @@ class PairwiseScreen(Screen):
                 yield Static(id="pair-left-text")
             with VerticalScroll(id="pair-right", classes="pane"):
                 yield Static(id="pair-right-text")
+        yield Static(id="pair-counter")
         yield Static(id="pair-status")
         yield Footer(compact=True, show_command_palette=False)
 
@@ -70,17 +76,19 @@ class PairwiseScreen(Screen):
         self.sub_title = f"{self.path.name} · pairwise"
         self._show()
         self._load()
+        self._count()
 
     # ---- workers --------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="pairs", exit_on_error=False)
     def _load(self) -> None:
         from engine.files import read_jsonl
-        from engine.judgements import candidate_pairs, judged_pairs
+        from engine.judgements import candidate_pairs, judged_pairs, steps_versions
 
         try:
             samples = read_jsonl(self.path / "samples.jsonl")[-RECENT:]
             judged = judged_pairs(read_jsonl(self.path / "labels.jsonl"))
-            self.post_message(PairsLoaded(candidate_pairs(samples, judged, limit=200)))
+            self.post_message(PairsLoaded(candidate_pairs(samples, judged, limit=200,
+                                                          versions=steps_versions(self.path))))
         except Exception as e:  # noqa: BLE001 - shown, never a crash
             self.post_message(PairsLoaded([], f"{type(e).__name__}: {e}"))
 
@@ -89,10 +97,19 @@ class PairwiseScreen(Screen):
         from engine.client import Run
 
         try:
-            a, b = Run(self.path).sample_pair()
+            a, b = Run(self.path).sample_pair(candidates=CANDIDATES)
             self.post_message(PairsLoaded([(a, b)]))
         except Exception as e:  # noqa: BLE001
             self.post_message(PairsLoaded([], f"fresh pair: {e}"))
+
+    @work(thread=True, exclusive=True, group="counter", exit_on_error=False)
+    def _count(self) -> None:
+        from engine.judgements import judge_counter
+
+        try:
+            self.post_message(CounterLoaded(judge_counter(self.path)))
+        except Exception as e:  # noqa: BLE001
+            self.post_message(CounterLoaded({}, f"{type(e).__name__}: {e}"))
 
     @work(thread=True, group="prefer", exit_on_error=False)
     def _write(self, chosen_id: str, rejected_id: str) -> None:
@@ -129,6 +146,11 @@ class PairwiseScreen(Screen):
         else:
             self.done += 1
             self.answer = f"✓ {r['chosen_id']} preferred over {r['rejected_id']} (labels.jsonl)"
+            self._count()
+        self._show()
+
+    def on_counter_loaded(self, message: CounterLoaded) -> None:
+        self.counter = message.counter if not message.error else {"error": message.error}
         self._show()
 
     # ---- keys -----------------------------------------------------------------------------
@@ -204,6 +226,10 @@ class PairwiseScreen(Screen):
             p = Text()
             p.append("prompt  ", style="bold cyan")
             p.append(str(a.get("prompt", "")))
+            picked = a.get("picked") or b.get("picked")
+            if isinstance(picked, dict) and picked.get("why"):
+                p.append(f"\n        offered because {picked['why']} (of {picked.get('candidates')} "
+                         f"responses; scores {fmt_num(picked.get('margin'))} apart)", style="dim")
             if b.get("prompt") != a.get("prompt"):
                 p.append("\n(right) ", style="bold cyan")
                 p.append(str(b.get("prompt", "")))
@@ -214,4 +240,33 @@ class PairwiseScreen(Screen):
             right.border_title = f"right → · sample {b.get('id')}"
             left.border_subtitle = f"score {fmt_num(a.get('score'))} · step {a.get('step')}"
             right.border_subtitle = f"score {fmt_num(b.get('score'))} · step {b.get('step')}"
+        self.query_one("#pair-counter", Static).update(counter_text(self.counter))
         self.query_one("#pair-status", Static).update(Text(self.answer, no_wrap=True, overflow="ellipsis"))
+
+
+def counter_text(c: Optional[dict]) -> Text:
+    """The counter line: the reward in place against the judgements held out for it, the last
+    refit's held-out agreement, and what the next refit needs."""
+    t = Text(no_wrap=True, overflow="ellipsis")
+    if not c:
+        return t
+    if c.get("error"):
+        t.append(f"counter: {c['error']}", style="dim")
+        return t
+    v = c.get("reward_version", 0)
+    if c.get("held_out"):
+        t.append(f"reward v{v} agrees with {c['agree']} of {c['held_out']} judgement(s) held out for it "
+                 f"({c['agreement']:.2f})", style="bold")
+    else:
+        t.append(f"reward v{v}: no judgement held out for it yet", style="bold")
+    last = c.get("last_refit")
+    if last and last.get("judgement_accuracy") is not None:
+        t.append(f" · refit {last['attempt']} ({last.get('state')}): held-out "
+                 f"{fmt_num(last.get('current_accuracy'))} → {fmt_num(last['judgement_accuracy'])} on "
+                 f"{last.get('held_out')}", style="dim")
+    more = c.get("needs_more")
+    if more is not None:
+        lead = "≥" if "at least" in str(c.get("needs_how", "")) else "~"
+        t.append(f" · next refit: {lead}{more} more judgement(s)" if more else " · next refit: enough judgements",
+                 style="bold cyan")
+    return t

@@ -90,7 +90,7 @@ class FeedbackService:
                 if job["op"] == "swap":
                     job["result"] = self.apply_swap(job["source"], job["kind"], job.get("extra") or {})
                 else:
-                    job["result"] = self.sample_pair(job.get("prompt"), int(job.get("n", 2)))
+                    job["result"] = self.sample_pair(job.get("prompt"), int(job.get("n", 2)), job.get("candidates"))
             except WorkerError:
                 job["result"] = {"ok": False, "error": "a worker failed"}
                 job["event"].set()
@@ -134,33 +134,51 @@ class FeedbackService:
         return {"ok": True, "source": source, "previous": old, "seconds": secs, "version": version,
                 "message": f"reward v{version} '{source}' in place from step {self.host.step + 1}"}
 
-    def sample_pair(self, prompt: Optional[str], n: int = 2) -> dict:
+    def sample_pair(self, prompt: Optional[str], n: int = 2, candidates: Optional[int] = None) -> dict:
         """``n`` (2 by default) fresh responses of the actor to one prompt (a random prompt of the
         run's data unless given), scored by the current reward and appended to samples.jsonl,
-        to be judged against each other."""
+        to be judged against each other. ``candidates``: generate that many and offer the pair a
+        judgement teaches most (``engine.judgements.pick_pair``: base and learned preference
+        disagree, else the reward is least sure); each offered sample records why in ``picked``."""
+        from engine.judgements import pick_pair
+
         if prompt is None:
             if not self.prompts:
                 return {"ok": False, "error": "the run has no prompts loaded yet"}
             prompt = random.Random(f"{self.host.cfg.run.seed}-pair-{self._pairs_made}").choice(self.prompts)
         k = self._pairs_made
         self._pairs_made += 1
+        gen = max(n, candidates or 0)
         actor = self.host.pool.endpoints["actor"]
-        batch, _, _ = actor.submit("actor", "generate", None, {"prompts": [prompt] * n, "step": self.host.step}).result()
+        batch, _, _ = actor.submit("actor", "generate", None, {"prompts": [prompt] * gen, "step": self.host.step}).result()
         batch = dict(batch)
         batch.pop("old_logprobs", None)
-        scores = self.host.pool.endpoints["reward"].submit("reward", "score", batch, {}).result()[0]["scores"]
+        scored = self.host.pool.endpoints["reward"].submit("reward", "score", batch,
+                                                           {"components": bool(candidates)}).result()
+        scores, info = scored[0]["scores"].tolist(), scored[1] or {}
         tok = self.tokenizer
         prompts_txt = tok.batch_decode(batch["query_ids"], skip_special_tokens=True)
         eos = tok.eos_token_id
+        texts = [tok.decode(batch["response_ids"][i][batch["response_mask"][i].bool()], skip_special_tokens=True)
+                 for i in range(gen)]
+        rows, picked = list(range(n)), None
+        if candidates:
+            i, j, picked = pick_pair(scores, texts, info.get("base"), info.get("preference"))
+            rows = [i, j]
         out = []
-        for i, tag in enumerate("abcdefghijklmnop"[:n]):
+        for tag, i in zip("abcdefghijklmnop", rows):
             m = batch["response_mask"][i].bool()
             ids = batch["response_ids"][i]
-            out.append({"id": f"{self.host.step}-pair{k}{tag}", "step": self.host.step, "index": i, "kind": "pair",
-                        "pair": k, "reward_version": self.reward_version, "prompt": prompts_txt[i],
-                        "response": tok.decode(ids[m], skip_special_tokens=True), "score": float(scores[i]),
-                        "kl": None, "return": None, "length": int(m.sum()),
-                        "eos": bool(((ids == eos) & m).any())})
+            row = {"id": f"{self.host.step}-pair{k}{tag}", "step": self.host.step, "index": i, "kind": "pair",
+                   "pair": k, "reward_version": self.reward_version, "prompt": prompts_txt[i],
+                   "response": texts[i], "score": float(scores[i]),
+                   "kl": None, "return": None, "length": int(m.sum()),
+                   "eos": bool(((ids == eos) & m).any())}
+            if picked is not None:
+                row["picked"] = picked
+            if "base" in info:
+                row["score_base"], row["preference"] = float(info["base"][i]), float(info["preference"][i])
+            out.append(row)
         for row in out:
             append_jsonl(self.host.rd.samples, row)
         self.host.broadcast({"event": "samples", "step": self.host.step, "samples": out})

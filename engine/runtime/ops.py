@@ -107,7 +107,13 @@ def _sample_pair(sup: "Supervisor", req: dict) -> dict:
     n = req.get("n", 2)
     if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= 16:
         return {"ok": False, "error": f"sample_pair: 'n' must be an integer from 2 to 16; got {n!r}"}
-    return sup.feedback.at_boundary({"op": "sample_pair", "prompt": prompt, "n": n},
+    cands = req.get("candidates")
+    if cands is not None:
+        if isinstance(cands, bool) or not isinstance(cands, int) or not 2 <= cands <= 32:
+            return {"ok": False, "error": f"sample_pair: 'candidates' must be an integer from 2 to 32; got {cands!r}"}
+        if n != 2:
+            return {"ok": False, "error": f"sample_pair: 'candidates' picks one pair, so 'n' must be 2; got {n}"}
+    return sup.feedback.at_boundary({"op": "sample_pair", "prompt": prompt, "n": n, "candidates": cands},
                                     float(req.get("wait_timeout", 600)))
 
 

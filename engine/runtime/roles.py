@@ -1042,6 +1042,10 @@ class RewardRole(Role):
             info["correct"] = [bool(c) for c in correct]
         elif getattr(self.source, "uses_answers", False):
             raw = self.source.score(prompts, responses, answers)
+        elif args.get("components") and hasattr(self.source, "components"):
+            base, pref = self.source.components(prompts, responses)   # a learned preference on a base
+            raw = self.source.combine(base, pref).tolist()
+            info["base"], info["preference"] = base.tolist(), pref.tolist()
         else:
             raw = self.source.score(prompts, responses)
         if len(raw) != len(prompts):
