@@ -69,7 +69,10 @@ def refit_settings(cfg) -> RefitSettings:
     from engine.config.schema import REFIT_DEFAULTS
 
     given = cfg.reward.refit or {}
-    return RefitSettings(**{k: given.get(k, d) for k, d in REFIT_DEFAULTS.items()})
+    rs = {k: given.get(k, d) for k, d in REFIT_DEFAULTS.items()}
+    if rs["nice"] is None:      # a head refit is seconds of work: a fair share; a fine-tune, minutes
+        rs["nice"] = 0 if rs["method"] == "head" else 10
+    return RefitSettings(**rs)
 
 
 def is_trainable_source(source: str) -> bool:
@@ -147,7 +150,15 @@ def original_accuracy(source, original: list, positive: int = 1, thr: Optional[f
     if not original:
         return {"original_accuracy": None}
     thr = decision_threshold(source) if thr is None else thr
-    s = source.score([""] * len(original), [r.text for r in original])
+    return original_accuracy_of(source.score([""] * len(original), [r.text for r in original]), original,
+                                positive, thr)
+
+
+def original_accuracy_of(scores, original: list, positive: int, thr: float) -> dict:
+    """:func:`original_accuracy` from scores already computed on the rows of ``original``."""
+    if not original:
+        return {"original_accuracy": None}
+    s = [float(v) for v in scores]
     pos = [v for v, r in zip(s, original) if r.label == positive]
     neg = [v for v, r in zip(s, original) if r.label != positive]
     ok = [1.0 if (v > thr) == (r.label == positive) else 0.0 for v, r in zip(s, original)]
@@ -371,13 +382,105 @@ def _judged_texts(items: list[dict]):
     return [p for p, _ in texts], [r for _, r in texts], Judged(pairs, marks)
 
 
-def _refit_head(cfg, rc: RefitSettings, items, run_dir, attempt, current, out, progress) -> dict:
-    """A preference head on frozen features, added to the base reward (engine/preference.py).
-    Every judgement is held out once: k-fold, each fold judged by a head fitted without it."""
+class _HeadInputs:
+    """What a head refit reads, each model loaded once: the base reward's scores and the head's
+    features (the base model's hidden layer and/or the sentence encoder) of any texts -- the
+    judged ones and the original held-out set alike."""
+
+    def __init__(self, cfg, rc: RefitSettings, base_source: str, progress: Progress):
+        from engine import preference as pref
+        from engine.rewards import ClassifierReward
+
+        self.kind = rc.features
+        self.base = build_reward_source(cfg, base_source, "cpu", progress)
+        self.encoder, self.encoder_source, self.sentence = None, None, None
+        try:
+            if pref.needs_encoder(self.kind):
+                if isinstance(self.base, ClassifierReward):
+                    self.encoder, self.encoder_source = self.base, base_source
+                else:
+                    self.encoder_source = rc.base or DEFAULT_REFIT_BASE
+                    progress(f"the base reward '{base_source}' is not a model: features from "
+                             f"'{self.encoder_source}'")
+                    self.encoder = build_reward_source(cfg, self.encoder_source, "cpu", progress)
+                    if not isinstance(self.encoder, ClassifierReward):
+                        raise RefitError(f"reward.refit.base {self.encoder_source!r} is not a sequence-"
+                                         f"classification model; the features {self.kind!r} need one")
+            if pref.needs_sentence(self.kind):
+                self.sentence = pref.SentenceEncoder(progress=progress)
+        except BaseException:
+            self.close()
+            raise
+        self.threshold = decision_threshold(self.base)
+
+    def read(self, prompts: list[str], responses: list[str]):
+        """(base scores, features) of the texts, as float tensors."""
+        import torch
+
+        from engine import preference as pref
+
+        emb = None
+        if self.encoder is self.base:
+            base, emb = self.base.score_and_embed(prompts, responses)
+        else:
+            base = torch.tensor(self.base.score(prompts, responses), dtype=torch.float32)
+            if self.encoder is not None:
+                emb = self.encoder.score_and_embed(prompts, responses)[1]
+        return base.float(), pref.features(self.kind, responses, emb, self.sentence)
+
+    def close(self) -> None:
+        seen = set()
+        for m in (self.base, self.encoder, self.sentence):
+            if m is not None and id(m) not in seen:
+                seen.add(id(m))
+                m.close()
+
+
+def _kfold_hits(rc: RefitSettings, base, feats, judged, k: int, thr: float) -> list[float]:
+    """Every judgement held out once: judged by ``base + w * z`` of a head fitted without it."""
+    from engine import preference as pref
+
+    hits: list[Optional[float]] = [None] * len(judged)
+    for hold in pref.folds(len(judged), k):
+        keep = set(hold)
+        train = judged.subset([i for i in range(len(judged)) if i not in keep])
+        head = pref.fit_head(rc.features, feats, train, pref.choose_l2(rc.features, feats, train))
+        w = rc.weight * pref.spread(base[train.rows()])
+        fold = pref.combined_hits(pref.combined(base, head.z(feats), w), judged.subset(hold), thr)
+        for i, h in zip(sorted(hold, key=lambda i: (i >= len(judged.pairs), i)), fold):
+            hits[i] = h
+    return [float(h) for h in hits]
+
+
+def _current_on(cfg, current: str, base_source: str, base, thr: float, prompts, responses, judged, orig,
+                positive, orig_base, progress) -> dict:
+    """The current reward on the judgements (every one held out for it: it was not fitted on the
+    new ones) and on the original held-out set; the base's scores are reused when it is the base."""
     import torch
 
     from engine import preference as pref
-    from engine.rewards import ClassifierReward, PreferenceReward
+
+    if current == base_source:
+        cur = _with_hits({"threshold": thr}, pref.combined_hits(base, judged, thr))
+        cur.update(original_accuracy_of(orig_base, orig, positive, thr) if orig else {"original_accuracy": None})
+        return cur
+    src = build_reward_source(cfg, current, "cpu", progress)
+    try:
+        thr = decision_threshold(src)
+        scores = torch.tensor(src.score(prompts, responses), dtype=torch.float32)
+        cur = _with_hits({"threshold": thr}, pref.combined_hits(scores, judged, thr))
+        cur.update(original_accuracy(src, orig, positive))
+    finally:
+        src.close()
+    return cur
+
+
+def _refit_head(cfg, rc: RefitSettings, items, run_dir, attempt, current, out, progress) -> dict:
+    """A preference head on frozen features, added to the base reward (engine/preference.py).
+    Every judgement is held out once: k-fold, each fold judged by a head fitted without it."""
+    import shutil
+
+    from engine import preference as pref
 
     base_source = current
     if pref.is_preference_folder(current):       # a second refit: a new taste on the same base
@@ -386,83 +489,34 @@ def _refit_head(cfg, rc: RefitSettings, items, run_dir, attempt, current, out, p
     k = min(5, len(judged))
     progress(f"{len(items)} judgement(s) on {len(responses)} text(s); features {rc.features}, "
              f"{k}-fold: each judgement is judged by a head fitted without it")
-    encoder_source = None
-    base_src = build_reward_source(cfg, base_source, "cpu", progress)
-    enc_src = None
-    try:
-        if isinstance(base_src, ClassifierReward):
-            base, emb = base_src.score_and_embed(prompts, responses, embed=pref.needs_encoder(rc.features))
-            encoder_source = base_source
-        else:
-            base = torch.tensor(base_src.score(prompts, responses), dtype=torch.float32)
-            emb = None
-            if pref.needs_encoder(rc.features):
-                encoder_source = rc.base or DEFAULT_REFIT_BASE
-                progress(f"the base reward '{base_source}' is not a model: features from '{encoder_source}'")
-                enc_src = build_reward_source(cfg, encoder_source, "cpu", progress)
-                if not isinstance(enc_src, ClassifierReward):
-                    raise RefitError(f"reward.refit.base {encoder_source!r} is not a sequence-classification "
-                                     f"model; the features {rc.features!r} need one")
-                emb = enc_src.score_and_embed(prompts, responses)[1]
-        thr = decision_threshold(base_src)
-    finally:
-        base_src.close()
-        if enc_src is not None:
-            enc_src.close()
-    sentence = pref.SentenceEncoder(progress=progress) if pref.needs_sentence(rc.features) else None
-    try:
-        feats = pref.features(rc.features, responses, emb, sentence)
-    finally:
-        if sentence is not None:
-            sentence.close()
-    base = base.float()
-
-    # every judgement held out once
-    new_hits: list[Optional[float]] = [None] * len(judged)
-    for hold in pref.folds(len(judged), k):
-        keep = set(hold)
-        train = judged.subset([i for i in range(len(judged)) if i not in keep])
-        head = pref.fit_head(rc.features, feats, train, pref.choose_l2(rc.features, feats, train))
-        w = rc.weight * pref.spread(base[train.rows()])
-        hits = pref.combined_hits(pref.combined(base, head.z(feats), w), judged.subset(hold), thr)
-        for i, h in zip(sorted(hold, key=lambda i: (i >= len(judged.pairs), i)), hits):
-            new_hits[i] = h
-    l2 = pref.choose_l2(rc.features, feats, judged)
-    head = pref.fit_head(rc.features, feats, judged, l2)
-    w = rc.weight * pref.spread(base[judged.rows()])
-    progress(f"head fitted (L2 {l2:g}); preference weight {rc.weight:g} x the base's spread = {w:.4f}")
-
-    # the current reward on the same judgements; both on the original held-out set
-    # the original held-out set is the base model's own (a lexicon or a function has none)
-    orig_eval, positive = [], 1
+    orig, positive = [], 1      # the base model's own held-out set (a lexicon or a function has none)
     if is_trainable_source(base_source) and rc.original_eval_rows:
-        _, _, orig_eval, positive = _original_set(cfg, rc, base_source, progress)
-    cur_src = build_reward_source(cfg, current, "cpu", progress)
+        _, _, orig, positive = _original_set(cfg, rc, base_source, progress)
+    inputs = _HeadInputs(cfg, rc, base_source, progress)
     try:
-        if current == base_source:
-            cur_scores = base
-        else:
-            cur_scores = torch.tensor(cur_src.score(prompts, responses), dtype=torch.float32)
-        cur = _with_hits({"threshold": decision_threshold(cur_src)},
-                         pref.combined_hits(cur_scores, judged, decision_threshold(cur_src)))
-        cur.update(original_accuracy(cur_src, orig_eval, positive))
+        base, feats = inputs.read(prompts, responses)
+        new_hits = _kfold_hits(rc, base, feats, judged, k, inputs.threshold)
+        l2 = pref.choose_l2(rc.features, feats, judged)
+        head = pref.fit_head(rc.features, feats, judged, l2)
+        w = rc.weight * pref.spread(base[judged.rows()])
+        progress(f"head fitted (L2 {l2:g}); preference weight {rc.weight:g} x the base's spread = {w:.4f}")
+        orig_base = ob = orig_z = None
+        if orig:
+            ob, of = inputs.read([""] * len(orig), [r.text for r in orig])
+            orig_base, orig_z = ob.tolist(), head.z(of)
+            progress(f"both rewards scored on {len(orig)} row(s) of the original held-out set")
+        new = _with_hits({"threshold": inputs.threshold}, new_hits)
+        new.update(original_accuracy_of(pref.combined(ob, orig_z, w).tolist(), orig, positive, inputs.threshold)
+                   if orig else {"original_accuracy": None})
+        encoder_source = inputs.encoder_source
     finally:
-        cur_src.close()
+        inputs.close()
+    cur = _current_on(cfg, current, base_source, base, inputs.threshold, prompts, responses, judged, orig,
+                      positive, orig_base, progress)
     tmp = out.parent / f".{out.name}.tmp-head"
     pref.save(tmp, head, base_source=base_source, encoder_source=encoder_source, weight=rc.weight, w=w,
               info={"l2": l2, "judgements": len(judged), "run": str(run_dir), "attempt": attempt})
-    new_src = PreferenceReward(str(out), str(tmp), dict(device="cpu", dtype=cfg.reward.dtype,
-                               quantization=cfg.reward.quantization, score_label=cfg.reward.score_label,
-                               score_kind=cfg.reward.score_kind, max_length=cfg.reward.max_length,
-                               batch_size=cfg.reward.batch_size, score_text=cfg.reward.score_text,
-                               progress=progress))
-    try:
-        new = _with_hits({"threshold": thr}, [float(h) for h in new_hits])
-        new.update(original_accuracy(new_src, orig_eval, positive, thr))
-    finally:
-        new_src.close()
-    import shutil
-
+    pref.Head.from_json(pref.read(tmp)["head"])       # what the run will load reads back
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     ok, why, test = verdict(cur, new, rc.max_original_drop, rc.confidence)

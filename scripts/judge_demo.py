@@ -1,45 +1,61 @@
-"""A scripted judge in the loop: does human feedback change the training?
+"""A scripted judge in the loop: do 40 judgements change the reward and the policy within minutes?
 
-The judge prefers the response with more words from a small list of film-craft words
-(``JUDGE_WORDS``), a taste the bundled sentiment reward model does not reward (the script
-measures that too). It works through engine.client only, like a person at the console:
+The judge prefers the response that talks more about the film itself: more words from a list
+(``JUDGE_WORDS``: movie, story, acting, characters, ...), a taste the bundled sentiment reward does not have (the script measures that: the base reward's
+agreement with the judge on the judged pairs must be near 0.5). It works through engine.client
+only, like a person at the console's pairwise screen:
 
-1. launch the run (default: configs/default.yaml) and let it train;
-2. for ``--label-minutes`` it asks the live actor for fresh responses to one prompt
-   (``run.sample_pair(n=...)``), prefers the one with the most judge words over the one with the
-   fewest (ties are skipped) and records it with ``run.prefer`` until ``--pairs`` pairs are in;
-   every ``--heldout-every``-th judged pair is kept aside instead (never written): the script's
-   own held-out set;
-3. ``run.refit_reward(wait=True)``: the refit trains in its own process while the run goes on,
-   and is swapped in at a step boundary only if it is not worse;
-4. the run trains ``--after-steps`` more steps, then stops;
-5. it prints: the refit's own evaluation (held-out judgements and original set, current vs new),
-   both models' agreement with the judge on the script's held-out pairs, and the judge-word
-   share / mean count of the policy's samples in the steps before and after the swap.
+1. launch the run (default: configs/default.yaml) and let it train ``--base-steps`` steps; the
+   taste's base rate is its share in those steps' samples;
+2. for at most ``--label-minutes``, ask the live actor for a pair the reward is least sure
+   about (``run.sample_pair(candidates=...)``, the screen's active selection; ``--concurrent``
+   requests at a time, as a judge with a few pairs queued), prefer the response with more judge
+   words (a tie is skipped, as a judge with no preference would) and record it with
+   ``run.prefer`` until ``--pairs`` are in; every ``--heldout-every``-th judged pair is kept
+   aside instead (never written): the script's own held-out set;
+3. ``run.refit_reward(wait=True)``: the refit runs in its own process while the run trains and
+   is swapped in at a step boundary only if its verdict accepts it;
+4. the run trains ``--window`` steps after the swap and ``--extra`` more (reported apart), then stops;
+5. it writes ``--out``: ``demo.json`` (every figure below, computed here), ``README.md`` (made
+   from demo.json), and the run's raw files (events.log, metrics.jsonl, labels.jsonl,
+   versions.json, the head's preference.json, samples.jsonl without the per-token traces).
+
+Figures: the refit's k-fold held-out agreement (current -> new) and seconds, both rewards on the
+script's held-out pairs, the taste's share of the policy's samples in the ``--window`` steps
+before and after the swap, and the base reward's mean score over the same windows (re-scored
+here with the base reward, since the steps after the swap are scored by base + preference).
 
     python scripts/judge_demo.py                                   # the default config, ~25 min
-    python scripts/judge_demo.py --config configs/tiny.yaml --pairs 6 --label-minutes 1 \\
-        --after-steps 3 --words a,e --substrings \\
-        --set reward.refit.original_eval_rows=32                  # a smoke run, ~3 min
+    python scripts/judge_demo.py --config configs/tiny.yaml --pairs 6 --label-minutes 2 \\
+        --base-steps 2 --window 3 --words a,e --substrings --out /tmp/demo-smoke     # ~3 min
 """
 from __future__ import annotations
 
 import argparse
 import json
 import re
+import shutil
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-JUDGE_WORDS = ["camera", "music", "score", "soundtrack", "director", "script", "scene", "scenes", "actor",
-               "actors", "dialogue", "cinematography", "editing", "lighting", "shot", "shots", "cast"]
+sys.path.insert(0, str(ROOT / "scripts"))
+from refit_options import FILM  # noqa: E402 - one word list for both scripts
+
+# The judge's words: the film itself (movie, story, acting, ...). A narrower film-craft list
+# (camera, soundtrack, cinematography, ...) appeared in 6 % of the default's samples on
+# 2026-12-07: too rare to judge 40 pairs in 10 minutes (9 in 4 minutes; most pairs were ties).
+JUDGE_WORDS = list(FILM)
 _WORD = re.compile(r"[a-z]+")
-
-
 SUBSTRINGS = [False]   # --substrings: count occurrences inside words (a smoke run on random text)
+
+TARGETS = {"heldout_agreement_min": 0.8, "refit_seconds_max": 60.0, "share_ratio_min": 2.0,
+           "share_gain_min": 0.15, "base_drop_max": 0.05, "base_chance_band": (0.35, 0.65)}
 
 
 def judge_count(text: str) -> int:
@@ -56,17 +72,105 @@ def taste(samples: list[dict]) -> dict:
             "mean": sum(counts) / len(counts)}
 
 
-def agreement(source: str, cfg, pairs: list[tuple[dict, dict]]) -> float:
-    """Share of (chosen, rejected) pairs a reward source ranks the judge's way (ties: half)."""
+def ranks_like_judge(a: float, b: float) -> float:
+    return 1.0 if a > b else 0.5 if a == b else 0.0
+
+
+def scores_of(source: str, cfg, samples: list[dict]) -> list[float]:
     from engine.refit import build_reward_source
 
     src = build_reward_source(cfg, source, "cpu")
     try:
-        sc = src.score([c["prompt"] for c, _ in pairs], [c["response"] for c, _ in pairs])
-        sr = src.score([r["prompt"] for _, r in pairs], [r["response"] for _, r in pairs])
+        return [float(x) for x in src.score([s["prompt"] for s in samples], [s["response"] for s in samples])]
     finally:
         src.close()
-    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(sc, sr)) / len(pairs)
+
+
+def agreement(source: str, cfg, pairs: list[tuple[dict, dict]]) -> float:
+    """Share of (chosen, rejected) pairs a reward source ranks the judge's way (ties: half)."""
+    sc = scores_of(source, cfg, [c for c, _ in pairs])
+    sr = scores_of(source, cfg, [r for _, r in pairs])
+    return sum(ranks_like_judge(a, b) for a, b in zip(sc, sr)) / len(pairs)
+
+
+def mean(xs):
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else None
+
+
+class Judge:
+    """Asks for pairs, judges them by the word list, records or keeps aside (thread-safe)."""
+
+    def __init__(self, run, a):
+        self.run, self.a = run, a
+        self.lock = threading.Lock()
+        self.recorded: list[tuple[dict, dict]] = []
+        self.heldout: list[tuple[dict, dict]] = []
+        self.asked = self.ties = self.judged = 0
+        self.t0 = time.time()
+        self.deadline = self.t0 + a.label_minutes * 60
+
+    def done(self) -> bool:
+        return len(self.recorded) >= self.a.pairs or time.time() >= self.deadline
+
+    def work(self) -> None:
+        while not self.done():
+            try:
+                pair = self.run.sample_pair(candidates=self.a.candidates, timeout=300)
+            except Exception as e:  # noqa: BLE001 - the run ended or a boundary did not come
+                print(f"judge: sample_pair failed: {e}", flush=True)
+                return
+            a, b = pair
+            hi, lo = sorted(pair, key=lambda s: judge_count(s["response"]), reverse=True)
+            with self.lock:
+                self.asked += 1
+                if judge_count(hi["response"]) == judge_count(lo["response"]):
+                    self.ties += 1
+                    continue
+                if self.done():
+                    return
+                self.judged += 1
+                if self.a.heldout_every and self.judged % self.a.heldout_every == 0:
+                    self.heldout.append((hi, lo))
+                    continue
+                self.run.prefer(hi["id"], lo["id"])
+                self.recorded.append((hi, lo))
+                print(f"[{time.time() - self.t0:5.0f}s] pair {len(self.recorded)}/{self.a.pairs}: {hi['id']} "
+                      f"({judge_count(hi['response'])} judge words, score {hi['score']:.3f}) over {lo['id']} "
+                      f"({judge_count(lo['response'])}, {lo['score']:.3f}); {hi['picked']['why']}", flush=True)
+
+
+def label(run, a) -> Judge:
+    j = Judge(run, a)
+    with ThreadPoolExecutor(a.concurrent) as ex:
+        try:
+            for f in [ex.submit(j.work) for _ in range(a.concurrent)]:
+                f.result()
+        except KeyboardInterrupt:
+            j.deadline = 0.0           # the judging threads end after their current pair
+            raise
+    j.seconds = time.time() - j.t0
+    print(f"judge: {len(j.recorded)} pairs recorded, {len(j.heldout)} kept aside, {j.asked} pairs asked, "
+          f"{j.ties} skipped as ties, in {j.seconds / 60:.1f} min", flush=True)
+    return j
+
+
+def copy_raw(run, out: Path, attempt) -> None:
+    from engine.files import read_jsonl
+
+    for name in ("events.log", "metrics.jsonl", "labels.jsonl", "config.yaml"):
+        if (run.path / name).exists():
+            shutil.copy(run.path / name, out / name)
+    reg = run.path / "rewards" / "versions.json"
+    if reg.exists():
+        shutil.copy(reg, out / "versions.json")
+    pref = run.path / "rewards" / f"refit-{attempt}" / "preference.json"
+    if pref.exists():
+        shutil.copy(pref, out / "preference.json")
+    with open(out / "samples.jsonl", "w") as f:
+        for s in read_jsonl(run.dir.samples):
+            s.pop("tokens", None)
+            f.write(json.dumps(s) + "\n")
 
 
 def main(argv=None) -> int:
@@ -74,114 +178,172 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     ap.add_argument("--runs-dir", default="runs")
+    ap.add_argument("--out", help="folder for demo.json, README.md and the raw files "
+                                  "(default docs/results/judge-demo-<yyyymmdd>)")
     ap.add_argument("--pairs", type=int, default=40, help="pairs to record (labels.jsonl)")
     ap.add_argument("--label-minutes", type=float, default=10.0, help="time to record them in")
-    ap.add_argument("--candidates", type=int, default=8, help="responses per prompt the judge picks a pair from")
+    ap.add_argument("--candidates", type=int, default=6, help="fresh responses per pair asked (active selection)")
+    ap.add_argument("--concurrent", type=int, default=4, help="pair requests in flight at a time")
     ap.add_argument("--heldout-every", type=int, default=5, help="every N-th judged pair is kept aside")
-    ap.add_argument("--after-steps", type=int, default=40, help="steps to train after the swap")
-    ap.add_argument("--warmup-steps", type=int, default=3, help="steps before the judge starts")
-    ap.add_argument("--words", help="comma-separated judge words instead of the film-craft list (a smoke "
-                                    "run of tiny:llama, whose random text has no film words, needs common ones)")
+    ap.add_argument("--base-steps", type=int, default=10, help="steps whose samples give the taste's base rate")
+    ap.add_argument("--window", type=int, default=50, help="steps compared before and after the swap")
+    ap.add_argument("--extra", type=int, default=50, help="steps trained after the window, reported "
+                                                          "apart (does the policy keep moving?)")
+    ap.add_argument("--words", help="comma-separated judge words instead of the film-craft list")
     ap.add_argument("--substrings", action="store_true", help="count the judge words inside words too")
     a = ap.parse_args(argv)
     if a.words:
         JUDGE_WORDS[:] = [w.strip().lower() for w in a.words.split(",") if w.strip()]
     SUBSTRINGS[0] = a.substrings
+    out = Path(a.out or ROOT / "docs" / "results" / f"judge-demo-{time.strftime('%Y%m%d')}")
 
     from engine.client import launch
+    from engine.config import validate_text
     from engine.files import read_jsonl
 
-    overrides = [f"run.output_dir={a.runs_dir}", "run.steps=100000", *a.set]
     t_start = time.time()
-    run = launch(a.config, overrides=overrides)
+    run = launch(a.config, overrides=[f"run.output_dir={a.runs_dir}", "run.steps=100000", *a.set])
     print(f"run {run.name}: {run.path}", flush=True)
-    heldout: list[tuple[dict, dict]] = []
-    result = {}
     try:
-        run.wait_step(a.warmup_steps, timeout=1800)
-        t0 = time.time()
-        deadline = t0 + a.label_minutes * 60
-        recorded = judged = asked = 0
-        while recorded < a.pairs and time.time() < deadline:
-            # spread the pairs over the time given: no faster than pairs / minutes
-            due = t0 + (deadline - t0) * recorded / a.pairs
-            if time.time() < due:
-                time.sleep(min(5.0, due - time.time()))
-                continue
-            asked += 1
-            cands = run.sample_pair(n=a.candidates)
-            ranked = sorted(cands, key=lambda s: judge_count(s["response"]))
-            lo, hi = ranked[0], ranked[-1]
-            if judge_count(hi["response"]) == judge_count(lo["response"]):
-                continue          # no preference: the judge skips
-            judged += 1
-            if a.heldout_every and judged % a.heldout_every == 0:
-                heldout.append((hi, lo))
-                continue
-            run.prefer(hi["id"], lo["id"])
-            recorded += 1
-            print(f"[{time.time() - t0:5.0f}s] pair {recorded}/{a.pairs}: {hi['id']} ({judge_count(hi['response'])} "
-                  f"judge words) over {lo['id']} ({judge_count(lo['response'])})", flush=True)
-        print(f"judge: {recorded} pairs recorded, {len(heldout)} kept aside, {asked} prompts asked, "
-              f"{asked - judged} skipped as ties, in {(time.time() - t0) / 60:.1f} min", flush=True)
-
-        print("refit: started (progress in events.log)", flush=True)
+        run.wait_step(a.base_steps, timeout=3600)
+        rate = taste([s for s in read_jsonl(run.dir.samples) if s.get("kind") != "pair"])
+        print(f"taste base rate: {rate['share']:.3f} of {rate['samples']} samples have a judge word", flush=True)
+        if not rate["share"] or rate["share"] < 0.1:
+            print("warning: the taste is rare in the policy's samples: most pairs will be ties", flush=True)
+        judge = label(run, a)
         t_refit = time.time()
         entry = run.refit_reward(wait=True, timeout=3600)
-        print(f"refit: {entry.get('state')} in {(time.time() - t_refit) / 60:.1f} min: {entry.get('reason')}", flush=True)
+        refit_wall = time.time() - t_refit
+        print(f"refit: {entry.get('state')} in {refit_wall:.1f} s: {entry.get('reason')}", flush=True)
         swap = next((v for v in run.reward_versions()["versions"] if v.get("attempt") == entry.get("attempt")), None)
         swap_step = swap["from_step"] if swap else int(run.info.get("step") or 0) + 1
-        run.wait_step(swap_step - 1 + a.after_steps, timeout=7200)
+        run.wait_step(swap_step - 1 + a.window + a.extra, timeout=7200)
     finally:
         if run.alive:
             run.stop(wait=True, timeout=900)
 
-    from engine.config import validate_text
-
     cfg = validate_text((run.path / "config.yaml").read_text(), str(run.path / "config.yaml")).config
+    base_source = cfg.reward.source
     samples = [s for s in read_jsonl(run.dir.samples) if s.get("kind") != "pair"]
-    window = a.after_steps
-    before = [s for s in samples if swap_step - window <= s["step"] < swap_step]
-    after = [s for s in samples if s["step"] >= swap_step]
-    bundled_view = taste(samples)
-    v0 = [s for s in samples if s["step"] < swap_step and isinstance(s.get("score"), (int, float))]
-    with_w = [s["score"] for s in v0 if judge_count(s["response"]) > 0]
-    without = [s["score"] for s in v0 if judge_count(s["response"]) == 0]
-    result = {
-        "run": str(run.path), "minutes": round((time.time() - t_start) / 60, 1), "refit": {
-            k: entry.get(k) for k in ("attempt", "state", "reason", "current", "new", "judgements")},
-        "swap_from_step": swap_step if swap else None,
-        "taste_before": taste(before), "taste_after": taste(after), "taste_whole_run": bundled_view,
-        # does the reward in place before the swap favour the judge's words? (mean score of the
-        # policy's samples with and without one)
-        "reward_before_swap_with_judge_words": sum(with_w) / len(with_w) if with_w else None,
-        "reward_before_swap_without": sum(without) / len(without) if without else None,
+    base_rate = [s for s in samples if s["step"] <= a.base_steps]
+    first = max(1, swap_step - a.window)          # the window before cannot start before step 1
+    before = [s for s in samples if first <= s["step"] < swap_step]
+    after = [s for s in samples if swap_step <= s["step"] < swap_step + a.window]
+    later = [s for s in samples if swap_step + a.window <= s["step"] < swap_step + a.window + a.extra]
+    judged = judge.recorded + judge.heldout
+    base_on_judged = mean(ranks_like_judge(c["score"], r["score"]) for c, r in judged)   # v0 scored them
+    before_base, after_base = scores_of(base_source, cfg, before), scores_of(base_source, cfg, after)
+    later_base = scores_of(base_source, cfg, later) if later else []
+    new_source = swap["source"] if swap else None
+    res = {
+        "run": str(run.path), "argv": sys.argv[1:] if argv is None else list(argv), "judge_words": JUDGE_WORDS,
+        "minutes_total": round((time.time() - t_start) / 60, 1),
+        "taste_base_rate": {"steps": [1, a.base_steps], **taste(base_rate)},
+        "judging": {"recorded": len(judge.recorded), "kept_aside": len(judge.heldout), "asked": judge.asked,
+                    "ties_skipped": judge.ties, "minutes": round(judge.seconds / 60, 2),
+                    "candidates": a.candidates, "concurrent": a.concurrent,
+                    "why_offered": sorted({c["picked"]["why"] for c, _ in judged})},
+        "base_reward_agreement_on_judged_pairs": base_on_judged,
+        "refit": {k: entry.get(k) for k in ("attempt", "state", "reason", "method", "features", "weight", "w",
+                                            "current", "new", "judgements", "test", "seconds")},
+        "refit_wall_seconds": round(refit_wall, 1),
+        "swap_from_step": swap_step if swap else None, "new_source": new_source,
+        "window": a.window, "extra": a.extra,
+        "taste_before": {"steps": [first, swap_step - 1], **taste(before)},
+        "taste_after": {"steps": [swap_step, swap_step + a.window - 1], **taste(after)},
+        "taste_later": {"steps": [swap_step + a.window, swap_step + a.window + a.extra - 1], **taste(later)},
+        "base_score_before": mean(before_base), "base_score_after": mean(after_base),
+        "base_score_later": mean(later_base),
+        "logged_score_before": mean(s["score"] for s in before),
+        "logged_score_after": mean(s["score"] for s in after),
     }
-    if heldout:
-        cur = entry.get("current_source") or cfg.reward.source
-        result["script_heldout_pairs"] = len(heldout)
-        result["agreement_current"] = agreement(cur, cfg, heldout)
-        new_src = swap["source"] if swap else None
-        if new_src is None and (run.path / "rewards" / f"refit-{entry.get('attempt')}").exists():
-            new_src = str(run.path / "rewards" / f"refit-{entry.get('attempt')}")
-        result["agreement_new"] = agreement(new_src, cfg, heldout) if new_src else None
-    print(json.dumps(result, indent=1))
-    tb, ta = result["taste_before"], result["taste_after"]
-    cur_j = (entry.get("current") or {}).get("pair_accuracy")
-    new_j = (entry.get("new") or {}).get("pair_accuracy")
-    print()
-    print(f"refit {entry.get('attempt')}: {entry.get('state')}")
-    if cur_j is not None and new_j is not None:
-        print(f"  held-out judged pairs (the refit's own, newest {entry['judgements']['held_out']}): "
-              f"current {cur_j:.3f} -> new {new_j:.3f}")
-    if "agreement_current" in result and result.get("agreement_new") is not None:
-        print(f"  the script's {len(heldout)} held-out pairs: current {result['agreement_current']:.3f} -> new "
-              f"{result['agreement_new']:.3f} ({'agrees more' if result['agreement_new'] > result['agreement_current'] else 'does not agree more'} with the judge)")
-    if tb["samples"] and ta["samples"]:
-        print(f"  policy samples with a judge word: {tb['share']:.3f} in the {window} steps before the swap -> "
-              f"{ta['share']:.3f} in the {window} steps after (mean count {tb['mean']:.3f} -> {ta['mean']:.3f}; "
-              f"{tb['samples']} / {ta['samples']} samples)")
+    for k in ("current", "new"):
+        for drop in ("hits",):
+            (res["refit"].get(k) or {}).pop(drop, None)
+    if judge.heldout:
+        res["script_heldout_pairs"] = len(judge.heldout)
+        res["script_heldout_current"] = agreement(base_source, cfg, judge.heldout)
+        res["script_heldout_new"] = agreement(new_source, cfg, judge.heldout) if new_source else None
+    res["verdicts"] = checks(res)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo.json").write_text(json.dumps(res, indent=1) + "\n")
+    copy_raw(run, out, entry.get("attempt"))
+    (out / "README.md").write_text(report(res, out))
+    print(json.dumps(res["verdicts"], indent=1))
+    print(f"wrote {out}")
     return 0
+
+
+def checks(res: dict) -> dict:
+    """Each target of the demo against what was measured (None: could not be measured)."""
+    t = TARGETS
+    new = (res["refit"].get("new") or {}).get("judgement_accuracy")
+    tb, ta = res["taste_before"]["share"], res["taste_after"]["share"]
+    bb, ba = res["base_score_before"], res["base_score_after"]
+    lo, hi = t["base_chance_band"]
+    ok = res["base_reward_agreement_on_judged_pairs"]
+    return {
+        "base_reward_at_chance": None if ok is None else lo <= ok <= hi,
+        "heldout_agreement_at_least_0.8": None if new is None else new >= t["heldout_agreement_min"],
+        "refit_accepted": res["refit"].get("state") == "accepted",
+        "refit_at_most_60_s": None if res["refit"].get("seconds") is None else res["refit"]["seconds"] <= t["refit_seconds_max"],
+        "taste_share_doubled": None if not tb or ta is None else ta >= t["share_ratio_min"] * tb,
+        "taste_share_up_0.15": None if tb is None or ta is None else ta - tb >= t["share_gain_min"],
+        "base_score_drop_at_most_0.05": None if bb is None or ba is None else bb - ba <= t["base_drop_max"],
+    }
+
+
+def _f(v, nd=3) -> str:
+    return "n/a" if v is None else f"{v:.{nd}f}"
+
+
+def report(res: dict, out: Path) -> str:
+    r, j = res["refit"], res["judging"]
+    cur, new = r.get("current") or {}, r.get("new") or {}
+    tb, ta = res["taste_before"], res["taste_after"]
+    lines = [
+        f"# Judge demo: {Path(res['run']).name}",
+        "",
+        "Made by `scripts/judge_demo.py` from `demo.json` in this folder (nothing typed by hand); the",
+        "raw files of the run are next to it. Command: `python scripts/judge_demo.py "
+        + " ".join(res["argv"]) + "`.",
+        "",
+        f"- Judge: prefers the response with more of these words: {', '.join(res['judge_words'])}; its taste's "
+        f"base rate in the policy's samples of steps {res['taste_base_rate']['steps'][0]}-"
+        f"{res['taste_base_rate']['steps'][1]}: {_f(res['taste_base_rate']['share'])} "
+        f"({res['taste_base_rate']['samples']} samples).",
+        f"- The base reward agrees with the judge on {_f(res['base_reward_agreement_on_judged_pairs'])} of the "
+        f"{j['recorded'] + j['kept_aside']} judged pairs (chance is 0.5).",
+        f"- Judging: {j['recorded']} pairs recorded (+{j['kept_aside']} kept aside) in {j['minutes']} min; "
+        f"{j['asked']} pairs asked, {j['ties_skipped']} skipped as ties; each pair picked from "
+        f"{j['candidates']} fresh responses because: {'; '.join(j['why_offered'])}.",
+        f"- Refit {r.get('attempt')} ({r.get('method')}, features {r.get('features')}, weight {r.get('weight')}): "
+        f"**{r.get('state')}** after {_f(r.get('seconds'), 1)} s — {r.get('reason')}",
+        f"- Held-out agreement with the judge ({(r.get('judgements') or {}).get('held_out')} judgements, "
+        f"{(r.get('judgements') or {}).get('held_out_how')}): {_f(cur.get('judgement_accuracy'))} → "
+        f"**{_f(new.get('judgement_accuracy'))}**; original held-out set: {_f(cur.get('original_accuracy'))} → "
+        f"{_f(new.get('original_accuracy'))}.",
+    ]
+    if "script_heldout_pairs" in res:
+        lines.append(f"- The script's own {res['script_heldout_pairs']} held-out pairs (never written): "
+                     f"{_f(res['script_heldout_current'])} → {_f(res['script_heldout_new'])}.")
+    lines += [
+        f"- Swap at step {res['swap_from_step']}. Taste share of the policy's samples: "
+        f"{_f(tb['share'])} (steps {tb['steps'][0]}-{tb['steps'][1]}, {tb['samples']} samples) → "
+        f"**{_f(ta['share'])}** (steps {ta['steps'][0]}-{ta['steps'][1]}, {ta['samples']} samples); "
+        f"mean judge words {_f(tb['mean'])} → {_f(ta['mean'])}.",
+        f"- Base reward's mean score over the same windows (re-scored with the base reward): "
+        f"{_f(res['base_score_before'])} → {_f(res['base_score_after'])}.",
+        f"- The {res['extra']} steps after those "
+        f"(steps {res['taste_later']['steps'][0]}-{res['taste_later']['steps'][1]}, not a target): taste share "
+        f"{_f(res['taste_later']['share'])}, base score {_f(res['base_score_later'])}.",
+        f"- Whole demo: {res['minutes_total']} min.",
+        "",
+        "| target | met |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v} |" for k, v in res["verdicts"].items()]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -314,12 +314,14 @@ REFIT_KEYS: dict = {
     "epochs": ((int,), "finetune: passes over the judgements and the mixed-in rows"),
     "lr": ((int, float), "finetune: learning rate"),
     "batch_size": ((int,), "finetune: rows per optimizer step"),
-    "nice": ((int,), "niceness of the refit process (0-19: higher = lower priority than training)"),
+    "nice": ((int, type(None)), "niceness of the refit process (0-19: higher = lower priority than "
+                                "training); null = 0 for head (seconds of work, a fair share of the "
+                                "cores) and 10 for finetune (minutes of work)"),
 }
 REFIT_DEFAULTS: dict = {"every_labels": None, "method": "head", "features": "sentence", "weight": 1.0,
                         "confidence": 0.9, "base": None, "holdout": 0.25, "min_judgements": 4,
                         "mix_ratio": 2.0, "original_eval_rows": 200, "max_original_drop": 0.05,
-                        "epochs": 2, "lr": 3e-5, "batch_size": 16, "nice": 10}
+                        "epochs": 2, "lr": 3e-5, "batch_size": 16, "nice": None}
 REFIT_CHOICES: dict = {"method": ("head", "finetune"),
                        "features": ("sentence", "sentence+words", "reward", "reward+words", "words")}
 REFIT_RANGES: dict = {"every_labels": (1, 10**9), "weight": (0.0, 100.0), "confidence": (0.5, 0.999),
