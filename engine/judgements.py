@@ -180,12 +180,13 @@ def version_at(samples_version: dict, s: dict) -> int:
 
 
 def candidate_pairs(samples: list[dict], judged: Optional[set] = None, limit: int = 50,
-                    versions: Optional[dict] = None) -> list[tuple[dict, dict]]:
+                    versions: Optional[dict] = None, current: Optional[int] = None) -> list[tuple[dict, dict]]:
     """Pairs of different samples that answer the same prompt, leaving out pairs judged already
     (``judged``: set of frozenset({id_a, id_b})), the ones a judgement teaches most first: pairs
     whose two scores come from the same reward version (``versions``: step -> reward version)
     ordered by how close the scores are (the reward is least sure which is better), newest
-    first among equals; then pairs whose scores cannot be compared."""
+    first among equals, those scored by the ``current`` reward version (when given) before
+    older ones; then pairs whose scores cannot be compared."""
     judged = judged or set()
     versions = versions or {}
     by_key: dict[str, list[dict]] = {}
@@ -210,9 +211,10 @@ def candidate_pairs(samples: list[dict], judged: Optional[set] = None, limit: in
         a, b = ab
         sa, sb = _score(a), _score(b)
         newest = -max(int(a.get("step") or 0), int(b.get("step") or 0))
-        if sa is None or sb is None or version_at(versions, a) != version_at(versions, b):
-            return (1, 0.0, newest)
-        return (0, abs(sa - sb), newest)
+        va = version_at(versions, a)
+        if sa is None or sb is None or va != version_at(versions, b):
+            return (2, 0.0, newest)
+        return (int(current is not None and va != current), abs(sa - sb), newest)
 
     out.sort(key=unsure)
     return out[:limit]
@@ -268,6 +270,17 @@ def steps_versions(run_dir: Path) -> dict[int, int]:
     return out
 
 
+def reward_version_now(run_dir: Path) -> int:
+    """The reward version in place (run.json's ``reward_version``; 0 when it names none)."""
+    import json
+
+    try:
+        v = json.loads((Path(run_dir) / "run.json").read_text()).get("reward_version")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return v if isinstance(v, int) else 0
+
+
 def min_discordant(confidence: float) -> int:
     """The fewest judgements on which a new reward must beat the current one (and lose on none)
     for a one-sided sign test at ``confidence`` to call it better: 0.5**k <= 1 - confidence."""
@@ -292,7 +305,8 @@ def judge_counter(run_dir: Path, confidence: Optional[float] = None) -> dict:
     judgements made since it was put in place (they are held out for it: it was not fitted on
     them), the last refit's k-fold held-out agreement, and how many more judgements the next
     refit needs (from the last refit's verdict when it said so; otherwise a lower bound: a
-    refit right on every pair the current reward gets wrong needs ``min_discordant`` of them).
+    refit right on every pair the current reward gets wrong needs ``min_discordant`` of them,
+    and only judgements held out for the current reward can show it wrong).
     """
     import json
 
@@ -302,14 +316,10 @@ def judge_counter(run_dir: Path, confidence: Optional[float] = None) -> dict:
     n_rows = sum(1 for r in rows if is_mark(r) or is_pair(r))
     pairs = [r for r in rows if is_pair(r)]
     try:
-        state = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        state = {}
-    try:
         reg = json.loads((run_dir / "rewards" / "versions.json").read_text())
     except (OSError, ValueError):
         reg = {}
-    version = int(state.get("reward_version") or 0)
+    version = reward_version_now(run_dir)
     versions = steps_versions(run_dir)
     found = find_samples(run_dir, [i for r in pairs for i in (r.get("chosen_id"), r.get("rejected_id"))
                                    if i is not None])
@@ -340,9 +350,10 @@ def judge_counter(run_dir: Path, confidence: Optional[float] = None) -> dict:
     else:
         k = min_discordant(confidence)
         wrong_rate = (held - agree + 1) / (held + 2)        # Laplace: 0.5 with no judgement yet
-        out["needs_more"] = max(0, math.ceil(k / wrong_rate) - len(pairs))
+        # only judgements held out for the current reward can show it wrong (it was fitted on the rest)
+        out["needs_more"] = max(0, math.ceil(k / wrong_rate) - held)
         out["needs_how"] = (f"at least: a refit right on every pair the current reward gets wrong needs "
-                            f"{k} of them at {confidence:.0%}")
+                            f"{k} of them at {confidence:.0%}, among judgements held out for it")
     return out
 
 

@@ -191,7 +191,12 @@ def main(argv=None) -> int:
                                                           "apart (does the policy keep moving?)")
     ap.add_argument("--words", help="comma-separated judge words instead of the film-craft list")
     ap.add_argument("--substrings", action="store_true", help="count the judge words inside words too")
+    ap.add_argument("--control", help="compare the demo folder --out with this control demo folder "
+                                      "(same config and seed, later swap) and rewrite its README; runs nothing")
     a = ap.parse_args(argv)
+    if a.control:
+        print(json.dumps(compare_control(Path(a.out), Path(a.control)), indent=1))
+        return 0
     if a.words:
         JUDGE_WORDS[:] = [w.strip().lower() for w in a.words.split(",") if w.strip()]
     SUBSTRINGS[0] = a.substrings
@@ -274,6 +279,36 @@ def main(argv=None) -> int:
     return 0
 
 
+def compare_control(out: Path, control: Path) -> dict:
+    """The demo in ``out`` against a control run of ``control`` (another demo folder of the same
+    config and seed whose swap came later): the two are the same run up to the first swap (checked
+    on the samples' text); from there, the taste's share in the windows where only ``out`` had the
+    learned preference, and after."""
+    from engine.files import read_jsonl
+
+    res, ctl = json.loads((out / "demo.json").read_text()), json.loads((control / "demo.json").read_text())
+    rows = {k: [s for s in read_jsonl(d / "samples.jsonl") if s.get("kind") != "pair"]
+            for k, d in (("demo", out), ("control", control))}
+    swap, ctl_swap = res["swap_from_step"], ctl["swap_from_step"] or 10 ** 9
+    shared = [(a["response"], b["response"]) for a, b in zip(
+        [s for s in rows["demo"] if s["step"] < swap], [s for s in rows["control"] if s["step"] < swap])]
+    last = max(s["step"] for s in rows["demo"])
+    bounds = [(swap, ctl_swap - 1), (ctl_swap, last)] if ctl_swap <= last else [(swap, last)]
+    windows = []
+    for lo, hi in bounds:
+        pick = {k: [s for s in v if lo <= s["step"] <= hi] for k, v in rows.items()}
+        if all(pick.values()):
+            windows.append({"steps": [lo, hi], "demo": taste(pick["demo"]), "control": taste(pick["control"]),
+                            "control_reward": "base" if hi < ctl_swap else "its own refit, from step "
+                                                                           f"{ctl_swap}"})
+    out_ = {"control": str(control.name), "identical_before_swap": bool(shared) and all(a == b for a, b in shared),
+            "compared_steps_before_swap": swap - 1, "windows": windows}
+    res["control"] = out_
+    (out / "demo.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / "README.md").write_text(report(res, out))
+    return out_
+
+
 def checks(res: dict) -> dict:
     """Each target of the demo against what was measured (None: could not be measured)."""
     t = TARGETS
@@ -343,6 +378,16 @@ def report(res: dict, out: Path) -> str:
         "|---|---|",
     ]
     lines += [f"| {k} | {v} |" for k, v in res["verdicts"].items()]
+    c = res.get("control")
+    if c:
+        lines += ["", f"## Against a control: `{c['control']}/`", "",
+                  f"The control is the same config and seed; its samples are identical to this run's for "
+                  f"the {c['compared_steps_before_swap']} steps before this run's swap: "
+                  f"**{c['identical_before_swap']}**. Taste share from the swap on:", "",
+                  "| steps | this run (learned preference) | control | control's reward |", "|---|---|---|---|"]
+        lines += [f"| {w['steps'][0]}-{w['steps'][1]} | {_f(w['demo']['share'])} ({w['demo']['samples']}) | "
+                  f"{_f(w['control']['share'])} ({w['control']['samples']}) | {w['control_reward']} |"
+                  for w in c["windows"]]
     return "\n".join(lines) + "\n"
 
 

@@ -70,6 +70,11 @@ def test_candidate_pairs_offer_the_pairs_the_reward_is_least_sure_about_first():
     assert tuple(sorted((pairs[0][0]["id"], pairs[0][1]["id"]))) != ("2-0", "3-0")
     first = candidate_pairs(samples)[0]
     assert {first[0]["id"], first[1]["id"]} == {"2-0", "3-0"}
+    # pairs scored by the reward in place come first (only they can show it wrong)
+    both_v1 = [_s("3-1", 3, "p", 0.2), _s("3-2", 3, "p", 0.9)]
+    pairs = candidate_pairs(samples + both_v1, versions={1: 0, 2: 0, 3: 1}, current=1)
+    assert {pairs[0][0]["id"], pairs[0][1]["id"]} == {"3-1", "3-2"}                # |d| 0.7, but v1
+    assert {pairs[1][0]["id"], pairs[1][1]["id"]} == {"1-0", "1-2"}
 
 
 def test_pick_pair_prefers_a_base_preference_conflict_then_the_closest_scores():
@@ -113,9 +118,10 @@ def test_judge_counter_holds_out_the_judgements_made_since_the_reward_was_put_in
     assert (c["reward_version"], c["held_out"], c["agree"], c["pairs"]) == (1, 3, 1, 4)
     assert c["agreement"] == pytest.approx(1 / 3) and c["confidence"] == 0.95
     # no refit refused yet: a lower bound. At 95 % a refit must win 5 judgements the current
-    # reward loses; it loses (2 + 1) / (3 + 2) of them, so 9 pairs, 4 are in
+    # reward loses; it loses (2 + 1) / (3 + 2) of them, so 9 pairs held out for it, 3 are in (the
+    # pair judged under v0 cannot show v1 wrong)
     assert min_discordant(0.95) == 5 and min_discordant(0.9) == 4
-    assert c["needs_more"] == 9 - 4 and "at least" in c["needs_how"]
+    assert c["needs_more"] == 9 - 3 and "at least" in c["needs_how"]
     # a refused refit said ~7 more, 2 judgements ago
     (d / "rewards").mkdir()
     (d / "rewards" / "versions.json").write_text(json.dumps({"versions": [], "refits": [

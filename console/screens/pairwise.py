@@ -82,13 +82,13 @@ class PairwiseScreen(Screen):
     @work(thread=True, exclusive=True, group="pairs", exit_on_error=False)
     def _load(self) -> None:
         from engine.files import read_jsonl
-        from engine.judgements import candidate_pairs, judged_pairs, steps_versions
+        from engine.judgements import candidate_pairs, judged_pairs, reward_version_now, steps_versions
 
         try:
             samples = read_jsonl(self.path / "samples.jsonl")[-RECENT:]
             judged = judged_pairs(read_jsonl(self.path / "labels.jsonl"))
-            self.post_message(PairsLoaded(candidate_pairs(samples, judged, limit=200,
-                                                          versions=steps_versions(self.path))))
+            self.post_message(PairsLoaded(candidate_pairs(samples, judged, limit=200, versions=steps_versions(self.path),
+                                                          current=reward_version_now(self.path))))
         except Exception as e:  # noqa: BLE001 - shown, never a crash
             self.post_message(PairsLoaded([], f"{type(e).__name__}: {e}"))
 
