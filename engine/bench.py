@@ -349,7 +349,8 @@ def _run_single_process(cfg, steps: int):
         active_roles,
         format_step_line,
     )
-    from engine.runtime.roles import ROLE_CLASSES, role_seed
+    from engine.runtime.role_base import role_seed
+    from engine.runtime.roles import ROLE_CLASSES
     from engine.runtime.supervisor import make_kl_controller
 
     cores = available_cores()

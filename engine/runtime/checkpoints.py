@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.files import atomic_write_json, atomic_write_text, durable_rename, read_jsonl
-from engine.runtime.roles import capture_rng, restore_rng
+from engine.runtime.role_base import capture_rng, restore_rng
 from engine.runtime.rundir import write_error_cause
 from engine.runtime.worker import WorkerError
 

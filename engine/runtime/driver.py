@@ -24,7 +24,7 @@ from engine import monitors as M
 from engine.config import RunConfig, active_roles, reference_in_actor  # noqa: F401 - re-exported: the runtime imports them from here
 from engine.procs import available_cores
 from engine.records import Sample, TokenTrace, sample_id
-from engine.runtime.roles import NonFiniteError
+from engine.runtime.role_base import NonFiniteError
 
 ROLES = ("actor", "reference", "critic", "reward")
 TRAINABLE = ("actor", "critic")

@@ -56,7 +56,8 @@ class RoleActor:
         import torch
 
         from engine.config import validate_text
-        from engine.runtime.roles import ROLE_CLASSES, role_seed
+        from engine.runtime.role_base import role_seed
+        from engine.runtime.roles import ROLE_CLASSES
 
         try:
             t0 = time.perf_counter()
@@ -84,7 +85,7 @@ class RoleActor:
     def call(self, role: str, op: str, inputs: Optional[dict], args: dict, threads: Optional[int]) -> dict:
         import torch
 
-        from engine.runtime.roles import NonFiniteError
+        from engine.runtime.role_base import NonFiniteError
 
         try:
             if threads and int(threads) != self._threads:

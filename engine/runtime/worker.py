@@ -156,7 +156,7 @@ def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_ta
     cfg = validate_text(config_yaml, "<run config>", check_hardware=False).config
     import random
 
-    from engine.runtime.roles import role_seed
+    from engine.runtime.role_base import role_seed
 
     seed = role_seed(cfg.run.seed, "+".join(roles))
     torch.manual_seed(seed)
@@ -204,7 +204,7 @@ def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_ta
 def _serve(conn, arena, cfg, objs: dict, current_threads: int, stage, every: float) -> None:
     """Answer the supervisor's requests for the loaded roles ``objs`` until told to exit (or the
     pipe closes)."""
-    from engine.runtime.roles import NonFiniteError
+    from engine.runtime.role_base import NonFiniteError
 
     cuda_ipc = bool(cfg.runtime.cuda_ipc)
     while True:
