@@ -4,16 +4,16 @@ rollout (actor) -> concurrently: reference logprobs, critic values, reward score
 old logprobs -> KL-shaped rewards, GAE, whitening (engine.algorithms) -> concurrently: actor
 update and critic update -> metrics and samples.
 
-The driver talks to roles through *endpoints* (``submit(role, op, tensors, args, threads)`` ->
-Future of ``(outputs, result, seconds)``). The local backend's endpoints are worker processes;
-the benchmark's single-process baseline uses ``InlineEndpoint`` and runs phase after phase.
+The driver talks to roles through *endpoints* (``submit(RoleCall)`` -> Future of ``RoleResult``,
+engine/runtime/calls.py). The local backend's endpoints are worker processes; the benchmark's
+single-process baseline uses ``InlineEndpoint`` and runs phase after phase.
 """
 from __future__ import annotations
 
 import copy
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import torch
@@ -24,6 +24,7 @@ from engine import monitors as M
 from engine.config import RunConfig, active_roles, reference_in_actor  # noqa: F401 - re-exported: the runtime imports them from here
 from engine.procs import available_cores
 from engine.records import Sample, TokenTrace, sample_id
+from engine.runtime.calls import RoleCall, RoleResult, perform
 from engine.runtime.role_base import NonFiniteError
 
 ROLES = ("actor", "reference", "critic", "reward")
@@ -40,14 +41,12 @@ class InlineEndpoint:
     def __init__(self, roles: dict[str, Any]):
         self.roles = roles
 
-    def submit(self, role: str, op: str, tensors=None, args=None, threads=None) -> Future:
+    def submit(self, call: RoleCall) -> Future:
         fut: Future = Future()
-        if threads:
-            torch.set_num_threads(int(threads))
-        t = time.perf_counter()
+        if call.threads:
+            torch.set_num_threads(int(call.threads))
         try:
-            outs, result = self.roles[role].call(op, dict(tensors or {}), args or {})
-            fut.set_result((outs, result, time.perf_counter() - t))
+            fut.set_result(perform(self.roles, call))
         except BaseException as e:  # noqa: BLE001
             fut.set_exception(e)
         return fut
@@ -152,11 +151,13 @@ class PPODriver:
         self.on_stage = lambda step, phase: None
         self.heldout: Optional[tuple[list[str], list[str]]] = None  # held-out prompts and answers
 
-    def _call(self, role, op, tensors=None, args=None, phase="score"):
-        n = getattr(self.threads, phase).get(role)
-        return self.ep[role].submit(role, op, tensors, args, threads=n)
+    def _call(self, call: RoleCall, phase: str) -> Future:
+        """Submit ``call`` with the threads the plan gives its role in ``phase`` (generate,
+        score, update)."""
+        n = getattr(self.threads, phase).get(call.role)
+        return self.ep[call.role].submit(replace(call, threads=n))
 
-    def _gather(self, futs: dict[str, Future]) -> dict[str, tuple]:
+    def _gather(self, futs: dict[str, Future]) -> dict[str, RoleResult]:
         out, first_err = {}, None
         for k, f in futs.items():
             try:
@@ -167,18 +168,22 @@ class PPODriver:
             raise first_err
         return out
 
-    def _run_phase(self, calls: dict[str, tuple], serial: bool = False) -> dict[str, tuple]:
+    def _run_phase(self, calls: dict[str, RoleCall], phase: str, serial: bool = False) -> dict[str, RoleResult]:
+        """The ``calls`` of one phase, at once (or one after another), by the same keys."""
         if self.concurrent and not serial:
-            return self._gather({k: self._call(*c) for k, c in calls.items()})
-        return {k: self._gather({k: self._call(*c)})[k] for k, c in calls.items()}
+            return self._gather({k: self._call(c, phase) for k, c in calls.items()})
+        return {k: self._gather({k: self._call(c, phase)})[k] for k, c in calls.items()}
+
+    def _run_one(self, call: RoleCall, phase: str) -> RoleResult:
+        return self._run_phase({"one": call}, phase)["one"]
 
     # ---- the update as a two-phase commit ------------------------------------------------
-    def _update_phase(self, calls: dict[str, tuple]) -> dict[str, tuple]:
+    def _update_phase(self, calls: dict[str, RoleCall]) -> dict[str, RoleResult]:
         """Run the roles' updates; if any fails, roll back those that succeeded and raise."""
-        results: dict[str, tuple] = {}
+        results: dict[str, RoleResult] = {}
         errors: dict[str, BaseException] = {}
         if self.concurrent:
-            futs = {k: self._call(*c) for k, c in calls.items()}
+            futs = {k: self._call(c, "update") for k, c in calls.items()}
             for k, f in futs.items():
                 try:
                     results[k] = f.result()
@@ -187,19 +192,19 @@ class PPODriver:
         else:
             for k, c in calls.items():
                 try:
-                    results[k] = self._call(*c).result()
+                    results[k] = self._call(c, "update").result()
                 except BaseException as e:  # noqa: BLE001
                     errors[k] = e
                     break
         if errors:
             # a failed role has restored its own state; undo the others' updates of this step
-            self._send_all([calls[k][0] for k in results], "rollback")
+            self._send_all([calls[k].role for k in results], "rollback")
             ranked = sorted(errors.values(), key=lambda e: {"died": 0, "timeout": 0, "nonfinite": 1}.get(getattr(e, "kind", "nonfinite"), 2))
             raise ranked[0]
         return results
 
     def _send_all(self, roles: list[str], op: str) -> None:
-        futs = {r: self.ep[r].submit(r, op) for r in roles}
+        futs = {r: self.ep[r].submit(RoleCall(r, op)) for r in roles}
         for r, f in futs.items():
             try:
                 f.result()
@@ -242,10 +247,11 @@ class PPODriver:
             return {}
         prompts, answers = self.heldout
         t = time.perf_counter()
-        (batch, _, _), = self._run_phase({"gen": ("actor", "generate", None, {"prompts": prompts, "greedy": True}, "generate")}).values()
-        batch = {k: v for k, v in batch.items() if k != "old_logprobs"}
-        (out, info, _), = self._run_phase({"rew": ("reward", "score", batch, {"answers": answers}, "score")}).values()
-        res = {"heldout_score": float(out["scores"].float().mean()),
+        gen = self._run_one(RoleCall("actor", "generate", args={"prompts": prompts, "greedy": True}), "generate")
+        batch = {k: v for k, v in gen.tensors.items() if k != "old_logprobs"}
+        scored = self._run_one(RoleCall("reward", "score", batch, {"answers": answers}), "score")
+        info = scored.info
+        res = {"heldout_score": float(scored.tensors["scores"].float().mean()),
                "heldout_n": len(prompts), "heldout_s": round(time.perf_counter() - t, 3)}
         if "correct" in info:
             res["heldout_accuracy"] = sum(bool(c) for c in info["correct"]) / max(1, len(prompts))
@@ -289,9 +295,9 @@ class PPODriver:
         # 1. rollout ------------------------------------------------------------------------
         self.on_stage(step, "generating")
         t = time.perf_counter()
-        (batch, gen_res, _), = self._run_phase({"gen": ("actor", "generate", None, {"prompts": prompts, "step": step}, "generate")}).values()
+        gen = self._run_one(RoleCall("actor", "generate", args={"prompts": prompts, "step": step}), "generate")
         timings["rollout"] = time.perf_counter() - t
-        batch = dict(batch)
+        batch = dict(gen.tensors)
         gen_lp = batch.pop("old_logprobs", None)  # rollout.reuse_logprobs: no second actor pass
 
         # 2. scoring, concurrently ---------------------------------------------------------
@@ -302,40 +308,40 @@ class PPODriver:
         # with the adapters disabled (no reference worker exists)
         ref_call = ("actor", "ref_logprobs") if reference_in_actor(cfg) else ("reference", "logprobs")
         calls = {
-            "old": ("actor", "logprobs", batch, {}, "score"),
-            "ref": (*ref_call, batch, {"hidden": shared}, "score"),
-            "val": ("critic", "values", batch, {}, "score"),
-            "rew": ("reward", "score", batch, {"answers": answers} if answers is not None else {}, "score"),
+            "old": RoleCall("actor", "logprobs", batch),
+            "ref": RoleCall(*ref_call, batch, {"hidden": shared}),
+            "val": RoleCall("critic", "values", batch),
+            "rew": RoleCall("reward", "score", batch, {"answers": answers} if answers is not None else {}),
         }
         if shared or self.critic_free:  # the head reads the reference's hidden states; or no critic
             del calls["val"]
         if gen_lp is not None:
             del calls["old"]
-        res = self._run_phase(calls, serial=self.threads.serial_score)
+        res = self._run_phase(calls, "score", serial=self.threads.serial_score)
         if gen_lp is not None:
-            res["old"] = ({"logprobs": gen_lp}, {}, 0.0)
+            res["old"] = RoleResult({"logprobs": gen_lp}, {}, 0.0)
         critic_in = batch
         if shared:
-            critic_in = {"response_mask": batch["response_mask"], "hidden": res["ref"][0]["hidden"]}
-            res["val"] = self._gather({"val": self._call("critic", "values", critic_in, {}, "score")})["val"]
+            critic_in = {"response_mask": batch["response_mask"], "hidden": res["ref"].tensors["hidden"]}
+            res["val"] = self._gather({"val": self._call(RoleCall("critic", "values", critic_in), "score")})["val"]
         if self.critic_free:
-            res["val"] = ({"values": torch.zeros_like(batch["response_mask"], dtype=torch.float32)}, {}, 0.0)
+            res["val"] = RoleResult({"values": torch.zeros_like(batch["response_mask"], dtype=torch.float32)}, {}, 0.0)
         timings["scoring"] = time.perf_counter() - t
-        timings["actor_logprobs"] = res["old"][2]
-        timings["ref"] = res["ref"][2]
+        timings["actor_logprobs"] = res["old"].seconds
+        timings["ref"] = res["ref"].seconds
         if not self.critic_free:  # no critic: no critic phase in the timings (nor a row in the console)
-            timings["critic"] = res["val"][2]
-        timings["reward"] = res["rew"][2]
+            timings["critic"] = res["val"].seconds
+        timings["reward"] = res["rew"].seconds
 
         # 3. advantages (the driver's own math) ---------------------------------------------
         self.on_stage(step, "advantages")
         t = time.perf_counter()
         mask = batch["response_mask"].float()
-        old_lp = res["old"][0]["logprobs"]
-        ref_lp = res["ref"][0]["logprobs"]
-        values = res["val"][0]["values"] * mask
-        scores = res["rew"][0]["scores"].float()
-        correct = res["rew"][1].get("correct")
+        old_lp = res["old"].tensors["logprobs"]
+        ref_lp = res["ref"].tensors["logprobs"]
+        values = res["val"].tensors["values"] * mask
+        scores = res["rew"].tensors["scores"].float()
+        correct = res["rew"].info.get("correct")
         eos = self.tok.eos_token_id
         has_eos = ((batch["response_ids"] == eos) & batch["response_mask"].bool()).any(dim=1)
         k1 = A.kl_penalty(old_lp, ref_lp, "k1") * mask
@@ -363,17 +369,17 @@ class PPODriver:
         actor_in = {**batch, "old_logprobs": old_lp, "advantages": adv}
         if p.kl_in == "loss" or p.kl_guard is not None:
             actor_in["ref_logprobs"] = ref_lp
-        calls = {"actor": ("actor", "update", actor_in, {"step": step}, "update")}
+        calls = {"actor": RoleCall("actor", "update", actor_in, {"step": step})}
         if not self.critic_free:
-            calls["critic"] = ("critic", "update", {**critic_in, "values": values, "returns": ret}, {"step": step}, "update")
+            calls["critic"] = RoleCall("critic", "update", {**critic_in, "values": values, "returns": ret}, {"step": step})
         upd = self._update_phase(calls)
         timings["update"] = time.perf_counter() - t
-        timings["actor_update"] = upd["actor"][2]
+        timings["actor_update"] = upd["actor"].seconds
         if "critic" in upd:
-            timings["critic_update"] = upd["critic"][2]
+            timings["critic_update"] = upd["critic"].seconds
         self.on_stage(step, "monitors")
         t = time.perf_counter()
-        mon, alerts, flags, audits, prompts_txt = self._monitor_step(batch, scores, mean_kl, upd["actor"][1])
+        mon, alerts, flags, audits, prompts_txt = self._monitor_step(batch, scores, mean_kl, upd["actor"].info)
         timings["monitors"] = time.perf_counter() - t
         self._pending = kl_next
         if commit:
@@ -413,9 +419,9 @@ class PPODriver:
             metrics["group_all_equal_frac"] = float((g.max(1).values == g.min(1).values).float().mean())
         if correct is not None:
             metrics["accuracy"] = sum(bool(c) for c in correct) / max(1, len(correct))
-        metrics.update({k: v for k, v in upd["actor"][1].items()})
+        metrics.update({k: v for k, v in upd["actor"].info.items()})
         if "critic" in upd:
-            metrics.update({k: v for k, v in upd["critic"][1].items()})
+            metrics.update({k: v for k, v in upd["critic"].info.items()})
         metrics.update(mon)
         metrics["alerts"] = alerts
         if eval_before:
