@@ -213,8 +213,6 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
                                            f"{_show(cfg.reward.audit)}")
         else:
             _check_source(ctx, ("reward", "audit"), cfg.reward.audit, "reward")
-    if cfg.reward.refit is not None and ctx.ok(("reward", "refit")):
-        _check_refit(ctx, cfg.reward.refit)
     rclass = sources.parse(cfg.reward.source).scheme
     if rclass in ("lexicon", "python") and cfg.reward.quantization != "none" \
             and ctx.ok(("reward", "quantization")):
@@ -632,33 +630,3 @@ def launch_checks(cfg: RunConfig, ctx: Ctx) -> None:
     _check_source(ctx, ("reward", "source"), cfg.reward.source, "reward")
     _check_source(ctx, ("data", "source"), cfg.data.source, "data")
     access_checks(cfg, ctx)
-
-
-def _check_refit(ctx: Ctx, refit: dict) -> None:
-    """reward.refit: known keys, their types and limits; a base that is a trainable model."""
-    from engine.config.schema import REFIT_CHOICES, REFIT_KEYS, REFIT_RANGES
-
-    for k, v in refit.items():
-        path = ("reward", "refit", k)
-        if k not in REFIT_KEYS:
-            s = _suggest(k, list(REFIT_KEYS))
-            ctx.error(path, f"unknown key '{k}'" + (f"; did you mean '{s}'?" if s else
-                                                     f"; valid keys: {', '.join(REFIT_KEYS)}"))
-            continue
-        types, _ = REFIT_KEYS[k]
-        if isinstance(v, bool) or not isinstance(v, types):
-            want = " or ".join({int: "an integer", float: "a number", str: "a string",
-                                type(None): "null"}[t] for t in types)
-            ctx.error(path, f"expected {want}; got {_show(v)}")
-            continue
-        if k in REFIT_CHOICES and v not in REFIT_CHOICES[k]:
-            ctx.error(path, f"must be one of {', '.join(REFIT_CHOICES[k])}; got {_show(v)}")
-            continue
-        lo, hi = REFIT_RANGES.get(k, (None, None))
-        if v is not None and lo is not None and not lo <= v <= hi:
-            ctx.error(path, f"must be between {lo:g} and {hi:g}; got {v}")
-    base = refit.get("base")
-    if isinstance(base, str) and sources.parse(base).scheme in ("lexicon", "python"):
-        ctx.error(("reward", "refit", "base"), f"must be a trainable model (a folder or hub id of a "
-                                               f"sequence classifier, or bundled:minilm-sentiment); "
-                                               f"got {_show(base)}")
