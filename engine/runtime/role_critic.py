@@ -138,11 +138,9 @@ class CriticRole(TrainedRole, Role):
         old_v, ret = tensors["values"].float(), tensors["returns"].float()
         check_finite(self.name, "update", returns=ret[mask.bool()], values=old_v[mask.bool()])
         B, R = mask.shape
-        budget = p.micro_batch_tokens  # token-budget micro-batches (engine/runtime/microbatch.py)
-        if budget:
+        spans = self._token_spans(tensors)  # token-budget micro-batches (engine/runtime/microbatch.py)
+        if spans is not None:
             from engine.runtime import microbatch as MB
-
-            q_span, r_span = MB.spans(tensors["query_mask"], tensors["response_mask"])
         scaler = self.grad_scaler()
         self.model.train()
         stats: dict[str, list[float]] = {"value_loss": [], "vf_clipfrac": [], "critic_grad_norm": []}
@@ -152,15 +150,11 @@ class CriticRole(TrainedRole, Role):
                 mb_idx = perm[mb]
                 n_mb = len(mb_idx)
                 self.optimizer.zero_grad(set_to_none=True)
-                if budget:
-                    micro = MB.token_micro_batches(mb_idx, q_span, r_span, budget)
-                else:
-                    micro = [mb_idx[mc] for mc in batches(n_mb, p.micro_batch_size)]
-                for idx, weight, scale in self.ranks.micro_parts(micro, n_mb, mask):
-                    if budget:  # the value loss is a token mean: each part by its token share
+                for idx, weight, scale in self.ranks.micro_parts(self._micro_batches(mb_idx, spans), n_mb, mask):
+                    if spans is not None:  # the value loss is a token mean: each part by its token share
                         weight = MB.token_weights(idx, mb_idx, mask)[0]
-                    if budget and not self.head_only:
-                        sub = MB.sub_batch(tensors, idx, q_span, r_span)
+                    if spans is not None and not self.head_only:
+                        sub = MB.sub_batch(tensors, idx, *spans)
                         v = MB.pad_to(self._values(self._inputs(sub), None, "update"), R)
                     else:
                         v = self._values(inputs, idx, "update")

@@ -3,7 +3,9 @@ reference (the frozen policy's log-probabilities). Both are causal LMs that scor
 tokens (``_PolicyBase``)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -101,6 +103,22 @@ class ReferenceRole(_PolicyBase):
     name = "reference"
 
 
+@dataclass
+class _ActorBatch:
+    """What the actor's update reads from the rollout (``ActorRole._update_inputs``)."""
+
+    ids: torch.Tensor                  # query + response token ids
+    attn: torch.Tensor                 # their attention mask
+    P: int                             # query length (the responses start here)
+    mask: torch.Tensor                 # response mask, float
+    old_lp: torch.Tensor               # log-probs at rollout
+    adv: torch.Tensor                  # advantages
+    ref_all: Optional[torch.Tensor]    # the reference's log-probs, when sent
+    ref_lp: Optional[torch.Tensor]     # the same, when the KL is a term of the loss (ppo.kl_in: loss)
+    guard: Optional[float]             # ppo.kl_guard's KL bound, or None
+    spans: Optional[tuple]             # (query spans, response spans) with ppo.micro_batch_tokens
+
+
 def _base_model(model: torch.nn.Module):
     """The base model under a peft model's disabled adapters (a context manager)."""
     return model.disable_adapter()
@@ -185,34 +203,19 @@ class ActorRole(TrainedRole, _PolicyBase):
         return self._two_phase(lambda: self._update(tensors, args))
 
     def _update(self, tensors: Tensors, args: dict) -> Result:
-        from engine.models import sequence_logprobs
-
+        """The PPO update over the rollout: ``ppo.epochs`` passes of shuffled mini-batches, each
+        one optimizer step over its micro-batches; with ``ppo.kl_guard`` the remaining steps are
+        skipped once the policy has moved too far from the reference."""
         p = self.cfg.ppo
         step = int(args["step"])
-        mask = tensors["response_mask"].float()
-        B = mask.shape[0]
-        ids = torch.cat([tensors["query_ids"], tensors["response_ids"]], dim=1)
-        attn = torch.cat([tensors["query_mask"], tensors["response_mask"]], dim=1)
-        P = tensors["query_ids"].shape[1]
-        old_lp, adv = tensors["old_logprobs"].float(), tensors["advantages"].float()
-        check_finite(self.name, "update", advantages=adv[mask.bool()], old_logprobs=old_lp[mask.bool()])
-        ref_all = tensors["ref_logprobs"].float() if "ref_logprobs" in tensors else None
-        ref_lp = ref_all if p.kl_in == "loss" else None  # k3 KL in the loss
-        # ppo.kl_guard: the KL to the reference (k1 per response) above which later optimizer
-        # steps of this batch are skipped, once the update has moved the policy further away
-        guard = p.kl_guard * p.target_kl if p.kl_guard is not None and ref_all is not None else None
-        R = mask.shape[1]
-        budget = p.micro_batch_tokens  # token-budget micro-batches (engine/runtime/microbatch.py)
-        if budget:
-            from engine.runtime import microbatch as MB
-
-            q_span, r_span = MB.spans(tensors["query_mask"], tensors["response_mask"])
+        u = self._update_inputs(tensors)
+        B = u.mask.shape[0]
         skipped = 0
         n_steps = p.epochs * len(batches(B, p.mini_batch_size))
         scaler = self.grad_scaler()
         self.model.train()
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "clipfrac", "dual_clipfrac", "approx_kl", "entropy", "grad_norm")}
-        if ref_lp is not None:
+        if u.ref_lp is not None:
             stats["kl_loss"] = []
         done = 0
         for epoch in range(p.epochs):
@@ -222,62 +225,18 @@ class ActorRole(TrainedRole, _PolicyBase):
             for mb in batches(B, p.mini_batch_size):
                 mb_idx = perm[mb]
                 self.optimizer.zero_grad(set_to_none=True)
-                n_mb = len(mb_idx)
-                if budget:
-                    micro = MB.token_micro_batches(mb_idx, q_span, r_span, budget)
-                else:
-                    micro = [mb_idx[mc] for mc in batches(n_mb, p.micro_batch_size)]
                 kl_now = kl_then = 0.0  # summed k1 KL of this rank's rows: now, and at rollout
                 rows = 0
-                for idx, weight, scale in self.ranks.micro_parts(micro, n_mb, mask):
-                    w_tok = w_agg = weight
-                    ids_i, attn_i, P_i = ids[idx], attn[idx], P
-                    if budget:  # exact shares of the mini-batch, unused padding columns cut
-                        w_tok, w_row = MB.token_weights(idx, mb_idx, mask)
-                        w_agg = MB.agg_weight(p.loss_agg, w_tok, w_row)
-                        sub = MB.sub_batch(tensors, idx, q_span, r_span)
-                        ids_i = torch.cat([sub["query_ids"], sub["response_ids"]], dim=1)
-                        attn_i = torch.cat([sub["query_mask"], sub["response_mask"]], dim=1)
-                        P_i = sub["query_ids"].shape[1]
-                    with self.amp("update"):
-                        lp, ent = sequence_logprobs(
-                            self.model, self._to(ids_i), self._to(attn_i), P_i,
-                            temperature=self.cfg.rollout.temperature, return_entropy=True,
-                        )
-                    if budget:
-                        lp, ent = MB.pad_to(lp, R), MB.pad_to(ent, R)
-                    m = self._to(mask[idx])
-                    if guard is not None and done:
-                        r = self._to(ref_all[idx])
-                        kl_now += float(((lp.detach().float() - r) * m).sum())
-                        kl_then += float(((self._to(old_lp[idx]) - r) * m).sum())
+                track_kl = u.guard is not None and done
+                for idx, weight, scale in self.ranks.micro_parts(self._micro_batches(mb_idx, u.spans), len(mb_idx), u.mask):
+                    kl = self._micro_update(u, tensors, idx, mb_idx, weight, scale, scaler, stats, track_kl)
+                    if kl is not None:
+                        kl_now += kl[0]
+                        kl_then += kl[1]
                         rows += len(idx)
-                    loss, st = A.policy_loss(
-                        lp.float(), self._to(old_lp[idx]), self._to(adv[idx]), m,
-                        clip_low=p.clip_low, clip_high=p.clip_high, clip_c=p.dual_clip_c,
-                        loss_agg=p.loss_agg,
-                    )
-                    ent_mean = A.masked_mean(ent.float(), m)
-                    total = loss - p.entropy_coef * ent_mean
-                    agg = loss
-                    if ref_lp is not None:
-                        kl_loss = A.agg_loss(A.kl_penalty(lp.float(), self._to(ref_lp[idx]), "k3"), m, p.loss_agg)
-                        total = total + p.kl_loss_coef * kl_loss
-                        agg = agg + p.kl_loss_coef * kl_loss
-                        stats["kl_loss"].append(float(kl_loss.detach()) * scale)
-                    self._check_loss(policy_loss=total)
-                    if w_agg == w_tok:
-                        backward(total * weight if not budget else total * w_tok, scaler)
-                    else:  # a sequence-mean loss with a token-mean entropy: each by its own share
-                        backward(agg * w_agg - p.entropy_coef * ent_mean * w_tok, scaler)
-                    stats["policy_loss"].append(float(loss.detach()) * scale)
-                    stats["entropy"].append(float(ent_mean.detach()) * scale)
-                    for k in ("clipfrac", "dual_clipfrac", "approx_kl"):
-                        stats[k].append(float(st.get(k, 0.0)) * scale)
-                if guard is not None and done:
-                    if self.ranks.any_true(kl_now > guard * max(rows, 1) and kl_now > kl_then):
-                        skipped = n_steps - done
-                        break
+                if track_kl and self.ranks.any_true(kl_now > u.guard * max(rows, 1) and kl_now > kl_then):
+                    skipped = n_steps - done
+                    break
                 self.ranks.sync_grads(self.model)
                 gn = self._clip_and_step(p.grad_clip, scaler)
                 stats["grad_norm"].append(float(gn))
@@ -285,10 +244,85 @@ class ActorRole(TrainedRole, _PolicyBase):
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         out = {k: (sum(v) / len(v) if v else 0.0) for k, v in stats.items()}
-        if guard is not None:
+        if u.guard is not None:
             out["kl_guard_skipped"] = float(skipped)
         out["lr"] = self.scheduler.get_last_lr()[0]
         return {}, out
+
+    def _update_inputs(self, tensors: Tensors) -> "_ActorBatch":
+        """The update's inputs from the rollout's tensors (checked finite), the reference's
+        log-probs where the loss (``ppo.kl_in: loss``) or the KL guard needs them."""
+        p = self.cfg.ppo
+        mask = tensors["response_mask"].float()
+        old_lp, adv = tensors["old_logprobs"].float(), tensors["advantages"].float()
+        check_finite(self.name, "update", advantages=adv[mask.bool()], old_logprobs=old_lp[mask.bool()])
+        ref_all = tensors["ref_logprobs"].float() if "ref_logprobs" in tensors else None
+        return _ActorBatch(
+            ids=torch.cat([tensors["query_ids"], tensors["response_ids"]], dim=1),
+            attn=torch.cat([tensors["query_mask"], tensors["response_mask"]], dim=1),
+            P=tensors["query_ids"].shape[1], mask=mask, old_lp=old_lp, adv=adv, ref_all=ref_all,
+            ref_lp=ref_all if p.kl_in == "loss" else None,  # k3 KL in the loss
+            # ppo.kl_guard: the KL to the reference (k1 per response) above which later optimizer
+            # steps of this batch are skipped, once the update has moved the policy further away
+            guard=p.kl_guard * p.target_kl if p.kl_guard is not None and ref_all is not None else None,
+            spans=self._token_spans(tensors))
+
+    def _micro_update(self, u: "_ActorBatch", tensors: Tensors, idx, mb_idx, weight: float, scale: float,
+                      scaler, stats: dict, track_kl: bool):
+        """One micro-batch of a mini-batch: its forward pass, loss and backward (the gradients
+        add up until the mini-batch's optimizer step), its statistics into ``stats``. With
+        ``track_kl``: its summed k1 KL to the reference, now and at rollout."""
+        from engine.models import sequence_logprobs
+
+        p = self.cfg.ppo
+        budget = u.spans is not None  # token-budget micro-batches (engine/runtime/microbatch.py)
+        w_tok = w_agg = weight
+        ids_i, attn_i, P_i = u.ids[idx], u.attn[idx], u.P
+        if budget:  # exact shares of the mini-batch, unused padding columns cut
+            from engine.runtime import microbatch as MB
+
+            w_tok, w_row = MB.token_weights(idx, mb_idx, u.mask)
+            w_agg = MB.agg_weight(p.loss_agg, w_tok, w_row)
+            sub = MB.sub_batch(tensors, idx, *u.spans)
+            ids_i = torch.cat([sub["query_ids"], sub["response_ids"]], dim=1)
+            attn_i = torch.cat([sub["query_mask"], sub["response_mask"]], dim=1)
+            P_i = sub["query_ids"].shape[1]
+        with self.amp("update"):
+            lp, ent = sequence_logprobs(
+                self.model, self._to(ids_i), self._to(attn_i), P_i,
+                temperature=self.cfg.rollout.temperature, return_entropy=True,
+            )
+        if budget:
+            R = u.mask.shape[1]
+            lp, ent = MB.pad_to(lp, R), MB.pad_to(ent, R)
+        m = self._to(u.mask[idx])
+        kl = None
+        if track_kl:
+            r = self._to(u.ref_all[idx])
+            kl = (float(((lp.detach().float() - r) * m).sum()), float(((self._to(u.old_lp[idx]) - r) * m).sum()))
+        loss, st = A.policy_loss(
+            lp.float(), self._to(u.old_lp[idx]), self._to(u.adv[idx]), m,
+            clip_low=p.clip_low, clip_high=p.clip_high, clip_c=p.dual_clip_c,
+            loss_agg=p.loss_agg,
+        )
+        ent_mean = A.masked_mean(ent.float(), m)
+        total = loss - p.entropy_coef * ent_mean
+        agg = loss
+        if u.ref_lp is not None:
+            kl_loss = A.agg_loss(A.kl_penalty(lp.float(), self._to(u.ref_lp[idx]), "k3"), m, p.loss_agg)
+            total = total + p.kl_loss_coef * kl_loss
+            agg = agg + p.kl_loss_coef * kl_loss
+            stats["kl_loss"].append(float(kl_loss.detach()) * scale)
+        self._check_loss(policy_loss=total)
+        if w_agg == w_tok:
+            backward(total * weight if not budget else total * w_tok, scaler)
+        else:  # a sequence-mean loss with a token-mean entropy: each by its own share
+            backward(agg * w_agg - p.entropy_coef * ent_mean * w_tok, scaler)
+        stats["policy_loss"].append(float(loss.detach()) * scale)
+        stats["entropy"].append(float(ent_mean.detach()) * scale)
+        for k in ("clipfrac", "dual_clipfrac", "approx_kl"):
+            stats[k].append(float(st.get(k, 0.0)) * scale)
+        return kl
 
     # ---- checkpoints --------------------------------------------------------------------
     def op_save(self, tensors: Tensors, args: dict) -> Result:

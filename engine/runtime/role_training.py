@@ -231,6 +231,24 @@ class TrainedRole(TwoPhaseUpdate):
     """A role that trains (mixed in before ``Role``): the loss checks, the optimizer step and
     the float16 gradient scaler of its update, and the two-phase commit of ``TwoPhaseUpdate``."""
 
+    def _token_spans(self, tensors: Tensors) -> Optional[tuple]:
+        """With ``ppo.micro_batch_tokens``: each row's query and response spans, which the
+        token-budget micro-batches are cut by (engine/runtime/microbatch.py); else None."""
+        if not self.cfg.ppo.micro_batch_tokens:
+            return None
+        from engine.runtime import microbatch as MB
+
+        return MB.spans(tensors["query_mask"], tensors["response_mask"])
+
+    def _micro_batches(self, mb_idx: torch.Tensor, spans: Optional[tuple]) -> list:
+        """A mini-batch's rows (``mb_idx``) cut into micro-batches: by the token budget when
+        ``spans`` is given (``_token_spans``), else ``ppo.micro_batch_size`` rows each."""
+        if spans is not None:
+            from engine.runtime import microbatch as MB
+
+            return MB.token_micro_batches(mb_idx, *spans, self.cfg.ppo.micro_batch_tokens)
+        return [mb_idx[mc] for mc in batches(len(mb_idx), self.cfg.ppo.micro_batch_size)]
+
     def _check_loss(self, **named: torch.Tensor) -> None:
         """``check_finite`` of a loss, agreed over the ranks: each rank's loss comes from its own
         share of the batch, and a rank that stopped alone would leave the others waiting in the
