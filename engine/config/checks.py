@@ -138,16 +138,33 @@ def _estimator_checks(cfg: RunConfig, ctx: Ctx) -> None:
 
 
 def cross_checks(cfg: RunConfig, ctx: Ctx):
-    ppo, ro = cfg.ppo, cfg.rollout
+    """The rules that involve more than one key, in this order: batch sizes (and the
+    estimator's needs), the KL controller, the sources, devices and ranks, each role's dtype and
+    attention against where it runs, the reward's quantization, the runtime, ignored keys."""
+    _batch_checks(cfg, ctx)
+    _kl_checks(cfg, ctx)
+    _source_checks(cfg, ctx)
+    for role in ROLES:
+        _check_device(ctx, (role, "device"), getattr(cfg, role).device)
+    _check_devices_key(cfg, ctx)
+    _check_ranks(cfg, ctx)
+    _check_lora(cfg, ctx)
+    _precision_checks(cfg, ctx)
+    _quantization_checks(cfg, ctx)
+    _runtime_checks(cfg, ctx)
+    _ignored_key_notices(cfg, ctx)
 
-    # Batch sizes.
+
+def _batch_checks(cfg: RunConfig, ctx: Ctx) -> None:
+    """Batch sizes that divide each other, lengths, enough prompts."""
+    ppo, ro = cfg.ppo, cfg.rollout
     if ctx.ok(("ppo", "mini_batch_size"), ("rollout", "batch_size"), ("rollout", "n")) \
             and (ro.batch_size * ro.n) % ppo.mini_batch_size:
         per = f"rollout.batch_size * rollout.n ({ro.batch_size} * {ro.n})" if ro.n > 1 \
             else f"rollout.batch_size ({ro.batch_size})"
         ctx.error(("ppo", "mini_batch_size"), f"must divide {per}; got {ppo.mini_batch_size}",
                   at=[("rollout", "batch_size"), ("ppo",)])
-    _estimator_checks(cfg, ctx)
+    _estimator_checks(cfg, ctx)  # here, so that the issues come in the order they always did
     if ctx.ok(("ppo", "micro_batch_size"), ("ppo", "mini_batch_size")) \
             and ppo.mini_batch_size % ppo.micro_batch_size:
         ctx.error(("ppo", "micro_batch_size"),
@@ -164,7 +181,10 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
                   f"must be at least rollout.batch_size ({ro.batch_size}); got {cfg.data.num_prompts}",
                   at=[("rollout", "batch_size")])
 
-    # KL controller.
+
+def _kl_checks(cfg: RunConfig, ctx: Ctx) -> None:
+    """The KL controller, ppo.kl_guard and ppo.kl_in together; the warmup against the run."""
+    ppo = cfg.ppo
     if ctx.ok(("ppo", "kl_controller"), ("ppo", "target_kl")) \
             and ppo.kl_controller in ("adaptive", "pi") and ppo.target_kl <= 0:
         ctx.error(("ppo", "target_kl"),
@@ -191,7 +211,9 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
         ctx.notice(("ppo", "warmup_steps"),
                    f"warmup ({ppo.warmup_steps} steps) is longer than the run ({cfg.run.steps} steps)")
 
-    # Sources.
+
+def _source_checks(cfg: RunConfig, ctx: Ctx) -> None:
+    """Model, reward, data and audit sources (the grammar, and what exists), the reward's own keys."""
     if ctx.ok(("actor", "model")):
         if cfg.actor.model is None:
             ctx.error(("actor", "model"), "the actor needs a model source, got null; "
@@ -213,8 +235,7 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
                                            f"{_show(cfg.reward.audit)}")
         else:
             _check_source(ctx, ("reward", "audit"), cfg.reward.audit, "reward")
-    rclass = sources.parse(cfg.reward.source).scheme
-    if rclass in ("lexicon", "python") and cfg.reward.quantization != "none" \
+    if sources.parse(cfg.reward.source).scheme in ("lexicon", "python") and cfg.reward.quantization != "none" \
             and ctx.ok(("reward", "quantization")):
         ctx.notice(("reward", "quantization"), f"has no effect for the reward function "
                                                f"'{cfg.reward.source}'")
@@ -223,14 +244,9 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
         ctx.error(("reward", "score_label"), f"must be >= 0 (an output index) or a label name; "
                                              f"got {cfg.reward.score_label}")
 
-    # Devices and ranks.
-    for role in ROLES:
-        _check_device(ctx, (role, "device"), getattr(cfg, role).device)
-    _check_devices_key(cfg, ctx)
-    _check_ranks(cfg, ctx)
-    _check_lora(cfg, ctx)
 
-    # dtypes, attention and quantization against where each role runs.
+def _precision_checks(cfg: RunConfig, ctx: Ctx) -> None:
+    """Each role's dtype and attention kernel against where it runs (CPU or CUDA)."""
     for role in ROLES:
         rc = getattr(cfg, role)
         if not ctx.ok((role, "device"), (role, "dtype")):
@@ -258,9 +274,13 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
                 ctx.notice((role, "attn_implementation"),
                            "the flash-attn package is not installed (pip install flash-attn); the "
                            "model loader falls back to sdpa")
+
+
+def _quantization_checks(cfg: RunConfig, ctx: Ctx) -> None:
+    """reward.quantization against the reward's kind and device (bitsandbytes)."""
     q = cfg.reward.quantization
     if q != "none" and ctx.ok(("reward", "quantization"), ("reward", "device")) \
-            and rclass not in ("lexicon", "python"):
+            and sources.parse(cfg.reward.source).scheme not in ("lexicon", "python"):
         cpu = _on_cpu(cfg, role_device_request(cfg, "reward"), ctx)
         reason = _probes.bnb_cpu_unsupported_reason(q) if cpu and ctx.check_hardware else None
         if cpu and reason:
@@ -276,7 +296,9 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
             ctx.error(("reward", "quantization"),
                       f"{q} quantization needs the bitsandbytes package: pip install bitsandbytes")
 
-    # Runtime.
+
+def _runtime_checks(cfg: RunConfig, ctx: Ctx) -> None:
+    """runtime.*: the backend, Ray's address and resources, colocation groups, threads."""
     rt = cfg.runtime
     if ctx.ok(("runtime", "backend")):
         _check_backend(rt, ctx)
@@ -312,6 +334,10 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
             ctx.notice(("runtime", "threads"), f"{total} threads requested over the roles but this "
                                                f"machine has {cores} cores; workers will contend",
                        at=[(r, "threads") for r in ROLES])
+
+
+def _ignored_key_notices(cfg: RunConfig, ctx: Ctx) -> None:
+    """Keys that another key's value turns off."""
     if ctx.ok(("logging", "tensorboard"), ("logging", "tensorboard_dir")) \
             and not cfg.logging.tensorboard and cfg.logging.tensorboard_dir is not None:
         ctx.notice(("logging", "tensorboard_dir"), "ignored: logging.tensorboard is false")
