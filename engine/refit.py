@@ -353,10 +353,7 @@ def _judged_texts(items: list[dict]):
 def _refit_head(cfg, rc: RefitSettings, items, run_dir, attempt, current, out, progress) -> dict:
     """A preference head on frozen features, added to the base reward (engine/preference.py).
     Every judgement is held out once: k-fold, each fold judged by a head fitted without it."""
-    import torch
-
     from engine import preference as pref
-    from engine.rewards import ClassifierReward, PreferenceReward
 
     base_source = current
     if pref.is_preference_folder(current):       # a second refit: a new taste on the same base
@@ -365,6 +362,49 @@ def _refit_head(cfg, rc: RefitSettings, items, run_dir, attempt, current, out, p
     k = min(5, len(judged))
     progress(f"{len(items)} judgement(s) on {len(responses)} text(s); features {rc.features}, "
              f"{k}-fold: each judgement is judged by a head fitted without it")
+    base, emb, encoder_source, thr = _head_base_scores(cfg, rc, base_source, prompts, responses, progress)
+    sentence = pref.SentenceEncoder(progress=progress) if pref.needs_sentence(rc.features) else None
+    try:
+        feats = pref.features(rc.features, responses, emb, sentence)
+    finally:
+        if sentence is not None:
+            sentence.close()
+    base = base.float()
+    new_hits = _head_held_out_hits(rc, feats, base, judged, k, thr)
+    l2 = pref.choose_l2(rc.features, feats, judged)
+    head = pref.fit_head(rc.features, feats, judged, l2)
+    w = rc.weight * pref.spread(base[judged.rows()])
+    progress(f"head fitted (L2 {l2:g}); preference weight {rc.weight:g} x the base's spread = {w:.4f}")
+
+    # the current reward on the same judgements; both on the original held-out set
+    # the original held-out set is the base model's own (a lexicon or a function has none)
+    orig_eval, positive = [], 1
+    if is_trainable_source(base_source) and rc.original_eval_rows:
+        _, _, orig_eval, positive = _original_set(cfg, rc, base_source, progress)
+    cur = _head_current(cfg, current, base_source, base, prompts, responses, judged, orig_eval, positive, progress)
+    tmp = out.parent / f".{out.name}.tmp-head"
+    pref.save(tmp, head, base_source=base_source, encoder_source=encoder_source, weight=rc.weight, w=w,
+              info={"l2": l2, "judgements": len(judged), "run": str(run_dir), "attempt": attempt})
+    new = _head_new(cfg, out, tmp, thr, new_hits, orig_eval, positive, progress)
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    ok, why, test = verdict(cur, new, rc.max_original_drop, rc.confidence)
+    return {"accepted": ok, "reason": why, "test": test, "started_from": base_source, "current": cur,
+            "new": new, "weight": rc.weight, "w": w, "l2": l2, "features": rc.features,
+            "judgements": {"train": len(judged), "held_out": len(judged), "held_out_how": f"{k}-fold"}}
+
+
+def _head_base_scores(cfg, rc: RefitSettings, base_source: str, prompts, responses, progress):
+    """The base reward's scores of the judged texts, the embedding the head's features read (from
+    the base model, or from ``reward.refit.base`` when the base is not a model; None when the
+    features need none), where that embedding came from, and the base's decision threshold."""
+    import torch
+
+    from engine import preference as pref
+    from engine.rewards import ClassifierReward
+
     encoder_source = None
     base_src = build_reward_source(cfg, base_source, "cpu", progress)
     enc_src = None
@@ -388,15 +428,14 @@ def _refit_head(cfg, rc: RefitSettings, items, run_dir, attempt, current, out, p
         base_src.close()
         if enc_src is not None:
             enc_src.close()
-    sentence = pref.SentenceEncoder(progress=progress) if pref.needs_sentence(rc.features) else None
-    try:
-        feats = pref.features(rc.features, responses, emb, sentence)
-    finally:
-        if sentence is not None:
-            sentence.close()
-    base = base.float()
+    return base, emb, encoder_source, thr
 
-    # every judgement held out once
+
+def _head_held_out_hits(rc: RefitSettings, feats, base, judged, k: int, thr: float) -> list:
+    """Every judgement held out once (k folds): whether the base plus a head fitted on the other
+    folds agrees with it."""
+    from engine import preference as pref
+
     new_hits: list[Optional[float]] = [None] * len(judged)
     for hold in pref.folds(len(judged), k):
         keep = set(hold)
@@ -406,16 +445,16 @@ def _refit_head(cfg, rc: RefitSettings, items, run_dir, attempt, current, out, p
         hits = pref.combined_hits(pref.combined(base, head.z(feats), w), judged.subset(hold), thr)
         for i, h in zip(sorted(hold, key=lambda i: (i >= len(judged.pairs), i)), hits):
             new_hits[i] = h
-    l2 = pref.choose_l2(rc.features, feats, judged)
-    head = pref.fit_head(rc.features, feats, judged, l2)
-    w = rc.weight * pref.spread(base[judged.rows()])
-    progress(f"head fitted (L2 {l2:g}); preference weight {rc.weight:g} x the base's spread = {w:.4f}")
+    return new_hits
 
-    # the current reward on the same judgements; both on the original held-out set
-    # the original held-out set is the base model's own (a lexicon or a function has none)
-    orig_eval, positive = [], 1
-    if is_trainable_source(base_source) and rc.original_eval_rows:
-        _, _, orig_eval, positive = _original_set(cfg, rc, base_source, progress)
+
+def _head_current(cfg, current: str, base_source: str, base, prompts, responses, judged, orig_eval,
+                  positive: int, progress) -> dict:
+    """The current reward on the judgements and on the original held-out set."""
+    import torch
+
+    from engine import preference as pref
+
     cur_src = build_reward_source(cfg, current, "cpu", progress)
     try:
         if current == base_source:
@@ -427,9 +466,14 @@ def _refit_head(cfg, rc: RefitSettings, items, run_dir, attempt, current, out, p
         cur.update(original_accuracy(cur_src, orig_eval, positive))
     finally:
         cur_src.close()
-    tmp = out.parent / f".{out.name}.tmp-head"
-    pref.save(tmp, head, base_source=base_source, encoder_source=encoder_source, weight=rc.weight, w=w,
-              info={"l2": l2, "judgements": len(judged), "run": str(run_dir), "attempt": attempt})
+    return cur
+
+
+def _head_new(cfg, out: Path, tmp: Path, thr: float, new_hits: list, orig_eval, positive: int, progress) -> dict:
+    """The new reward (the head saved in ``tmp`` on its base): its held-out hits and its
+    accuracy on the original held-out set."""
+    from engine.rewards import PreferenceReward
+
     new_src = PreferenceReward(str(out), str(tmp), dict(device="cpu", dtype=cfg.reward.dtype,
                                quantization=cfg.reward.quantization, score_label=cfg.reward.score_label,
                                score_kind=cfg.reward.score_kind, max_length=cfg.reward.max_length,
@@ -440,14 +484,7 @@ def _refit_head(cfg, rc: RefitSettings, items, run_dir, attempt, current, out, p
         new.update(original_accuracy(new_src, orig_eval, positive, thr))
     finally:
         new_src.close()
-    import shutil
-
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    ok, why, test = verdict(cur, new, rc.max_original_drop, rc.confidence)
-    return {"accepted": ok, "reason": why, "test": test, "started_from": base_source, "current": cur,
-            "new": new, "weight": rc.weight, "w": w, "l2": l2, "features": rc.features,
-            "judgements": {"train": len(judged), "held_out": len(judged), "held_out_how": f"{k}-fold"}}
+    return new
 
 
 def main(argv=None) -> int:
