@@ -349,7 +349,8 @@ def _run_single_process(cfg, steps: int):
         active_roles,
         format_step_line,
     )
-    from engine.runtime.roles import ROLE_CLASSES, role_seed
+    from engine.runtime.role_base import role_seed
+    from engine.runtime.roles import ROLE_CLASSES
     from engine.runtime.supervisor import make_kl_controller
 
     cores = available_cores()
@@ -384,12 +385,10 @@ def _run_single_process(cfg, steps: int):
 
 def bench_step(args) -> int:
     from engine.config import load_config
-    from engine.models import torch_dtype
     from engine.procs import available_cores
-
-    overrides = list(args.set or [])
     from engine.runtime.worker import quiet_hf_logging
 
+    overrides = list(args.set or [])
     quiet_hf_logging()
     cfg = load_config(args.config, overrides)
     steps = max(2, args.steps)
@@ -401,6 +400,24 @@ def bench_step(args) -> int:
     if unknown:
         print(f"unknown mode(s) {', '.join(unknown)}; use multi, local, ray, single", file=sys.stderr)
         return 2
+    results, counts = _run_step_modes(cfg, modes, steps)
+    means = {k: _phase_means(v, 1) for k, v in results.items()}
+    disp, tok_rates, peak_rss = _print_step_table(results, means)
+    rt_key = next((k for k in ("multi", "ray", "local") if k in means), None)
+    _print_step_comparisons(means, disp, rt_key)
+    peak, fl = _print_step_flops(cfg, results, means, counts, rt_key)
+    if args.json:
+        extra = {"phase_flop_rates": {k: phase_flop_rates(fl, means[k], peak.share_of) for k in means}} if counts else {}
+        with open(args.json, "w") as f:
+            # peak_tflops: the rate shares are taken of, null when the compute dtype has no fast path
+            json.dump({"means": means, "tokens_per_s": tok_rates, "peak_tflops": peak.share_of,
+                       "matmul_peak": peak.to_json(), "peak_rss_mb": peak_rss, **extra}, f, indent=2)
+    return 0
+
+
+def _run_step_modes(cfg, modes: list[str], steps: int):
+    """Each mode's metric rows (mode label -> rows) and, with ``single``, the parameter counts and
+    prompt length the FLOP figures need (else None)."""
     results = {}
     if "multi" in modes:  # the runtime as configured: runtime.backend decides local or ray
         label = "ray" if cfg.runtime.backend == "ray" else "multi"
@@ -415,7 +432,11 @@ def bench_step(args) -> int:
     if "single" in modes:
         print("single process, one phase after another (same PPO step, same code):", flush=True)
         results["single"], counts = _run_single_process(cfg, steps)
-    means = {k: _phase_means(v, 1) for k, v in results.items()}
+    return results, counts
+
+
+def _print_step_table(results: dict, means: dict):
+    """The phase-by-mode table, dispatch overhead, tokens/s and peak RSS; returns those three."""
     hdr = f"{'phase':<16}" + "".join(f"{k + ' s':>12}" for k in means)
     print()
     print(hdr)
@@ -434,7 +455,11 @@ def bench_step(args) -> int:
               + "   (summed over the role workers: " + "; ".join(
                   f"{k} " + ", ".join(f"{w} {mb:.0f}" for w, mb in peak_rss_by_worker(results[k]).items())
                   for k in peak_rss) + ")")
-    rt_key = next((k for k in ("multi", "ray", "local") if k in means), None)
+    return disp, tok_rates, peak_rss
+
+
+def _print_step_comparisons(means: dict, disp: dict, rt_key) -> None:
+    """The runtime's speed-up over one process, and Ray's overhead over the local backend."""
     if rt_key and "single" in means:
         print(f"\nspeed-up of the multi-process runtime ({rt_key}) over one process: "
               f"{means['single']['step'] / means[rt_key]['step']:.2f}x per step")
@@ -444,9 +469,17 @@ def bench_step(args) -> int:
         print(f"\nRay overhead per step: {d:+.3f}s ({100 * d / means[local_key]['step']:+.1f}%) "
               f"= ray {means['ray']['step']:.3f}s - local {means[local_key]['step']:.3f}s (mean step time); "
               f"dispatch overhead ray {disp['ray']:.3f}s vs local {disp[local_key]:.3f}s per step")
+
+
+def _print_step_flops(cfg, results: dict, means: dict, counts, rt_key):
+    """Model FLOPs per step and the achieved share of this machine's matmul peak, per mode and
+    per phase (with the parameter counts of a ``single`` run); the peak and the FLOP figures."""
+    from engine.models import torch_dtype
+
     compute = cfg.actor.autocast if cfg.actor.autocast != "none" else cfg.actor.dtype
     dtype = torch_dtype(compute)
     peak = measure_matmul_peak(dtype)
+    fl = None
     if counts is not None:
         rows = results.get(rt_key) if rt_key else results["single"]
         resp = statistics.mean(r["response_len_mean"] for r in rows)
@@ -467,13 +500,7 @@ def bench_step(args) -> int:
         print(f"\npeak {compute} matmul rate on this machine: {peak.tflops:.3f} TFLOP/s")
     else:
         print(f"\n{peak.describe()}")
-    if args.json:
-        extra = {"phase_flop_rates": {k: phase_flop_rates(fl, means[k], peak.share_of) for k in means}} if counts else {}
-        with open(args.json, "w") as f:
-            # peak_tflops: the rate shares are taken of, null when the compute dtype has no fast path
-            json.dump({"means": means, "tokens_per_s": tok_rates, "peak_tflops": peak.share_of,
-                       "matmul_peak": peak.to_json(), "peak_rss_mb": peak_rss, **extra}, f, indent=2)
-    return 0
+    return peak, fl
 
 
 def _add_run_args(p, steps: int) -> None:

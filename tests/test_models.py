@@ -516,7 +516,7 @@ def test_a_policy_role_reports_building_its_tokenizer_through_its_progress(tmp_p
     lines must reach the role's progress callback (the run's event log), not the worker's stderr."""
     from engine.assets import cache_dir
     from engine.config import load_config
-    from engine.runtime.roles import ReferenceRole
+    from engine.runtime.role_policy import ReferenceRole
 
     warm = cache_dir() / "assets"
     resolve_model_path(TINY)                       # the SmolLM2 GGUF asset is in the warm cache

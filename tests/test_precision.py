@@ -162,7 +162,7 @@ def test_a_calibration_measured_while_other_processes_ran_is_not_kept(cache):
 # ------------------------------------------------------------------------------- the roles
 
 def test_a_role_runs_each_phase_in_what_it_was_told(cache):
-    from engine.runtime.roles import ActorRole
+    from engine.runtime.role_policy import ActorRole
 
     cfg = _auto_cfg()
     role = ActorRole(cfg)
@@ -179,7 +179,7 @@ def test_a_role_runs_each_phase_in_what_it_was_told(cache):
 def test_a_float16_update_scales_its_loss_and_still_trains(cache):
     """fp16 autocast (what ``auto`` picks on a GPU without bf16) trains through a gradient
     scaler: the update runs, the weights move, and they stay finite (checked on the CPU)."""
-    from engine.runtime.roles import ActorRole
+    from engine.runtime.role_policy import ActorRole
 
     cfg = _auto_cfg()
     role = ActorRole(cfg)

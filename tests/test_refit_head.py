@@ -8,6 +8,8 @@ every judgement is held out once.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import random
 
@@ -119,12 +121,38 @@ def test_sign_test_and_the_judgements_needed():
 
 @pytest.mark.parametrize("key,value,msg", [("method", "magic", "must be one of head, finetune"),
                                            ("features", "pixels", "must be one of sentence"),
-                                           ("confidence", 1.5, "must be between")])
+                                           ("confidence", 1.5, "must be in [0.5, 0.999]; got 1.5"),
+                                           ("weight", "big", "expected a number, got 'big'"),
+                                           ("min_judgements", 2.5, "expected an integer, got 2.5"),
+                                           ("base", "lexicon:vader", "must be a trainable model"),
+                                           ("wieght", 2, "unknown key 'wieght'; did you mean 'weight'?")])
 def test_bad_refit_settings_are_named(key, value, msg):
     from engine.config import validate_text
 
     cfg = yaml.safe_load(TINY.read_text())
     cfg["reward"]["refit"] = {key: value}
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    res = validate_text(text, "x.yaml")
+    errs = [i for i in res.issues if f"reward.refit.{key}" in str(i)]
+    assert errs and msg in str(errs[0]), [str(i) for i in res.issues]
+    line = next(n for n, t in enumerate(text.splitlines(), 1) if t.strip().startswith(f"{key}:"))
+    assert errs[0].line == line  # where: the line of the key in the file
+
+
+def test_refit_settings_null_is_every_default_and_set_overrides_one_key():
+    from engine.config import RefitSettings, load_config, validate_text
+    from engine.refit import refit_settings
+
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["reward"]["refit"] = None
     res = validate_text(yaml.safe_dump(cfg), "x.yaml")
-    errs = [str(i) for i in res.issues if f"reward.refit.{key}" in str(i)]
-    assert errs and msg in errs[0], [str(i) for i in res.issues]
+    assert res.config is not None and res.config.reward.refit is None
+    # every default, with nice resolved: null is 0 for a head refit (seconds of work) ...
+    assert RefitSettings().nice is None
+    assert refit_settings(res.config) == dataclasses.replace(RefitSettings(), nice=0)
+    # ... and 10 for a fine-tune (minutes); a nice the config gives is kept
+    assert refit_settings(load_config(str(TINY), ["reward.refit.method=finetune"])).nice == 10
+    assert refit_settings(load_config(str(TINY), ["reward.refit.nice=5"])).nice == 5
+    assert (RefitSettings().method, RefitSettings().weight, RefitSettings().min_judgements) == ("head", 1.0, 4)
+    rs = refit_settings(load_config(str(TINY), ["reward.refit.weight=2", "reward.refit.every_labels=20"]))
+    assert (rs.weight, rs.every_labels, rs.confidence) == (2.0, 20, RefitSettings().confidence)

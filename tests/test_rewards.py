@@ -233,7 +233,7 @@ def test_folder_without_config(tmp_path):
 def test_reward_role_passes_score_text_from_the_config(tiny_classifier):
     """reward.score_text=response reaches the classifier: the role's scores ignore the prompt."""
     from engine.config import load_config
-    from engine.runtime.roles import RewardRole
+    from engine.runtime.role_reward import RewardRole
 
     scores = {}
     for text in ("prompt+response", "response"):

@@ -347,7 +347,8 @@ def test_critic_as_a_head_on_the_reference_trunk(runs_dir, cleanup_runs):
 
     from engine.config import load_config
     from engine.runtime.driver import ThreadPlan
-    from engine.runtime.roles import CriticRole, ReferenceRole
+    from engine.runtime.role_critic import CriticRole
+    from engine.runtime.role_policy import ReferenceRole
 
     cfg = load_config(TINY, ["ppo.critic_trunk=reference", "ppo.critic_lr=1e-2", "ppo.epochs=4"])
     plan = ThreadPlan.make(cfg, cores=8)

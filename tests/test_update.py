@@ -12,7 +12,9 @@ import torch
 
 from engine import models as M
 from engine.config import load_config
-from engine.runtime.roles import ActorRole, NonFiniteError, make_adamw
+from engine.runtime.role_base import NonFiniteError
+from engine.runtime.role_policy import ActorRole
+from engine.runtime.role_training import make_adamw
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.timeout(600)

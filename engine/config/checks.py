@@ -138,16 +138,33 @@ def _estimator_checks(cfg: RunConfig, ctx: Ctx) -> None:
 
 
 def cross_checks(cfg: RunConfig, ctx: Ctx):
-    ppo, ro = cfg.ppo, cfg.rollout
+    """The rules that involve more than one key, in this order: batch sizes (and the
+    estimator's needs), the KL controller, the sources, devices and ranks, each role's dtype and
+    attention against where it runs, the reward's quantization, the runtime, ignored keys."""
+    _batch_checks(cfg, ctx)
+    _kl_checks(cfg, ctx)
+    _source_checks(cfg, ctx)
+    for role in ROLES:
+        _check_device(ctx, (role, "device"), getattr(cfg, role).device)
+    _check_devices_key(cfg, ctx)
+    _check_ranks(cfg, ctx)
+    _check_lora(cfg, ctx)
+    _precision_checks(cfg, ctx)
+    _quantization_checks(cfg, ctx)
+    _runtime_checks(cfg, ctx)
+    _ignored_key_notices(cfg, ctx)
 
-    # Batch sizes.
+
+def _batch_checks(cfg: RunConfig, ctx: Ctx) -> None:
+    """Batch sizes that divide each other, lengths, enough prompts."""
+    ppo, ro = cfg.ppo, cfg.rollout
     if ctx.ok(("ppo", "mini_batch_size"), ("rollout", "batch_size"), ("rollout", "n")) \
             and (ro.batch_size * ro.n) % ppo.mini_batch_size:
         per = f"rollout.batch_size * rollout.n ({ro.batch_size} * {ro.n})" if ro.n > 1 \
             else f"rollout.batch_size ({ro.batch_size})"
         ctx.error(("ppo", "mini_batch_size"), f"must divide {per}; got {ppo.mini_batch_size}",
                   at=[("rollout", "batch_size"), ("ppo",)])
-    _estimator_checks(cfg, ctx)
+    _estimator_checks(cfg, ctx)  # here, so that the issues come in the order they always did
     if ctx.ok(("ppo", "micro_batch_size"), ("ppo", "mini_batch_size")) \
             and ppo.mini_batch_size % ppo.micro_batch_size:
         ctx.error(("ppo", "micro_batch_size"),
@@ -164,7 +181,10 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
                   f"must be at least rollout.batch_size ({ro.batch_size}); got {cfg.data.num_prompts}",
                   at=[("rollout", "batch_size")])
 
-    # KL controller.
+
+def _kl_checks(cfg: RunConfig, ctx: Ctx) -> None:
+    """The KL controller, ppo.kl_guard and ppo.kl_in together; the warmup against the run."""
+    ppo = cfg.ppo
     if ctx.ok(("ppo", "kl_controller"), ("ppo", "target_kl")) \
             and ppo.kl_controller in ("adaptive", "pi") and ppo.target_kl <= 0:
         ctx.error(("ppo", "target_kl"),
@@ -191,7 +211,9 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
         ctx.notice(("ppo", "warmup_steps"),
                    f"warmup ({ppo.warmup_steps} steps) is longer than the run ({cfg.run.steps} steps)")
 
-    # Sources.
+
+def _source_checks(cfg: RunConfig, ctx: Ctx) -> None:
+    """Model, reward, data and audit sources (the grammar, and what exists), the reward's own keys."""
     if ctx.ok(("actor", "model")):
         if cfg.actor.model is None:
             ctx.error(("actor", "model"), "the actor needs a model source, got null; "
@@ -213,10 +235,7 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
                                            f"{_show(cfg.reward.audit)}")
         else:
             _check_source(ctx, ("reward", "audit"), cfg.reward.audit, "reward")
-    if cfg.reward.refit is not None and ctx.ok(("reward", "refit")):
-        _check_refit(ctx, cfg.reward.refit)
-    rclass = sources.parse(cfg.reward.source).scheme
-    if rclass in ("lexicon", "python") and cfg.reward.quantization != "none" \
+    if sources.parse(cfg.reward.source).scheme in ("lexicon", "python") and cfg.reward.quantization != "none" \
             and ctx.ok(("reward", "quantization")):
         ctx.notice(("reward", "quantization"), f"has no effect for the reward function "
                                                f"'{cfg.reward.source}'")
@@ -225,14 +244,9 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
         ctx.error(("reward", "score_label"), f"must be >= 0 (an output index) or a label name; "
                                              f"got {cfg.reward.score_label}")
 
-    # Devices and ranks.
-    for role in ROLES:
-        _check_device(ctx, (role, "device"), getattr(cfg, role).device)
-    _check_devices_key(cfg, ctx)
-    _check_ranks(cfg, ctx)
-    _check_lora(cfg, ctx)
 
-    # dtypes, attention and quantization against where each role runs.
+def _precision_checks(cfg: RunConfig, ctx: Ctx) -> None:
+    """Each role's dtype and attention kernel against where it runs (CPU or CUDA)."""
     for role in ROLES:
         rc = getattr(cfg, role)
         if not ctx.ok((role, "device"), (role, "dtype")):
@@ -260,9 +274,13 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
                 ctx.notice((role, "attn_implementation"),
                            "the flash-attn package is not installed (pip install flash-attn); the "
                            "model loader falls back to sdpa")
+
+
+def _quantization_checks(cfg: RunConfig, ctx: Ctx) -> None:
+    """reward.quantization against the reward's kind and device (bitsandbytes)."""
     q = cfg.reward.quantization
     if q != "none" and ctx.ok(("reward", "quantization"), ("reward", "device")) \
-            and rclass not in ("lexicon", "python"):
+            and sources.parse(cfg.reward.source).scheme not in ("lexicon", "python"):
         cpu = _on_cpu(cfg, role_device_request(cfg, "reward"), ctx)
         reason = _probes.bnb_cpu_unsupported_reason(q) if cpu and ctx.check_hardware else None
         if cpu and reason:
@@ -278,7 +296,9 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
             ctx.error(("reward", "quantization"),
                       f"{q} quantization needs the bitsandbytes package: pip install bitsandbytes")
 
-    # Runtime.
+
+def _runtime_checks(cfg: RunConfig, ctx: Ctx) -> None:
+    """runtime.*: the backend, Ray's address and resources, colocation groups, threads."""
     rt = cfg.runtime
     if ctx.ok(("runtime", "backend")):
         _check_backend(rt, ctx)
@@ -314,6 +334,10 @@ def cross_checks(cfg: RunConfig, ctx: Ctx):
             ctx.notice(("runtime", "threads"), f"{total} threads requested over the roles but this "
                                                f"machine has {cores} cores; workers will contend",
                        at=[(r, "threads") for r in ROLES])
+
+
+def _ignored_key_notices(cfg: RunConfig, ctx: Ctx) -> None:
+    """Keys that another key's value turns off."""
     if ctx.ok(("logging", "tensorboard"), ("logging", "tensorboard_dir")) \
             and not cfg.logging.tensorboard and cfg.logging.tensorboard_dir is not None:
         ctx.notice(("logging", "tensorboard_dir"), "ignored: logging.tensorboard is false")
@@ -632,33 +656,3 @@ def launch_checks(cfg: RunConfig, ctx: Ctx) -> None:
     _check_source(ctx, ("reward", "source"), cfg.reward.source, "reward")
     _check_source(ctx, ("data", "source"), cfg.data.source, "data")
     access_checks(cfg, ctx)
-
-
-def _check_refit(ctx: Ctx, refit: dict) -> None:
-    """reward.refit: known keys, their types and limits; a base that is a trainable model."""
-    from engine.config.schema import REFIT_CHOICES, REFIT_KEYS, REFIT_RANGES
-
-    for k, v in refit.items():
-        path = ("reward", "refit", k)
-        if k not in REFIT_KEYS:
-            s = _suggest(k, list(REFIT_KEYS))
-            ctx.error(path, f"unknown key '{k}'" + (f"; did you mean '{s}'?" if s else
-                                                     f"; valid keys: {', '.join(REFIT_KEYS)}"))
-            continue
-        types, _ = REFIT_KEYS[k]
-        if isinstance(v, bool) or not isinstance(v, types):
-            want = " or ".join({int: "an integer", float: "a number", str: "a string",
-                                type(None): "null"}[t] for t in types)
-            ctx.error(path, f"expected {want}; got {_show(v)}")
-            continue
-        if k in REFIT_CHOICES and v not in REFIT_CHOICES[k]:
-            ctx.error(path, f"must be one of {', '.join(REFIT_CHOICES[k])}; got {_show(v)}")
-            continue
-        lo, hi = REFIT_RANGES.get(k, (None, None))
-        if v is not None and lo is not None and not lo <= v <= hi:
-            ctx.error(path, f"must be between {lo:g} and {hi:g}; got {v}")
-    base = refit.get("base")
-    if isinstance(base, str) and sources.parse(base).scheme in ("lexicon", "python"):
-        ctx.error(("reward", "refit", "base"), f"must be a trainable model (a folder or hub id of a "
-                                               f"sequence classifier, or bundled:minilm-sentiment); "
-                                               f"got {_show(base)}")

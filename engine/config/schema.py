@@ -37,6 +37,7 @@ from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
 from engine import estimators as _estimators
+from engine import sources as _sources
 from engine.config.issues import show as _show
 from engine.config.issues import suggest as _suggest
 
@@ -288,47 +289,57 @@ class RoleConfig:
                                              "weights (the reference's other keys are then unused).")
 
 
-# reward.refit's keys: name -> (accepted Python types, help); defaults in REFIT_DEFAULTS, limits in
-# REFIT_RANGES (engine/refit.py reads them; engine/config/checks.py checks them)
-REFIT_KEYS: dict = {
-    "every_labels": ((int, type(None)), "refit automatically after every N new judgements; null = only on request"),
-    "method": ((str,), "head = a preference head on frozen features added to the base reward, fitted in "
-                       "seconds (engine/preference.py); finetune = fine-tune the reward model itself"),
-    "features": ((str,), "head: what the head reads: sentence (the bundled all-MiniLM-L6-v2's embedding "
-                         "of the response), reward (the reward model's last hidden layer), words (hashed "
-                         "words and word pairs of the response), or sentence+words, reward+words"),
-    "weight": ((int, float), "head: the preference's weight in units of the base reward's spread over "
-                             "the judged texts (score = base + weight * spread * z, z clipped to +-3)"),
-    "confidence": ((int, float), "accept a refit only if it agrees with the held-out judgements better "
-                                 "than the current reward at this confidence (one-sided sign test)"),
-    "base": ((str, type(None)), "the model a refit starts from when the current reward is a lexicon or a "
-                                "function (a folder or hub id of a sequence classifier); null = "
-                                "bundled:minilm-sentiment"),
-    "holdout": ((int, float), "finetune: share of the judgements, the newest, held out to evaluate the "
-                              "current and the new model (head holds every judgement out once, 5-fold)"),
-    "min_judgements": ((int,), "a refit needs at least this many judgements"),
-    "mix_ratio": ((int, float), "finetune: rows of the model's original training data mixed in per judgement"),
-    "original_eval_rows": ((int,), "rows of the original held-out set both models are evaluated on"),
-    "max_original_drop": ((int, float), "the new model may rank at most this share more of the original "
-                                        "held-out set's (positive, negative) pairs wrong than the current"),
-    "epochs": ((int,), "finetune: passes over the judgements and the mixed-in rows"),
-    "lr": ((int, float), "finetune: learning rate"),
-    "batch_size": ((int,), "finetune: rows per optimizer step"),
-    "nice": ((int, type(None)), "niceness of the refit process (0-19: higher = lower priority than "
-                                "training); null = 0 for head (seconds of work, a fair share of the "
-                                "cores) and 10 for finetune (minutes of work)"),
-}
-REFIT_DEFAULTS: dict = {"every_labels": None, "method": "head", "features": "sentence", "weight": 1.0,
-                        "confidence": 0.9, "base": None, "holdout": 0.25, "min_judgements": 4,
-                        "mix_ratio": 2.0, "original_eval_rows": 200, "max_original_drop": 0.05,
-                        "epochs": 2, "lr": 3e-5, "batch_size": 16, "nice": None}
-REFIT_CHOICES: dict = {"method": ("head", "finetune"),
-                       "features": ("sentence", "sentence+words", "reward", "reward+words", "words")}
-REFIT_RANGES: dict = {"every_labels": (1, 10**9), "weight": (0.0, 100.0), "confidence": (0.5, 0.999),
-                      "holdout": (0.0, 0.9), "min_judgements": (2, 10**9),
-                      "mix_ratio": (0.0, 1000.0), "original_eval_rows": (0, 100_000),
-                      "max_original_drop": (0.0, 1.0), "epochs": (1, 1000), "lr": (1e-12, 1.0),
-                      "batch_size": (1, 100_000), "nice": (0, 19)}
+class TrainableModelCheck(Check):
+    """A model the refit can fine-tune or read features from: not a lexicon or a function."""
+
+    doc = "a folder or hub id of a sequence classifier, or bundled:minilm-sentiment"
+
+    def problem(self, v):
+        if _sources.parse(v).scheme in ("lexicon", "python"):
+            return (f"must be a trainable model (a folder or hub id of a sequence classifier, or "
+                    f"bundled:minilm-sentiment); got {_show(v)}")
+        return None
+
+
+@section
+class RefitSettings:
+    """``reward.refit``: how a refit of the reward from the run's judgements runs and is judged
+    (engine/refit.py reads it through ``refit_settings``)."""
+    every_labels: Optional[Int] = key(None, "Refit automatically after every N new judgements; null = "
+                                            "only on request.", ge=1, le=10**9)
+    method: Literal["head", "finetune"] = key(
+        "head", "head = a preference head on frozen features added to the base reward, fitted in "
+                "seconds (engine/preference.py); finetune = fine-tune the reward model itself.")
+    features: Literal["sentence", "sentence+words", "reward", "reward+words", "words"] = key(
+        "sentence", "head: what the head reads: sentence (the bundled all-MiniLM-L6-v2's embedding "
+                    "of the response), reward (the reward model's last hidden layer), words (hashed "
+                    "words and word pairs of the response), or sentence+words, reward+words.")
+    weight: Float = key(1.0, "head: the preference's weight in units of the base reward's spread over "
+                             "the judged texts (score = base + weight * spread * z, z clipped to +-3).",
+                        ge=0, le=100)
+    confidence: Float = key(0.9, "Accept a refit only if it agrees with the held-out judgements better "
+                                 "than the current reward at this confidence (one-sided sign test).",
+                            ge=0.5, le=0.999)
+    base: Annotated[Optional[Str], AfterValidator(TrainableModelCheck())] = key(
+        None, "The model a refit starts from when the current reward is a lexicon or a function (a "
+              "folder or hub id of a sequence classifier); null = bundled:minilm-sentiment.")
+    holdout: Float = key(0.25, "finetune: share of the judgements, the newest, held out to evaluate the "
+                               "current and the new model (head holds every judgement out once, 5-fold).",
+                         ge=0, le=0.9)
+    min_judgements: Int = key(4, "A refit needs at least this many judgements.", ge=2, le=10**9)
+    mix_ratio: Float = key(2.0, "finetune: rows of the model's original training data mixed in per "
+                                "judgement.", ge=0, le=1000)
+    original_eval_rows: Int = key(200, "Rows of the original held-out set both models are evaluated on.",
+                                  ge=0, le=100_000)
+    max_original_drop: Float = key(0.05, "The new model may rank at most this share more of the original "
+                                         "held-out set's (positive, negative) pairs wrong than the current.",
+                                   ge=0, le=1)
+    epochs: Int = key(2, "finetune: passes over the judgements and the mixed-in rows.", ge=1, le=1000)
+    lr: Float = key(3e-5, "finetune: learning rate.", ge=1e-12, le=1)
+    batch_size: Int = key(16, "finetune: rows per optimizer step.", ge=1, le=100_000)
+    nice: Optional[Int] = key(None, "Niceness of the refit process (0-19: higher = lower priority than "
+                                    "training); null = 0 for head (seconds of work, a fair share of the "
+                                    "cores) and 10 for finetune (minutes of work).", ge=0, le=19)
 
 
 @section
@@ -358,11 +369,10 @@ class RewardConfig:
                                      "(reward-hacking monitors): lexicon:vader or "
                                      "python:pkg.mod:function; scored in the driver every step "
                                      "and recorded as each sample's 'audit'; null = none.")
-    refit: Optional[dict[Str, Any]] = key(
+    refit: Optional[RefitSettings] = key(
         None, "Refitting the reward model from the run's judgements (rlhf-console refit-reward, the "
-              "dashboard's R key): a mapping of " + ", ".join(
-                  f"{k} (default {REFIT_DEFAULTS[k]!r}: {h})" for k, (_, h) in REFIT_KEYS.items())
-        + "; null = all defaults. E.g. {every_labels: 20}.")
+              "dashboard's R key): a mapping of the keys below (missing ones take their defaults); "
+              "null = all defaults. E.g. {every_labels: 20}.")
 
 
 class ClearFractionCheck(Check):

@@ -1,8 +1,8 @@
 """Where a run's role workers live: the ``Backend`` protocol, the local backend, and the registry.
 
 A backend starts one worker per role group and rank and hands the supervisor handles with one
-interface (``engine.runtime.worker.CallBook`` plus ``submit`` -> Future of ``(outputs, result,
-seconds)``, ``wait_ready``, ``abort``, ``shutdown``, ``label``, ``roles``, ``pid``). Everything
+interface (``engine.runtime.worker.CallBook`` plus ``submit(RoleCall)`` -> Future of ``RoleResult``
+(engine/runtime/calls.py), ``wait_ready``, ``abort``, ``shutdown``, ``label``, ``roles``, ``pid``). Everything
 else — the PPO driver, the watchdog, the run directory, the control socket — never asks which
 backend it has.
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.files import atomic_write_json, atomic_write_text, durable_rename, read_jsonl
-from engine.runtime.roles import capture_rng, restore_rng
+from engine.runtime.calls import RoleCall
+from engine.runtime.role_base import capture_rng, restore_rng
 from engine.runtime.rundir import write_error_cause
 from engine.runtime.worker import WorkerError
 
@@ -43,7 +44,7 @@ def save_checkpoint(sup: "Supervisor", loop: "RunLoop") -> dict:
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        futs = [sup.pool.endpoints[r].submit(r, "save", None, {"path": str(tmp)}) for r in ("actor", "critic")
+        futs = [sup.pool.endpoints[r].submit(RoleCall(r, "save", args={"path": str(tmp)})) for r in ("actor", "critic")
                 if r in sup.pool.endpoints]
         errs = []
         for f in futs:  # wait for both before the folder may be removed
@@ -87,7 +88,7 @@ def load_checkpoint(sup: "Supervisor", ck: Path, stream, kl_ctl) -> None:
     """Resume from ``ck``: the roles' parts, the stream, the KL controller, the RNG, the step and
     the reward it was taken with; metrics and samples past it are cut off."""
     st = json.loads((ck / "state.json").read_text())
-    futs = [sup.pool.endpoints[r].submit(r, "load", None, {"path": str(ck)}) for r in ("actor", "critic")
+    futs = [sup.pool.endpoints[r].submit(RoleCall(r, "load", args={"path": str(ck)})) for r in ("actor", "critic")
             if r in sup.pool.endpoints]
     for f in futs:
         f.result()

@@ -12,7 +12,8 @@ import torch
 
 from engine.config import RunConfig, resolve_role_model
 from engine.runtime.backend import backend_spec
-from engine.runtime.roles import ROLE_CLASSES, memory_stats
+from engine.runtime.role_base import memory_stats
+from engine.runtime.roles import ROLE_CLASSES
 
 
 def dry_run(cfg: RunConfig, printer: Optional[Callable[[str], None]] = None) -> dict:

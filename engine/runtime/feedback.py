@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Optional
 
 from engine.config import dump_config
 from engine.files import append_jsonl, atomic_write_json
+from engine.runtime.calls import RoleCall
 from engine.runtime.worker import WorkerError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -110,7 +111,7 @@ class FeedbackService:
         """Load ``source`` into the live reward worker (between steps); a new reward version."""
         w = self.host.pool.by_role["reward"]
         try:
-            _, res, secs = self.host.pool.submit(w, "reward", "swap", None, {"source": source}).result()
+            secs = self.host.pool.submit(w, RoleCall("reward", "swap", args={"source": source})).result().seconds
         except WorkerError as e:
             if e.kind == "died":
                 raise
@@ -150,12 +151,12 @@ class FeedbackService:
         self._pairs_made += 1
         gen = max(n, candidates or 0)
         actor = self.host.pool.endpoints["actor"]
-        batch, _, _ = actor.submit("actor", "generate", None, {"prompts": [prompt] * gen, "step": self.host.step}).result()
-        batch = dict(batch)
+        batch = dict(actor.submit(RoleCall("actor", "generate", args={"prompts": [prompt] * gen,
+                                                                      "step": self.host.step})).result().tensors)
         batch.pop("old_logprobs", None)
-        scored = self.host.pool.endpoints["reward"].submit("reward", "score", batch,
-                                                           {"components": bool(candidates)}).result()
-        scores, info = scored[0]["scores"].tolist(), scored[1] or {}
+        scored = self.host.pool.endpoints["reward"].submit(
+            RoleCall("reward", "score", batch, {"components": bool(candidates)})).result()
+        scores, info = scored.tensors["scores"].tolist(), scored.info or {}
         tok = self.tokenizer
         prompts_txt = tok.batch_decode(batch["query_ids"], skip_special_tokens=True)
         eos = tok.eos_token_id
@@ -338,8 +339,8 @@ class FeedbackService:
         if st.get("reward_source") and st["reward_source"] != self.host.cfg.reward.source:
             # a swapped-in reward (a refit, swap-reward) survives the resume
             try:
-                self.host.pool.submit(self.host.pool.by_role["reward"], "reward", "swap", None,
-                                      {"source": st["reward_source"]}).result()
+                self.host.pool.submit(self.host.pool.by_role["reward"],
+                                      RoleCall("reward", "swap", args={"source": st["reward_source"]})).result()
                 self.reward_source = st["reward_source"]
             except WorkerError as e:
                 if e.kind == "died":

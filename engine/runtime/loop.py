@@ -22,7 +22,7 @@ from engine.records import MetricsRow, Sample
 from engine.runtime.checkpoints import save_checkpoint
 from engine.runtime.driver import PPODriver, UpdateConsistencyError, format_step_line
 from engine.runtime.pool import WorkerDied
-from engine.runtime.roles import NonFiniteError
+from engine.runtime.role_base import NonFiniteError
 from engine.runtime.worker import WorkerError
 
 if TYPE_CHECKING:  # pragma: no cover

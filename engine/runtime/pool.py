@@ -10,6 +10,7 @@ from typing import Callable, Optional
 
 from engine import transport
 from engine.runtime.backend import Backend
+from engine.runtime.calls import RoleCall
 from engine.runtime.worker import WorkerError
 
 # Role calls that runtime.worker_timeout_s does not cover: checkpoint save/load (disk-bound, they
@@ -31,8 +32,9 @@ class Endpoint:
     def __init__(self, handle, pool: "WorkerPool"):
         self.h, self.pool = handle, pool
 
-    def submit(self, role, op, tensors=None, args=None, threads=None) -> Future:
-        return self.pool.submit(self.h, role, op, tensors, args, threads)
+    def submit(self, call: RoleCall) -> Future:
+        """Future of the ``RoleResult``."""
+        return self.pool.submit(self.h, call)
 
 
 class WorkerPool:
@@ -78,13 +80,16 @@ class WorkerPool:
         return [h for h in self.workers if h.dead_reason]
 
     # ---- calls ---------------------------------------------------------------------------
-    def submit(self, h, role: str, op: str, tensors=None, args=None, threads=None) -> Future:
-        """Every role call goes through here so the watchdog sees what is in flight."""
-        fut = h.submit(role, op, tensors, args, arena=self.arena, threads=threads)
+    def submit(self, h, call: RoleCall) -> Future:
+        """Every role call goes through here so the watchdog sees what is in flight. Future of
+        the ``RoleResult``."""
+        if not isinstance(call, RoleCall):
+            raise TypeError(f"a role call is a RoleCall (engine/runtime/calls.py); got {type(call).__name__}")
+        fut = h.submit(call, arena=self.arena)
         key = id(fut)
         with self._inflight_lock:
-            self._inflight[key] = {"fut": fut, "h": h, "role": role, "op": op,
-                                   "t0": time.monotonic(), "timed": op not in UNTIMED_OPS}
+            self._inflight[key] = {"fut": fut, "h": h, "role": call.role, "op": call.op,
+                                   "t0": time.monotonic(), "timed": call.op not in UNTIMED_OPS}
 
         def done(_f, key=key):
             with self._inflight_lock:
@@ -95,11 +100,11 @@ class WorkerPool:
 
     def memory(self) -> dict:
         """Each worker's memory figures (best effort: a worker that does not answer is left out)."""
-        futs = {h.label: self.submit(h, h.roles[0], "memory") for h in self.workers}
+        futs = {h.label: self.submit(h, RoleCall(h.roles[0], "memory")) for h in self.workers}
         out = {}
         for label, f in futs.items():
             try:
-                out[label] = memory_report(f.result(timeout=30)[1])
+                out[label] = memory_report(f.result(timeout=30).info)
             except Exception:  # noqa: BLE001 - memory is best effort
                 pass
         return out

@@ -27,7 +27,7 @@ def _probe_main(config_yaml: str, spec: str, conn, ppid: int) -> None:
     try:
         from engine.config import validate_text
         from engine.models import resolve_device
-        from engine.runtime.roles import build_reward_source, probe_reward_source
+        from engine.runtime.role_reward import build_reward_source, probe_reward_source
 
         cfg = validate_text(config_yaml, "<run config>", check_hardware=False).config
         source = build_reward_source(cfg, spec, str(resolve_device(cfg.reward.device)))

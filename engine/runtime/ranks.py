@@ -6,8 +6,8 @@ Two halves:
   ``RankContext`` tells a role its rank and strategy and does the collective parts of an update
   (``ddp``: sum the gradients over ranks; ``fsdp``: ``fully_shard`` the model, full state dicts
   for checkpoints in the one-process format);
-* in the controller: ``RoleGroup``, an endpoint with the driver's ``submit(role, op, tensors,
-  args, threads) -> Future[(outputs, result, seconds)]`` that fans one call out to the ranks'
+* in the controller: ``RoleGroup``, an endpoint with the driver's ``submit(RoleCall) ->
+  Future[RoleResult]`` (engine/runtime/calls.py) that fans one call out to the ranks'
   endpoints and gathers. It knows nothing about how a rank is hosted: the local backend gives it
   worker-process endpoints, another backend (Ray actors) can give it its own.
 
@@ -28,9 +28,12 @@ from __future__ import annotations
 import datetime
 import threading
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import Any, Optional, Sequence
 
 import torch
+
+from engine.runtime.calls import RoleCall, RoleResult
 
 SPLIT_OPS = frozenset({"logprobs", "ref_logprobs", "values", "score"})
 MEAN_OPS = frozenset({"update"})
@@ -254,16 +257,19 @@ class RoleGroup:
     def world_size(self) -> int:
         return len(self.ranks)
 
-    def submit(self, role: str, op: str, tensors=None, args=None, threads=None) -> Future:
+    def submit(self, call: RoleCall) -> Future:
+        """``call`` on every rank (the rows of a ``SPLIT_OPS`` call's tensors shared out, the
+        threads divided); one Future of the combined ``RoleResult``."""
         W = len(self.ranks)
+        threads = call.threads
         per_rank_threads = max(1, int(threads) // W) if threads else threads
-        if op in SPLIT_OPS and tensors:
-            shares = split_rows(tensors, W)
+        if call.op in SPLIT_OPS and call.tensors:
+            shares = split_rows(call.tensors, W)
         else:
-            shares = [tensors] * W
-        futs = [ep.submit(role, op, shares[i], args, threads=per_rank_threads)
+            shares = [call.tensors] * W
+        futs = [ep.submit(replace(call, tensors=shares[i], threads=per_rank_threads))
                 for i, ep in enumerate(self.ranks)]
-        return _gather(futs, op)
+        return _gather(futs, call.op)
 
 
 def _gather(futs: list[Future], op: str) -> Future:
@@ -271,7 +277,7 @@ def _gather(futs: list[Future], op: str) -> Future:
     a collective that will never complete), else combines when all are done."""
     out: Future = Future()
     lock = threading.Lock()
-    done: dict[int, tuple] = {}
+    done: dict[int, RoleResult] = {}
 
     def on_done(i: int, f: Future) -> None:
         with lock:
@@ -286,12 +292,12 @@ def _gather(futs: list[Future], op: str) -> Future:
                 return
         vals = [done[i] for i in range(len(futs))]
         try:
-            if op in SPLIT_OPS and vals[0][0]:
-                outs = concat_rows([v[0] for v in vals])
+            if op in SPLIT_OPS and vals[0].tensors:
+                outs = concat_rows([v.tensors for v in vals])
             else:
-                outs = vals[0][0]
-            result = mean_results([v[1] for v in vals]) if op in MEAN_OPS else vals[0][1]
-            out.set_result((outs, result, max(v[2] for v in vals)))
+                outs = vals[0].tensors
+            info = mean_results([v.info for v in vals]) if op in MEAN_OPS else vals[0].info
+            out.set_result(RoleResult(outs, info, max(v.seconds for v in vals)))
         except BaseException as e:  # noqa: BLE001
             out.set_exception(e)
 

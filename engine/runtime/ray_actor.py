@@ -56,7 +56,8 @@ class RoleActor:
         import torch
 
         from engine.config import validate_text
-        from engine.runtime.roles import ROLE_CLASSES, role_seed
+        from engine.runtime.role_base import role_seed
+        from engine.runtime.roles import ROLE_CLASSES
 
         try:
             t0 = time.perf_counter()
@@ -84,16 +85,15 @@ class RoleActor:
     def call(self, role: str, op: str, inputs: Optional[dict], args: dict, threads: Optional[int]) -> dict:
         import torch
 
-        from engine.runtime.roles import NonFiniteError
+        from engine.runtime.calls import RoleCall, perform
+        from engine.runtime.role_base import NonFiniteError
 
         try:
             if threads and int(threads) != self._threads:
                 torch.set_num_threads(int(threads))
                 self._threads = int(threads)
-            t = time.perf_counter()
-            out, result = self.objs[role].call(op, dict(inputs or {}), args or {})
-            return {"ok": True, "outputs": out or {}, "result": result,
-                    "seconds": time.perf_counter() - t}
+            res = perform(self.objs, RoleCall(role, op, inputs, args or {}, threads))
+            return {"ok": True, "outputs": res.tensors, "result": res.info, "seconds": res.seconds}
         except NonFiniteError as e:
             return {"ok": False, "kind": "nonfinite", "error": str(e), "role": e.role, "phase": e.phase}
         except (Exception, SystemExit) as e:  # noqa: BLE001 - the supervisor decides what an error means

@@ -2,8 +2,8 @@
 
 ``runtime.backend: ray`` swaps the local worker processes for Ray actors and nothing else: the
 actors (``engine.runtime.ray_actor``) host the same role objects (``engine.runtime.roles``), the
-supervisor drives them with the same ``PPODriver`` through handles that have the local ``WorkerHandle``'s interface (``submit`` ->
-Future of ``(outputs, result, seconds)``, ``dead_reason``, ``wait_ready``, ``shutdown``), and the
+supervisor drives them with the same ``PPODriver`` through handles that have the local ``WorkerHandle``'s interface (``submit(RoleCall)`` ->
+Future of ``RoleResult``, ``dead_reason``, ``wait_ready``, ``shutdown``), and the
 run directory and control socket are the supervisor's as ever.
 
 Data plane: a request's tensors are ``ray.put`` into the object store and passed by reference;
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from engine.runtime.backend import BackendError, StartContext, shutdown_quietly
+from engine.runtime.calls import RoleCall, RoleResult
 from engine.runtime.ranks import group_world_size
 from engine.runtime.ray_actor import remote_cls
 from engine.runtime.worker import CallBook, WorkerError
@@ -128,8 +129,9 @@ class RayWorkerHandle(CallBook):
         self._pid, self.node_id = int(res["pid"]), res.get("node_id")
         return res
 
-    def submit(self, role: str, op: str, tensors: Optional[dict] = None, args: Optional[dict] = None,
-               arena=None, threads: Optional[int] = None) -> Future:
+    def submit(self, call: RoleCall, arena=None) -> Future:
+        """Send ``call`` to the actor (its tensors through the object store; ``arena`` is the local
+        backend's and unused); a Future of its ``RoleResult``."""
         import ray
 
         fut: Future = Future()
@@ -138,10 +140,10 @@ class RayWorkerHandle(CallBook):
                 fut.set_exception(WorkerError(self.roles, self.dead_reason, "died"))
                 return fut
             rid = self._take_id()
-            self._pending[rid] = (fut, role, op)
+            self._pending[rid] = (fut, call.role, call.op)
         try:
-            ref_in = ray.put(tensors) if tensors else None  # the object store, not a pipe
-            ref = self.actor.call.remote(role, op, ref_in, args or {}, threads)
+            ref_in = ray.put(call.tensors) if call.tensors else None  # the object store, not a pipe
+            ref = self.actor.call.remote(call.role, call.op, ref_in, call.args or {}, call.threads)
         except Exception as e:  # noqa: BLE001
             with self._lock:
                 self._pending.pop(rid, None)
@@ -165,7 +167,8 @@ class RayWorkerHandle(CallBook):
             return
         msg = f.result()
         if msg.get("ok"):
-            fut.set_result((dict(msg.get("outputs") or {}), msg.get("result") or {}, float(msg.get("seconds") or 0.0)))
+            fut.set_result(RoleResult(dict(msg.get("outputs") or {}), msg.get("result") or {},
+                                      float(msg.get("seconds") or 0.0)))
         else:
             fut.set_exception(WorkerError([role], f"{role}.{op}: {msg.get('error')}", msg.get("kind", "error"), msg))
 

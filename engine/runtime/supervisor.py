@@ -47,6 +47,7 @@ from engine.runtime.backend import (  # worker_groups, process_specs: public her
     process_specs,
     worker_groups,
 )
+from engine.runtime.calls import RoleCall
 from engine.runtime.checkpoints import load_checkpoint
 from engine.runtime.control import ControlServer, socket_path_for
 from engine.runtime.driver import PPODriver, ThreadPlan, active_roles
@@ -411,7 +412,7 @@ class Supervisor:
         for role, rp in chosen.items():
             ep = self.pool.endpoints.get(role)
             if ep is not None and rp.autocast:
-                ep.submit(role, "precision", args={"autocast": rp.autocast}).result()
+                ep.submit(RoleCall(role, "precision", args={"autocast": rp.autocast})).result()
             self.log(rp.line())
         took = time.perf_counter() - t0
         if took > 0.5:  # it measured (a cached calibration takes milliseconds)

@@ -29,6 +29,7 @@ import torch
 
 from engine import transport
 from engine.procs import die_with_parent, parent_pid
+from engine.runtime.calls import RoleCall, RoleResult, perform
 
 
 def worker_context(devices: Optional[dict] = None, preload: Sequence[str] = ()):
@@ -156,7 +157,7 @@ def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_ta
     cfg = validate_text(config_yaml, "<run config>", check_hardware=False).config
     import random
 
-    from engine.runtime.roles import role_seed
+    from engine.runtime.role_base import role_seed
 
     seed = role_seed(cfg.run.seed, "+".join(roles))
     torch.manual_seed(seed)
@@ -204,7 +205,7 @@ def worker_main(roles: list[str], config_yaml: str, conn, owner_pid: int, run_ta
 def _serve(conn, arena, cfg, objs: dict, current_threads: int, stage, every: float) -> None:
     """Answer the supervisor's requests for the loaded roles ``objs`` until told to exit (or the
     pipe closes)."""
-    from engine.runtime.roles import NonFiniteError
+    from engine.runtime.role_base import NonFiniteError
 
     cuda_ipc = bool(cfg.runtime.cuda_ipc)
     while True:
@@ -226,14 +227,14 @@ def _serve(conn, arena, cfg, objs: dict, current_threads: int, stage, every: flo
                 torch.set_num_threads(int(n))
                 current_threads = int(n)
             inputs = transport.read_tensors(msg["inputs"]) if msg.get("inputs") else {}
-            t = time.perf_counter()
-            role, op = msg["role"], msg["op"]
-            with op_progress(lambda d, n, u: stage(role, op, d, n, u), cfg, role, op, objs[role], inputs, every):
-                out, result = objs[role].call(op, inputs, msg.get("args") or {})
-            secs = time.perf_counter() - t
+            call = RoleCall(msg["role"], msg["op"], inputs, msg.get("args") or {}, n)
             del inputs
-            desc = arena.put(out, cuda_ipc=cuda_ipc) if out else None
-            _send(conn, {"id": rid, "ok": True, "outputs": desc, "result": result, "seconds": secs})
+            role, op = call.role, call.op
+            with op_progress(lambda d, n, u: stage(role, op, d, n, u), cfg, role, op, objs[role], call.tensors, every):
+                res = perform(objs, call)
+            del call
+            desc = arena.put(res.tensors, cuda_ipc=cuda_ipc) if res.tensors else None
+            _send(conn, {"id": rid, "ok": True, "outputs": desc, "result": res.info, "seconds": res.seconds})
         except NonFiniteError as e:
             _send(conn, {"id": rid, "ok": False, "kind": "nonfinite", "error": str(e),
                          "role": e.role, "phase": e.phase})
@@ -414,20 +415,21 @@ class WorkerHandle(CallBook):
     def pid(self) -> Optional[int]:
         return self.process.pid
 
-    def submit(self, role: str, op: str, tensors: Optional[dict] = None, args: Optional[dict] = None,
-               arena: Optional[transport.TensorArena] = None, threads: Optional[int] = None) -> Future:
+    def submit(self, call: RoleCall, arena: Optional[transport.TensorArena] = None) -> Future:
+        """Send ``call`` to the worker (its tensors through ``arena``'s shared memory); a Future
+        of its ``RoleResult``."""
         fut: Future = Future()
         with self._lock:
             if self.dead_reason:
                 fut.set_exception(WorkerError(self.roles, self.dead_reason, "died"))
                 return fut
             rid = self._take_id()
-            desc = arena.put(tensors, cuda_ipc=self.cuda_ipc) if tensors else None
-            self._pending[rid] = (fut, role, op, arena, desc)
+            desc = arena.put(call.tensors, cuda_ipc=self.cuda_ipc) if call.tensors else None
+            self._pending[rid] = (fut, call.role, call.op, arena, desc)
             release, self._release = self._release, []
             try:
-                _send(self._conn, {"id": rid, "role": role, "op": op, "args": args or {},
-                                   "inputs": desc, "release": release, "threads": threads})
+                _send(self._conn, {"id": rid, "role": call.role, "op": call.op, "args": call.args or {},
+                                   "inputs": desc, "release": release, "threads": call.threads})
             except (BrokenPipeError, OSError) as e:
                 self._pending.pop(rid, None)
                 if desc is not None:
@@ -485,7 +487,7 @@ class WorkerHandle(CallBook):
                 outs = transport.read_tensors(desc, copy=True)
                 with self._lock:
                     self._release.append(desc)
-            fut.set_result((outs, msg.get("result") or {}, float(msg.get("seconds") or 0.0)))
+            fut.set_result(RoleResult(outs, msg.get("result") or {}, float(msg.get("seconds") or 0.0)))
         else:
             fut.set_exception(WorkerError([role], f"{role}.{op}: {msg.get('error')}", msg.get("kind", "error"), msg))
 
