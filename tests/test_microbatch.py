@@ -119,6 +119,26 @@ def test_critic_values_and_update_by_token_budget_match_the_unsplit_pass():
         torch.testing.assert_close(g_split[n], g_whole[n], atol=1e-6, rtol=1e-4, msg=n)
 
 
+def test_a_head_critic_updates_under_a_token_budget():
+    """ppo.critic_trunk=reference: the critic gets the reference's hidden states and no query
+    tokens, so a token budget must not cut its update by query spans (it raised KeyError
+    'query_mask' and the run paused at step 1); it updates by rows, as without the budget."""
+    from engine.runtime.role_critic import CriticRole
+
+    g = torch.Generator().manual_seed(3)
+    b = _batch(50)
+    hidden = torch.randn(B, R, CriticRole(_cfg(["ppo.critic_trunk=reference"])).model.head.in_features, generator=g)
+    head_in = {"response_mask": b["response_mask"], "hidden": hidden, "values": b["values"], "returns": b["returns"]}
+    grads = []
+    for extra in ([], ["ppo.micro_batch_tokens=40"]):
+        role = CriticRole(_cfg(["ppo.critic_trunk=reference", "ppo.micro_batch_size=2", *extra]))
+        torch.nn.init.normal_(role.model.head.weight, generator=torch.Generator().manual_seed(1))
+        grads.append(_grads(role, dict(head_in)))
+    assert grads[0] and set(grads[0]) == set(grads[1])
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], msg=n)
+
+
 def test_reference_scoring_by_token_budget_matches_the_unsplit_pass():
     from engine.runtime.role_policy import ReferenceRole
 

@@ -113,6 +113,12 @@ class CriticRole(TrainedRole, Role):
         attn = torch.cat([tensors["query_mask"], tensors["response_mask"]], dim=1)
         return ids, attn, tensors["query_ids"].shape[1], tensors["response_ids"].shape[1]
 
+    def _token_spans(self, tensors: Tensors):
+        """Token-budget micro-batches are cut by each row's query and response spans; a value head
+        on the reference's hidden states gets no query part and is a single linear layer over
+        them, so its update goes by rows (``ppo.micro_batch_size``) whatever the budget."""
+        return None if self.head_only else super()._token_spans(tensors)
+
     def op_values(self, tensors: Tensors, args: dict) -> Result:
         inputs = self._inputs(tensors)
         self.model.eval()
