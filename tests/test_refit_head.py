@@ -9,7 +9,6 @@ every judgement is held out once.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import random
 
