@@ -130,6 +130,22 @@ def features(kind: str, responses: Sequence[str], reward_embeddings: Optional[to
     return torch.cat(parts, dim=1)
 
 
+def base_and_features(kind: str, base, encoder, sentence: Optional[SentenceEncoder], prompts: Sequence[str],
+                      responses: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the base reward's scores, the head's features of ``kind``) of the texts, float tensors:
+    one pass of the base model when it is also the encoder (its hidden layer), else a pass of
+    each. Read by a refit (the judged texts, the original held-out set) and by the reward that a
+    refit made (``engine.rewards.PreferenceReward``)."""
+    emb = None
+    if encoder is base:
+        scores, emb = base.score_and_embed(prompts, responses)
+    else:
+        scores = torch.tensor(base.score(prompts, responses), dtype=torch.float32)
+        if encoder is not None:
+            emb = encoder.score_and_embed(prompts, responses)[1]
+    return scores.float(), features(kind, list(responses), emb, sentence)
+
+
 # ------------------------------------------------------------------------------------ the head
 @dataclass
 class Head:

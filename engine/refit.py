@@ -397,18 +397,9 @@ class _HeadInputs:
 
     def read(self, prompts: list[str], responses: list[str]):
         """(base scores, features) of the texts, as float tensors."""
-        import torch
-
         from engine import preference as pref
 
-        emb = None
-        if self.encoder is self.base:
-            base, emb = self.base.score_and_embed(prompts, responses)
-        else:
-            base = torch.tensor(self.base.score(prompts, responses), dtype=torch.float32)
-            if self.encoder is not None:
-                emb = self.encoder.score_and_embed(prompts, responses)[1]
-        return base.float(), pref.features(self.kind, responses, emb, self.sentence)
+        return pref.base_and_features(self.kind, self.base, self.encoder, self.sentence, prompts, responses)
 
     def close(self) -> None:
         seen = set()

@@ -390,19 +390,11 @@ class PreferenceReward(RewardSource):
 
     def components(self, prompts, responses):
         """``(base scores, preference z)`` as float tensors of ``len(responses)``."""
-        import torch
-
         from . import preference as pref
 
-        emb = None
-        if self.encoder is self.base:
-            base, emb = self.base.score_and_embed(prompts, responses)
-        else:
-            base = torch.tensor(self.base.score(prompts, responses), dtype=torch.float32)
-            if self.encoder is not None:
-                emb = self.encoder.score_and_embed(prompts, responses)[1]
-        feats = pref.features(self.head.kind, list(responses), emb, self.sentence)
-        return base.float(), self.head.z(feats)
+        base, feats = pref.base_and_features(self.head.kind, self.base, self.encoder, self.sentence,
+                                             prompts, responses)
+        return base, self.head.z(feats)
 
     def combine(self, base, z):
         """The score from its two parts: ``base + w * z``."""

@@ -76,20 +76,21 @@ def ranks_like_judge(a: float, b: float) -> float:
     return 1.0 if a > b else 0.5 if a == b else 0.0
 
 
-def scores_of(source: str, cfg, samples: list[dict]) -> list[float]:
+def scores_of(source: str, cfg, *groups: list[dict]) -> list[list[float]]:
+    """The scores of a reward source on each group of samples (the source loaded once)."""
     from engine.refit import build_reward_source
 
     src = build_reward_source(cfg, source, "cpu")
     try:
-        return [float(x) for x in src.score([s["prompt"] for s in samples], [s["response"] for s in samples])]
+        return [[float(x) for x in src.score([s["prompt"] for s in g], [s["response"] for s in g])] if g else []
+                for g in groups]
     finally:
         src.close()
 
 
 def agreement(source: str, cfg, pairs: list[tuple[dict, dict]]) -> float:
     """Share of (chosen, rejected) pairs a reward source ranks the judge's way (ties: half)."""
-    sc = scores_of(source, cfg, [c for c, _ in pairs])
-    sr = scores_of(source, cfg, [r for _, r in pairs])
+    sc, sr = scores_of(source, cfg, [c for c, _ in pairs], [r for _, r in pairs])
     return sum(ranks_like_judge(a, b) for a, b in zip(sc, sr)) / len(pairs)
 
 
@@ -237,8 +238,7 @@ def main(argv=None) -> int:
     later = [s for s in samples if swap_step + a.window <= s["step"] < swap_step + a.window + a.extra]
     judged = judge.recorded + judge.heldout
     base_on_judged = mean(ranks_like_judge(c["score"], r["score"]) for c, r in judged)   # v0 scored them
-    before_base, after_base = scores_of(base_source, cfg, before), scores_of(base_source, cfg, after)
-    later_base = scores_of(base_source, cfg, later) if later else []
+    before_base, after_base, later_base = scores_of(base_source, cfg, before, after, later)
     new_source = swap["source"] if swap else None
     res = {
         "run": str(run.path), "argv": sys.argv[1:] if argv is None else list(argv), "judge_words": JUDGE_WORDS,

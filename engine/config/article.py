@@ -68,18 +68,10 @@ def from_article(raw: dict, ctx: Ctx) -> dict:
     for key in raw:
         if key not in ARTICLE_SECTIONS:
             m.unknown((), key, ARTICLE_SECTIONS)
-    tc = m.mapping(raw.get("train_config"), ("train_config",))
-    if tc:
-        m.train_config(tc)
-    mc = m.mapping(raw.get("model_config"), ("model_config",))
-    if mc:
-        m.model_config(mc)
-    dc = m.mapping(raw.get("data_config"), ("data_config",))
-    if dc:
-        m.data_config(dc)
-    ac = m.mapping(raw.get("algorithm_config"), ("algorithm_config",))
-    if ac:
-        m.algorithm_config(ac)
+    for section in ("train_config", "model_config", "data_config", "algorithm_config"):
+        body = m.mapping(raw.get(section), (section,))
+        if body:
+            getattr(m, section)(body)
     m.out.setdefault("run", {})["description"] = (
         f"mapped from the source article's config shape ({os.path.basename(ctx.filename)})")
     return m.out
