@@ -289,15 +289,19 @@ def min_discordant(confidence: float) -> int:
 
 
 def _refit_confidence(run_dir: Path) -> float:
-    """``reward.refit.confidence`` of the run's config.yaml (0.9 when it sets none)."""
+    """``reward.refit.confidence`` of the run's config.yaml (the schema's default when it sets
+    none or cannot be read)."""
     import yaml
 
+    from engine.config import RefitSettings
+
+    default = RefitSettings().confidence
     try:
         cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
         v = ((cfg.get("reward") or {}).get("refit") or {}).get("confidence")
-        return float(v) if isinstance(v, (int, float)) and 0.5 <= v < 1 else 0.9
+        return float(v) if isinstance(v, (int, float)) and 0.5 <= v < 1 else default
     except (OSError, ValueError, AttributeError, yaml.YAMLError):
-        return 0.9
+        return default
 
 
 def judge_counter(run_dir: Path, confidence: Optional[float] = None) -> dict:
