@@ -95,7 +95,7 @@ def reap_stale_checkpoints(runs_dir: Union[str, Path] = "runs") -> list[tuple[Pa
 
 
 def _supervisor_cmd(rd: _RunDir, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "engine.runtime.supervisor", str(rd.path)]
+    cmd = [sys.executable, "-m", "engine.runtime.start", str(rd.path)]
     return cmd + (["--resume"] if resume else [])
 
 

@@ -77,3 +77,25 @@ def die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:  # pragma: no cover - not Linux
         pass
+
+
+def fork_server_preload(lora: bool) -> list[str]:
+    """What the fork server imports before it forks a worker."""
+    return ["engine.runtime.forkserver", *(["peft"] if lora else [])]
+
+
+def ensure_fork_server(lora: bool) -> bool:
+    """Start this process's ``multiprocessing`` fork server now (no-op when it runs); whether it
+    is running. The preload takes effect only on the first start."""
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return False
+    mp.get_context("forkserver").set_forkserver_preload(fork_server_preload(lora))
+    try:
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+    except Exception:  # noqa: BLE001 - a worker's start says what is wrong, or falls back to spawn
+        return False
+    return True

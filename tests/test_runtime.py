@@ -176,6 +176,41 @@ def test_workers_on_a_gpu_are_spawned():
     assert worker_context(None).get_start_method() == "spawn"
 
 
+def test_the_early_fork_server_guess_from_the_config(tmp_path, monkeypatch):
+    """The detached supervisor starts the fork server before its own imports only for a config
+    whose roles are all on the CPU: on the local backend, device cpu, or auto with no GPU node."""
+    from engine.runtime import start
+
+    def cfg(device="cpu", backend="local", reward_device="cpu"):
+        return {"actor": {"device": device, "lora": None}, "critic": {"device": "cpu"},
+                "reward": {"device": reward_device}, "runtime": {"backend": backend}}
+
+    monkeypatch.setattr(start, "_GPU_NODES", (str(tmp_path / "nvidia[0-9]*"),))
+    assert start.likely_cpu_only(cfg()) is True
+    assert start.likely_cpu_only(cfg(device="cuda:0")) is False
+    assert start.likely_cpu_only(cfg(reward_device="cuda")) is False
+    assert start.likely_cpu_only(cfg(backend="ray")) is False
+    assert start.likely_cpu_only(cfg(device="auto")) is True       # no GPU node under tmp_path
+    (tmp_path / "nvidia0").touch()
+    assert start.likely_cpu_only(cfg(device="auto")) is False      # auto may pick that GPU
+    assert start.likely_cpu_only(cfg(device="cpu")) is True
+    assert start.likely_cpu_only(None) is None
+
+
+@pytest.mark.parametrize("device,started", [("cpu", True), ("cuda:0", False)])
+def test_start_early_runs_the_fork_server_only_for_a_cpu_run(tmp_path, device, started):
+    (tmp_path / "config.yaml").write_text(
+        f"actor:\n  device: {device}\n  lora: null\nruntime:\n  backend: local\n")
+    code = ("import sys, psutil; from pathlib import Path; from engine.runtime.start import start_early; "
+            "ok = start_early(Path(sys.argv[1])); "
+            "kids = [' '.join(c.cmdline()) for c in psutil.Process().children()]; "
+            "print(ok, any('forkserver' in k for k in kids))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(started), str(started)], out.stdout
+
+
 def test_sighup_of_the_launching_session_does_not_stop_training(runs_dir, cleanup_runs):
     cmd = (f"{sys.executable} -m console.cli train --config {TINY} --set run.output_dir={runs_dir} "
            f"--set run.steps=4 --detach; sleep 60")

@@ -140,7 +140,7 @@ class LocalBackend:
         cfg, plan, devices = ctx.cfg, ctx.plan, ctx.devices
         specs = process_specs(cfg, devices) if devices else [(g, 0, cfg) for g in worker_groups(cfg)]
         lora = any(getattr(getattr(cfg, r), "lora", None) for r in ("actor", "critic"))
-        mp_ctx = worker_context(devices, preload=["peft"] if lora else [])
+        mp_ctx = worker_context(devices, lora=lora)
         init = {r: f"tcp://127.0.0.1:{free_tcp_port()}" for r in active_roles(cfg) if world_size(cfg, r) > 1}
         for group, rank, wcfg in specs:
             W = group_world_size(cfg, group)

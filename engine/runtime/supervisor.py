@@ -16,7 +16,8 @@ Where each job lives:
 - ``feedback``: reward versions, swaps, the refit process, fresh pairs;
 - ``ops``: the control socket's operations.
 
-Detached start: ``python -m engine.runtime.supervisor RUN_DIR [--resume]``.
+Detached start: ``python -m engine.runtime.start RUN_DIR [--resume]`` (it starts a CPU run's fork server,
+then runs :func:`main` here).
 """
 from __future__ import annotations
 

@@ -23,41 +23,34 @@ import threading
 import time
 import traceback
 from concurrent.futures import Future
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
 from engine import transport
-from engine.procs import die_with_parent, parent_pid
+from engine.procs import die_with_parent, ensure_fork_server, parent_pid
 from engine.runtime.calls import RoleCall, RoleResult, perform
 
 
-def worker_context(devices: Optional[dict] = None, preload: Sequence[str] = ()):
+def worker_context(devices: Optional[dict] = None, lora: bool = False):
     """The ``multiprocessing`` context that starts a run's role workers.
 
     A run whose roles are all on the CPU (``devices``: the device plan, role -> devices) gets a
     fork server that imports torch, transformers and the engine's role code once
-    (``engine.runtime.forkserver``, then the modules in ``preload``): each worker is a fork of
+    (``engine.runtime.forkserver``, and peft when a role has ``lora``): each worker is a fork of
     it instead of a fresh interpreter that imports them again (about 3.5 s of CPU a worker, most
-    of the start of a small run on 2 cores). The server is started here, so that it imports
-    while the supervisor gets on with its own start. A run with a role on a GPU, or a platform
+    of the start of a small run on 2 cores). A detached supervisor's entry point
+    (``engine.runtime.start``) has usually started the server already, before its own imports, so
+    that both import at once; otherwise it starts here. A run with a role on a GPU, or a platform
     without a fork server, gets ``spawn``: CUDA must never be initialised in a process that
     forks.
     """
     import multiprocessing as mp
 
     cpu_only = bool(devices) and all(str(d) == "cpu" for ds in devices.values() for d in ds)
-    if not cpu_only or "forkserver" not in mp.get_all_start_methods():
+    if not cpu_only or not ensure_fork_server(lora):
         return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["engine.runtime.forkserver", *preload])  # no effect once it runs
-    try:
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
-    except Exception:  # noqa: BLE001 - a worker's start says what is wrong, or falls back to spawn
-        pass
-    return ctx
+    return mp.get_context("forkserver")
 
 
 def _supervisor_is_up(ppid: int) -> bool:

@@ -1,0 +1,69 @@
+"""The detached supervisor's entry point: ``python -m engine.runtime.start RUN_DIR [--resume]``.
+
+A CPU run's workers are forks of a fork server that imports torch, transformers and the role
+code (``engine.runtime.forkserver``, about 3 s of one core). The supervisor imports most of the
+same (about 1.6 s) before it can plan devices and start the workers. This entry point starts the
+fork server first, from nothing but the run's ``config.yaml`` read as plain YAML, so that the two
+imports run side by side; then it imports and runs the supervisor, whose
+:func:`engine.runtime.worker.worker_context` finds the server running.
+
+The guess is cheap and only ever early: a run on the local backend whose roles are all on the CPU
+(``device: cpu``, or ``auto`` on a machine with no GPU device node). When the guess is wrong the
+server sits unused and ends with the supervisor; the device plan still decides how workers start.
+"""
+from __future__ import annotations
+
+import glob
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from engine.procs import ensure_fork_server
+
+# device nodes of the GPUs ``device: auto`` could pick (NVIDIA, WSL's GPU, ROCm)
+_GPU_NODES = ("/dev/nvidia[0-9]*", "/dev/dxg", "/dev/kfd")
+
+
+def likely_cpu_only(cfg: dict) -> Optional[bool]:
+    """From the run's config as plain YAML: the local backend with every role on the CPU, as far
+    as can be told without importing torch. ``None`` when the config cannot be read so."""
+    if not isinstance(cfg, dict):
+        return None
+    if str((cfg.get("runtime") or {}).get("backend", "local")) != "local":
+        return False
+    devices = {str(sec.get("device")) for sec in cfg.values() if isinstance(sec, dict) and "device" in sec}
+    if devices <= {"cpu"}:
+        return True
+    if devices <= {"cpu", "auto"}:
+        return sys.platform.startswith("linux") and not any(glob.glob(p) for p in _GPU_NODES)
+    return False
+
+
+def _uses_lora(cfg: dict) -> bool:
+    return any(isinstance(cfg.get(r), dict) and cfg[r].get("lora") for r in ("actor", "critic"))
+
+
+def start_early(run_dir: Path) -> bool:
+    """Start the fork server if the run is likely CPU-only; whether it was started."""
+    try:
+        import yaml
+
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except Exception:  # noqa: BLE001 - the supervisor reads and reports the config itself
+        return False
+    if not likely_cpu_only(cfg):
+        return False
+    return ensure_fork_server(_uses_lora(cfg))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and not args[0].startswith("-"):
+        start_early(Path(args[0]))
+    from engine.runtime.supervisor import main as supervisor_main
+
+    return supervisor_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
