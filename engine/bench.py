@@ -471,12 +471,22 @@ def _print_step_comparisons(means: dict, disp: dict, rt_key) -> None:
               f"dispatch overhead ray {disp['ray']:.3f}s vs local {disp[local_key]:.3f}s per step")
 
 
+def update_compute_dtype(cfg) -> str:
+    """The dtype the actor's update multiplies in under ``cfg`` on this machine: ``auto`` is
+    resolved as the run resolves it (the cached calibration, or a new one)."""
+    from engine.precision import role_precision
+
+    rp = role_precision(cfg, "actor")
+    ac = rp.autocast.get("update", "none")
+    return rp.dtype if ac == "none" else ac
+
+
 def _print_step_flops(cfg, results: dict, means: dict, counts, rt_key):
     """Model FLOPs per step and the achieved share of this machine's matmul peak, per mode and
     per phase (with the parameter counts of a ``single`` run); the peak and the FLOP figures."""
     from engine.models import torch_dtype
 
-    compute = cfg.actor.autocast if cfg.actor.autocast != "none" else cfg.actor.dtype
+    compute = update_compute_dtype(cfg)
     dtype = torch_dtype(compute)
     peak = measure_matmul_peak(dtype)
     fl = None

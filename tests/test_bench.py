@@ -16,6 +16,7 @@ from engine.bench import (
     phase_flop_rates,
     step_flops,
 )
+from tests.conftest import ROOT
 
 
 def test_step_flops_counts_forward_and_backward():
@@ -88,3 +89,22 @@ def test_bf16_held_to_avx2_is_measured_as_having_no_fast_path():
     peak = json.loads(out.stdout.strip().splitlines()[-1])
     assert peak["fast_path"] is False and peak["share_of"] is None, peak
     assert peak["probe_tflops"] <= peak["probe_float32_tflops"] and peak["n"] == 512
+
+
+def test_the_peak_is_taken_for_the_dtype_the_update_runs_in_with_auto_resolved(tmp_path, monkeypatch):
+    """The default's `auto` precision is no dtype name: the bench resolves it as the run does
+    (it crashed there after the steps, before writing its JSON)."""
+    from engine.bench import update_compute_dtype
+    from engine.config import load_config
+
+    monkeypatch.setenv("RLHF_CONSOLE_CACHE", str(tmp_path))
+    tiny = ROOT / "configs" / "tiny.yaml"
+    assert update_compute_dtype(load_config(tiny, ["actor.autocast=bfloat16"])) == "bfloat16"
+    assert update_compute_dtype(load_config(tiny, ["actor.autocast=none", "actor.dtype=float32"])) == "float32"
+    got = update_compute_dtype(load_config(tiny, ["actor.autocast=auto", "actor.dtype=auto"]))
+    assert got in ("float32", "bfloat16")
+    # the same answer as the plan the run logs (engine.precision.plan), from the same calibration
+    from engine.precision import plan
+
+    rp = plan(load_config(tiny, ["actor.autocast=auto", "actor.dtype=auto"]))["actor"]
+    assert got == (rp.dtype if rp.autocast["update"] == "none" else rp.autocast["update"])
