@@ -369,9 +369,12 @@ def report(res: dict, out: Path) -> str:
         f"mean judge words {_f(tb['mean'])} → {_f(ta['mean'])}.",
         f"- Base reward's mean score over the same windows (re-scored with the base reward): "
         f"{_f(res['base_score_before'])} → {_f(res['base_score_after'])}.",
-        f"- The {res['extra']} steps after those "
-        f"(steps {res['taste_later']['steps'][0]}-{res['taste_later']['steps'][1]}, not a target): taste share "
-        f"{_f(res['taste_later']['share'])}, base score {_f(res['base_score_later'])}.",
+    ]
+    if res["extra"]:
+        lines.append(f"- The {res['extra']} steps after those (steps {res['taste_later']['steps'][0]}-"
+                     f"{res['taste_later']['steps'][1]}, not a target): taste share "
+                     f"{_f(res['taste_later']['share'])}, base score {_f(res['base_score_later'])}.")
+    lines += [
         f"- Whole demo: {res['minutes_total']} min.",
         "",
         "| target | met |",
