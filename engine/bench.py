@@ -471,14 +471,19 @@ def _print_step_comparisons(means: dict, disp: dict, rt_key) -> None:
               f"dispatch overhead ray {disp['ray']:.3f}s vs local {disp[local_key]:.3f}s per step")
 
 
-def update_compute_dtype(cfg) -> str:
-    """The dtype the actor's update multiplies in under ``cfg`` on this machine: ``auto`` is
-    resolved as the run resolves it (the cached calibration, or a new one)."""
+def actor_compute(cfg, phase: str, device=None) -> tuple[str, str]:
+    """(weights dtype, autocast) of the actor's ``phase`` under ``cfg`` on this machine, ``auto``
+    resolved as the run resolves it (engine.precision: the cached calibration, or a new one)."""
     from engine.precision import role_precision
 
-    rp = role_precision(cfg, "actor")
-    ac = rp.autocast.get("update", "none")
-    return rp.dtype if ac == "none" else ac
+    rp = role_precision(cfg, "actor", device)
+    return rp.dtype, rp.autocast.get(phase, "none")
+
+
+def update_compute_dtype(cfg) -> str:
+    """The dtype the actor's update multiplies in under ``cfg`` on this machine."""
+    dtype, ac = actor_compute(cfg, "update")
+    return dtype if ac == "none" else ac
 
 
 def _print_step_flops(cfg, results: dict, means: dict, counts, rt_key):
@@ -552,7 +557,8 @@ def bench_generate(args) -> int:
     src = resolve_role_model(cfg, "actor")
     tok = load_tokenizer(src)
     dev = resolve_device(cfg.actor.device)
-    model = load_policy(src, dtype=cfg.actor.dtype, device=str(dev),
+    dtype, ac = actor_compute(cfg, "generate", dev)  # auto resolved as the run resolves it
+    model = load_policy(src, dtype=dtype, device=str(dev),
                         attn_implementation=cfg.actor.attn_implementation, trainable=True)
     batch = int(args.batch or cfg.rollout.batch_size)
     stream = prompt_stream(cfg, tok)
@@ -564,7 +570,6 @@ def bench_generate(args) -> int:
     ids, am = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
     n = int(args.tokens or cfg.rollout.max_new_tokens)
     r = cfg.rollout
-    ac = cfg.actor.autocast
 
     def amp():
         if ac == "none":

@@ -108,3 +108,15 @@ def test_the_peak_is_taken_for_the_dtype_the_update_runs_in_with_auto_resolved(t
 
     rp = plan(load_config(tiny, ["actor.autocast=auto", "actor.dtype=auto"]))["actor"]
     assert got == (rp.dtype if rp.autocast["update"] == "none" else rp.autocast["update"])
+
+
+def test_bench_generate_runs_the_default_s_auto_precision(tmp_path):
+    """`bench generate` loaded the actor with `dtype: auto` and autocast `auto` as dtype names
+    and raised on the default; it now resolves both as the run does."""
+    env = {**os.environ, "RLHF_CONSOLE_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "engine.bench", "generate", "--config", str(ROOT / "configs" / "tiny.yaml"),
+                          "--set", "actor.autocast=auto", "--set", "actor.dtype=auto",
+                          "--batch", "2", "--tokens", "3", "--repeats", "1"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "static" in out.stdout and "autocast" in out.stdout, out.stdout
