@@ -94,23 +94,42 @@ def reap_stale_checkpoints(runs_dir: Union[str, Path] = "runs") -> list[tuple[Pa
     return reap_stale_checkpoint_tmp(_list_runs(Path(runs_dir)))
 
 
+def _supervisor_args(rd: _RunDir, resume: bool) -> list[str]:
+    return [str(rd.path)] + (["--resume"] if resume else [])
+
+
 def _supervisor_cmd(rd: _RunDir, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "engine.runtime.start", str(rd.path)]
-    return cmd + (["--resume"] if resume else [])
+    return [sys.executable, "-m", "engine.runtime.start", *_supervisor_args(rd, resume)]
+
+
+def supervisor_env() -> dict:
+    """The environment a detached supervisor gets: this one, with the engine importable even when
+    it runs from a source checkout (the warm launcher must be started with it too)."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
 
 
 def _spawn_detached(rd: _RunDir, resume: bool = False) -> int:
-    env = dict(os.environ)
-    # make the engine importable from the supervisor even when running from a source checkout
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    with open(rd.supervisor_log, "ab") as log:
-        p = subprocess.Popen(
-            _supervisor_cmd(rd, resume), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True, env=env, cwd=os.getcwd(),
-        )
-    rd.write_state(supervisor_pid=p.pid)
-    return p.pid
+    env = supervisor_env()
+    pid = None
+    sock = os.environ.get("RLHF_CONSOLE_WARM")
+    if sock:  # a warm launcher (engine.runtime.warm) forks the supervisor, or says why not
+        from engine.runtime.warm import request_start
+
+        pid, why = request_start(sock, _supervisor_args(rd, resume), env=env, log=rd.supervisor_log)
+        if pid is None:
+            with open(rd.supervisor_log, "a") as log:
+                log.write(f"warm launcher not used: {why}\n")
+    if pid is None:
+        with open(rd.supervisor_log, "ab") as log:
+            pid = subprocess.Popen(
+                _supervisor_cmd(rd, resume), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True, env=env, cwd=os.getcwd(),
+            ).pid
+    rd.write_state(supervisor_pid=pid)
+    return pid
 
 
 def launch(config: Union[str, Path, RunConfig], overrides: Sequence[str] = (), *, detach: bool = True,

@@ -8,6 +8,7 @@ process owned by another user counts as alive.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Optional
 
 import psutil
@@ -84,6 +85,16 @@ def fork_server_preload(lora: bool) -> list[str]:
     return ["engine.runtime.forkserver", *(["peft"] if lora else [])]
 
 
+_FORK_THE_SERVER = [False]
+
+
+def fork_the_fork_server(on: bool = True) -> None:
+    """From now on this process starts its fork server as a fork of itself instead of a fresh
+    interpreter: only for a process that has imported the server's preload already and runs no
+    other thread (a supervisor forked by the warm launcher, ``engine.runtime.warm``)."""
+    _FORK_THE_SERVER[0] = on
+
+
 def ensure_fork_server(lora: bool) -> bool:
     """Start this process's ``multiprocessing`` fork server now (no-op when it runs); whether it
     is running. The preload takes effect only on the first start."""
@@ -93,9 +104,66 @@ def ensure_fork_server(lora: bool) -> bool:
         return False
     mp.get_context("forkserver").set_forkserver_preload(fork_server_preload(lora))
     try:
+        import threading
         from multiprocessing import forkserver
 
-        forkserver.ensure_running()
+        if _FORK_THE_SERVER[0] and threading.active_count() == 1:  # never fork a second thread's locks
+            _fork_server_by_fork(forkserver._forkserver, fork_server_preload(lora))
+        else:
+            forkserver.ensure_running()
     except Exception:  # noqa: BLE001 - a worker's start says what is wrong, or falls back to spawn
         return False
     return True
+
+
+def _fork_server_by_fork(server, preload: list[str]) -> None:
+    """``multiprocessing.forkserver.ForkServer.ensure_running`` with ``os.fork`` in place of a
+    new interpreter: the server is this process's child, listens on a fresh socket, ends when
+    the last holder of the "alive" pipe's write end does, and imports ``preload`` (already
+    imported here, so nearly free) before it serves. Its children are what ``forkserver``
+    workers always are: forks of the server, handed their fds by the client."""
+    import socket
+    from multiprocessing import connection, forkserver, resource_tracker
+
+    with server._lock:
+        resource_tracker.ensure_running()
+        if server._forkserver_pid is not None:
+            pid, _ = os.waitpid(server._forkserver_pid, os.WNOHANG)
+            if not pid:
+                return
+            os.close(server._forkserver_alive_fd)
+            server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
+        listener = socket.socket(socket.AF_UNIX)
+        address = connection.arbitrary_address("AF_UNIX")
+        listener.bind(address)
+        os.chmod(address, 0o600)
+        listener.listen()
+        alive_r, alive_w = os.pipe()
+        for stream in (sys.stdout, sys.stderr):  # nothing buffered here is written twice
+            stream.flush()
+        pid = os.fork()
+        if pid == 0:  # the server
+            code = 1
+            try:
+                keep = {0, 1, 2, listener.fileno(), alive_r}
+                for fd in map(int, os.listdir("/proc/self/fd")):
+                    if fd not in keep:
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
+                forkserver.main(listener.fileno(), alive_r, preload)
+                code = 0
+            except SystemExit as e:  # the last client is gone
+                code = e.code if isinstance(e.code, int) else 0
+            except BaseException:  # noqa: BLE001 - say why on the run's log, then end
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        os.close(alive_r)
+        listener.close()
+        server._forkserver_address = address
+        server._forkserver_alive_fd = alive_w
+        server._forkserver_pid = pid

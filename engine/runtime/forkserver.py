@@ -16,49 +16,11 @@ with the supervisor.
 """
 from __future__ import annotations
 
-import importlib
 import signal
 
 from engine.procs import die_with_parent
+from engine.runtime.preload import preload
 
 die_with_parent()
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-# what a worker imports to build its role; a module that fails here is imported (and its error
-# reported) by the worker that needs it
-MODULES = (
-    "torch",
-    "transformers",
-    "safetensors.torch",
-    "engine.config",
-    "engine.transport",
-    "engine.models",
-    "engine.rewards",
-    "engine.decoding",
-    "engine.runtime.roles",
-    "engine.runtime.ranks",
-    "engine.runtime.worker",
-)
-# transformers imports its classes lazily, on first use: these are the ones the roles use
-TRANSFORMERS = (
-    "AutoConfig", "AutoTokenizer", "PreTrainedTokenizerFast", "GenerationConfig",
-    "AutoModelForCausalLM", "AutoModelForSequenceClassification", "LlamaConfig", "LlamaForCausalLM",
-)
-
-
-def _preload() -> None:
-    for name in MODULES:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - see MODULES
-            pass
-    try:
-        import transformers
-
-        for attr in TRANSFORMERS:
-            getattr(transformers, attr)
-    except Exception:  # noqa: BLE001 - see MODULES
-        pass
-
-
-_preload()
+preload()

@@ -1,0 +1,147 @@
+"""The warm launcher (engine.runtime.warm) for real: a launcher process, a unix socket, forked
+supervisors that run the tiny config, against supervisors started as fresh interpreters."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from engine.client import launch, supervisor_env
+from engine.procs import pid_alive
+from engine.runtime import warm
+from tests.conftest import ROOT, TINY, assert_run_clean, tiny_overrides
+
+pytestmark = pytest.mark.timeout(600)
+
+_NOT_COMPARED = {"step", "time", "tokens_per_s", "gen_tokens_per_s"}
+
+
+@pytest.fixture
+def launcher(monkeypatch):
+    """A launcher of this test's own (not the session's), and RLHF_CONSOLE_WARM pointing at it."""
+    d = Path(tempfile.mkdtemp(prefix="rlhfc-warm-t-"))
+    sock = d / "l.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "engine.runtime.warm", str(sock)], env=supervisor_env(),
+                            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not sock.exists() and proc.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.05)
+    assert sock.exists(), f"the launcher did not start (exit code {proc.poll()})"
+    monkeypatch.setenv(warm.ENV, str(sock))
+    yield proc, sock
+    proc.kill()
+    proc.wait(timeout=30)
+
+
+def _numbers(m: dict) -> dict:
+    return {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and k not in _NOT_COMPARED}
+
+
+def test_a_warm_supervisor_is_a_detached_fork_that_gives_a_fresh_ones_metrics(launcher, runs_dir, cleanup_runs,
+                                                                              monkeypatch):
+    proc, _ = launcher
+    # the run's environment is the requester's, not the launcher's: a time zone 3 h east of UTC
+    # (read at run time, once time.tzset has run) shows in the events' clock
+    monkeypatch.setenv("TZ", "RLHF-3")
+    warm_run = launch(TINY, tiny_overrides(runs_dir, "run.steps=3", "run.name=warm"))
+    cleanup_runs.append(warm_run)
+    sup = psutil.Process(warm_run.info["supervisor_pid"])
+    # a fork of the launcher (its command line), in a session of its own, not the launcher's child
+    assert sup.cmdline()[1:] == proc.args[1:]
+    assert os.getsid(sup.pid) == sup.pid
+    assert sup.ppid() != proc.pid
+    assert sup.cwd() == os.getcwd()
+    # its fork server is a fork of it too, not a new interpreter
+    kids = [" ".join(k.cmdline()) for k in sup.children()]
+    assert kids and not any("multiprocessing.forkserver" in k for k in kids), kids
+    assert warm_run.wait(timeout=300) == "finished", warm_run.info.get("failure")
+    assert "warm launcher not used" not in warm_run.dir.supervisor_log.read_text()
+    first = (warm_run.path / "events.log").read_text().splitlines()[0][:19]
+    shift = time.mktime(time.strptime(first, "%Y-%m-%d %H:%M:%S")) - time.mktime(time.gmtime(warm_run.info["created"]))
+    assert abs(shift - 3 * 3600) < 600, f"events.log's clock is {shift / 3600:.2f} h from UTC, not 3"
+
+    monkeypatch.delenv(warm.ENV)
+    cold_run = launch(TINY, tiny_overrides(runs_dir, "run.steps=3", "run.name=cold"))
+    cleanup_runs.append(cold_run)
+    cold_sup = psutil.Process(cold_run.info["supervisor_pid"])
+    assert "engine.runtime.start" in cold_sup.cmdline()
+    assert cold_run.wait(timeout=300) == "finished", cold_run.info.get("failure")
+
+    a, b = list(warm_run.metrics()), list(cold_run.metrics())
+    assert [m["step"] for m in a] == [m["step"] for m in b] == [1, 2, 3]
+    for ma, mb in zip(a, b):  # tiny.yaml is float32, seed 0: the same numbers to the bit
+        na, nb = _numbers(ma), _numbers(mb)
+        assert {"score_mean", "kl", "policy_loss", "value_loss", "entropy"} <= set(na)
+        assert na == nb
+    assert [s["response"] for s in warm_run.samples()] == [s["response"] for s in cold_run.samples()]
+    assert_run_clean(warm_run)
+    assert_run_clean(cold_run)
+    assert proc.poll() is None, "the launcher serves on after a fork"
+
+
+def test_a_run_whose_import_time_environment_differs_starts_fresh_and_says_why(launcher, runs_dir, cleanup_runs,
+                                                                             monkeypatch, tmp_path):
+    proc, sock = launcher
+    matching = supervisor_env()
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ['PYTHONPATH']}")
+    run = launch(TINY, tiny_overrides(runs_dir, "run.steps=1"))
+    cleanup_runs.append(run)
+    assert "engine.runtime.start" in psutil.Process(run.info["supervisor_pid"]).cmdline()
+    assert run.wait(timeout=300) == "finished", run.info.get("failure")
+    log = run.dir.supervisor_log.read_text()
+    assert "warm launcher not used: environment read at import time differs: PYTHONPATH" in log
+    assert_run_clean(run)
+    # the launcher is still there for the next request that matches
+    pid, why = warm.request_start(str(sock), ["/nonexistent-run-dir"], env={**matching, "OMP_NUM_THREADS": "1"},
+                                  log=tmp_path / "sup.log")
+    assert pid is None and why == "environment read at import time differs: OMP_NUM_THREADS"
+    assert proc.poll() is None
+
+
+def test_the_refusals_name_what_differs(tmp_path):
+    env = {"PATH": "/bin", "PYTHONPATH": "/a", "HOME": "/root"}
+    ok = {"argv": ["RUN"], "env": dict(env), "cwd": "/", "log": "/tmp/x", "executable": sys.executable,
+          "root": str(warm.ROOT)}
+    newest = warm._code_mtime()
+    assert warm.refusal(ok, env=env, code_mtime=newest) is None
+    assert warm.refusal({**ok, "env": {**env, "HOME": "/elsewhere", "RLHFC_X": "1"}}, env=env, code_mtime=newest) is None
+    assert "another Python" in warm.refusal({**ok, "executable": "/usr/bin/python0"}, env=env, code_mtime=newest)
+    assert "another engine checkout" in warm.refusal({**ok, "root": "/src/other"}, env=env, code_mtime=newest)
+    why = warm.refusal({**ok, "env": {**env, "ATEN_CPU_CAPABILITY": "avx2", "PYTHONPATH": "/b"}}, env=env,
+                       code_mtime=newest)
+    assert why == "environment read at import time differs: ATEN_CPU_CAPABILITY, PYTHONPATH"
+    assert "changed since" in warm.refusal(ok, env=env, code_mtime=newest - 1.0)
+    assert "malformed" in warm.refusal({**ok, "argv": "RUN"}, env=env, code_mtime=newest)
+
+
+def test_no_launcher_at_the_socket_is_a_reason_not_an_error(tmp_path):
+    pid, why = warm.request_start(str(tmp_path / "absent.sock"), ["RUN"], env=supervisor_env(), log=tmp_path / "l")
+    assert pid is None and why.startswith(f"no warm launcher at {tmp_path / 'absent.sock'}")
+
+
+def test_the_launcher_dies_with_its_parent(tmp_path):
+    sock = tmp_path / "p.sock"
+    code = ("import subprocess, sys, time, pathlib; "
+            f"p = subprocess.Popen([sys.executable, '-m', 'engine.runtime.warm', {str(sock)!r}]); "
+            f"s = pathlib.Path({str(sock)!r}); t0 = time.time()\n"
+            "while not s.exists() and time.time() - t0 < 120: time.sleep(0.05)\n"
+            "print(p.pid, s.exists(), flush=True)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env=supervisor_env(), timeout=180)
+    assert out.returncode == 0, out.stderr
+    pid, existed = out.stdout.split()
+    assert existed == "True"
+    t0 = time.time()
+    while pid_alive(int(pid)) and time.time() - t0 < 10:
+        time.sleep(0.05)
+    assert not pid_alive(int(pid)), "the launcher outlived the process that started it"
+    found, why = warm.request_start(str(sock), ["RUN"], env=supervisor_env(), log=tmp_path / "l")
+    assert found is None and why.startswith("no warm launcher at")
