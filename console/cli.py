@@ -106,8 +106,15 @@ class _TerminalOut:
 
 
 def cmd_train(args) -> int:
-    from engine.client import Run, RunError, create_run_dir, dry_run, launch, run_here
+    from engine.client import Run, RunError, create_run_dir, dry_run, launch, prestart, run_here
 
+    if not (args.detach or args.dry_run):
+        import signal
+
+        # a closed terminal (SIGHUP) never stops a foreground run; Ctrl-C still does (set before
+        # the fork server starts: its workers inherit it)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        prestart(args.config, list(args.set or []))
     try:
         cfg = _load(args, check_access=True)
     except ConfigError as e:
@@ -126,10 +133,6 @@ def cmd_train(args) -> int:
         print(f"run {run.name} started in the background: {run.path}")
         print(f"  watch: rlhf-console attach {run.name}    stop: rlhf-console stop {run.name}")
         return 0
-    import signal
-
-    # a closed terminal (SIGHUP) never stops a foreground run; Ctrl-C still does
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         rd = create_run_dir(cfg)
     except ConfigError as e:

@@ -63,6 +63,15 @@ def create_run_dir(cfg: RunConfig) -> _RunDir:
     return rd
 
 
+def prestart(config: Union[str, Path], overrides: Sequence[str] = ()) -> bool:
+    """Before a foreground run (:func:`run_here`) in this process: start its CPU fork server now,
+    from the config file read as plain YAML, so that its imports run while the config is loaded
+    and checked. Whether it was started (a guess: the device plan still decides how workers start)."""
+    from engine.runtime.start import start_early_for
+
+    return start_early_for(Path(config), overrides)
+
+
 def run_here(run_dir: Union[str, Path, _RunDir], printer=None) -> int:
     """Run the supervisor of a created run directory in this process until the run ends
     (``printer(line)`` gets the step lines); returns its exit code."""
@@ -207,10 +216,10 @@ class Run:
                 raise RunError(f"run {self.name} failed: {st.get('failure')}")
             if run_state(st) == "dead":
                 raise RunError(f"run {self.name}: the supervisor exited during start-up; see {self.dir.supervisor_log}")
-            time.sleep(0.2)
+            time.sleep(0.05)
         raise RunError(f"run {self.name} did not start within {timeout:.0f}s")
 
-    def wait(self, states=("finished", "failed", "stopped"), timeout: float = 600.0, poll: float = 0.2) -> str:
+    def wait(self, states=("finished", "failed", "stopped"), timeout: float = 600.0, poll: float = 0.05) -> str:
         t0 = time.time()
         while time.time() - t0 < timeout:
             s = self.state
@@ -226,7 +235,7 @@ class Run:
                 return
             if self.state in ("failed", "dead", "finished", "stopped"):
                 raise RunError(f"run {self.name} is {self.state} at step {self.info.get('step')}: {self.info.get('failure')}")
-            time.sleep(0.2)
+            time.sleep(0.05)
         raise RunError(f"run {self.name} did not reach step {step} within {timeout:.0f}s")
 
     # ---- control -------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def run_processes_gone(run, timeout: float = 20.0) -> list[int]:
         alive = [p for p in pids if pid_alive(p)]
         if not alive:
             return []
-        time.sleep(0.2)
+        time.sleep(0.05)
     return [p for p in pids if pid_alive(p)]
 
 

@@ -45,11 +45,24 @@ def _uses_lora(cfg: dict) -> bool:
 
 def start_early(run_dir: Path) -> bool:
     """Start the fork server if the run is likely CPU-only; whether it was started."""
+    return start_early_for(run_dir / "config.yaml")
+
+
+def start_early_for(config: Path, overrides: Sequence[str] = ()) -> bool:
+    """The same guess from a config file and ``--set KEY=VALUE`` overrides, before they are
+    validated (a foreground ``train`` starts the server while it loads and checks the config)."""
     try:
         import yaml
 
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    except Exception:  # noqa: BLE001 - the supervisor reads and reports the config itself
+        cfg = yaml.safe_load(Path(config).read_text())
+        for item in overrides:
+            key, value = item.split("=", 1)
+            *path, last = key.strip().split(".")
+            node = cfg
+            for part in path:
+                node = node.setdefault(part, {})
+            node[last] = yaml.safe_load(value)
+    except Exception:  # noqa: BLE001 - the loader reads and reports the config itself
         return False
     if not likely_cpu_only(cfg):
         return False
