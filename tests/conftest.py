@@ -61,7 +61,7 @@ def warm_launcher():
     if sock.exists():
         os.environ["RLHF_CONSOLE_WARM"] = str(sock)
     try:
-        yield sock if sock.exists() else None
+        yield (proc, sock) if sock.exists() else None
     finally:
         os.environ.pop("RLHF_CONSOLE_WARM", None)
         proc.terminate()

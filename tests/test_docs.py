@@ -28,6 +28,7 @@ def test_ci_runs_the_readme_test_command():
     extracted = subprocess.run(["awk", m.group(1), "README.md"], cwd=ROOT, capture_output=True,
                                text=True, check=True).stdout.rstrip("\n")
     assert extracted == cmd
-    assert re.search(r'^exec bash -c "\$cmd"$', ci, flags=re.M), ".ci/run does not run what it extracted"
+    assert re.search(r'^bash -c "\$cmd" \|\| rc=\$\?$', ci, flags=re.M), ".ci/run does not run what it extracted"
+    assert re.search(r'^exit "\$rc"$', ci, flags=re.M), ".ci/run does not exit with the command's status"
     syntax = subprocess.run(["bash", "-n", "-c", extracted], capture_output=True, text=True)
     assert syntax.returncode == 0, syntax.stderr

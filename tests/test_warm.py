@@ -23,8 +23,13 @@ _NOT_COMPARED = {"step", "time", "tokens_per_s", "gen_tokens_per_s"}
 
 
 @pytest.fixture
-def launcher(monkeypatch):
-    """A launcher of this test's own (not the session's), and RLHF_CONSOLE_WARM pointing at it."""
+def launcher(warm_launcher, monkeypatch):
+    """The session's launcher (tests/conftest.py), or one of this test's own when the session has
+    none (RLHF_CONSOLE_TEST_COLD=1); RLHF_CONSOLE_WARM points at it."""
+    if warm_launcher is not None:
+        monkeypatch.setenv(warm.ENV, str(warm_launcher[1]))
+        yield warm_launcher
+        return
     d = Path(tempfile.mkdtemp(prefix="rlhfc-warm-t-"))
     sock = d / "l.sock"
     proc = subprocess.Popen([sys.executable, "-m", "engine.runtime.warm", str(sock)], env=supervisor_env(),
