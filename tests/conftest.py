@@ -17,6 +17,11 @@ TINY = ROOT / "configs" / "tiny.yaml"
 os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# what a role sets in its own process (engine.runtime.worker.quiet_hf_logging): set once here, so
+# that a test running a role in this process does not change the environment the session's warm
+# launcher compares each run's with (huggingface_hub reads it at import)
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+_WARM_SUMMARY: list[str] = []
 
 
 def _free_space() -> str:
@@ -69,11 +74,18 @@ def warm_launcher():
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        lines = (d / "launcher.log").read_text(errors="replace").splitlines()
+        refused = sorted({ln for ln in lines if ln.startswith("refused:")})
+        _WARM_SUMMARY.append(f"warm launcher: {sum(ln == 'forked a supervisor' for ln in lines)} supervisors forked, "
+                             f"{sum(ln.startswith('refused:') for ln in lines)} requests refused"
+                             + "".join(f"\n  {r}" for r in refused))
         shutil.rmtree(d, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_line(_free_space() + " (at the end)")
+    for line in _WARM_SUMMARY:
+        terminalreporter.write_line(line)
 
 
 def proc_cpu_flags() -> set[str]:

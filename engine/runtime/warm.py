@@ -23,7 +23,8 @@ engine checkout, engine source files changed since the launcher imported them, o
 value of an environment variable read at import time (``PYTHONPATH``, torch's CPU and thread
 settings, Hugging Face's, the locale). A refusal is written to the run's supervisor log.
 
-The launcher never runs a torch operation, starts no thread and initialises no GPU: a fork must
+The launcher prints one line a request on its stdout (``forked a supervisor`` or ``refused:
+WHY``). It never runs a torch operation, starts no thread and initialises no GPU: a fork must
 inherit none of them. It dies with its parent (``PR_SET_PDEATHSIG``) and removes its socket.
 """
 from __future__ import annotations
@@ -177,6 +178,7 @@ def _answer(conn: socket.socket, listener: socket.socket, env: dict, code_mtime:
         return None
     why = refusal(req, env=env, code_mtime=code_mtime)
     if why:
+        print(f"refused: {why}", flush=True)
         _reply(conn, {"ok": False, "error": why})
         return None
     for stream in (sys.stdout, sys.stderr):
@@ -195,7 +197,10 @@ def _answer(conn: socket.socket, listener: socket.socket, env: dict, code_mtime:
         os._exit(0)
     _, status = os.waitpid(first, 0)
     if status != 0:
+        print("refused: the launcher's fork failed", flush=True)
         _reply(conn, {"ok": False, "error": "the launcher's fork failed"})
+    else:
+        print("forked a supervisor", flush=True)
     return None
 
 
