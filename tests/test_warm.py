@@ -96,19 +96,57 @@ def test_a_run_whose_import_time_environment_differs_starts_fresh_and_says_why(l
                                                                              monkeypatch, tmp_path):
     proc, sock = launcher
     matching = supervisor_env()
-    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ['PYTHONPATH']}")
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "sitecustomize.py").write_text("")  # a fresh interpreter runs it at start; a fork cannot
+    monkeypatch.setenv("PYTHONPATH", f"{mods}{os.pathsep}{os.environ['PYTHONPATH']}")
     run = launch(TINY, tiny_overrides(runs_dir, "run.steps=1"))
     cleanup_runs.append(run)
     assert "engine.runtime.start" in psutil.Process(run.info["supervisor_pid"]).cmdline()
     assert run.wait(timeout=300) == "finished", run.info.get("failure")
     log = run.dir.supervisor_log.read_text()
-    assert "warm launcher not used: environment read at import time differs: PYTHONPATH" in log
+    assert (f"warm launcher not used: import path differs: {mods} has sitecustomize.py "
+            "(sitecustomize runs at interpreter start)") in log
     assert_run_clean(run)
     # the launcher is still there for the next request that matches
     pid, why = warm.request_start(str(sock), ["/nonexistent-run-dir"], env={**matching, "OMP_NUM_THREADS": "1"},
                                   log=tmp_path / "sup.log")
     assert pid is None and why == "environment read at import time differs: OMP_NUM_THREADS"
     assert proc.poll() is None
+
+
+def test_a_module_on_the_run_s_own_pythonpath_or_in_its_directory_is_found_by_a_forked_supervisor(
+        launcher, runs_dir, cleanup_runs, monkeypatch, tmp_path):
+    proc, _ = launcher
+    mods, here = tmp_path / "mods", tmp_path / "here"
+    mods.mkdir()
+    here.mkdir()
+    (mods / "warm_path_reward.py").write_text("def score(prompts, responses):\n    return [0.25] * len(responses)\n")
+    (here / "warm_cwd_reward.py").write_text("def score(prompts, responses):\n    return [0.75] * len(responses)\n")
+    monkeypatch.setenv("PYTHONPATH", f"{mods}{os.pathsep}{os.environ['PYTHONPATH']}")
+    monkeypatch.chdir(here)  # python -m puts the working directory first on the import path
+    for module, value in (("warm_path_reward", 0.25), ("warm_cwd_reward", 0.75)):
+        run = launch(TINY, tiny_overrides(runs_dir, "run.steps=2", f"reward.source=python:{module}:score"))
+        cleanup_runs.append(run)
+        assert psutil.Process(run.info["supervisor_pid"]).cmdline()[1:] == proc.args[1:], module
+        assert run.wait(timeout=300) == "finished", run.info.get("failure")
+        assert "warm launcher not used" not in run.dir.supervisor_log.read_text()
+        assert [m["score_mean"] for m in run.metrics()] == [value, value]
+        assert_run_clean(run)
+
+
+def test_an_import_path_that_would_shadow_an_imported_module_is_refused(tmp_path):
+    start = [str(tmp_path / "launcher-cwd"), str(warm.ROOT), "/usr/lib/python3.11"]
+    (tmp_path / "extra").mkdir()
+    assert warm.path_refusal([str(tmp_path / "extra"), *start[1:]], start) is None  # nothing in it
+    (tmp_path / "extra" / "json.py").write_text("")
+    why = warm.path_refusal([str(tmp_path / "extra"), *start[1:]], start)
+    assert why == f"import path differs: {tmp_path / 'extra'} has json.py (json is imported already)"
+    assert "reorders" in warm.path_refusal([start[0], start[2], start[1]], start)
+    # the path a fresh `python -m` gets: its directory, PYTHONPATH (relative to it), the defaults
+    got = warm.expected_sys_path({"PYTHONPATH": f"rel{os.pathsep}/abs{os.pathsep}{warm.ROOT}"}, "/work/x", start,
+                                 {"PYTHONPATH": str(warm.ROOT)}, str(tmp_path / "launcher-cwd"))
+    assert got == ["/work/x", "/work/x/rel", "/abs", str(warm.ROOT), "/usr/lib/python3.11"]
 
 
 def test_the_refusals_name_what_differs(tmp_path):
@@ -125,6 +163,14 @@ def test_the_refusals_name_what_differs(tmp_path):
     assert why == "environment read at import time differs: ATEN_CPU_CAPABILITY, PYTHONPATH"
     assert "changed since" in warm.refusal(ok, env=env, code_mtime=newest - 1.0)
     assert "malformed" in warm.refusal({**ok, "argv": "RUN"}, env=env, code_mtime=newest)
+    # what the launcher's own imports set (torch: its compile cache's path) is what a fresh
+    # interpreter sets too: the requester's process may carry it or not
+    implied = {"TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor_root"}
+    for theirs in ({**env, **implied}, env):
+        assert warm.refusal({**ok, "env": theirs}, env=env, code_mtime=newest, implied=implied) is None
+    why = warm.refusal({**ok, "env": {**env, "TORCHINDUCTOR_CACHE_DIR": "/elsewhere"}}, env=env, code_mtime=newest,
+                       implied=implied)
+    assert why == "environment read at import time differs: TORCHINDUCTOR_CACHE_DIR"
 
 
 def test_no_launcher_at_the_socket_is_a_reason_not_an_error(tmp_path):

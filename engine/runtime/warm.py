@@ -19,9 +19,12 @@ environment, working directory, umask and log file on stdout and stderr, stdin o
 
 The launcher refuses (and :func:`request_start` returns ``None``, so the caller starts a fresh
 interpreter) when a fork could differ from a fresh interpreter: another Python or another
-engine checkout, engine source files changed since the launcher imported them, or a different
-value of an environment variable read at import time (``PYTHONPATH``, torch's CPU and thread
-settings, Hugging Face's, the locale). A refusal is written to the run's supervisor log.
+engine checkout, engine source files changed since the launcher imported them, a different
+value of an environment variable read at import time (torch's CPU and thread settings, Hugging
+Face's, the locale), or a working directory or ``PYTHONPATH`` that puts a module the launcher has
+imported (or a ``sitecustomize``) where a fresh interpreter would find it first. Otherwise the
+supervisor's ``sys.path`` is the one a fresh interpreter started there would have. A refusal is
+written to the run's supervisor log.
 
 The launcher prints one line a request on its stdout (``forked a supervisor`` or ``refused:
 WHY``). It never runs a torch operation, starts no thread and initialises no GPU: a fork must
@@ -62,14 +65,26 @@ def import_time_env(env: dict) -> dict:
     return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_ENV)}
 
 
-def refusal(req: dict, *, env: dict, code_mtime: float) -> Optional[str]:
-    """Why a fork of this launcher would not be what a fresh interpreter gets (``None``: it would)."""
+def refusal(req: dict, *, env: dict, code_mtime: float, path: Optional[Sequence[str]] = None,
+            cwd: Optional[str] = None, implied: Optional[dict] = None) -> Optional[str]:
+    """Why a fork of this launcher would not be what a fresh interpreter gets (``None``: it would).
+
+    ``path`` and ``cwd``: the launcher's ``sys.path`` and working directory when it started. With
+    them, a request's own working directory and ``PYTHONPATH`` are accepted when the import path
+    a fresh interpreter would get (:func:`expected_sys_path`) adds only directories that hold no
+    module the launcher has imported (nor a ``sitecustomize``, which runs at interpreter start);
+    without them, ``PYTHONPATH`` must be the launcher's. ``implied``: variables the launcher's
+    imports set where they were unset (torch sets its compile cache's path): a request that has
+    the value they set, or none, is the same to a fresh interpreter."""
     if req.get("executable") != sys.executable:
         return f"another Python ({req.get('executable')}; the launcher runs {sys.executable})"
     if req.get("root") != str(ROOT):
         return f"another engine checkout ({req.get('root')}; the launcher imported {ROOT})"
-    theirs, mine = import_time_env(req.get("env") or {}), import_time_env(env)
-    differ = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
+    implied = implied or {}
+    theirs = import_time_env({**implied, **(req.get("env") or {})})
+    mine = import_time_env({**implied, **env})
+    differ = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k)
+                    and not (path is not None and k == "PYTHONPATH"))
     if differ:
         return "environment read at import time differs: " + ", ".join(differ)
     if _code_mtime() > code_mtime:
@@ -79,6 +94,58 @@ def refusal(req: dict, *, env: dict, code_mtime: float) -> Optional[str]:
     for key in ("cwd", "log"):
         if not isinstance(req.get(key), str):
             return f"malformed request ({key})"
+    if path is not None:
+        return path_refusal(expected_sys_path(req["env"], req["cwd"], path, env, cwd or "/"), path)
+    return None
+
+
+def _python_path(env: dict, cwd: str) -> list[str]:
+    return [os.path.abspath(os.path.join(cwd, p)) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+
+
+def expected_sys_path(env: dict, cwd: str, start_path: Sequence[str], start_env: dict, start_cwd: str) -> list[str]:
+    """The ``sys.path`` of ``python -m ...`` started in ``cwd`` with ``env``, from the launcher's
+    own (started in ``start_cwd`` with ``start_env``): the working directory, then ``PYTHONPATH``
+    (absolute, relative to it), then the interpreter's defaults; duplicates after the first
+    dropped."""
+    mine = set(_python_path(start_env, start_cwd))
+    defaults = [p for p in list(start_path)[1:] if p not in mine]
+    # ``-m`` puts the directory first after the rest is built (and deduplicated by ``site``)
+    return [os.path.abspath(cwd), *_unique([*_python_path(env, cwd), *defaults])]
+
+
+def _unique(paths: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for p in paths:
+        if p not in out:
+            out.append(p)
+    return out
+
+
+_MODULE_SUFFIXES = (".py", ".pyc", ".so", ".pyd")
+
+
+def path_refusal(expected: Sequence[str], start_path: Sequence[str]) -> Optional[str]:
+    """Why importing with ``expected`` in place of the launcher's ``start_path`` could differ for a
+    module already imported (``None``: it could not)."""
+    start, expected = _unique(start_path), _unique(expected)
+    common = [p for p in expected if p in start]
+    if common != [p for p in start if p in common]:
+        return "PYTHONPATH differs: it reorders the launcher's import path"
+    loaded = {name.split(".")[0] for name in sys.modules} | {"sitecustomize", "usercustomize"}
+    for d in expected:
+        if d in start_path:
+            continue
+        try:
+            entries = os.listdir(d)
+        except OSError:
+            continue
+        for e in entries:
+            name = e.split(".")[0]
+            is_module = e.endswith(_MODULE_SUFFIXES) or os.path.isdir(os.path.join(d, e))
+            if is_module and name in loaded:
+                what = "runs at interpreter start" if name.endswith("customize") else "is imported already"
+                return f"import path differs: {d} has {e} ({name} {what})"
     return None
 
 
@@ -130,6 +197,7 @@ def serve(path: str) -> int:
 
     owner = os.getpid()
     start_env = dict(os.environ)  # what a request's environment is compared with
+    start_path, start_cwd = list(sys.path), os.getcwd()
     die_with_parent()
     if os.getppid() == 1:  # the parent ended before that took effect
         return 0
@@ -157,17 +225,19 @@ def serve(path: str) -> int:
         while req is None:
             conn, _ = listener.accept()
             with conn:
-                req = _answer(conn, listener, start_env, code_mtime)
+                req = _answer(conn, listener, start_env, code_mtime, start_path, start_cwd, added)
     finally:
         if os.getpid() == owner:
             try:
                 os.unlink(path)
             except OSError:
                 pass
-    return _supervise(req, added)  # only the forked supervisor gets here
+    # only the forked supervisor gets here
+    return _supervise(req, added, expected_sys_path(req["env"], req["cwd"], start_path, start_env, start_cwd))
 
 
-def _answer(conn: socket.socket, listener: socket.socket, env: dict, code_mtime: float) -> Optional[dict]:
+def _answer(conn: socket.socket, listener: socket.socket, env: dict, code_mtime: float, path: list[str],
+            cwd: str, implied: dict) -> Optional[dict]:
     """One request: ``None`` in the launcher, the request in the forked supervisor."""
     try:
         conn.settimeout(10.0)
@@ -176,7 +246,7 @@ def _answer(conn: socket.socket, listener: socket.socket, env: dict, code_mtime:
             raise ValueError
     except (OSError, ValueError):
         return None
-    why = refusal(req, env=env, code_mtime=code_mtime)
+    why = refusal(req, env=env, code_mtime=code_mtime, path=path, cwd=cwd, implied=implied)
     if why:
         print(f"refused: {why}", flush=True)
         _reply(conn, {"ok": False, "error": why})
@@ -211,13 +281,14 @@ def _reply(conn: socket.socket, ans: dict) -> None:
         pass
 
 
-def _supervise(req: dict, added: dict) -> int:
+def _supervise(req: dict, added: dict, path: list[str]) -> int:
     """In the forked supervisor: become what ``python -m engine.runtime.start ARGV`` would be."""
     os.umask(int(req.get("umask", 0o022)))
     os.chdir(req["cwd"])
     os.environ.clear()
     os.environ.update(req["env"])
     os.environ.update({k: v for k, v in added.items() if k not in req["env"]})
+    sys.path[:] = path  # the requester's working directory and PYTHONPATH, as a fresh one gets
     time.tzset()
     fd = os.open(req["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     os.dup2(fd, 1)
