@@ -201,14 +201,26 @@ def test_the_early_fork_server_guess_from_the_config(tmp_path, monkeypatch):
 def test_start_early_runs_the_fork_server_only_for_a_cpu_run(tmp_path, device, started):
     (tmp_path / "config.yaml").write_text(
         f"actor:\n  device: {device}\n  lora: null\nruntime:\n  backend: local\n")
-    code = ("import sys, psutil; from pathlib import Path; from engine.runtime.start import start_early; "
-            "ok = start_early(Path(sys.argv[1])); "
-            "kids = [' '.join(c.cmdline()) for c in psutil.Process().children()]; "
-            "print(ok, any('forkserver' in k for k in kids))")
+    # the server is a child whose command line names multiprocessing's fork server (looked for a
+    # few times: a child's command line can read empty while it is being replaced by exec)
+    code = ("import sys, time, psutil; from pathlib import Path; from engine.runtime.start import start_early\n"
+            "ok = start_early(Path(sys.argv[1]))\n"
+            "for _ in range(20):\n"
+            "    kids = []\n"
+            "    for c in psutil.Process().children():\n"
+            "        try:\n"
+            "            kids.append((c.status(), ' '.join(c.cmdline())))\n"
+            "        except psutil.Error as e:\n"
+            "            kids.append(('gone', repr(e)))\n"
+            "    if not ok or any('multiprocessing.forkserver' in k for _, k in kids):\n"
+            "        break\n"
+            "    time.sleep(0.1)\n"
+            "print(ok, any('multiprocessing.forkserver' in k for _, k in kids))\n"
+            "print(kids, file=sys.stderr)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [str(started), str(started)], out.stdout
+    assert out.stdout.split() == [str(started), str(started)], out.stdout + out.stderr
 
 
 def test_sighup_of_the_launching_session_does_not_stop_training(runs_dir, cleanup_runs):
