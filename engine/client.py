@@ -120,6 +120,19 @@ def supervisor_env() -> dict:
     return env
 
 
+def start_warm_launcher(sock: Union[str, Path], log=subprocess.DEVNULL, timeout: float = 120.0):
+    """Start a warm launcher (``engine.runtime.warm``) on ``sock`` as this process's child, with the
+    environment a supervisor would get, and wait until it listens: ``(process, ready)``. Point
+    ``RLHF_CONSOLE_WARM`` at ``sock`` for runs started here to be forks of it."""
+    proc = subprocess.Popen([sys.executable, "-m", "engine.runtime.warm", str(sock)], env=supervisor_env(),
+                            cwd=Path(__file__).resolve().parent.parent, stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=subprocess.STDOUT)
+    t0 = time.time()
+    while not Path(sock).exists() and proc.poll() is None and time.time() - t0 < timeout:
+        time.sleep(0.01)
+    return proc, Path(sock).exists()
+
+
 def _spawn_detached(rd: _RunDir, resume: bool = False) -> int:
     env = supervisor_env()
     pid = None

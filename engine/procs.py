@@ -85,6 +85,19 @@ def fork_server_preload(lora: bool) -> list[str]:
     return ["engine.runtime.forkserver", *(["peft"] if lora else [])]
 
 
+def run_exit_handlers() -> None:
+    """What a normal exit does before the interpreter's teardown: the ``atexit`` handlers, then
+    a flush of stdout and stderr. For a process about to end with ``os._exit``."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
 _FORK_THE_SERVER = [False]
 
 

@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.client import launch, supervisor_env  # noqa: E402
+from engine.client import launch, start_warm_launcher  # noqa: E402
 from engine.procs import available_cores, pid_alive  # noqa: E402
 
 
@@ -64,10 +63,7 @@ def main() -> int:
         out["fresh"] = [one_run(runs) for _ in range(a.runs)]
         sock = Path(d) / "launcher.sock"
         t0 = time.time()
-        proc = subprocess.Popen([sys.executable, "-m", "engine.runtime.warm", str(sock)], env=supervisor_env(),
-                                cwd=ROOT, stdin=subprocess.DEVNULL)
-        while not sock.exists() and proc.poll() is None:
-            time.sleep(0.01)
+        proc, _ = start_warm_launcher(sock, log=None)
         out["launcher_ready_s"] = round(time.time() - t0, 3)
         os.environ["RLHF_CONSOLE_WARM"] = str(sock)
         try:

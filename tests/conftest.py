@@ -51,22 +51,17 @@ def warm_launcher():
         yield None
         return
     import subprocess
-    import sys
 
-    from engine.client import supervisor_env
+    from engine.client import start_warm_launcher
 
     d = Path(tempfile.mkdtemp(prefix="rlhfc-warm-"))
     sock = d / "launcher.sock"
     with open(d / "launcher.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "engine.runtime.warm", str(sock)], env=supervisor_env(),
-                                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    t0 = time.time()
-    while not sock.exists() and proc.poll() is None and time.time() - t0 < 120:
-        time.sleep(0.05)
-    if sock.exists():
+        proc, ready = start_warm_launcher(sock, log=log)
+    if ready:
         os.environ["RLHF_CONSOLE_WARM"] = str(sock)
     try:
-        yield (proc, sock) if sock.exists() else None
+        yield (proc, sock) if ready else None
     finally:
         os.environ.pop("RLHF_CONSOLE_WARM", None)
         proc.terminate()

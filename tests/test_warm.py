@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.client import launch, supervisor_env
+from engine.client import launch, start_warm_launcher, supervisor_env
 from engine.procs import pid_alive
 from engine.runtime import warm
 from tests.conftest import ROOT, TINY, assert_run_clean, tiny_overrides
@@ -30,15 +30,9 @@ def launcher(warm_launcher, monkeypatch):
         monkeypatch.setenv(warm.ENV, str(warm_launcher[1]))
         yield warm_launcher
         return
-    d = Path(tempfile.mkdtemp(prefix="rlhfc-warm-t-"))
-    sock = d / "l.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "engine.runtime.warm", str(sock)], env=supervisor_env(),
-                            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    t0 = time.time()
-    while not sock.exists() and proc.poll() is None and time.time() - t0 < 120:
-        time.sleep(0.05)
-    assert sock.exists(), f"the launcher did not start (exit code {proc.poll()})"
+    sock = Path(tempfile.mkdtemp(prefix="rlhfc-warm-t-")) / "l.sock"
+    proc, ready = start_warm_launcher(sock)
+    assert ready, f"the launcher did not start (exit code {proc.poll()})"
     monkeypatch.setenv(warm.ENV, str(sock))
     yield proc, sock
     proc.kill()

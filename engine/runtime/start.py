@@ -55,13 +55,11 @@ def start_early_for(config: Path, overrides: Sequence[str] = ()) -> bool:
         import yaml
 
         cfg = yaml.safe_load(Path(config).read_text())
-        for item in overrides:
-            key, value = item.split("=", 1)
-            *path, last = key.strip().split(".")
-            node = cfg
-            for part in path:
-                node = node.setdefault(part, {})
-            node[last] = yaml.safe_load(value)
+        if overrides:  # as the loader applies them (its issues are reported when it loads)
+            from engine.config.issues import Ctx
+            from engine.config.loading import apply_override_list
+
+            cfg = apply_override_list(cfg, overrides, Ctx(str(config), {}, check_hardware=False))
     except Exception:  # noqa: BLE001 - the loader reads and reports the config itself
         return False
     if not likely_cpu_only(cfg):
@@ -87,18 +85,14 @@ def end(code: int) -> int:
     core on 2 cores, after the run has ended). Returns (to exit normally) only while a thread
     other than the main one that is not a daemon still runs, since a normal exit waits for it.
     """
-    import atexit
     import os
     import threading
 
+    from engine.procs import run_exit_handlers
+
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         return code
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    run_exit_handlers()
     os._exit(code if isinstance(code, int) else 1)
 
 

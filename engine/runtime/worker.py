@@ -28,7 +28,7 @@ from typing import Any, Optional
 import torch
 
 from engine import transport
-from engine.procs import die_with_parent, ensure_fork_server, parent_pid
+from engine.procs import die_with_parent, ensure_fork_server, parent_pid, run_exit_handlers
 from engine.runtime.calls import RoleCall, RoleResult, perform
 
 
@@ -68,15 +68,7 @@ def _forked_worker_main(*args, **kwargs) -> None:
     try:
         worker_main(*args, **kwargs)
     finally:
-        import atexit
-        import sys
-
-        atexit._run_exitfuncs()
-        for f in (sys.stdout, sys.stderr):
-            try:
-                f.flush()
-            except (OSError, ValueError, AttributeError):
-                pass
+        run_exit_handlers()
 
 
 def quiet_hf_logging() -> None:
