@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import sys
@@ -190,6 +191,10 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=50, help="steps compared before and after the swap")
     ap.add_argument("--extra", type=int, default=50, help="steps trained after the window, reported "
                                                           "apart (does the policy keep moving?)")
+    ap.add_argument("--pause-while-judging", action="store_true",
+                    help="pause the run after the base-rate steps, judge and refit while it waits, resume "
+                         "with the new reward (as a user who stops training to judge would): the swap comes "
+                         "before the run has spent its KL budget on the base reward alone")
     ap.add_argument("--words", help="comma-separated judge words instead of the film-craft list")
     ap.add_argument("--substrings", action="store_true", help="count the judge words inside words too")
     ap.add_argument("--control", help="compare the demo folder --out with this control demo folder "
@@ -216,11 +221,17 @@ def main(argv=None) -> int:
         print(f"taste base rate: {rate['share']:.3f} of {rate['samples']} samples have a judge word", flush=True)
         if not rate["share"] or rate["share"] < 0.1:
             print("warning: the taste is rare in the policy's samples: most pairs will be ties", flush=True)
+        if a.pause_while_judging:
+            run.pause()
+            print("paused while judging and refitting", flush=True)
         judge = label(run, a)
         t_refit = time.time()
         entry = run.refit_reward(wait=True, timeout=3600)
         refit_wall = time.time() - t_refit
         print(f"refit: {entry.get('state')} in {refit_wall:.1f} s: {entry.get('reason')}", flush=True)
+        if a.pause_while_judging:
+            run.resume()
+            print("resumed", flush=True)
         swap = next((v for v in run.reward_versions()["versions"] if v.get("attempt") == entry.get("attempt")), None)
         swap_step = swap["from_step"] if swap else int(run.info.get("step") or 0) + 1
         run.wait_step(swap_step - 1 + a.window + a.extra, timeout=7200)
@@ -253,7 +264,7 @@ def main(argv=None) -> int:
                                             "current", "new", "judgements", "test", "seconds")},
         "refit_wall_seconds": round(refit_wall, 1),
         "swap_from_step": swap_step if swap else None, "new_source": new_source,
-        "window": a.window, "extra": a.extra,
+        "window": a.window, "extra": a.extra, "paused_while_judging": a.pause_while_judging,
         "taste_before": {"steps": [first, swap_step - 1], **taste(before)},
         "taste_after": {"steps": [swap_step, swap_step + a.window - 1], **taste(after)},
         "taste_later": {"steps": [swap_step + a.window, swap_step + a.window + a.extra - 1], **taste(later)},
@@ -301,7 +312,7 @@ def compare_control(out: Path, control: Path) -> dict:
             windows.append({"steps": [lo, hi], "demo": taste(pick["demo"]), "control": taste(pick["control"]),
                             "control_reward": "base" if hi < ctl_swap else "its own refit, from step "
                                                                            f"{ctl_swap}"})
-    out_ = {"control": str(control.name), "identical_before_swap": bool(shared) and all(a == b for a, b in shared),
+    out_ = {"control": os.path.relpath(control, out), "identical_before_swap": bool(shared) and all(a == b for a, b in shared),
             "compared_steps_before_swap": swap - 1, "windows": windows}
     res["control"] = out_
     (out / "demo.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -351,7 +362,8 @@ def report(res: dict, out: Path) -> str:
         f"{j['recorded'] + j['kept_aside']} judged pairs (chance is 0.5).",
         f"- Judging: {j['recorded']} pairs recorded (+{j['kept_aside']} kept aside) in {j['minutes']} min; "
         f"{j['asked']} pairs asked, {j['ties_skipped']} skipped as ties; each pair picked from "
-        f"{j['candidates']} fresh responses because: {'; '.join(j['why_offered'])}.",
+        f"{j['candidates']} fresh responses because: {'; '.join(j['why_offered'])}"
+        + ("; the run was paused while judging and refitting." if res.get("paused_while_judging") else "."),
         f"- Refit {r.get('attempt')} ({r.get('method')}, features {r.get('features')}, weight {r.get('weight')}): "
         f"**{r.get('state')}** after {_f(r.get('seconds'), 1)} s — {r.get('reason')}",
         f"- Held-out agreement with the judge ({(r.get('judgements') or {}).get('held_out')} judgements, "
