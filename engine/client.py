@@ -90,7 +90,7 @@ def dry_run(cfg: RunConfig, printer=None) -> dict:
 
 def reap_stale() -> list[str]:
     """Remove shared-memory segments of runs whose processes are gone; return their names."""
-    from engine.transport import reap_stale_segments
+    from engine.segments import reap_stale_segments
 
     return reap_stale_segments()
 
