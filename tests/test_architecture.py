@@ -529,3 +529,17 @@ def test_architecture_doc_lists_every_module_once():
     gone = sorted(set(listed) - set(on_disk))
     assert not missing, f"{where.relative_to(ROOT)}: add a line (its one job) for {missing}"
     assert not gone, f"{where.relative_to(ROOT)} lists modules that do not exist: {gone}"
+
+
+def test_a_cli_command_that_reads_files_does_not_import_torch(tmp_path):
+    """``rlhf-console runs`` (and every command's sweep of a killed run's leftovers) reads files
+    only: importing torch would add about a second to each command on 2 cores."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from console.cli import main; rc = main(['--runs-dir', sys.argv[1], 'runs']); "
+            "print('torch' in sys.modules, rc)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False 0", out.stdout + out.stderr
