@@ -63,7 +63,8 @@ def test_precision_and_decoding_tests_pass_on_the_avx2_class(tmp_path):
     # inductor's compiled kernels go to a cache of their own: kernels built for the capped ISA
     # must not be loaded later by the native runs (a stale cache made the compiled decoding
     # test abort the interpreter), nor the other way round
-    env = {**_env(), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    # and no warm launcher: these tests start no detached run, so it would import for nothing
+    env = {**_env(), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "RLHF_CONSOLE_TEST_COLD": "1"}
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     tail = "\n".join(out.stdout.strip().splitlines()[-15:])
     assert out.returncode == 0, tail + out.stderr[-2000:]

@@ -320,15 +320,15 @@ def test_worker_timeout_fails_the_run_naming_role_op_and_timeout(runs_dir, clean
     from engine.client import launch
 
     monkeypatch.setenv("HANG_FROM_CALL", "1")
-    run = launch(TINY, [f"run.output_dir={runs_dir}", "run.steps=5", "runtime.worker_timeout_s=8",
+    run = launch(TINY, [f"run.output_dir={runs_dir}", "run.steps=5", "runtime.worker_timeout_s=4",
                         "reward.source=python:hanging_reward:score"])
     cleanup_runs.append(run)
     assert run.wait(timeout=300) == "failed"
     st = run.info
-    assert st["failed_role"] == "reward" and st["failed_op"] == "score" and st["timeout_s"] == 8
-    assert "reward.score did not finish within runtime.worker_timeout_s = 8s" in st["failure"]
+    assert st["failed_role"] == "reward" and st["failed_op"] == "score" and st["timeout_s"] == 4
+    assert "reward.score did not finish within runtime.worker_timeout_s = 4s" in st["failure"]
     events = (run.path / "events.log").read_text()
-    assert "reward.score did not finish within runtime.worker_timeout_s = 8s" in events
+    assert "reward.score did not finish within runtime.worker_timeout_s = 4s" in events
     assert hanging_reward.exists() and st["step"] == 0
     assert_run_clean(run)
 
