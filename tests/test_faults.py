@@ -1,14 +1,14 @@
 """Fault injection on the tiny config, with real processes: every fault leaves the run
 resumable and the disk clean.
 
-One run takes most faults in turn (a reward that raises once, a NaN reward, a NaN in the actor's
-or the critic's update after its first optimizer step, reward swaps that exit or segfault at
-import, kill -9 of the supervisor mid-checkpoint, kill -9 of each role mid-checkpoint or
-mid-step); a second run lives on a small tmpfs that fills up. Faults inside the roles are
-injected with a ``sitecustomize`` module on the PYTHONPATH of the run (it wraps
-``engine.algorithms.policy_loss`` / ``value_loss`` when a flag file says so) and a ``python:``
-reward module; the product has no test hooks. Detection times are printed (``-s``), never
-asserted.
+One run takes most faults in turn (a reward that raises once, a NaN reward, reward swaps that
+exit or segfault at import, kill -9 of the supervisor mid-checkpoint, kill -9 of each role
+mid-checkpoint or mid-step); another takes a NaN in the actor's and then the critic's update
+after its first optimizer step; a third lives on a small tmpfs that fills up. Faults inside
+the roles are injected with a ``python:`` reward module and, for the NaN updates, a
+``sitecustomize`` module on the PYTHONPATH of the run (it wraps ``engine.algorithms.policy_loss``
+/ ``value_loss`` when a flag file says so); the product has no test hooks. Detection times are
+printed (``-s``), never asserted.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from engine.client import Run, RunError, launch
-from tests.conftest import ROOT, TINY, run_processes_gone, run_segments, tiny_overrides
+from tests.conftest import ROOT, TINY, assert_run_clean, run_processes_gone, run_segments, tiny_overrides
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -81,13 +81,13 @@ def _report(name: str, seconds: float) -> None:
     print(f"\n[fault timing] {name}: {seconds:.2f}s", flush=True)
 
 
-@pytest.fixture
-def fault_env(tmp_path, monkeypatch):
+def _fault_mods(tmp_path: Path, monkeypatch, *, nan_losses: bool) -> Path:
     mods = tmp_path / "mods"
     mods.mkdir()
     flags = tmp_path / "flags"
     flags.mkdir()
-    (mods / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    if nan_losses:
+        (mods / "sitecustomize.py").write_text(SITECUSTOMIZE)
     (mods / "faulty_reward.py").write_text(FAULTY_REWARD)
     (mods / "exit_on_import.py").write_text("import sys\nsys.exit(3)\n")
     (mods / "segv_on_import.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
@@ -95,6 +95,21 @@ def fault_env(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", f"{mods}{os.pathsep}{os.environ['PYTHONPATH']}")
     monkeypatch.setenv("RLHFC_FAULT_DIR", str(flags))
     return flags
+
+
+@pytest.fixture
+def fault_env(tmp_path, monkeypatch):
+    """Reward modules that fail on request (a flag file in the returned folder) or at import.
+    No sitecustomize: the runs are forked by the suite's warm launcher like any other."""
+    return _fault_mods(tmp_path, monkeypatch, nan_losses=False)
+
+
+@pytest.fixture
+def nan_env(tmp_path, monkeypatch):
+    """``fault_env`` and a sitecustomize that turns the actor's or the critic's loss into NaN on
+    request. It runs at interpreter start, so the warm launcher refuses these runs (it says so
+    in supervisor.log) and they start as fresh interpreters."""
+    return _fault_mods(tmp_path, monkeypatch, nan_losses=True)
 
 
 def _cli(runs_dir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -237,16 +252,7 @@ def test_faults_leave_the_run_resumable_and_the_disk_clean(runs_dir, cleanup_run
     run.resume()
     run.wait_step(step + 1, timeout=120)
 
-    # 3. a NaN in one role's update after its first optimizer step: actor and critic are
-    #    both left exactly as before the step (the other role's finished update is undone)
-    run.pause()
-    _wait_for(lambda: run.status()["state"] == "paused", 120, "paused")
-    _assert_update_rolled_back(run, tmp_path, "nan_actor", fault_env, "actor")
-    _assert_update_rolled_back(run, tmp_path, "nan_critic", fault_env, "critic")
-    step = run.status()["step"]
-    run.resume()
-    run.wait_step(step + 1, timeout=120)  # the retried step now goes through
-
+    # 3. (a NaN in an update: test_a_nan_in_one_update_rolls_back_both_roles, below)
     # 4. swaps that kill their own process: refused, the live reward worker untouched
     reward_pid = run.info["pids"]["reward"]
     for mod, why in (("exit_on_import", "sys.exit(3)"), ("segv_on_import", "SIGSEGV")):
@@ -311,6 +317,25 @@ def test_faults_leave_the_run_resumable_and_the_disk_clean(runs_dir, cleanup_run
             seen = (run.path / "events.log").read_text().count(_resume_line(latest))
             run.restart()
             _assert_resumes_from(run, latest, seen)
+
+
+def test_a_nan_in_one_update_rolls_back_both_roles(runs_dir, cleanup_runs, tmp_path, nan_env):
+    """A NaN in one role's update after its first optimizer step: the run pauses naming the role
+    and phase, and actor and critic are both left exactly as before the step (the other role's
+    finished update is undone); resumed, the retried step goes through."""
+    run = launch(TINY, tiny_overrides(runs_dir, "run.steps=200", "checkpoint.every=1", "checkpoint.keep_last=2",
+                                      "reward.source=python:faulty_reward:score"))
+    cleanup_runs.append(run)
+    run.wait_step(1, timeout=300)
+    run.pause()
+    _wait_for(lambda: run.status()["state"] == "paused", 120, "paused")
+    _assert_update_rolled_back(run, tmp_path, "nan_actor", nan_env, "actor")
+    _assert_update_rolled_back(run, tmp_path, "nan_critic", nan_env, "critic")
+    step = run.status()["step"]
+    run.resume()
+    run.wait_step(step + 1, timeout=120)  # the retried step now goes through
+    run.stop(wait=True, timeout=120)
+    assert_run_clean(run)
 
 
 def test_a_hanging_reward_module_is_refused_by_the_probe(fault_env, monkeypatch):
