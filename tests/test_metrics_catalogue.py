@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,18 +14,18 @@ from engine.records import CATALOGUE, METRICS, PLOT_GROUPS, metric, plot_group
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_a_tiny_run_writes_only_catalogued_metrics(tmp_path):
+def test_a_tiny_run_writes_only_catalogued_metrics(tmp_path, cleanup_runs):
     """One 2-step tiny run that writes nearly every conditional metric: a critic (gae), groups
     (rollout.n 2), a rule reward (accuracy), held-out evaluation, the KL in the loss with a KL
     guard, and an audit scorer."""
-    out = subprocess.run(
-        [sys.executable, "-m", "console.cli", "train", "--config", "configs/tiny.yaml",
-         "--set", f"run.output_dir={tmp_path}", "--set", "run.steps=2", "--set", "checkpoint.every=0",
-         "--set", "data.source=bundled:arithmetic", "--set", "reward.source=rule:arithmetic",
-         "--set", "rollout.n=2", "--set", "eval.every=2", "--set", "eval.num_prompts=4",
-         "--set", "ppo.kl_in=loss", "--set", "ppo.kl_guard=2.0", "--set", "reward.audit=lexicon:vader"],
-        capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    from engine.client import launch
+
+    run = launch(ROOT / "configs" / "tiny.yaml",
+                 [f"run.output_dir={tmp_path}", "run.steps=2", "checkpoint.every=0", "data.source=bundled:arithmetic",
+                  "reward.source=rule:arithmetic", "rollout.n=2", "eval.every=2", "eval.num_prompts=4",
+                  "ppo.kl_in=loss", "ppo.kl_guard=2.0", "reward.audit=lexicon:vader"])
+    cleanup_runs.append(run)
+    assert run.wait(timeout=600) == "finished", run.info.get("failure")
     (metrics,) = tmp_path.glob("*/metrics.jsonl")
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     assert len(rows) == 2
