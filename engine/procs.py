@@ -129,6 +129,16 @@ def ensure_fork_server(lora: bool) -> bool:
     return True
 
 
+def fork_server_pid() -> Optional[int]:
+    """The pid of this process's ``multiprocessing`` fork server when it has started one (a CPU
+    run's supervisor has), else ``None``. A child asked of it starts as a fork of a process that
+    has imported torch and transformers already, instead of a fresh interpreter; its parent is
+    the fork server, not this process."""
+    from multiprocessing import forkserver
+
+    return getattr(forkserver._forkserver, "_forkserver_pid", None)
+
+
 def _fork_server_by_fork(server, preload: list[str]) -> None:
     """``multiprocessing.forkserver.ForkServer.ensure_running`` with ``os.fork`` in place of a
     new interpreter: the server is this process's child, listens on a fresh socket, ends when

@@ -12,6 +12,7 @@ printed (``-s``), never asserted.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -515,3 +516,40 @@ def test_checkpoint_rename_is_durable(tmp_path, monkeypatch):
     assert before == {str(src / "actor" / "model.safetensors"), str(src / "state.json"), str(src / "actor"), str(src)}
     assert events[rename_at + 1:] == [("fsync", str(final.parent))]
     assert (final / "actor" / "model.safetensors").read_bytes() == b"w" * 100
+
+
+_PROBE_FROM_A_FORK_SERVER = r"""
+import json, sys
+from engine.config import dump_config, load_config
+from engine.procs import ensure_fork_server, fork_server_pid
+from engine.runtime.probe import probe_reward
+
+assert ensure_fork_server(False)
+cfg = dump_config(load_config(sys.argv[1], []))
+print(json.dumps({"server": fork_server_pid(),
+                  "ok": probe_reward(cfg, "python:where_am_i:score", timeout=120),
+                  "exit": probe_reward(cfg, "python:exit_on_import:score", timeout=120)}))
+"""
+
+_WHERE_AM_I = """import json, os, sys
+with open(os.environ["WHERE_AM_I"], "w") as f:
+    json.dump({"ppid": os.getppid(), "torch_before_import": "torch" in sys.modules}, f)
+def score(prompts, responses):
+    return [0.5] * len(responses)
+"""
+
+
+def test_a_probe_in_a_process_with_a_fork_server_is_forked_from_it(fault_env, tmp_path):
+    """A CPU run's supervisor has a fork server: the probe of a swap candidate is its child
+    (torch already imported, no new interpreter) and still refuses a module that exits."""
+    mods = fault_env.parent / "mods"
+    (mods / "where_am_i.py").write_text(_WHERE_AM_I)
+    mark = tmp_path / "where.json"
+    out = subprocess.run([sys.executable, "-c", _PROBE_FROM_A_FORK_SERVER, str(TINY)], cwd=ROOT,
+                         env={**os.environ, "WHERE_AM_I": str(mark)}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["ok"] == [True, ""], got
+    assert got["exit"][0] is False and "sys.exit(3)" in got["exit"][1], got
+    where = json.loads(mark.read_text())
+    assert where["ppid"] == got["server"] and where["torch_before_import"] is True, (where, got)

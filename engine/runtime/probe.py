@@ -2,8 +2,9 @@
 
 A swap must never take the run down: a module that calls ``sys.exit()`` or crashes the
 interpreter at import, a model that hangs while loading, a function that raises or returns
-NaN on a probe sample. The candidate is first built and scored in a short-lived spawned
-process; only when that answers in time does the live reward worker load it.
+NaN on a probe sample. The candidate is first built and scored in a short-lived process (forked
+from the run's fork server when it has one, else spawned); only when that answers in time does
+the live reward worker load it.
 """
 from __future__ import annotations
 
@@ -47,9 +48,16 @@ def probe_reward(config_yaml: str, spec: str, timeout: float) -> tuple[bool, str
     score within ``timeout`` seconds, else (False, why)."""
     import os
 
-    ctx = mp.get_context("spawn")
+    from engine.procs import fork_server_pid
+
+    # a CPU run's supervisor has a fork server that imported torch and transformers: a probe
+    # forked from it answers in a fraction of a second, a spawned one imports them again (~4 s
+    # on 2 cores). Either way the candidate is imported and run in a process of its own, whose
+    # parent (the fork server, or this process) it checks and dies with.
+    server = fork_server_pid()
+    ctx = mp.get_context("forkserver" if server else "spawn")
     parent, child = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_probe_main, args=(config_yaml, spec, child, os.getpid()),
+    p = ctx.Process(target=_probe_main, args=(config_yaml, spec, child, server or os.getpid()),
                     name="rlhf-reward-probe", daemon=True)
     p.start()
     child.close()
