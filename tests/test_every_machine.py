@@ -4,7 +4,8 @@ A CPU without bf16 instructions (AVX2 only: laptops and desktops before 2024, AM
 cloud VMs) emulates bf16, several times slower than float32, and oneDNN has no bf16 matmul to
 pack weights for. ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` makes a bf16-capable CPU
 behave as that class; the first test checks that it really does (the slow bf16 matmul, no
-oneDNN bf16), the second runs the precision and decoding tests under it in a fresh interpreter.
+oneDNN bf16), the second runs the precision tests, and the decoding tests whose path depends on
+bf16 support, under it in a fresh interpreter.
 On an AVX2 CPU both run the same way, so the suite checks both branches on any machine with
 bf16 hardware and the AVX2 branch everywhere.
 """
@@ -17,6 +18,9 @@ import sys
 from tests.conftest import ROOT
 
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+AVX2_DECODING = ("test_autocast_bf16_copy_gives_the_autocast_tokens", "test_prepacked_bf16_copy_gives_the_same_bits",
+                 "test_no_bf16_matmul_on_this_cpu_means_no_packing_and_plain_decoding",
+                 "test_packing_that_fails_its_probe_warns_once_and_decodes_plain")
 
 _PROBE = r"""
 import json, time, torch, torch.nn.functional as F
@@ -54,16 +58,17 @@ def test_the_emulated_avx2_class_has_slow_bf16_and_no_onednn_bf16():
 
 
 def test_precision_and_decoding_tests_pass_on_the_avx2_class(tmp_path):
+    # all of the precision tests, and the decoding tests whose path depends on the CPU's bf16
+    # support (autocast, oneDNN's packed bf16 weights and its probe). The other decoding tests
+    # (float32 token equality, sampling, compile, CUDA graphs) take the same path on any x86
+    # CPU and run in the native suite, on an AVX2 machine too.
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'b'}",
-           "tests/test_precision.py", "tests/test_decoding.py", "-m", "not slow or slow",
-           # the compiled decoding step (opt-in: rollout.compile_decoder) is inductor's code for
-           # the ISA it finds; it runs in the native suite, on an AVX2 machine too. Here it
-           # would cost 20-30 s of C++ compilation for the capped ISA and test no branch of ours
-           "--deselect", "tests/test_decoding.py::test_compiled_step_gives_the_eager_tokens"]
-    # inductor's compiled kernels go to a cache of their own: kernels built for the capped ISA
-    # must not be loaded later by the native runs (a stale cache made the compiled decoding
-    # test abort the interpreter), nor the other way round
-    # and no warm launcher: these tests start no detached run, so it would import for nothing
+           "tests/test_precision.py", *(f"tests/test_decoding.py::{name}" for name in AVX2_DECODING),
+           "-m", "not slow or slow"]
+    # inductor's kernels, should any of these compile, go to a cache of their own: kernels built
+    # for the capped ISA must not be loaded later by the native runs (a stale cache once made
+    # the compiled decoding test abort the interpreter), nor the other way round. No warm
+    # launcher: these tests start no detached run, so it would import for nothing
     env = {**_env(), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "RLHF_CONSOLE_TEST_COLD": "1"}
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     tail = "\n".join(out.stdout.strip().splitlines()[-15:])
