@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.records import CATALOGUE, METRICS, PLOT_GROUPS, metric, plot_group
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT, TINY
 
 
 def test_a_tiny_run_writes_only_catalogued_metrics(tmp_path, cleanup_runs):
@@ -20,7 +19,7 @@ def test_a_tiny_run_writes_only_catalogued_metrics(tmp_path, cleanup_runs):
     guard, and an audit scorer."""
     from engine.client import launch
 
-    run = launch(ROOT / "configs" / "tiny.yaml",
+    run = launch(TINY,
                  [f"run.output_dir={tmp_path}", "run.steps=2", "checkpoint.every=0", "data.source=bundled:arithmetic",
                   "reward.source=rule:arithmetic", "rollout.n=2", "eval.every=2", "eval.num_prompts=4",
                   "ppo.kl_in=loss", "ppo.kl_guard=2.0", "reward.audit=lexicon:vader"])
