@@ -498,7 +498,10 @@ def _refit_head(cfg, rc: RefitSettings, items, run_dir, attempt, current, out, p
             "judgements": {"train": len(judged), "held_out": len(judged), "held_out_how": f"{k}-fold"}}
 
 
-def main(argv=None) -> int:
+def main(argv=None, progress: Optional[Progress] = None) -> int:
+    """``python -m engine.refit RUN_DIR --attempt N --current SOURCE --out DIR --result FILE``;
+    the supervisor calls it in a process of its own (``engine/runtime/refit_proc.py``) with
+    ``progress`` sending each line back to it. Without ``progress`` the lines go to stdout."""
     ap = argparse.ArgumentParser(prog="python -m engine.refit")
     ap.add_argument("run_dir")
     ap.add_argument("--attempt", type=int, required=True)
@@ -509,8 +512,9 @@ def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from engine.files import atomic_write_json
 
-    def progress(msg: str) -> None:
-        print(msg, flush=True)
+    if progress is None:
+        def progress(msg: str) -> None:
+            print(msg, flush=True)
 
     out = Path(a.out)
     try:

@@ -119,7 +119,12 @@ def test_judgements_refit_accepted_swap_then_a_refit_that_changes_nothing_refuse
     assert second["state"] == "refused" and second["current_source"] == v1["source"]
     assert [v["version"] for v in reg["versions"]] == [0, 1]
     assert not (run.path / "rewards" / "refit-2").exists()
-    assert "refit 2: refused, keeping reward v1" in run.dir.events.read_text()
+    events = run.dir.events.read_text()
+    assert "refit 2: refused, keeping reward v1" in events
+    # a CPU run's refit is forked from its fork server (torch already imported), and its progress
+    # lines come back over the pipe into the event log
+    assert "in a separate process (forked from the run's fork server" in events
+    assert "refit 2: done: refused" in events
 
     # --- active selection under the learned preference: the pair offered is picked from 4
     #     fresh candidates, each sample carries its score's two parts (score = base + w * z), and
@@ -157,3 +162,22 @@ def test_judgements_refit_accepted_swap_then_a_refit_that_changes_nothing_refuse
     assert after and set(after) == {1}
     print(json.dumps({"refit1": {k: first[k] for k in ("current", "new", "reason", "test")},
                       "refit2": {k: second[k] for k in ("current", "new", "reason", "test")}}, indent=1))
+
+
+def test_a_refit_without_a_fork_server_is_spawned_and_reports_over_its_pipe(tmp_path):
+    """The Ray backend's supervisor has no fork server: its refit is a spawned interpreter. Its
+    progress comes back over the pipe, its stderr goes to the log named, and a refit that fails
+    (here: no such run) still writes its result and ends."""
+    from engine.runtime.refit_proc import RefitProcess
+
+    result, log = tmp_path / "refit-1.json", tmp_path / "supervisor.log"
+    argv = [str(tmp_path / "no-such-run"), "--attempt", "1", "--current", "vader", "--out",
+            str(tmp_path / "refit-1"), "--result", str(result)]
+    proc = RefitProcess(argv, log_path=str(log), server=None)
+    assert proc.how == "spawned"
+    lines = list(proc.lines())
+    assert proc.wait(30) == 0
+    assert lines and lines[-1].startswith("done: refused: the refit failed:"), lines
+    res = json.loads(result.read_text())
+    assert res["accepted"] is False and "the refit failed" in res["reason"]
+    assert log.exists() and not (tmp_path / "refit-1").exists()

@@ -4,16 +4,15 @@ and fresh response pairs to judge.
 
 Work that must happen between two steps (a swap, a pair) is queued here and run by the loop at
 the step boundary (``run_boundary_jobs``), so every step is scored by one reward version. The
-refit runs in its own process (``python -m engine.refit``), one at a time; its result is read by
+refit runs in its own process (``engine/runtime/refit_proc.py``: forked from the run's fork
+server where it has one, else spawned), one at a time; its result is read by
 ``_watch_refit``, which queues the swap when the new model is accepted.
 """
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
@@ -229,9 +228,9 @@ class FeedbackService:
             self.start_refit(f"{new} new judgement(s), reward.refit.every_labels = {every}")
 
     def start_refit(self, why: str) -> dict:
-        import subprocess
-
+        from engine.procs import fork_server_pid
         from engine.refit import refit_settings
+        from engine.runtime.refit_proc import RefitProcess
 
         with self._refit_lock:
             if self._refit is not None:
@@ -245,14 +244,12 @@ class FeedbackService:
             self.rewards_dir.mkdir(exist_ok=True)
             out = self.rewards_dir / f"refit-{attempt}"
             result = self.rewards_dir / f"refit-{attempt}.json"
-            cmd = [sys.executable, "-m", "engine.refit", str(self.host.rd.path), "--attempt", str(attempt),
-                   "--current", self.reward_source, "--out", str(out), "--result", str(result)]
+            argv = [str(self.host.rd.path), "--attempt", str(attempt), "--current", self.reward_source,
+                    "--out", str(out), "--result", str(result)]
             nice = int(rs.nice)
-            # progress lines on stdout go to the event log; library warnings on stderr to supervisor.log
-            with open(self.host.rd.supervisor_log, "ab") as err:
-                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                                        text=True, errors="replace",
-                                        preexec_fn=(lambda: os.nice(nice)) if nice else None)
+            # progress lines come back to the event log; library warnings go to supervisor.log
+            proc = RefitProcess(argv, log_path=str(self.host.rd.supervisor_log), nice=nice,
+                                server=fork_server_pid())
             self._refit = {"attempt": attempt, "proc": proc, "started": time.time(), "out": out}
             self._judgements_at_refit = rows
             reg["refits"].append({"attempt": attempt, "state": "running", "started": time.time(),
@@ -261,8 +258,8 @@ class FeedbackService:
             self.save_registry(reg)
             self.host.write_state(refit={"state": "running", "attempt": attempt, "judgement_rows": rows})
         self.host.log(f"refit {attempt}: started ({why}) from reward v{self.reward_version} "
-                      f"'{self.reward_source}' with {rows} judgement(s), in a separate process (nice {nice}, "
-                 f"pid {proc.pid})")
+                      f"'{self.reward_source}' with {rows} judgement(s), in a separate process ({proc.how}, "
+                      f"nice {nice}, pid {proc.pid})")
         threading.Thread(target=self._watch_refit, args=(attempt, proc, result), name="refit",
                          daemon=True).start()
         return {"ok": True, "pending": True, "attempt": attempt,
@@ -270,7 +267,7 @@ class FeedbackService:
 
     def _watch_refit(self, attempt: int, proc, result_path: Path) -> None:
         try:
-            for line in proc.stdout:
+            for line in proc.lines():
                 line = line.rstrip()
                 if line:
                     self.host.log_safe(f"refit {attempt}: {line}")
@@ -314,10 +311,9 @@ class FeedbackService:
         proc = r["proc"]
         if proc.poll() is None:
             proc.terminate()
-            try:
-                proc.wait(5)
-            except Exception:  # noqa: BLE001
+            if proc.wait(5) is None:
                 proc.kill()
+                proc.wait(5)
         for tmp in self.rewards_dir.glob(f".{r['out'].name}.tmp-*"):
             shutil.rmtree(tmp, ignore_errors=True)
 
