@@ -106,6 +106,27 @@ def runs_dir(tmp_path):
     return d
 
 
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch) -> Path:
+    """An empty ``RLHF_CONSOLE_CACHE`` for what a test measures or writes at the cache's root (the
+    precision calibration, trained rewards), whose ``models`` and ``assets`` are the suite's own
+    cache's, linked: the tiny models are built once for the session, not converted again from
+    the GGUF tokenizer (~6 s on 2 cores) for every test that wants its own calibration. The
+    tests of a first run with nothing cached use a plain empty folder instead."""
+    from engine.assets import cache_dir
+    from engine.models import load_tokenizer
+
+    load_tokenizer("tiny:llama")  # built in the suite's cache, if it is not yet
+    shared = cache_dir()
+    root = tmp_path / "cache"
+    root.mkdir()
+    for sub in ("models", "assets"):
+        (shared / sub).mkdir(exist_ok=True)
+        (root / sub).symlink_to(shared / sub, target_is_directory=True)
+    monkeypatch.setenv("RLHF_CONSOLE_CACHE", str(root))
+    return root
+
+
 def tiny_overrides(runs_dir: Path, *extra: str) -> list[str]:
     return [f"run.output_dir={runs_dir}", *extra]
 

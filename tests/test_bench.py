@@ -91,13 +91,12 @@ def test_bf16_held_to_avx2_is_measured_as_having_no_fast_path():
     assert peak["probe_tflops"] <= peak["probe_float32_tflops"] and peak["n"] == 512
 
 
-def test_the_peak_is_taken_for_the_dtype_the_update_runs_in_with_auto_resolved(tmp_path, monkeypatch):
+def test_the_peak_is_taken_for_the_dtype_the_update_runs_in_with_auto_resolved(fresh_cache):
     """The default's `auto` precision is no dtype name: the bench resolves it as the run does
     (it crashed there after the steps, before writing its JSON)."""
     from engine.bench import update_compute_dtype
     from engine.config import load_config
 
-    monkeypatch.setenv("RLHF_CONSOLE_CACHE", str(tmp_path))
     tiny = ROOT / "configs" / "tiny.yaml"
     assert update_compute_dtype(load_config(tiny, ["actor.autocast=bfloat16"])) == "bfloat16"
     assert update_compute_dtype(load_config(tiny, ["actor.autocast=none", "actor.dtype=float32"])) == "float32"
@@ -110,10 +109,10 @@ def test_the_peak_is_taken_for_the_dtype_the_update_runs_in_with_auto_resolved(t
     assert got == (rp.dtype if rp.autocast["update"] == "none" else rp.autocast["update"])
 
 
-def test_bench_generate_runs_the_default_s_auto_precision(tmp_path):
+def test_bench_generate_runs_the_default_s_auto_precision(fresh_cache):
     """`bench generate` loaded the actor with `dtype: auto` and autocast `auto` as dtype names
     and raised on the default; it now resolves both as the run does."""
-    env = {**os.environ, "RLHF_CONSOLE_CACHE": str(tmp_path)}
+    env = {**os.environ, "RLHF_CONSOLE_CACHE": str(fresh_cache)}  # no calibration yet
     out = subprocess.run([sys.executable, "-m", "engine.bench", "generate", "--config", str(ROOT / "configs" / "tiny.yaml"),
                           "--set", "actor.autocast=auto", "--set", "actor.dtype=auto",
                           "--batch", "2", "--tokens", "3", "--repeats", "1"],

@@ -358,26 +358,24 @@ def test_compiled_step_gives_the_eager_tokens(tok, batch):
     """compile=True where inductor has a compiler: the compiled step attends over the whole
     preallocated cache under a mask (the slots not yet written included), and gives finite
     hidden states equal to the eager loop's up to rounding and the same greedy tokens, on
-    left-padded prompts, in float32 and under bf16 autocast."""
+    left-padded prompts, in float32 (no config compiles the step on a CPU by default; on a GPU,
+    scripts/gpu_check.py checks the CUDA-graph bf16 step against eager)."""
     ids, am = batch
     assert not bool((am == 1).all())  # some rows are left-padded
     m = load_policy(TINY, trainable=False)
     torch._dynamo.reset()
     try:
-        for autocast in (False, True):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), \
-                    warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                eager = generate(m, tok, ids, am, max_new_tokens=12, decoder="static", do_sample=False,
-                                 return_hidden=True)
-                comp = generate(m, tok, ids, am, max_new_tokens=12, decoder="static", do_sample=False,
-                                return_hidden=True, compile=True)
-            failed = [str(w.message) for w in caught if "torch.compile of the decoding step failed" in str(w.message)]
-            assert not failed, f"a C++ compiler is on PATH ({CXX}) yet compiling the step failed: {failed[0]}"
-            assert torch.isfinite(comp[2]).all()
-            assert torch.equal(comp[0], eager[0])
-            tol = 2e-2 if autocast else 1e-4
-            torch.testing.assert_close(comp[2], eager[2], atol=tol, rtol=tol)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            eager = generate(m, tok, ids, am, max_new_tokens=12, decoder="static", do_sample=False,
+                             return_hidden=True)
+            comp = generate(m, tok, ids, am, max_new_tokens=12, decoder="static", do_sample=False,
+                            return_hidden=True, compile=True)
+        failed = [str(w.message) for w in caught if "torch.compile of the decoding step failed" in str(w.message)]
+        assert not failed, f"a C++ compiler is on PATH ({CXX}) yet compiling the step failed: {failed[0]}"
+        assert torch.isfinite(comp[2]).all()
+        assert torch.equal(comp[0], eager[0])
+        torch.testing.assert_close(comp[2], eager[2], atol=1e-4, rtol=1e-4)
     finally:
         torch._dynamo.reset()
 

@@ -28,9 +28,9 @@ def _cpu_has_bf16_hardware() -> bool:
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RLHF_CONSOLE_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+def cache(fresh_cache):
+    """A cache with no calibration (the tiny models linked from the suite's cache)."""
+    return fresh_cache
 
 
 def _cal(gen, score, update) -> P.Calibration:
@@ -225,7 +225,9 @@ def test_a_run_records_its_choice_and_why(runs_dir, cache, cleanup_runs):
 
 # ------------------------------------------------------------------------------- doctor
 
-def test_doctor_explains_the_machine_and_exits_non_zero_on_a_problem(tmp_path, cache, monkeypatch, capsys):
+def test_doctor_explains_the_machine_and_exits_non_zero_on_a_problem(tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"  # empty: nothing downloaded, nothing built
+    monkeypatch.setenv("RLHF_CONSOLE_CACHE", str(cache))
     env = {**os.environ, "RLHF_CONSOLE_CACHE": str(cache)}
     cmd = [sys.executable, "-m", "console.cli", "doctor", "--config", str(TINY), "--json", str(tmp_path / "d.json")]
     ok = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
