@@ -265,14 +265,6 @@ def test_article_config_offline_validate_and_dry_run_agree_without_traceback(tmp
         assert len(errors) <= 7, out.stderr  # one line per unusable source, and the verdict
 
 
-def test_dry_run_names_each_role_once(tmp_path):
-    out = _cli("train", "--dry_run", "--config", str(TINY), "--set", f"run.output_dir={tmp_path / 'runs'}",
-               "--set", "actor.attn_implementation=flash_attention_2")
-    assert out.returncode == 0, out.stderr
-    assert "actor: flash_attention_2" in out.stdout
-    assert "actor: actor:" not in out.stdout + out.stderr
-
-
 def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
     for args in (["report", "no-such-run"], ["stop", "no-such-run"], ["attach", "no-such-run"],
                  ["swap-reward", "no-such-run", "lexicon:vader"], ["runs"]):

@@ -137,7 +137,9 @@ def test_two_node_cluster_places_roles_on_their_nodes_and_the_controls_work(
 
 
 def test_kill_9_of_a_role_actor_fails_the_run_and_names_the_role(cluster, runs_dir, cleanup_runs):
-    run = launch(TINY, tiny_overrides(runs_dir, "run.steps=200", f"runtime.ray_address={cluster.address}", *_PLACED))
+    # the reward in an actor of its own, the other roles sharing one (two Ray workers to start)
+    run = launch(TINY, tiny_overrides(runs_dir, "run.steps=200", f"runtime.ray_address={cluster.address}",
+                                      "runtime.backend=ray", "runtime.colocate=[[actor, reference, critic], [reward]]"))
     cleanup_runs.append(run)
     run.wait_step(1, timeout=300)
     os.kill(run.info["pids"]["reward"], signal.SIGKILL)
@@ -167,7 +169,9 @@ def test_worker_timeout_kills_the_actor_and_names_role_and_operation(cluster, ru
     (mod / "sleepy_reward.py").write_text("import time\n\ndef score(prompts, responses):\n"
                                          "    time.sleep(600)\n    return [0.0] * len(responses)\n")
     monkeypatch.setenv("PYTHONPATH", f"{mod}{os.pathsep}{os.environ['PYTHONPATH']}")
+    # the roles that do not hang share one actor (two Ray workers to start, not four)
     run = launch(TINY, tiny_overrides(runs_dir, "runtime.backend=ray", f"runtime.ray_address={cluster.address}",
+                                      "runtime.colocate=[[actor, reference, critic], [reward]]",
                                       "reward.source=python:sleepy_reward:score", "runtime.worker_timeout_s=5"))
     cleanup_runs.append(run)
     assert run.wait(timeout=120) == "failed"
@@ -181,8 +185,10 @@ def test_two_ranks_of_the_actor_as_two_ray_actors_equal_one_local_process(cluste
     # on Ray: two actors in one torch.distributed group (gloo), placed on the two nodes
     one = launch(TINY, tiny_overrides(runs_dir, "run.steps=2", "run.name=one"), wait_ready=False)
     cleanup_runs.append(one)
+    # the other three roles share one actor (three Ray workers to start, not five)
     two = launch(TINY, tiny_overrides(runs_dir, "run.steps=2", "run.name=two", "actor.world_size=2",
                                       "runtime.backend=ray", f"runtime.ray_address={cluster.address}",
+                                      "runtime.colocate=[[actor], [reference, critic, reward]]",
                                       "runtime.ray_resources.actor.node_a=1"), wait_ready=False)
     cleanup_runs.append(two)
     assert one.wait(timeout=400) == "finished", one.info.get("failure")

@@ -81,7 +81,7 @@ def test_pause_resume_and_the_control_socket(runs_dir, cleanup_runs):
     assert r["pending"] and "end of step" in r["message"]
     assert run.wait(states=("paused",), timeout=120) == "paused"
     step = run.info["step"]
-    time.sleep(2.0)
+    time.sleep(1.0)  # four tiny steps' time
     assert run.info["step"] == step, "a paused run must not advance"
     # a checkpoint while paused
     ck = run.checkpoint(wait=True)
@@ -308,13 +308,18 @@ def test_invalid_config_starts_nothing(runs_dir, tmp_path):
     assert list(runs_dir.iterdir()) == []
 
 
-def test_dry_run_cli(runs_dir):
+def test_dry_run_cli_loads_every_role_once_and_writes_nothing(runs_dir):
+    # with an attention implementation this CPU cannot run: the fallback is named once, under
+    # the role's name once (it was printed as "actor: actor: ..." once)
     out = subprocess.run([sys.executable, "-m", "console.cli", "train", "--config", str(TINY), "--dry_run",
-                          "--set", f"run.output_dir={runs_dir}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+                          "--set", f"run.output_dir={runs_dir}", "--set", "actor.attn_implementation=flash_attention_2"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     for role in ("actor", "reference", "reward", "critic"):
         assert role in out.stdout
     assert "dry run OK" in out.stdout
+    assert "actor: flash_attention_2" in out.stdout
+    assert "actor: actor:" not in out.stdout + out.stderr
     assert list(runs_dir.iterdir()) == []
 
 

@@ -45,7 +45,7 @@ def _numbers(m: dict) -> dict:
 
 
 def test_a_warm_supervisor_is_a_detached_fork_that_gives_a_fresh_ones_metrics(launcher, runs_dir, cleanup_runs,
-                                                                              monkeypatch):
+                                                                              monkeypatch, tmp_path):
     proc, _ = launcher
     # the run's environment is the requester's, not the launcher's: a time zone 3 h east of UTC
     # (read at run time, once time.tzset has run) shows in the events' clock
@@ -67,12 +67,19 @@ def test_a_warm_supervisor_is_a_detached_fork_that_gives_a_fresh_ones_metrics(la
     shift = time.mktime(time.strptime(first, "%Y-%m-%d %H:%M:%S")) - time.mktime(time.gmtime(warm_run.info["created"]))
     assert abs(shift - 3 * 3600) < 600, f"events.log's clock is {shift / 3600:.2f} h from UTC, not 3"
 
-    monkeypatch.delenv(warm.ENV)
+    # the same run as a fresh interpreter: the launcher refuses a request whose import path has a
+    # sitecustomize (a fresh interpreter runs it at start; a fork cannot) and says why
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "sitecustomize.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", f"{mods}{os.pathsep}{os.environ['PYTHONPATH']}")
     cold_run = launch(TINY, tiny_overrides(runs_dir, "run.steps=3", "run.name=cold"))
     cleanup_runs.append(cold_run)
     cold_sup = psutil.Process(cold_run.info["supervisor_pid"])
     assert "engine.runtime.start" in cold_sup.cmdline()
     assert cold_run.wait(timeout=300) == "finished", cold_run.info.get("failure")
+    assert (f"warm launcher not used: import path differs: {mods} has sitecustomize.py "
+            "(sitecustomize runs at interpreter start)") in cold_run.dir.supervisor_log.read_text()
 
     a, b = list(warm_run.metrics()), list(cold_run.metrics())
     assert [m["step"] for m in a] == [m["step"] for m in b] == [1, 2, 3]
@@ -86,23 +93,11 @@ def test_a_warm_supervisor_is_a_detached_fork_that_gives_a_fresh_ones_metrics(la
     assert proc.poll() is None, "the launcher serves on after a fork"
 
 
-def test_a_run_whose_import_time_environment_differs_starts_fresh_and_says_why(launcher, runs_dir, cleanup_runs,
-                                                                             monkeypatch, tmp_path):
+def test_a_request_whose_import_time_environment_differs_is_refused_and_the_launcher_serves_on(
+        launcher, tmp_path):
+    """(A refused request's run starting fresh, and why, is in the test above.)"""
     proc, sock = launcher
     matching = supervisor_env()
-    mods = tmp_path / "mods"
-    mods.mkdir()
-    (mods / "sitecustomize.py").write_text("")  # a fresh interpreter runs it at start; a fork cannot
-    monkeypatch.setenv("PYTHONPATH", f"{mods}{os.pathsep}{os.environ['PYTHONPATH']}")
-    run = launch(TINY, tiny_overrides(runs_dir, "run.steps=1"))
-    cleanup_runs.append(run)
-    assert "engine.runtime.start" in psutil.Process(run.info["supervisor_pid"]).cmdline()
-    assert run.wait(timeout=300) == "finished", run.info.get("failure")
-    log = run.dir.supervisor_log.read_text()
-    assert (f"warm launcher not used: import path differs: {mods} has sitecustomize.py "
-            "(sitecustomize runs at interpreter start)") in log
-    assert_run_clean(run)
-    # the launcher is still there for the next request that matches
     pid, why = warm.request_start(str(sock), ["/nonexistent-run-dir"], env={**matching, "OMP_NUM_THREADS": "1"},
                                   log=tmp_path / "sup.log")
     assert pid is None and why == "environment read at import time differs: OMP_NUM_THREADS"
