@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from engine.files import read_jsonl
-from tests.conftest import TINY, tiny_overrides
+from tests.conftest import ROOT, TINY, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -181,3 +181,42 @@ def test_a_refit_without_a_fork_server_is_spawned_and_reports_over_its_pipe(tmp_
     res = json.loads(result.read_text())
     assert res["accepted"] is False and "the refit failed" in res["reason"]
     assert log.exists() and not (tmp_path / "refit-1").exists()
+
+
+_ORPHAN = r"""
+import multiprocessing as mp, os, time
+from engine.runtime.refit_proc import _watch_parent
+
+def body(ppid):
+    _watch_parent(ppid)
+    time.sleep(120)
+
+p = mp.get_context("fork").Process(target=body, args=(os.getpid(),))
+p.start()
+print(p.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_refit_process_ends_when_the_process_that_started_it_is_killed():
+    """The refit's process watches its parent (the fork server, or the supervisor): a supervisor
+    killed with SIGKILL leaves no refit behind, still writing into the run directory."""
+    import os
+    import signal
+    import time
+
+    from engine.procs import pid_alive
+
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        time.sleep(1.0)
+        assert pid_alive(child), "the watched child ended before its parent did"
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        t0 = time.time()
+        while pid_alive(child) and time.time() - t0 < 10:
+            time.sleep(0.05)
+        assert not pid_alive(child), "the child outlived its parent by 10 s"
+    finally:
+        parent.kill()
