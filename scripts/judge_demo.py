@@ -298,6 +298,9 @@ def compare_control(out: Path, control: Path) -> dict:
     from engine.files import read_jsonl
 
     res, ctl = json.loads((out / "demo.json").read_text()), json.loads((control / "demo.json").read_text())
+    # the taste is this demo's judge's, counted as it counted them (the control may have had another)
+    JUDGE_WORDS[:] = res["judge_words"]
+    SUBSTRINGS[0] = "--substrings" in res.get("argv", [])
     rows = {k: [s for s in read_jsonl(d / "samples.jsonl") if s.get("kind") != "pair"]
             for k, d in (("demo", out), ("control", control))}
     swap, ctl_swap = res["swap_from_step"], ctl["swap_from_step"] or 10 ** 9
