@@ -272,6 +272,7 @@ class FeedbackService:
                 if line:
                     self.host.log_safe(f"refit {attempt}: {line}")
             proc.wait()
+            proc.close()  # the pipe's reading end
             try:
                 res = json.loads(result_path.read_text())
             except (OSError, ValueError):
