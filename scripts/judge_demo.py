@@ -59,6 +59,13 @@ TARGETS = {"heldout_agreement_min": 0.8, "refit_seconds_max": 60.0, "share_ratio
            "share_gain_min": 0.15, "base_drop_max": 0.05, "base_chance_band": (0.35, 0.65)}
 
 
+def use_judge_of(res: dict) -> None:
+    """Count as the judge of a finished demo (its ``demo.json``) counted: its words, and whether
+    they were counted inside words (``--substrings``)."""
+    JUDGE_WORDS[:] = res["judge_words"]
+    SUBSTRINGS[0] = "--substrings" in res.get("argv", [])
+
+
 def judge_count(text: str) -> int:
     if SUBSTRINGS[0]:
         return sum(text.lower().count(w) for w in JUDGE_WORDS)
@@ -298,9 +305,7 @@ def compare_control(out: Path, control: Path) -> dict:
     from engine.files import read_jsonl
 
     res, ctl = json.loads((out / "demo.json").read_text()), json.loads((control / "demo.json").read_text())
-    # the taste is this demo's judge's, counted as it counted them (the control may have had another)
-    JUDGE_WORDS[:] = res["judge_words"]
-    SUBSTRINGS[0] = "--substrings" in res.get("argv", [])
+    use_judge_of(res)  # the taste is this demo's judge's (the control may have had another)
     rows = {k: [s for s in read_jsonl(d / "samples.jsonl") if s.get("kind") != "pair"]
             for k, d in (("demo", out), ("control", control))}
     swap, ctl_swap = res["swap_from_step"], ctl["swap_from_step"] or 10 ** 9

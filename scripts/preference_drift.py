@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def main(argv=None) -> int:
@@ -26,43 +27,34 @@ def main(argv=None) -> int:
     ap.add_argument("demo", help="a judge demo's folder (demo.json, samples.jsonl, preference.json)")
     ap.add_argument("--windows", default="1-11,12-36,37-61", help="step windows A-B, comma-separated")
     a = ap.parse_args(argv)
+    import judge_demo as J
+
     from engine.config import load_config
     from engine.files import read_jsonl
     from engine.preference import PREFERENCE_FILE, read
-    from engine.refit import build_reward_source
-    from scripts.refit_options import count
-
-    def scores(source: str) -> list[float]:  # as the run scored: its config's reward settings
-        src = build_reward_source(cfg, source, "cpu")
-        try:
-            return [float(x) for x in src.score(prompts, responses)]
-        finally:
-            src.close()
 
     folder = Path(a.demo)
     cfg = load_config(str(folder / "config.yaml"), [])
-    demo = json.loads((folder / "demo.json").read_text())
-    words = set(demo["judge_words"])
+    J.use_judge_of(json.loads((folder / "demo.json").read_text()))
     pref = read(folder)
     w = float(pref["w"])
     windows = [tuple(int(x) for x in part.split("-")) for part in a.windows.split(",")]
     rows = [s for s in read_jsonl(folder / "samples.jsonl") if s.get("kind") != "pair"
             and windows[0][0] <= s["step"] <= windows[-1][1]]
-    prompts, responses = [s["prompt"] for s in rows], [s["response"] for s in rows]
     with tempfile.TemporaryDirectory() as tmp:  # the reward source is a folder holding preference.json
         shutil.copy(folder / PREFERENCE_FILE, Path(tmp) / PREFERENCE_FILE)
-        both = scores(tmp)
-    base = scores(pref["base_source"])
+        (both,) = J.scores_of(tmp, cfg, rows)  # scored as the run scored: its config's reward settings
+    (base,) = J.scores_of(pref["base_source"], cfg, rows)
     z = [(c - b) / w for c, b in zip(both, base)]
     print(f"{folder}: w = {w:.4f} (weight {pref['weight']}), base {pref['base_source']}")
     print(f"{'steps':>8} {'samples':>7} {'mean z':>7} {'base':>6} {'taste share':>11}")
     for lo, hi in windows:
         idx = [i for i, s in enumerate(rows) if lo <= s["step"] <= hi]
-        share = sum(count(words, responses[i]) > 0 for i in idx) / len(idx)
+        share = J.taste([rows[i] for i in idx])["share"]
         print(f"{lo:>4}-{hi:<3} {len(idx):>7} {st.mean(z[i] for i in idx):>7.3f} "
               f"{st.mean(base[i] for i in idx):>6.3f} {share:>11.3f}")
-    taste = [i for i in range(len(rows)) if count(words, responses[i]) > 0]
-    other = [i for i in range(len(rows)) if count(words, responses[i]) == 0]
+    taste = [i for i, s in enumerate(rows) if J.judge_count(s["response"]) > 0]
+    other = [i for i, s in enumerate(rows) if J.judge_count(s["response"]) == 0]
     print(f"mean z of samples with a judge word {st.mean(z[i] for i in taste):.3f}, "
           f"without {st.mean(z[i] for i in other):.3f}; base score's spread over these samples "
           f"{st.pstdev(base):.3f}")

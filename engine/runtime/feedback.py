@@ -271,12 +271,12 @@ class FeedbackService:
                 line = line.rstrip()
                 if line:
                     self.host.log_safe(f"refit {attempt}: {line}")
-            proc.wait()
+            code = proc.wait()
             proc.close()  # the pipe's reading end
             try:
                 res = json.loads(result_path.read_text())
             except (OSError, ValueError):
-                res = {"accepted": False, "reason": f"the refit process ended (exit code {proc.returncode}) "
+                res = {"accepted": False, "reason": f"the refit process ended (exit code {code}) "
                                                     f"without a result"}
             reg = self.registry()
             for r in reg["refits"]:

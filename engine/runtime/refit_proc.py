@@ -16,6 +16,9 @@ from typing import Iterator, Optional
 
 
 def _watch_parent(ppid: int) -> None:
+    """Exit once ``ppid`` is no longer this process's parent. Not ``engine.procs.die_with_parent``:
+    its signal follows the thread that created the process, and a spawned refit's creator is a
+    control-op thread of the supervisor that ends long before the refit does."""
     import threading
     import time
 
@@ -52,7 +55,7 @@ def _refit_main(argv: list[str], conn, ppid: int, nice: int, log_path: str) -> N
 
 
 class RefitProcess:
-    """One refit process: ``lines()`` yields its progress until it ends, then ``returncode``."""
+    """One refit process: ``lines()`` yields its progress until it ends; ``wait()`` gives its exit code."""
 
     def __init__(self, argv: list[str], *, log_path: str, nice: int = 0, server: Optional[int] = None):
         """``server``: the pid of the caller's fork server (``engine.procs.fork_server_pid()``) to
@@ -83,10 +86,6 @@ class RefitProcess:
                 yield str(self._rx.recv())
         except (EOFError, OSError):
             pass
-
-    @property
-    def returncode(self) -> Optional[int]:
-        return self._p.exitcode
 
     def poll(self) -> Optional[int]:
         return self._p.exitcode
