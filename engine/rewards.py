@@ -376,8 +376,7 @@ class PreferenceReward(RewardSource):
         self.w = float(spec["w"])
         self.base = build_reward(spec["base_source"], **build_kw)
         self.encoder = None
-        self.sentence = (pref.SentenceEncoder(str(getattr(self.base, "device", "cpu")), progress=build_kw.get("progress"),
-                                              pooling=self.head.pooling)
+        self.sentence = (pref.SentenceEncoder(str(getattr(self.base, "device", "cpu")), progress=build_kw.get("progress"))
                          if pref.needs_sentence(self.head.kind) else None)
         if pref.needs_encoder(self.head.kind):
             enc = spec.get("encoder_source") or spec["base_source"]

@@ -268,7 +268,7 @@ def main(argv=None) -> int:
                     "why_offered": sorted({c["picked"]["why"] for c, _ in judged})},
         "base_reward_agreement_on_judged_pairs": base_on_judged,
         "refit": {k: entry.get(k) for k in ("attempt", "state", "reason", "method", "features", "weight", "w",
-                                            "weight_setting", "weight_choice", "current", "new", "judgements", "test", "seconds")},
+                                            "current", "new", "judgements", "test", "seconds")},
         "refit_wall_seconds": round(refit_wall, 1),
         "swap_from_step": swap_step if swap else None, "new_source": new_source,
         "window": a.window, "extra": a.extra, "paused_while_judging": a.pause_while_judging,
@@ -372,8 +372,7 @@ def report(res: dict, out: Path) -> str:
         f"{j['asked']} pairs asked, {j['ties_skipped']} skipped as ties; each pair picked from "
         f"{j['candidates']} fresh responses because: {'; '.join(j['why_offered'])}"
         + ("; the run was paused while judging and refitting." if res.get("paused_while_judging") else "."),
-        f"- Refit {r.get('attempt')} ({r.get('method')}, features {r.get('features')}, weight {r.get('weight')}"
-        f"{' chosen by auto' if r.get('weight_setting') == 'auto' else ''}): "
+        f"- Refit {r.get('attempt')} ({r.get('method')}, features {r.get('features')}, weight {r.get('weight')}): "
         f"**{r.get('state')}** after {_f(r.get('seconds'), 1)} s — {r.get('reason')}",
         f"- Held-out agreement with the judge ({(r.get('judgements') or {}).get('held_out')} judgements, "
         f"{(r.get('judgements') or {}).get('held_out_how')}): {_f(cur.get('judgement_accuracy'))} → "

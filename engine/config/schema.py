@@ -121,19 +121,7 @@ class RegistryChoice(Check):
         return f"must be one of {', '.join(choices)}; got {_show(v)}" + (f" (did you mean '{s}'?)" if s else "")
 
 
-ESTIMATOR_CHOICE = RegistryChoice(_estimators.names)
-
-AUTO_WEIGHTS: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)   # reward.refit.weight: auto tries these
-
-
-class WeightCheck(Check):
-    """``reward.refit.weight``: ``auto`` or a number in [0, 100]."""
-    doc = "auto or a number in [0, 100]"
-
-    def problem(self, v):
-        if isinstance(v, str):
-            return None if v == "auto" else f"must be auto or a number in [0, 100]; got {_show(v)}"
-        return None if 0 <= v <= 100 else f"must be auto or a number in [0, 100]; got {v:g}"   # ppo.estimator: engine/estimators.py
+ESTIMATOR_CHOICE = RegistryChoice(_estimators.names)   # ppo.estimator: engine/estimators.py
 
 
 class NonEmpty(Check):
@@ -326,11 +314,9 @@ class RefitSettings:
         "sentence", "head: what the head reads: sentence (the bundled all-MiniLM-L6-v2's embedding "
                     "of the response), reward (the reward model's last hidden layer), words (hashed "
                     "words and word pairs of the response), or sentence+words, reward+words.")
-    weight: Annotated[Union[Float, Str], BeforeValidator(_lower), AfterValidator(WeightCheck())] = key(
-        "auto", "head: the preference's weight in units of the base reward's spread over the judged texts "
-                "(score = base + weight * spread * z, z clipped to +-3); auto = the largest of "
-                f"{', '.join(f'{w:g}' for w in AUTO_WEIGHTS)} that keeps the base's ranking of its original "
-                "training rows within half of max_original_drop (1 when the base has none).")
+    weight: Float = key(1.0, "head: the preference's weight in units of the base reward's spread over "
+                             "the judged texts (score = base + weight * spread * z, z clipped to +-3).",
+                        ge=0, le=100)
     confidence: Float = key(0.9, "Accept a refit only if it agrees with the held-out judgements better "
                                  "than the current reward at this confidence (one-sided sign test).",
                             ge=0.5, le=0.999)
