@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from refit_options import FILM  # noqa: E402
+from refit_options import FILM
 
 BASE_RATE, SPREAD = 0.227, 0.419
 _WORD = re.compile(r"[a-z]+")
@@ -59,9 +59,9 @@ def score(prompts, responses):
 
 
 def main(argv=None) -> int:
-    import yaml
-
     import argparse
+
+    import yaml
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path)
