@@ -96,7 +96,9 @@ class SentenceEncoder:
         self.max_length = max_length
         self.batch_size = batch_size
 
-    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+    def embed(self, texts: Sequence[str], unit: bool = True) -> torch.Tensor:
+        """The mean of the last hidden layer over each text's tokens, scaled to unit length (the
+        head's features) or, ``unit=False``, as it is."""
         out = []
         with torch.inference_mode():
             for i in range(0, len(texts), self.batch_size):
@@ -104,7 +106,8 @@ class SentenceEncoder:
                                      max_length=self.max_length, return_tensors="pt").to(self.device)
                 h = self.model(**enc).last_hidden_state.float()
                 m = enc["attention_mask"].unsqueeze(-1).float()
-                out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp_min(1.0), dim=-1).cpu())
+                mean = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+                out.append((torch.nn.functional.normalize(mean, dim=-1) if unit else mean).cpu())
         return torch.cat(out) if out else torch.zeros(0, 384)
 
     def close(self) -> None:

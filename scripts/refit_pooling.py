@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -29,18 +28,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-_WORD = re.compile(r"[a-z]+")
 WEIGHTS = (0.5, 1.0, 1.5, 2.0, 3.0)
 
 
 def main(argv=None) -> int:
-    from refit_options import FILM
+    from judge_demo import JUDGE_WORDS, judge_count
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("demo", help="a judge demo folder: config.yaml and labels.jsonl")
     ap.add_argument("--samples", required=True, help="a run or demo folder whose samples.jsonl is read")
     ap.add_argument("--steps", default="12-61")
-    ap.add_argument("--words", default=",".join(FILM))
+    ap.add_argument("--words", default=",".join(JUDGE_WORDS))
     ap.add_argument("--train-rows", action="store_true", help="read the original *training* rows (short) instead")
     a = ap.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -50,10 +48,17 @@ def main(argv=None) -> int:
     from engine.config import validate_text
     from engine.files import read_jsonl
     from engine.judgements import read_judgements
-    from engine.refit import _judged_texts, _original_set, build_reward_source, original_accuracy_of, refit_settings
+    from engine.refit import (
+        _judged_texts,
+        _original_set,
+        build_reward_source,
+        decision_threshold,
+        original_accuracy_of,
+        refit_settings,
+    )
 
     demo = Path(a.demo)
-    words = {w.strip().lower() for w in a.words.split(",") if w.strip()}
+    JUDGE_WORDS[:] = [w.strip().lower() for w in a.words.split(",") if w.strip()]
     lo, hi = (int(x) for x in a.steps.split("-"))
     cfg = validate_text((demo / "config.yaml").read_text(), str(demo / "config.yaml")).config
     rc = refit_settings(cfg)
@@ -63,10 +68,10 @@ def main(argv=None) -> int:
         orig = orig_train[:len(orig)]
     samples = [s for s in read_jsonl(Path(a.samples) / "samples.jsonl")
                if s.get("kind") != "pair" and lo <= int(s["step"]) <= hi]
-    taste = torch.tensor([float(any(w in words for w in _WORD.findall(s["response"].lower()))) for s in samples])
+    taste = torch.tensor([float(judge_count(s["response"]) > 0) for s in samples])
     base_src = build_reward_source(cfg, cfg.reward.source)
     try:
-        thr = 0.5 if cfg.reward.score_kind == "prob" else 0.0
+        thr = decision_threshold(base_src)
         base = torch.tensor(base_src.score(prompts, responses), dtype=torch.float32)
         ob = torch.tensor(base_src.score([""] * len(orig), [r.text for r in orig]), dtype=torch.float32)
     finally:
@@ -79,24 +84,14 @@ def main(argv=None) -> int:
           f"base spread over the judged texts {spread:.4f}")
     print("pooling  L2     z spread: samples  original | corr(z, taste)  z gap | original rows ranked at weight "
           + " ".join(f"{w:g}" for w in WEIGHTS))
-    enc = pref.SentenceEncoder()       # the refit's own: unit length
+    enc = pref.SentenceEncoder()       # the refit's own
+    try:    # each text read once: the unit-length features are the plain mean scaled
+        means = [enc.embed(t, unit=False) for t in (responses, [s["response"] for s in samples],
+                                                      [r.text for r in orig])]
+    finally:
+        enc.close()
     for pooling in ("unit", "mean"):
-        def embed(texts):
-            if pooling == "unit":
-                return enc.embed(texts)
-            out = []
-            with torch.inference_mode():
-                for i in range(0, len(texts), enc.batch_size):
-                    t = enc.tokenizer(list(texts[i:i + enc.batch_size]), padding=True, truncation=True,
-                                      max_length=enc.max_length, return_tensors="pt")
-                    h = enc.model(**t).last_hidden_state.float()
-                    m = t["attention_mask"].unsqueeze(-1).float()
-                    out.append((h * m).sum(1) / m.sum(1).clamp_min(1.0))
-            return torch.cat(out)
-
-        feats = embed(responses)
-        fs = embed([s["response"] for s in samples])
-        fo = embed([r.text for r in orig])
+        feats, fs, fo = (torch.nn.functional.normalize(m, dim=-1) if pooling == "unit" else m for m in means)
         l2 = pref.choose_l2("sentence", feats, judged)
         head = pref.fit_head("sentence", feats, judged, l2)
         zs, zo = head.z(fs), head.z(fo)

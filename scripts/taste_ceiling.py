@@ -21,22 +21,20 @@ The second form reads each run's ``samples.jsonl`` (every sample of every step) 
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from refit_options import FILM
+from judge_demo import judge_count  # the demo's judge: its film words
 
 BASE_RATE, SPREAD = 0.227, 0.419
-_WORD = re.compile(r"[a-z]+")
 _base = None
 
 
 def has_taste(text: str) -> bool:
-    return any(w in FILM for w in _WORD.findall(text.lower()))
+    return judge_count(text) > 0
 
 
 def weight() -> float:
@@ -67,8 +65,9 @@ def main(argv=None) -> int:
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--last-step", type=int, default=None, help="read steps up to this one only")
     a = ap.parse_args(argv)
-    runs = a.runs
-    for run in runs:
+    from engine.files import read_jsonl
+
+    for run in a.runs:
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         ours = "taste_ceiling" in str(cfg["reward"]["source"])
         m = re.search(r"-w([0-9.]+)$", str(cfg["run"]["name"]))
@@ -76,8 +75,7 @@ def main(argv=None) -> int:
             print(f"{run}: its run.name {cfg['run']['name']!r} does not end in -w<weight>", file=sys.stderr)
             return 2
         w = float(m.group(1)) if ours else 0.0
-        samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines() if line.strip()]
-        samples = [s for s in samples if s.get("kind") != "pair"
+        samples = [s for s in read_jsonl(run / "samples.jsonl") if s.get("kind") != "pair"
                    and (a.last_step is None or int(s["step"]) <= a.last_step)]
         print(f"{run}: reward {cfg['reward']['source']}, w = {w:g}")
         steps = sorted({int(s["step"]) for s in samples})
